@@ -1,0 +1,113 @@
+"""The pins in install-mxnet.sh cannot drift from requirements.lock.
+
+requirements.lock is the single source of truth. The script keeps a copy because an EMR bootstrap action is one file
+fetched on its own; these tests derive the list the script must hold from requirements.in (the job section names the
+runtime) and requirements.lock (the versions), following dependencies through the installed packages' metadata, and
+fail on any difference. The list is read by running the real script (`--print-requirements`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+
+import pytest
+from bootstrap_helpers import INSTALL_SCRIPT, REPO_ROOT, script_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+JOB_SECTION_HEADER = "# --- the job"
+# EMR ships Spark with its own pyspark on the node; installing the PyPI one would shadow it.
+PROVIDED_BY_EMR = {"pyspark"}
+# The CUDA builds the gpu list uses in place of the lock's CPU builds.
+CPU_TO_GPU_BUILD = {"mxnet": "mxnet-cu117", "onnxruntime": "onnxruntime-gpu"}
+
+
+def job_runtime_names() -> set[str]:
+    """Names in requirements.in's job section (up to the next `# ---` header), less what EMR provides."""
+    names: set[str] = set()
+    in_job_section = False
+    for line in (REPO_ROOT / "requirements.in").read_text().splitlines():
+        if line.startswith("# ---"):
+            in_job_section = line.startswith(JOB_SECTION_HEADER)
+            continue
+        requirement_text = line.split("#", 1)[0].strip()
+        if in_job_section and requirement_text:
+            names.add(canonicalize_name(Requirement(requirement_text).name))
+    assert names, f"requirements.in has no requirements under a '{JOB_SECTION_HEADER}' header"
+    return names - PROVIDED_BY_EMR
+
+
+def locked_versions() -> dict[str, str]:
+    versions = {}
+    for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            versions[canonicalize_name(name)] = version.strip()
+    return versions
+
+
+def dependency_closure(names: set[str]) -> set[str]:
+    """`names` and everything they require (no extras), as the installed metadata declares it."""
+    closure: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        for requirement_text in importlib.metadata.distribution(name).requires or []:
+            requirement = Requirement(requirement_text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(canonicalize_name(requirement.name))
+    return closure
+
+
+def script_requirements(compute: str) -> dict[str, str]:
+    result = subprocess.run(
+        [str(INSTALL_SCRIPT), "--print-requirements", compute],
+        env=script_environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pins = {}
+    for line in result.stdout.splitlines():
+        name, version = line.split("==")
+        pins[canonicalize_name(name)] = version
+    return pins
+
+
+@pytest.fixture(scope="module")
+def locked_runtime() -> dict[str, str]:
+    versions = locked_versions()
+    closure = dependency_closure(job_runtime_names())
+    unlocked = sorted(closure - versions.keys())
+    assert not unlocked, f"the job's runtime needs {unlocked}, which requirements.lock does not pin: run `make lock`"
+    return {name: versions[name] for name in closure}
+
+
+def test_cpu_pins_equal_the_locked_runtime_closure(locked_runtime: dict[str, str]) -> None:
+    assert script_requirements("cpu") == locked_runtime
+
+
+def test_gpu_pins_differ_from_cpu_pins_only_in_the_cuda_builds() -> None:
+    cpu, gpu = script_requirements("cpu"), script_requirements("gpu")
+    shared_cpu = {name: version for name, version in cpu.items() if name not in CPU_TO_GPU_BUILD}
+    shared_gpu = {name: version for name, version in gpu.items() if name not in CPU_TO_GPU_BUILD.values()}
+    assert shared_gpu == shared_cpu
+    assert set(gpu) - set(shared_gpu) == set(CPU_TO_GPU_BUILD.values())
+
+
+def test_gpu_mxnet_build_has_the_locked_mxnet_version() -> None:
+    assert script_requirements("gpu")[CPU_TO_GPU_BUILD["mxnet"]] == locked_versions()["mxnet"]
+
+
+def test_gpu_onnxruntime_is_on_the_locked_release_line() -> None:
+    # onnxruntime-gpu has no 1.20.1 on PyPI; a patch release of the same line keeps the same API and numpy support.
+    def release_line(version: str) -> str:
+        return ".".join(re.split(r"[.+]", version)[:2])
+
+    gpu_version = script_requirements("gpu")[CPU_TO_GPU_BUILD["onnxruntime"]]
+    assert release_line(gpu_version) == release_line(locked_versions()["onnxruntime"])
