@@ -1,0 +1,185 @@
+"""The trigger Lambda's settings: its environment variables, read and validated once when the function starts.
+
+The stack sets these variables (the interface between the stack and this function). Every problem is collected first and
+reported in one error, each naming the variable, the value received and what is allowed, so a wiring mistake shows up in the
+function's first log line instead of in a half-submitted batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from emr_step import JobArtifacts, JobOptions
+
+# EMR's own limit on PENDING + RUNNING steps per cluster; the setting can only lower it.
+EMR_MAX_ACTIVE_STEPS = 256
+# EMR step names are at most 256 characters; the batch id appended to the prefix has BATCH_ID_LENGTH characters.
+EMR_MAX_STEP_NAME_CHARS = 256
+BATCH_ID_LENGTH = 20
+JOB_DEVICES = ("cpu", "gpu", "auto")
+
+
+class ClusterMode(str, Enum):
+    PERSISTENT = "persistent"  # the stack runs one long-lived cluster: steps go to CLUSTER_ID
+    TRANSIENT = "transient"  # steps go to a running cluster of this stack, else a new one that ends with its steps
+
+
+class SettingsError(ValueError):
+    """The function's environment is not what the stack should have set; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    data_bucket: str
+    incoming_prefix: str
+    manifests_prefix: str
+    results_prefix: str
+    model_uri: str
+    artifacts: JobArtifacts
+    job_options: JobOptions
+    step_name_prefix: str
+    cluster_mode: ClusterMode
+    cluster_id: str | None  # persistent mode only
+    job_flow_definition_key: str | None  # transient mode only
+    cluster_tag_key: str | None  # transient mode only: the tag that marks this stack's clusters
+    cluster_tag_value: str | None
+    max_active_steps: int
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
+        """Read every variable, collect every problem, and raise one :class:`SettingsError` listing them all."""
+        problems: list[str] = []
+
+        def required(name: str) -> str:
+            value = environ.get(name, "").strip()
+            if not value:
+                problems.append(f"{name} is missing or empty: the stack must set it")
+            return value
+
+        def prefix(name: str) -> str:
+            value = required(name)
+            if value and (not value.endswith("/") or value.startswith("/")):
+                problems.append(f"{name}={value!r}: expected a key prefix like 'incoming/' (ends with '/', no leading '/')")
+            return value
+
+        def s3_uri(name: str) -> str:
+            value = required(name)
+            if value and not (value.startswith("s3://") and len(value) > len("s3://")):
+                problems.append(f"{name}={value!r}: expected an s3:// URI")
+            return value
+
+        data_bucket = required("DATA_BUCKET")
+        incoming_prefix = prefix("INCOMING_PREFIX")
+        manifests_prefix = prefix("MANIFESTS_PREFIX")
+        results_prefix = prefix("RESULTS_PREFIX")
+        # Objects this function or the job writes must never count as uploads, or a run would trigger the next one.
+        named_prefixes = {"INCOMING_PREFIX": incoming_prefix, "MANIFESTS_PREFIX": manifests_prefix, "RESULTS_PREFIX": results_prefix}
+        for name, value in named_prefixes.items():
+            for other_name, other_value in named_prefixes.items():
+                if name < other_name and value and other_value and (value.startswith(other_value) or other_value.startswith(value)):
+                    problems.append(f"{name}={value!r} and {other_name}={other_value!r} overlap: they must be separate prefixes")
+
+        model_uri = s3_uri("MODEL_URI")
+        artifacts = JobArtifacts(py_files_uri=s3_uri("JOB_PY_FILES_URI"), entry_point_uri=s3_uri("JOB_ENTRY_POINT_URI"))
+        job_options = _job_options(required("JOB_OPTIONS"), problems)
+
+        step_name_prefix = required("STEP_NAME_PREFIX")
+        if len(step_name_prefix) + BATCH_ID_LENGTH > EMR_MAX_STEP_NAME_CHARS:
+            problems.append(
+                f"STEP_NAME_PREFIX has {len(step_name_prefix)} characters: at most "
+                f"{EMR_MAX_STEP_NAME_CHARS - BATCH_ID_LENGTH} leave room for the batch id in EMR's 256-character step name"
+            )
+
+        mode_value = required("CLUSTER_MODE")
+        allowed_modes = [mode.value for mode in ClusterMode]
+        cluster_mode = ClusterMode.PERSISTENT
+        if mode_value:
+            if mode_value in allowed_modes:
+                cluster_mode = ClusterMode(mode_value)
+            else:
+                problems.append(f"CLUSTER_MODE={mode_value!r}: expected one of {allowed_modes}")
+
+        cluster_id = job_flow_definition_key = cluster_tag_key = cluster_tag_value = None
+        if cluster_mode is ClusterMode.PERSISTENT:
+            cluster_id = required("CLUSTER_ID")
+            if cluster_id and not cluster_id.startswith("j-"):
+                problems.append(f"CLUSTER_ID={cluster_id!r}: expected an EMR cluster id like 'j-2AXXXXXXGAPLF'")
+            mode_only_names = ("JOB_FLOW_DEFINITION_KEY",)
+        else:
+            job_flow_definition_key = required("JOB_FLOW_DEFINITION_KEY")
+            cluster_tag_key = required("CLUSTER_TAG_KEY")
+            cluster_tag_value = required("CLUSTER_TAG_VALUE")
+            mode_only_names = ("CLUSTER_ID",)
+        # A variable of the other mode means the stack and the function disagree about the mode: say so rather than guess.
+        for name in mode_only_names:
+            if environ.get(name, "").strip():
+                problems.append(f"{name} is set but CLUSTER_MODE={cluster_mode.value!r} does not use it")
+
+        max_active_text = required("MAX_ACTIVE_STEPS")
+        max_active_steps = EMR_MAX_ACTIVE_STEPS
+        if max_active_text:
+            try:
+                max_active_steps = _positive_int(problems, "MAX_ACTIVE_STEPS", int(max_active_text), upper=EMR_MAX_ACTIVE_STEPS)
+            except ValueError:
+                problems.append(f"MAX_ACTIVE_STEPS={max_active_text!r}: expected an integer from 1 to {EMR_MAX_ACTIVE_STEPS}")
+
+        if problems:
+            raise SettingsError("Invalid trigger function environment:\n- " + "\n- ".join(problems))
+        return cls(
+            data_bucket=data_bucket,
+            incoming_prefix=incoming_prefix,
+            manifests_prefix=manifests_prefix,
+            results_prefix=results_prefix,
+            model_uri=model_uri,
+            artifacts=artifacts,
+            job_options=job_options,
+            step_name_prefix=step_name_prefix,
+            cluster_mode=cluster_mode,
+            cluster_id=cluster_id,
+            job_flow_definition_key=job_flow_definition_key,
+            cluster_tag_key=cluster_tag_key,
+            cluster_tag_value=cluster_tag_value,
+            max_active_steps=max_active_steps,
+        )
+
+
+def _job_options(text: str, problems: list[str]) -> JobOptions:
+    """Parse JOB_OPTIONS, a JSON object with exactly the keys of :class:`emr_step.JobOptions`."""
+    defaults = JobOptions()
+    if not text:
+        return defaults
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        problems.append(f"JOB_OPTIONS is not valid JSON ({error.msg} at character {error.pos})")
+        return defaults
+    expected_keys = {"device", "batch_size", "top_k", "max_failure_ratio"}
+    if not isinstance(raw, dict) or set(raw) != expected_keys:
+        received = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        problems.append(f"JOB_OPTIONS has keys {received}: expected exactly {sorted(expected_keys)}")
+        return defaults
+    device = raw["device"]
+    if device not in JOB_DEVICES:
+        problems.append(f"JOB_OPTIONS.device={device!r}: expected one of {list(JOB_DEVICES)}")
+    ratio = raw["max_failure_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        problems.append(f"JOB_OPTIONS.max_failure_ratio={ratio!r}: expected a number from 0 to 1")
+        ratio = defaults.max_failure_ratio
+    return JobOptions(
+        device=device,
+        batch_size=_positive_int(problems, "JOB_OPTIONS.batch_size", raw["batch_size"]),
+        top_k=_positive_int(problems, "JOB_OPTIONS.top_k", raw["top_k"]),
+        max_failure_ratio=float(ratio),
+    )
+
+
+def _positive_int(problems: list[str], name: str, value: object, upper: int | None = None) -> int:
+    # bool is an int subclass: reject it so JSON `true` is not read as 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
+        allowed = f"an integer from 1 to {upper}" if upper is not None else "a positive integer"
+        problems.append(f"{name}={value!r}: expected {allowed}")
+        return 1
+    return value

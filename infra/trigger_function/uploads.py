@@ -1,0 +1,146 @@
+"""Pure functions: SQS message bodies carrying S3 event notifications -> uploads -> batches with content-derived ids.
+
+No AWS calls here, so every rule about which objects count and how they are grouped is testable on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import unquote_plus
+
+from trigger_settings import BATCH_ID_LENGTH
+
+
+class UploadKind(str, Enum):
+    IMAGE = "image"  # all images of one invocation form one batch
+    CIFAR_BATCH = "cifar_batch"  # a CIFAR-10 binary batch file is a batch by itself
+    MANIFEST = "manifest"  # a user's manifest (JSON list of object URIs) is a batch by itself
+
+
+KIND_BY_SUFFIX = {
+    ".png": UploadKind.IMAGE,
+    ".jpg": UploadKind.IMAGE,
+    ".jpeg": UploadKind.IMAGE,
+    ".bin": UploadKind.CIFAR_BATCH,
+    ".json": UploadKind.MANIFEST,
+}
+
+
+class MalformedMessage(ValueError):
+    """A message body that is not an S3 event notification; the message says what was wrong, never the payload."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One created object under the incoming prefix, as its S3 event describes it."""
+
+    key: str  # decoded: '+' is a space and %xx escapes are resolved
+    etag: str
+    sequencer: str  # orders events for one key; a re-upload of the same bytes gets a new sequencer
+    kind: UploadKind
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Uploads that become one manifest and one EMR step, and the SQS messages whose fate they share."""
+
+    batch_id: str
+    kind: UploadKind
+    uploads: tuple[Upload, ...]  # sorted by key, then ETag and sequencer
+
+    def object_keys(self) -> list[str]:
+        """The batch's distinct keys, sorted: what its manifest lists (a user manifest lists its own objects instead)."""
+        return sorted({upload.key for upload in self.uploads})
+    message_ids: frozenset[str]
+
+
+def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[Upload]:
+    """Return the input uploads an SQS message body announces; an empty list for test events and objects to ignore.
+
+    Raises :class:`MalformedMessage` when the body is not an S3 event notification at all.
+    """
+    try:
+        notification = json.loads(body)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise MalformedMessage(f"body is not JSON ({error})") from None
+    if not isinstance(notification, dict):
+        raise MalformedMessage(f"body is a JSON {type(notification).__name__}, expected an object")
+    # S3 sends this once when a notification is configured; it announces no object.
+    if notification.get("Event") == "s3:TestEvent":
+        return []
+    records = notification.get("Records")
+    if not isinstance(records, list):
+        raise MalformedMessage("body has no 'Records' list and is not an s3:TestEvent")
+    uploads = []
+    for index, record in enumerate(records):
+        try:
+            event_name = record["eventName"]
+            record_bucket = record["s3"]["bucket"]["name"]
+            s3_object = record["s3"]["object"]
+            key = unquote_plus(s3_object["key"])
+        except (KeyError, TypeError) as error:
+            raise MalformedMessage(f"record {index} is not an S3 event record (missing {error})") from None
+        if not event_name.startswith("ObjectCreated:") or record_bucket != bucket:
+            continue
+        kind = upload_kind(key, incoming_prefix=incoming_prefix)
+        if kind is not None:
+            # Copies and some multipart uploads can omit the ETag; the sequencer alone still tells events apart.
+            uploads.append(Upload(key=key, etag=s3_object.get("eTag", ""), sequencer=s3_object.get("sequencer", ""), kind=kind))
+    return uploads
+
+
+def upload_kind(key: str, *, incoming_prefix: str) -> UploadKind | None:
+    """The kind of input a decoded key is, or None for anything that must not start a run.
+
+    Only keys under the incoming prefix count; the settings guarantee manifests/ and results/ are not under it, so objects
+    this system writes never trigger it. The suffix is matched case-insensitively (cameras write .JPG).
+    """
+    if not key.startswith(incoming_prefix) or key.endswith("/"):
+        return None
+    return KIND_BY_SUFFIX.get(posixpath.splitext(key)[1].lower())
+
+
+def group_into_batches(uploads_by_message: Iterable[tuple[str, list[Upload]]]) -> list[Batch]:
+    """Group one invocation's uploads: all images into one batch, each CIFAR-10 file and each manifest into its own.
+
+    Duplicate events (at-least-once delivery) are one upload. Two uploads of one key in the same invocation stay two
+    uploads (both feed the batch id) but one object in the manifest: the job reads the object as it is now.
+    """
+    message_ids_by_upload: dict[Upload, set[str]] = {}
+    for message_id, uploads in uploads_by_message:
+        for upload in uploads:
+            message_ids_by_upload.setdefault(upload, set()).add(message_id)
+    images = [upload for upload in message_ids_by_upload if upload.kind is UploadKind.IMAGE]
+    groups = [images] if images else []
+    single_upload_batches: dict[str, list[Upload]] = {}
+    for upload in message_ids_by_upload:
+        if upload.kind is not UploadKind.IMAGE:
+            single_upload_batches.setdefault(upload.key, []).append(upload)
+    groups += single_upload_batches.values()
+    batches = []
+    for group in groups:
+        uploads = tuple(sorted(group, key=_upload_order))
+        message_ids = frozenset().union(*(message_ids_by_upload[upload] for upload in uploads))
+        batches.append(Batch(batch_id=batch_id(uploads), kind=uploads[0].kind, uploads=uploads, message_ids=message_ids))
+    return sorted(batches, key=lambda batch: batch.batch_id)
+
+
+def batch_id(uploads: Iterable[Upload]) -> str:
+    """A content-derived id: the same uploads (redelivered or duplicated events) always give the same id.
+
+    Keys, ETags and sequencers go in, so uploading the same image again (new sequencer) is a new run, while a redelivered
+    event is not.
+    """
+    digest = hashlib.sha256()
+    for upload in sorted(uploads, key=_upload_order):
+        digest.update(f"{upload.key}\0{upload.etag}\0{upload.sequencer}\n".encode())
+    return digest.hexdigest()[:BATCH_ID_LENGTH]
+
+
+def _upload_order(upload: Upload) -> tuple[str, str, str]:
+    return (upload.key, upload.etag, upload.sequencer)

@@ -1,0 +1,90 @@
+"""Fixtures for the trigger Lambda's tests: moto for S3/EMR/SQS and the handler module loaded fresh inside the mock.
+
+The function's folder is its code root at runtime, so it goes on sys.path here and its modules import as top-level names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
+sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
+
+from trigger_helpers import BUCKET, REGION, AwsClients, create_cluster  # noqa: E402  (needs the path above)
+
+FUNCTION_MODULES = ("handler", "submitter", "uploads", "trigger_settings", "emr_step")
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_environment(monkeypatch):
+    """No real credentials or profile can leak into a test; every client talks to moto in one region."""
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "trigger")
+
+
+@pytest.fixture
+def aws():
+    """moto's S3, EMR and SQS with the data bucket created."""
+    with mock_aws():
+        clients = AwsClients(s3=boto3.client("s3"), emr=boto3.client("emr"), sqs=boto3.client("sqs"))
+        clients.s3.create_bucket(Bucket=BUCKET)
+        yield clients
+
+
+@pytest.fixture
+def persistent_cluster(aws) -> str:
+    """The stack's long-lived cluster (moto: WAITING, no steps)."""
+    return create_cluster(aws.emr, keep_alive=True)
+
+
+def base_environment(**overrides: str) -> dict[str, str]:
+    environment = {
+        "DATA_BUCKET": BUCKET,
+        "INCOMING_PREFIX": "incoming/",
+        "MANIFESTS_PREFIX": "manifests/",
+        "RESULTS_PREFIX": "results/",
+        "MODEL_URI": f"s3://{BUCKET}/models/resnet18/",
+        "JOB_PY_FILES_URI": f"s3://{BUCKET}/artifacts/job.zip",
+        "JOB_ENTRY_POINT_URI": f"s3://{BUCKET}/artifacts/spark_entry.py",
+        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05}',
+        "STEP_NAME_PREFIX": "mxnet-inference-",
+        "CLUSTER_MODE": "persistent",
+        "MAX_ACTIVE_STEPS": "256",
+    }
+    environment.update(overrides)
+    return {name: value for name, value in environment.items() if value is not None}
+
+
+@pytest.fixture
+def load_handler(monkeypatch):
+    """Import the handler afresh with the given environment, so its module-level settings and clients are rebuilt
+    (clients must be created while moto is active)."""
+
+    def load(environment: dict[str, str]):
+        for name in list(base_environment()) + ["CLUSTER_ID", "JOB_FLOW_DEFINITION_KEY", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE"]:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        for module in FUNCTION_MODULES:
+            sys.modules.pop(module, None)
+        return importlib.import_module("handler")
+
+    yield load
+    for module in FUNCTION_MODULES:
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def persistent_handler(load_handler, persistent_cluster):
+    return load_handler(base_environment(CLUSTER_ID=persistent_cluster))

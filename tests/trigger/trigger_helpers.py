@@ -1,0 +1,142 @@
+"""Helpers for the trigger Lambda's tests, and for the integration test that runs a submitted step through the real job.
+
+``submitted_steps`` returns what the handler submitted to (moto's) EMR in the shape ``emr_step.build_step`` returns, so
+``emr_step.job_arguments(step)`` gives the job's own command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# The bucket name AWS reserves for documentation examples: it is nobody's real bucket.
+BUCKET = "amzn-s3-demo-bucket"
+REGION = "us-east-1"
+CLUSTER_TAG = {"Key": "inference-stack", "Value": "trigger-tests"}
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    s3: object
+    emr: object
+    sqs: object
+
+
+@dataclass(frozen=True)
+class FakeLambdaContext:
+    function_name: str = "trigger"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:trigger"
+    aws_request_id: str = "52fdfc07-2182-454f-963f-5f0f9a621d72"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+def load_event(name: str) -> dict:
+    """An SQS event fixture (real shape: the S3 notification is a JSON string in each record's body)."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+def bodies(event: dict) -> list[dict]:
+    return [json.loads(record["body"]) for record in event["Records"]]
+
+
+def sqs_event(message_bodies: list[dict | str], *, first_message_number: int = 1) -> dict:
+    """An SQS event with one record per body, shaped like the fixture's record; message ids are ``msg-<n>``."""
+    template = load_event("sqs_s3_put_image.json")["Records"][0]
+    records = []
+    for number, body in enumerate(message_bodies, start=first_message_number):
+        record = copy.deepcopy(template)
+        record["messageId"] = f"msg-{number}"
+        record["body"] = body if isinstance(body, str) else json.dumps(body)
+        records.append(record)
+    return {"Records": records}
+
+
+def s3_notification(key: str, etag: str, sequencer: str, *, encoded_key: str | None = None) -> dict:
+    """An S3 ObjectCreated:Put notification for one object, shaped like the fixture's (the key as S3 sends it: encoded)."""
+    template = json.loads(load_event("sqs_s3_put_image.json")["Records"][0]["body"])
+    record = template["Records"][0]
+    record["s3"]["object"].update({"key": encoded_key or key, "eTag": etag, "sequencer": sequencer})
+    return template
+
+
+def upload(s3, key: str, body: bytes, *, sequence: int) -> dict:
+    """Put an object into moto's S3 and return the notification S3 would send for it (its real ETag)."""
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
+    return s3_notification(key, etag, f"{sequence:018X}")
+
+
+def failed_message_ids(response: dict) -> list[str]:
+    return sorted(item["itemIdentifier"] for item in response["batchItemFailures"])
+
+
+def read_json(s3, key: str):
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def object_keys(s3, prefix: str) -> list[str]:
+    return sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def create_cluster(emr, *, keep_alive: bool, tags: list[dict] | None = None) -> str:
+    """A cluster in moto's EMR (moto starts it WAITING)."""
+    return emr.run_job_flow(
+        Name="inference",
+        ReleaseLabel="emr-7.5.0",
+        Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": keep_alive},
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+        Tags=tags if tags is not None else [CLUSTER_TAG],
+    )["JobFlowId"]
+
+
+def submitted_steps(emr, cluster_id: str) -> list[dict]:
+    """The cluster's steps, oldest first, as ``emr_step.build_step`` shapes them (Name, ActionOnFailure, HadoopJarStep)."""
+    steps = []
+    for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):
+        steps.extend(page["Steps"])
+    return [
+        {
+            "Name": step["Name"],
+            "ActionOnFailure": step["ActionOnFailure"],
+            "HadoopJarStep": {"Jar": step["Config"]["Jar"], "Args": step["Config"]["Args"]},
+        }
+        for step in reversed(steps)  # ListSteps returns the newest first
+    ]
+
+
+def queue_uploads_to_sqs(aws: AwsClients, *, prefix: str) -> str:
+    """Make moto's S3 send ObjectCreated notifications for keys under ``prefix`` to a new queue; return its URL."""
+    queue_url = aws.sqs.create_queue(QueueName="trigger-uploads")["QueueUrl"]
+    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.s3.put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                }
+            ]
+        },
+    )
+    return queue_url
+
+
+def receive_lambda_event(sqs, queue_url: str) -> dict:
+    """Drain the queue into one event shaped like the one Lambda's SQS poller delivers."""
+    template = load_event("sqs_s3_put_image.json")["Records"][0]
+    records = []
+    while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            record = copy.deepcopy(template)
+            record.update(messageId=message["MessageId"], receiptHandle=message["ReceiptHandle"], body=message["Body"])
+            records.append(record)
+    return {"Records": records}
