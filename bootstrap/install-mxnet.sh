@@ -301,7 +301,8 @@ main() {
   # An absolute path, so that sudo runs the same interpreter whatever its secure_path.
   PYTHON=$(command -v "$python_name") || fail "interpreter '$python_name' not found (set MXNET_BOOTSTRAP_PYTHON to a Python $REQUIRED_PYTHON_VERSION)"
   local python_version
-  python_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  python_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
+    fail "interpreter $PYTHON does not run (set MXNET_BOOTSTRAP_PYTHON to a Python $REQUIRED_PYTHON_VERSION)"
   if [[ $python_version != "$REQUIRED_PYTHON_VERSION" ]]; then
     fail "interpreter $PYTHON is Python $python_version; the pinned wheels and EMR's PySpark need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
   fi

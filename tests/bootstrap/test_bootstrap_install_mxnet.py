@@ -1,0 +1,178 @@
+"""install-mxnet.sh run for real (real bash, real pip, real MXNet forward pass) against a throw-away runtime.
+
+The runtime sees the project's installed packages except one pinned package (see bootstrap_helpers), so the first
+run installs exactly that one from a local wheelhouse (`--no-index --find-links`, no network) and the second run has
+nothing to install. Not covered here: the gpu build (no GPU and no CUDA wheels on this machine), sudo (tests run as
+root), and downloads from PyPI.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from bootstrap_helpers import (
+    INSTALL_SCRIPT,
+    LEFT_OUT_DISTRIBUTION,
+    ThrowAwayRuntime,
+    make_throw_away_runtime,
+    run_install_script,
+    wheel_from_installed,
+)
+
+TIMESTAMPED_LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z install-mxnet\.sh: (?P<message>.*)$")
+STEPS_WHEN_INSTALLING = (
+    "step: checking the interpreter",
+    "step: checking for the other compute's builds",
+    "step: comparing installed packages with the pins",
+    "step: using local wheelhouse",
+    "step: installing with pip",
+    "step: verifying imports and one forward pass",
+)
+
+
+@dataclass(frozen=True)
+class TwoRuns:
+    runtime: ThrowAwayRuntime
+    wheelhouse: Path
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+    site_packages_before_second: dict[str, int]
+    site_packages_after_second: dict[str, int]
+
+
+def snapshot(directory: Path) -> dict[str, int]:
+    """Every file under `directory` with its modification time in nanoseconds."""
+    return {str(path.relative_to(directory)): path.stat().st_mtime_ns for path in directory.rglob("*")}
+
+
+def log_messages(stderr: str) -> list[str]:
+    return [match["message"] for line in stderr.splitlines() if (match := TIMESTAMPED_LOG_LINE.match(line))]
+
+
+def pinned_version(name: str) -> str:
+    listed = subprocess.run(
+        [str(INSTALL_SCRIPT), "--print-requirements", "cpu"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return next(line.split("==")[1] for line in listed if line.split("==")[0] == name)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+    root = tmp_path_factory.mktemp("install-mxnet")
+    runtime = make_throw_away_runtime(root)
+    wheelhouse = root / "wheelhouse"
+    wheelhouse.mkdir()
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse)
+    first = run_install_script("cpu", str(wheelhouse), python=runtime.python)
+    before = snapshot(runtime.own_site_packages)
+    second = run_install_script("cpu", str(wheelhouse), python=runtime.python)
+    after = snapshot(runtime.own_site_packages)
+    return TwoRuns(runtime, wheelhouse, first, second, before, after)
+
+
+@pytest.fixture
+def fresh_runtime(tmp_path: Path) -> ThrowAwayRuntime:
+    return make_throw_away_runtime(tmp_path)
+
+
+def test_first_run_exits_zero(two_runs: TwoRuns) -> None:
+    assert two_runs.first.returncode == 0, two_runs.first.stderr
+
+
+def test_first_run_installs_the_missing_pin_into_the_runtime(two_runs: TwoRuns) -> None:
+    dist_info = f"{LEFT_OUT_DISTRIBUTION}-{pinned_version(LEFT_OUT_DISTRIBUTION)}.dist-info"
+    assert (two_runs.runtime.own_site_packages / dist_info).is_dir()
+
+
+def test_first_run_installs_only_from_the_wheelhouse(two_runs: TwoRuns) -> None:
+    # --no-index: pip reads no package index, only the --find-links directory.
+    assert f"Looking in links: {two_runs.wheelhouse}" in two_runs.first.stdout
+    assert "Looking in indexes" not in two_runs.first.stdout
+
+
+def test_first_run_logs_what_it_installed(two_runs: TwoRuns) -> None:
+    requirement = f"{LEFT_OUT_DISTRIBUTION}=={pinned_version(LEFT_OUT_DISTRIBUTION)}"
+    assert f"installed 1 packages: {requirement}" in log_messages(two_runs.first.stderr)
+
+
+def test_first_run_logs_every_step_with_a_timestamp(two_runs: TwoRuns) -> None:
+    messages = log_messages(two_runs.first.stderr)
+    missing_steps = [step for step in STEPS_WHEN_INSTALLING if not any(m.startswith(step) for m in messages)]
+    assert missing_steps == []
+
+
+def test_first_run_ends_with_a_forward_pass_on_cpu(two_runs: TwoRuns) -> None:
+    assert "forward pass on cpu(0) ok: output shape (1, 4, 6, 6)" in two_runs.first.stderr
+
+
+def test_second_run_exits_zero(two_runs: TwoRuns) -> None:
+    assert two_runs.second.returncode == 0, two_runs.second.stderr
+
+
+def test_second_run_reports_nothing_to_install(two_runs: TwoRuns) -> None:
+    messages = log_messages(two_runs.second.stderr)
+    assert any(message.endswith("already installed; nothing to install") for message in messages)
+    assert not any(message.startswith("step: installing with pip") for message in messages)
+
+
+def test_second_run_leaves_the_runtime_unchanged(two_runs: TwoRuns) -> None:
+    assert two_runs.site_packages_after_second == two_runs.site_packages_before_second
+
+
+def test_second_run_still_verifies_with_a_forward_pass(two_runs: TwoRuns) -> None:
+    assert "forward pass on cpu(0) ok" in two_runs.second.stderr
+
+
+@pytest.mark.parametrize("arguments", [("tpu",), ("--print-requirements", "tpu")], ids=["install", "print"])
+def test_unknown_compute_is_rejected_naming_the_allowed_values(arguments: tuple[str, ...]) -> None:
+    result = run_install_script(*arguments, python=Path(sys.executable))
+    assert result.returncode == 2
+    assert "compute must be 'cpu' or 'gpu', got 'tpu'" in result.stderr
+
+
+def test_missing_compute_prints_the_usage() -> None:
+    result = run_install_script(python=Path(sys.executable))
+    assert result.returncode == 2
+    assert "usage: install-mxnet.sh cpu|gpu [WHEELHOUSE]" in result.stderr
+
+
+def test_missing_local_wheelhouse_is_rejected_naming_it(tmp_path: Path) -> None:
+    absent = tmp_path / "no-such-wheelhouse"
+    result = run_install_script("cpu", str(absent), python=Path(sys.executable))
+    assert result.returncode == 2
+    assert f"wheelhouse '{absent}' is neither an s3:// URI nor an existing directory" in result.stderr
+
+
+def runnable_python_other_than_3_11() -> str | None:
+    names = ("python3.12", "python3.10", "python3.13", "python3.9")
+    on_path = [found for name in names if (found := shutil.which(name))]
+    # Installations beside the base interpreter's (pyenv keeps one folder per version).
+    beside_base = [str(path) for name in names for path in Path(sys.base_prefix).parent.glob(f"*/bin/{name}")]
+    for candidate in on_path + beside_base:
+        # pyenv's shims on PATH exit 127 for versions that are not selected.
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return candidate
+    return None
+
+
+def test_interpreter_other_than_python_3_11_is_rejected() -> None:
+    other = runnable_python_other_than_3_11()
+    if other is None:
+        pytest.skip("no Python other than 3.11 on this machine")
+    result = run_install_script("cpu", python=Path(other))
+    assert result.returncode == 1
+    assert "need Python 3.11 (set MXNET_BOOTSTRAP_PYTHON)" in result.stderr
+
+
+def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-wheelhouse"
+    empty.mkdir()
+    result = run_install_script("cpu", str(empty), python=fresh_runtime.python)
+    assert result.returncode == 1
+    assert "holds no .whl files; build it with: pip download" in result.stderr
