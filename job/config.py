@@ -1,0 +1,131 @@
+"""The job's command line (the contract with the stack, documented in README.md) parsed into one validated object."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+DEVICES = ("cpu", "gpu", "auto")
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_TOP_K = 5
+DEFAULT_DEVICE = "auto"
+DEFAULT_MAX_FAILURE_RATIO = 0.01
+DEFAULT_FETCH_THREADS = 16
+# A task holds this many images at most; with fewer images the inputs are spread over every core instead.
+DEFAULT_MAX_IMAGES_PER_TASK = 20_000
+URI_SCHEMES = ("s3://", "file://", "/", "./", "../")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong: the job stops before any Spark work, with this message."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    inputs: tuple[str, ...]
+    manifest: Optional[str]
+    model: str
+    output: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    top_k: int = DEFAULT_TOP_K
+    device: str = DEFAULT_DEVICE
+    max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO
+    overwrite: bool = False
+    s3_endpoint_url: Optional[str] = None
+    fetch_threads: int = DEFAULT_FETCH_THREADS
+    max_images_per_task: int = DEFAULT_MAX_IMAGES_PER_TASK
+    master: Optional[str] = None
+    # Test-only fault injection: the first Python worker to reach this many images kills itself (once per marker file).
+    kill_worker_once_marker: Optional[str] = field(default=None, repr=False)
+    kill_worker_after_images: int = field(default=0, repr=False)
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m job",
+        description="Classify images with an MXNet or ONNX model package on Spark; write Parquet and summary.json.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", action="append", default=[], metavar="URI",
+                        help="S3 prefix, local directory or single object (image or CIFAR-10 .bin); repeatable")
+    source.add_argument("--manifest", metavar="URI",
+                        help='JSON list of object URIs, or {"objects": [...]} (other keys ignored)')
+    parser.add_argument("--model", required=True, metavar="URI", help="model package: directory or S3 prefix with model.json")
+    parser.add_argument("--output", required=True, metavar="URI", help="where the Parquet files and summary.json go")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                        help=f"images per model call (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+                        help=f"labels kept per image, best first (default {DEFAULT_TOP_K})")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, metavar="|".join(DEVICES),
+                        help=f"where the model runs (default {DEFAULT_DEVICE}: the task's GPU when Spark assigned one)")
+    parser.add_argument("--max-failure-ratio", type=float, default=DEFAULT_MAX_FAILURE_RATIO, metavar="F",
+                        help=f"fail the job when more than this share of inputs failed (default {DEFAULT_MAX_FAILURE_RATIO})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of refusing")
+    parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+    parser.add_argument("--fetch-threads", type=int, default=DEFAULT_FETCH_THREADS, metavar="N",
+                        help=f"concurrent object reads per Python worker (default {DEFAULT_FETCH_THREADS})")
+    parser.add_argument("--max-images-per-task", type=int, default=DEFAULT_MAX_IMAGES_PER_TASK, metavar="N",
+                        help=f"upper bound on images per Spark task (default {DEFAULT_MAX_IMAGES_PER_TASK})")
+    parser.add_argument("--master", metavar="URL",
+                        help="Spark master for `python -m job` (default: local[*]); ignored under spark-submit")
+    parser.add_argument("--test-kill-worker-once", dest="kill_worker_once_marker", help=argparse.SUPPRESS)
+    parser.add_argument("--test-kill-worker-after-images", dest="kill_worker_after_images", type=int, default=0,
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def _looks_like_uri(value: str) -> bool:
+    return value.startswith(URI_SCHEMES) or "://" not in value
+
+
+def _problems(config: JobConfig) -> list[str]:
+    problems = []
+    if config.batch_size < 1:
+        problems.append(f"--batch-size must be a positive integer; got {config.batch_size}")
+    if config.top_k < 1:
+        problems.append(f"--top-k must be a positive integer; got {config.top_k}")
+    if config.device not in DEVICES:
+        problems.append(f"--device must be one of {', '.join(DEVICES)}; got {config.device!r}")
+    if not 0.0 <= config.max_failure_ratio <= 1.0:
+        problems.append(f"--max-failure-ratio must be between 0 and 1; got {config.max_failure_ratio}")
+    if config.fetch_threads < 1:
+        problems.append(f"--fetch-threads must be a positive integer; got {config.fetch_threads}")
+    if config.max_images_per_task < 1:
+        problems.append(f"--max-images-per-task must be a positive integer; got {config.max_images_per_task}")
+    named_uris = [("--input", uri) for uri in config.inputs] + [
+        (flag, uri) for flag, uri in (("--manifest", config.manifest), ("--model", config.model), ("--output", config.output))
+        if uri is not None
+    ]
+    for flag, uri in named_uris:
+        if not uri.strip():
+            problems.append(f"{flag} must not be empty")
+        elif not _looks_like_uri(uri):
+            problems.append(f"{flag} {uri!r}: only s3:// URIs and local paths (optionally file://) are supported")
+    return problems
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
+    """Parse and validate the command line; raise :class:`ConfigError` listing every problem at once."""
+    args = _argument_parser().parse_args(argv)
+    config = JobConfig(
+        inputs=tuple(args.input),
+        manifest=args.manifest,
+        model=args.model,
+        output=args.output,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        device=args.device,
+        max_failure_ratio=args.max_failure_ratio,
+        overwrite=args.overwrite,
+        s3_endpoint_url=args.s3_endpoint_url,
+        fetch_threads=args.fetch_threads,
+        max_images_per_task=args.max_images_per_task,
+        master=args.master,
+        kill_worker_once_marker=args.kill_worker_once_marker,
+        kill_worker_after_images=args.kill_worker_after_images,
+    )
+    problems = _problems(config)
+    if problems:
+        raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
+    return config

@@ -1,0 +1,222 @@
+"""The driver: validate everything, list inputs once, plan tasks, run the Spark job, write the run summary.
+
+Data path: listing (driver) -> one Spark task per planned group of items -> ``mapInArrow`` runs
+:func:`job.worker.classify_items` -> Spark's Parquet writer under ``OUTPUT/predictions/`` -> ``OUTPUT/summary.json``
+computed from what was written. The driver never loads the model and never collects predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Optional
+
+from pyspark import AccumulatorParam
+
+from job import __version__
+from job.config import ConfigError, JobConfig
+from job.model_package import ModelPackage, read_package
+from job.sources import Listing, NoInputError, list_inputs, plan_tasks
+from job.storage import Storage, join
+from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow
+
+PREDICTIONS_DIR = "predictions"
+SUMMARY_NAME = "summary.json"
+# Local runs retry a failed task (e.g. a crashed Python worker) up to 4 times, as a cluster would.
+DEFAULT_LOCAL_MASTER = "local[*,4]"
+WORK_ITEM_SCHEMA = "source string, kind string, start bigint, count bigint, error string"
+
+
+class JobFailed(RuntimeError):
+    """The job ran but its result is not acceptable (e.g. too many failed inputs); the summary says why."""
+
+
+class StatsAccumulator(AccumulatorParam):
+    """Sums per-task numbers (seconds, counts) keyed by name; nested dicts are summed key by key."""
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, total, more):
+        for key, value in more.items():
+            if isinstance(value, dict):
+                total[key] = self.addInPlace(dict(total.get(key, {})), value)
+            else:
+                total[key] = total.get(key, 0) + value
+        return total
+
+
+def check_output(config: JobConfig, storage: Storage) -> None:
+    if config.overwrite:
+        return
+    if storage.exists_below(config.output):
+        raise ConfigError(f"--output {config.output} already holds results; pass --overwrite to replace them, "
+                          "or choose another --output")
+
+
+def check_device_request(config: JobConfig, spark_conf) -> None:
+    """``--device gpu`` needs Spark to hand each task a GPU; fail before any work when it will not."""
+    if config.device != "gpu":
+        return
+    amount = spark_conf.get("spark.task.resource.gpu.amount", None)
+    if not amount or float(amount) <= 0:
+        raise ConfigError(
+            "--device gpu, but spark.task.resource.gpu.amount is not set, so no task would get a GPU: set it (and "
+            "spark.executor.resource.gpu.amount plus a discovery script; the stack's compute=gpu does), or use "
+            "--device auto/cpu")
+
+
+def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, Listing, float]:
+    """Everything that can fail on bad arguments, done before Spark starts. Returns listing seconds too."""
+    storage = Storage(config.s3_endpoint_url)
+    package = read_package(config.model, storage)
+    check_output(config, storage)
+    started = time.perf_counter()
+    try:
+        listing = list_inputs(inputs=config.inputs, manifest=config.manifest, storage=storage,
+                              records_per_item=config.batch_size)
+    except NoInputError as error:
+        raise ConfigError(str(error)) from error
+    return storage, package, listing, time.perf_counter() - started
+
+
+def spark_session(master: Optional[str]):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("mxnet-inference")
+    if master is not None:
+        # Local runs: Python workers must import this package wherever the process was started from.
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers use this interpreter's packages
+        builder = (builder.master(master)
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.sql.session.timeZone", "UTC"))
+    return builder.getOrCreate()
+
+
+def _versions(spark) -> dict:
+    import numpy
+    import pyarrow
+
+    return {"job": __version__, "python": platform.python_version(), "spark": spark.version,
+            "numpy": numpy.__version__, "pyarrow": pyarrow.__version__}
+
+
+def summarize(spark, predictions_uri: str, package: ModelPackage) -> dict:
+    """Counts, failures by reason, per-class counts and accuracy, from the written Parquet in one small Spark job."""
+    from pyspark.sql import functions as F
+
+    groups = (spark.read.parquet(predictions_uri)
+              .groupBy("status",
+                       F.substring_index("error", ":", 1).alias("reason"),
+                       "label_name",
+                       F.col("true_label").isNotNull().alias("graded"),
+                       (F.col("label") == F.col("true_label")).alias("correct"))
+              .count().collect())
+    total = ok = graded = correct = 0
+    reasons: dict[str, int] = {}
+    per_class: dict[str, int] = {}
+    for group in groups:
+        total += group["count"]
+        if group["status"] != "ok":
+            reasons[group["reason"]] = reasons.get(group["reason"], 0) + group["count"]
+            continue
+        ok += group["count"]
+        per_class[group["label_name"]] = per_class.get(group["label_name"], 0) + group["count"]
+        if group["graded"]:
+            graded += group["count"]
+            correct += group["count"] if group["correct"] else 0
+    accuracy = None
+    if graded:
+        accuracy = {"images_with_ground_truth": graded, "correct": correct, "accuracy": correct / graded}
+        if not package.trained:
+            accuracy["note"] = "untrained model: random weights, so this accuracy is chance level by construction"
+    return {
+        "total": total,
+        "ok": ok,
+        "error": total - ok,
+        "failures_by_reason": dict(sorted(reasons.items(), key=lambda pair: -pair[1])),
+        "per_class_counts": dict(sorted(per_class.items())),
+        "accuracy": accuracy,
+    }
+
+
+def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict:
+    """Run the job; return the summary written to ``OUTPUT/summary.json``. Raises ConfigError before Spark starts on
+    bad arguments, and JobFailed after writing the summary when more than ``--max-failure-ratio`` of inputs failed."""
+    storage, package, listing, listing_s = prepare(config)
+    session_started = time.perf_counter()
+    spark = spark_session(master)
+    session_s = time.perf_counter() - session_started
+    check_device_request(config, spark.sparkContext.getConf())
+
+    slots = spark.sparkContext.defaultParallelism
+    tasks = plan_tasks(listing.items, slots=slots, max_images_per_task=config.max_images_per_task)
+    settings = WorkerSettings(
+        package=package, device=config.device, batch_size=config.batch_size, top_k=config.top_k,
+        fetch_threads=config.fetch_threads, s3_endpoint_url=config.s3_endpoint_url,
+        kill_worker_once_marker=config.kill_worker_once_marker, kill_worker_after_images=config.kill_worker_after_images,
+    )
+    stats = spark.sparkContext.accumulator({}, StatsAccumulator())
+
+    def classify_partition(record_batches):
+        task_stats: dict = {}
+        yield from classify_items(items_from_arrow(record_batches), settings, task_stats)
+        stats.add(task_stats)
+
+    item_rows = spark.sparkContext.parallelize(tasks, len(tasks)).flatMap(
+        lambda task: [(item.source, item.kind, item.start, item.count, item.error) for item in task])
+    predictions_uri = join(config.output, PREDICTIONS_DIR)
+    processing_started = time.perf_counter()
+    (spark.createDataFrame(item_rows, WORK_ITEM_SCHEMA)
+     .mapInArrow(classify_partition, SPARK_OUTPUT_SCHEMA)
+     .write.mode("overwrite" if config.overwrite else "errorifexists")
+     .parquet(predictions_uri))
+    processing_s = time.perf_counter() - processing_started
+
+    summary_started = time.perf_counter()
+    counts = summarize(spark, predictions_uri, package)
+    worker = dict(stats.value)
+    failure_ratio = counts["error"] / counts["total"] if counts["total"] else 0.0
+    failed = failure_ratio > config.max_failure_ratio
+    summary = {
+        "status": "failed" if failed else "succeeded",
+        "message": (f"{counts['error']} of {counts['total']} inputs failed ({failure_ratio:.2%}), more than "
+                    f"--max-failure-ratio {config.max_failure_ratio}") if failed else None,
+        "inputs": list(config.inputs) or None,
+        "manifest": config.manifest,
+        "output": predictions_uri,
+        "model": {"uri": package.uri, "name": package.name, "format": package.format, "trained": package.trained,
+                  "input_shape": list(package.input_shape), "provenance": package.provenance},
+        "device_requested": config.device,
+        "images_by_device": {key[len("images_on_"):]: value for key, value in worker.items()
+                             if key.startswith("images_on_")},
+        "device_notes": sorted(worker.get("device_notes", {})),
+        "counts": {key: counts[key] for key in ("total", "ok", "error")} | {"skipped_objects": listing.skipped},
+        "failure_ratio": failure_ratio,
+        "max_failure_ratio": config.max_failure_ratio,
+        "failures_by_reason": counts["failures_by_reason"],
+        "per_class_counts": counts["per_class_counts"],
+        "accuracy": counts["accuracy"],
+        "images_per_s": counts["total"] / processing_s if processing_s else None,
+        "tasks": len(tasks),
+        "batch_size": config.batch_size,
+        "top_k": config.top_k,
+        "seconds": {"listing": listing_s, "session_start": session_s, "processing": processing_s},
+        # Summed over tasks (and over retried attempts): where the workers spent their time.
+        "worker_seconds": {name: worker.get(f"{name}_s", 0.0)
+                           for name in ("model_load", "fetch", "decode", "predict", "output")},
+        "versions": _versions(spark),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    summary["seconds"]["summary"] = time.perf_counter() - summary_started
+    storage.write(join(config.output, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+    if failed:
+        raise JobFailed(summary["message"])
+    return summary

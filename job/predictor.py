@@ -1,0 +1,170 @@
+"""Running a model package: device choice, framework loading (lazy imports), and the per-worker model cache.
+
+``load_predictor`` returns ``predict(batch) -> probabilities`` where ``batch`` is ``float32[N, 3, H, W]`` and the result is
+``float32[N, classes]``. The cache keeps one loaded model per Python worker process: Spark reuses workers across tasks
+(``spark.python.worker.reuse``, on by default), so a model is loaded once per worker, not once per task.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from job.model_package import ModelPackage
+from job.storage import Storage, is_s3, local_path
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "gpu"
+    index: int = 0
+    note: str = ""  # why this device was chosen, when it was not simply what was asked for
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.index}"
+
+
+def resolve_device(requested: str, assigned_gpus: Sequence[str], framework_gpu_count: int) -> Device:
+    """Choose the device for one task.
+
+    ``assigned_gpus`` are the GPU addresses Spark gave this task (``TaskContext.resources()["gpu"]``), which is how each
+    executor gets a GPU of its own; ``framework_gpu_count`` is how many GPUs the model framework can see.
+    """
+    if requested == "cpu":
+        return Device("cpu")
+    if requested not in ("gpu", "auto"):
+        raise DeviceError(f"--device must be cpu, gpu or auto; got {requested!r}")
+    problem = None
+    if not assigned_gpus:
+        problem = ("Spark assigned no GPU to this task: set spark.executor.resource.gpu.amount=1 and "
+                   "spark.task.resource.gpu.amount=1 with a GPU discovery script (the stack does this for compute=gpu)")
+    elif framework_gpu_count == 0:
+        problem = ("the model framework sees no GPU: install the CUDA build (bootstrap/install-mxnet.sh gpu) and check "
+                   "the NVIDIA driver")
+    elif int(assigned_gpus[0]) >= framework_gpu_count:
+        problem = f"Spark assigned GPU {assigned_gpus[0]} but the framework sees only {framework_gpu_count} GPU(s)"
+    if problem is None:
+        return Device("gpu", int(assigned_gpus[0]))
+    if requested == "gpu":
+        raise DeviceError(f"--device gpu: {problem}")
+    return Device("cpu", note=f"--device auto fell back to CPU: {problem}")
+
+
+def task_gpu_addresses() -> list[str]:
+    """GPU addresses Spark assigned to the running task (empty outside a task or without GPU scheduling)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return []
+    resource = context.resources().get("gpu")
+    return list(resource.addresses) if resource is not None else []
+
+
+def framework_gpu_count(model_format: str) -> int:
+    if model_format == "mxnet":
+        import mxnet as mx
+
+        return mx.context.num_gpus()
+    import onnxruntime
+
+    return 1 if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else 0
+
+
+def threads_per_task() -> int:
+    """Spark sets OMP_NUM_THREADS to spark.task.cpus in Python workers; outside Spark use every core."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+def _mxnet_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
+    import mxnet as mx
+
+    context = mx.gpu(device.index) if device.kind == "gpu" else mx.cpu()
+    with warnings.catch_warnings():
+        # SymbolBlock.imports warns that the input's dtype is unknown; it is float32 by the package format.
+        warnings.filterwarnings("ignore", message="Cannot decide type")
+        net = mx.gluon.SymbolBlock.imports(
+            os.path.join(directory, package.files["symbol"]), [package.input_name],
+            os.path.join(directory, package.files["params"]), ctx=context)
+    # static_alloc reuses the memory plan between calls; the shape still may change (the last batch is smaller).
+    net.hybridize(static_alloc=True)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return net(mx.nd.array(batch, ctx=context, dtype=np.float32)).asnumpy()
+
+    return predict
+
+
+def _onnx_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # ONNX Runtime would otherwise size its pool from every core of the machine, oversubscribing the other tasks.
+    options.intra_op_num_threads = threads_per_task()
+    options.inter_op_num_threads = 1
+    providers = (
+        [("CUDAExecutionProvider", {"device_id": device.index})] if device.kind == "gpu" else ["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        os.path.join(directory, package.files["onnx"]), sess_options=options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: batch})[0]
+
+    return predict
+
+
+def load_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
+    """``predict(float32[N, 3, H, W]) -> float32[N, len(labels)]`` probabilities, for a package stored in ``directory``."""
+    raw = _mxnet_predictor(package, directory, device) if package.format == "mxnet" else _onnx_predictor(
+        package, directory, device)
+    expected_classes = len(package.labels)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        scores = np.asarray(raw(batch), dtype=np.float32)
+        if scores.ndim != 2 or scores.shape[1] != expected_classes:
+            raise ValueError(f"model {package.name} returned scores of shape {scores.shape}; expected "
+                             f"({len(batch)}, {expected_classes}) to match the {expected_classes} labels in model.json")
+        return softmax(scores) if package.output == "logits" else scores
+
+    return predict
+
+
+_cache: dict[tuple, tuple[Predict, Device]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_predictor(package: ModelPackage, requested_device: str, storage: Storage) -> tuple[Predict, Device, bool]:
+    """The worker's predictor for ``package``, loading it on first use. Returns ``(predict, device, loaded_now)``."""
+    device = resolve_device(requested_device, task_gpu_addresses(),
+                            0 if requested_device == "cpu" else framework_gpu_count(package.format))
+    key = (package.uri, package.format, str(device))
+    with _cache_lock:
+        if key in _cache:
+            return (*_cache[key], False)
+        if is_s3(package.uri):
+            directory = tempfile.mkdtemp(prefix="model-package-")
+            storage.download_prefix(package.uri, directory)
+        else:
+            directory = local_path(package.uri)
+        _cache[key] = (load_predictor(package, directory, device), device)
+        return (*_cache[key], True)
