@@ -13,6 +13,7 @@
 #
 # Environment:
 #   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON).
+#   MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS  wait before the first retry of a failed network step (default 10; doubles).
 #
 # Re-running is safe: when every pin is already installed nothing is downloaded or installed; the check still runs.
 set -euo pipefail
@@ -26,6 +27,7 @@ readonly PIP_RETRIES=5
 # message instead of running into EMR's own bootstrap timeout with none.
 readonly NETWORK_STEP_TIMEOUT_SECONDS=1800
 readonly NETWORK_STEP_ATTEMPTS=3
+readonly FIRST_RETRY_DELAY_SECONDS=${MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS:-10}
 
 # The job's runtime: every package that requirements.in's job section needs (pyspark excluded: EMR ships Spark),
 # with its whole dependency closure, each pinned exactly as in requirements.lock so every node gets the tested
@@ -96,12 +98,12 @@ usage_error() {
   exit 2
 }
 
-# retry ATTEMPTS COMMAND...: runs COMMAND until it succeeds, waiting 10 s, 20 s, ... between attempts.
+# retry ATTEMPTS COMMAND...: runs COMMAND until it succeeds, at most ATTEMPTS times, doubling the wait each time.
 retry() {
   local attempts=$1
   shift
   local attempt=1
-  local delay_seconds=10
+  local delay_seconds=$FIRST_RETRY_DELAY_SECONDS
   until "$@"; do
     if ((attempt >= attempts)); then
       log "giving up after $attempts attempts: $*"
@@ -291,6 +293,9 @@ main() {
   local compute=$1
   local wheelhouse=${2:-}
   validate_compute "$compute"
+  if [[ ! $FIRST_RETRY_DELAY_SECONDS =~ ^[0-9]+$ ]]; then
+    usage_error "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS must be a whole number of seconds, got '$FIRST_RETRY_DELAY_SECONDS'"
+  fi
   # Checked now, not only when something is missing, so a wrong path shows on the first cluster rather than later.
   if [[ -n $wheelhouse && $wheelhouse != s3://* && ! -d $wheelhouse ]]; then
     usage_error "wheelhouse '$wheelhouse' is neither an s3:// URI nor an existing directory"
