@@ -30,9 +30,10 @@ from trigger_settings import TriggerSettings
 from uploads import MalformedMessage, group_into_batches, parse_message_body
 
 # Throttling and transient errors (5xx, timeouts, connection resets) are retried by botocore with exponential backoff and
-# jitter; errors left after the last attempt fail the batch's records, and SQS redelivers them.
-AWS_RETRY_ATTEMPTS = 5
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": AWS_RETRY_ATTEMPTS})
+# jitter; errors left after the last attempt fail the batch's records, and SQS redelivers them. (botocore's `max_attempts`
+# counts retries only; `total_max_attempts` counts the first call too.)
+AWS_TOTAL_ATTEMPTS = 5
+AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": AWS_TOTAL_ATTEMPTS})
 
 logger = Logger()
 settings = TriggerSettings.from_environment(os.environ)

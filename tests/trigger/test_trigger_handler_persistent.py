@@ -7,6 +7,8 @@ The handler's own checks are what these tests exercise; the limits themselves ar
 
 from __future__ import annotations
 
+import json
+
 import emr_step
 from trigger_helpers import (
     BUCKET,
@@ -54,3 +56,145 @@ def test_upload_notified_through_sqs_becomes_one_step_with_the_job_arguments(aws
     assert step["Name"] == f"mxnet-inference-{manifest['batch_id']}"
     assert emr_step.job_arguments(step) == expected_job_arguments(manifest["batch_id"])
     assert manifest["objects"] == [f"s3://{BUCKET}/incoming/cat one.png"]
+
+
+def image_notifications(aws, count: int, *, first_sequence: int = 1) -> list[dict]:
+    return [upload(aws.s3, f"incoming/batch/img-{index:04d}.jpg", b"jpeg bytes %d" % index, sequence=first_sequence + index) for index in range(count)]
+
+
+def test_thousand_image_records_in_one_invocation_become_one_step(aws, persistent_cluster, persistent_handler):
+    notifications = image_notifications(aws, 1000)
+
+    response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
+    _, manifest = only_manifest(aws)
+    assert manifest["objects"] == sorted(f"s3://{BUCKET}/incoming/batch/img-{index:04d}.jpg" for index in range(1000))
+
+
+def test_step_name_and_manifest_share_the_batch_id(aws, persistent_cluster, persistent_handler):
+    persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 3)), FakeLambdaContext())
+
+    manifest_key, manifest = only_manifest(aws)
+    (step,) = submitted_steps(aws.emr, persistent_cluster)
+    assert manifest_key == f"manifests/{manifest['batch_id']}.json"
+    assert step["Name"] == f"mxnet-inference-{manifest['batch_id']}"
+
+
+def test_s3_test_event_submits_nothing_and_is_not_a_failure(aws, persistent_cluster, persistent_handler):
+    response = persistent_handler.lambda_handler(load_event("sqs_s3_test_event.json"), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+    assert object_keys(aws.s3, "manifests/") == []
+
+
+def test_url_encoded_keys_reach_the_manifest_decoded(aws, persistent_cluster, persistent_handler):
+    response = persistent_handler.lambda_handler(load_event("sqs_s3_encoded_keys.json"), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    _, manifest = only_manifest(aws)
+    assert manifest["objects"] == [
+        f"s3://{BUCKET}/incoming/café ☕ 日本.png",
+        f"s3://{BUCKET}/incoming/holiday photos/beach day (1).JPG",
+    ]
+
+
+def test_objects_under_results_manifests_artifacts_and_non_inputs_submit_nothing(aws, persistent_cluster, persistent_handler):
+    response = persistent_handler.lambda_handler(load_event("sqs_s3_system_keys.json"), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+    assert object_keys(aws.s3, "manifests/") == []
+
+
+def test_malformed_messages_are_skipped_without_losing_the_valid_one(aws, persistent_cluster, persistent_handler):
+    event = load_event("sqs_malformed_and_valid.json")
+
+    response = persistent_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    _, manifest = only_manifest(aws)
+    assert manifest["objects"] == [f"s3://{BUCKET}/incoming/cat.png"]
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
+
+
+def test_redelivered_messages_do_not_submit_the_batch_again(aws, persistent_cluster, persistent_handler):
+    event = sqs_event(image_notifications(aws, 5))
+    persistent_handler.lambda_handler(event, FakeLambdaContext())
+
+    response = persistent_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
+
+
+def test_duplicate_events_in_one_invocation_list_each_object_once(aws, persistent_cluster, persistent_handler):
+    notifications = image_notifications(aws, 2)
+
+    response = persistent_handler.lambda_handler(sqs_event(notifications + notifications), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    _, manifest = only_manifest(aws)
+    assert manifest["objects"] == [f"s3://{BUCKET}/incoming/batch/img-0000.jpg", f"s3://{BUCKET}/incoming/batch/img-0001.jpg"]
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
+
+
+def test_same_images_uploaded_again_are_a_new_batch(aws, persistent_cluster, persistent_handler):
+    persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 2)), FakeLambdaContext())
+
+    persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 2, first_sequence=100)), FakeLambdaContext())
+
+    first, second = submitted_steps(aws.emr, persistent_cluster)
+    assert first["Name"] != second["Name"]
+
+
+def test_cifar_batches_and_manifests_are_batches_by_themselves(aws, persistent_cluster, persistent_handler):
+    aws.s3.put_object(Bucket=BUCKET, Key="datasets/a.png", Body=b"png")
+    notifications = image_notifications(aws, 2) + [
+        upload(aws.s3, "incoming/cifar/test_batch.bin", b"\x03" * 3073, sequence=50),
+        upload(aws.s3, "incoming/run.json", b'{"objects": ["s3://%s/datasets/a.png"]}' % BUCKET.encode(), sequence=51),
+    ]
+
+    response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    manifests = [read_json(aws.s3, key) for key in object_keys(aws.s3, "manifests/") if not key.endswith(".step.json")]
+    assert sorted(manifest["objects"] for manifest in manifests) == [
+        [f"s3://{BUCKET}/datasets/a.png"],
+        [f"s3://{BUCKET}/incoming/batch/img-0000.jpg", f"s3://{BUCKET}/incoming/batch/img-0001.jpg"],
+        [f"s3://{BUCKET}/incoming/cifar/test_batch.bin"],
+    ]
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 3
+
+
+def test_uploaded_manifest_as_a_plain_list_is_accepted(aws, persistent_cluster, persistent_handler):
+    objects = [f"s3://{BUCKET}/datasets/a.png", f"s3://{BUCKET}/datasets/b.jpg"]
+    notification = upload(aws.s3, "incoming/list.json", json.dumps(objects).encode(), sequence=1)
+
+    persistent_handler.lambda_handler(sqs_event([notification]), FakeLambdaContext())
+
+    _, manifest = only_manifest(aws)
+    assert manifest["objects"] == objects
+
+
+def test_unusable_uploaded_manifest_is_skipped_not_retried(aws, persistent_cluster, persistent_handler):
+    notification = upload(aws.s3, "incoming/broken.json", b'{"objects": ["datasets/relative.png"]}', sequence=1)
+
+    response = persistent_handler.lambda_handler(sqs_event([notification]), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+
+
+def test_a_receipt_records_the_cluster_and_step(aws, persistent_cluster, persistent_handler):
+    persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 1)), FakeLambdaContext())
+
+    _, manifest = only_manifest(aws)
+    receipt = read_json(aws.s3, f"manifests/{manifest['batch_id']}.step.json")
+    assert receipt == {
+        "batch_id": manifest["batch_id"],
+        "step_name": f"mxnet-inference-{manifest['batch_id']}",
+        "cluster_id": persistent_cluster,
+    }
