@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""CDK app entry: read the settings once, build the stack, check it with cdk-nag, synthesize. No logic here."""
+
+import sys
+from pathlib import Path
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+
+from infra.settings import CONTEXT_KEY, Settings, SettingsError
+from infra.stack import InferenceStack
+
+ROOT = Path(__file__).resolve().parent
+STACK_ID = "MxnetSparkInference"
+
+app = cdk.App()
+try:
+    settings = Settings.from_context(app.node.try_get_context(CONTEXT_KEY))
+except SettingsError as error:
+    sys.exit(f"error: {error}")
+InferenceStack(app, STACK_ID, settings=settings, source_root=ROOT, staging_dir=ROOT / "build" / "stack-artifacts")
+# Synth fails on any AwsSolutions finding that is not acknowledged in code (each with its reason).
+cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+app.synth()

@@ -1,0 +1,108 @@
+"""Custom resource run by `cdk destroy`: terminate this stack's EMR clusters and untangle its security groups.
+
+Transient clusters are launched by the trigger Lambda, outside CloudFormation, so the stack cannot delete them itself.
+When this resource is deleted (before the buckets, roles, security groups and subnets those clusters use), it
+terminates every cluster carrying the stack's tag, waits until they are gone, then removes the rules EMR added to the
+stack's security groups: EMR makes those groups reference each other, which would otherwise block their deletion.
+Standard library and boto3 only (the Lambda runtime's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from typing import Any, Callable
+
+import boto3
+
+ACTIVE_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING"]
+POLL_SECONDS = 15
+# Stop waiting this long before the Lambda's own timeout, so a FAILED answer still reaches CloudFormation.
+SAFETY_MARGIN_MS = 60_000
+
+
+def tagged_cluster_ids(emr: Any, tag_key: str, tag_value: str) -> list[str]:
+    """Ids of the active clusters carrying tag_key=tag_value (ListClusters cannot filter by tag)."""
+    ids = []
+    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=ACTIVE_STATES):
+        for summary in page["Clusters"]:
+            tags = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"].get("Tags", [])
+            if {"Key": tag_key, "Value": tag_value} in tags:
+                ids.append(summary["Id"])
+    return ids
+
+
+def terminate_and_wait(emr: Any, cluster_ids: list[str], remaining_ms: Callable[[], int], sleep=time.sleep) -> list[str]:
+    """Terminate the clusters; return the ids still not TERMINATED/TERMINATED_WITH_ERRORS when time ran out."""
+    if cluster_ids:
+        emr.terminate_job_flows(JobFlowIds=cluster_ids)
+    pending = list(cluster_ids)
+    while pending:
+        pending = [
+            cluster_id
+            for cluster_id in pending
+            if not emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"].startswith("TERMINATED")
+        ]
+        if not pending or remaining_ms() < SAFETY_MARGIN_MS:
+            break
+        sleep(POLL_SECONDS)
+    return pending
+
+
+def revoke_rules(ec2: Any, security_group_ids: list[str]) -> int:
+    """Remove every rule of the groups, both directions (EMR's cross-references); return how many were removed.
+
+    The groups are deleted right after this resource, so nothing needs their rules any more.
+    """
+    removed = 0
+    for group in ec2.describe_security_groups(GroupIds=security_group_ids)["SecurityGroups"]:
+        if group.get("IpPermissions"):
+            ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=group["IpPermissions"])
+            removed += len(group["IpPermissions"])
+        if group.get("IpPermissionsEgress"):
+            ec2.revoke_security_group_egress(GroupId=group["GroupId"], IpPermissions=group["IpPermissionsEgress"])
+            removed += len(group["IpPermissionsEgress"])
+    return removed
+
+
+def handle(event: dict, emr: Any, ec2: Any, remaining_ms: Callable[[], int], sleep=time.sleep) -> tuple[str, str]:
+    """Return (status, reason) for CloudFormation; only Delete does any work."""
+    if event["RequestType"] != "Delete":
+        return "SUCCESS", "nothing to do until the stack is deleted"
+    properties = event["ResourceProperties"]
+    cluster_ids = tagged_cluster_ids(emr, properties["TagKey"], properties["TagValue"])
+    still_running = terminate_and_wait(emr, cluster_ids, remaining_ms, sleep)
+    if still_running:
+        return "FAILED", f"clusters still terminating: {', '.join(still_running)}; run the destroy again"
+    removed = revoke_rules(ec2, list(properties["SecurityGroupIds"]))
+    return "SUCCESS", f"terminated {len(cluster_ids)} cluster(s); removed {removed} security-group rule(s)"
+
+
+def send_response(event: dict, status: str, reason: str, physical_id: str) -> None:
+    body = json.dumps(
+        {
+            "Status": status,
+            "Reason": reason[:1000],
+            "PhysicalResourceId": physical_id,
+            "StackId": event["StackId"],
+            "RequestId": event["RequestId"],
+            "LogicalResourceId": event["LogicalResourceId"],
+        }
+    ).encode()
+    request = urllib.request.Request(event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": ""})
+    with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - CloudFormation's pre-signed S3 URL
+        pass
+
+
+def lambda_handler(event: dict, context: Any) -> None:
+    physical_id = event.get("PhysicalResourceId") or f"cleanup-{os.environ.get('AWS_LAMBDA_FUNCTION_NAME', 'local')}"
+    try:
+        status, reason = handle(
+            event, boto3.client("emr"), boto3.client("ec2"), context.get_remaining_time_in_millis
+        )
+    except Exception as error:  # noqa: BLE001 - CloudFormation must always get an answer, or it waits an hour
+        status, reason = "FAILED", f"{type(error).__name__}: {error}"
+    print(json.dumps({"request": event["RequestType"], "status": status, "reason": reason}))
+    send_response(event, status, reason, physical_id)

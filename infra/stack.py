@@ -1,0 +1,338 @@
+"""The stack: storage, network, cluster, packaged job, trigger and outputs, composed from one Settings object."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aws_cdk import CfnOutput, DefaultStackSynthesizer, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3_deployment
+from constructs import Construct, IConstruct
+
+from infra.cleanup import ClusterCleanup
+from infra.cluster import Cluster, stack_key
+from infra.nag import acknowledge, object_wildcard_finding
+from infra.network import Network
+from infra.packaging import BOOTSTRAP_DIR_NAME, ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
+from infra.settings import Settings
+from infra.storage import (
+    ARTIFACTS_PREFIX,
+    EMR_LOGS_PREFIX,
+    INCOMING_PREFIX,
+    MANIFESTS_PREFIX,
+    MODELS_PREFIX,
+    RESULTS_PREFIX,
+    Storage,
+)
+from infra.trigger import Trigger
+from infra.trigger_function.emr_step import JobArtifacts, JobOptions, build_step
+
+JOB_FLOW_DEFINITION_NAME = "job-flow.json"
+CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
+# Bucket deployment Lambda memory: the artifacts may include pinned wheels for offline bootstrap (hundreds of MB).
+ARTIFACTS_DEPLOYMENT_MEMORY_MB = 1024
+
+
+class InferenceStack(Stack):
+    """Distributed MXNet inference on EMR: upload a model and images, get Parquet predictions and a notification."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: Settings,
+        source_root: Path,
+        staging_dir: Path,
+        description: str = "Distributed MXNet inference on Spark/EMR, triggered by uploads",
+    ) -> None:
+        super().__init__(scope, construct_id, description=description)
+        self.settings = settings
+        self.step_name_prefix = f"{self.stack_name}-batch-"
+        self.cluster_tag_value = self.stack_name
+        persistent = settings.cluster_mode == "persistent"
+
+        self.storage = Storage(
+            self, "Storage", retain_data=settings.retain_data_on_destroy, log_retention_days=settings.log_retention_days
+        )
+        data_bucket, logs_bucket = self.storage.data_bucket, self.storage.logs_bucket
+        self.key = stack_key(self, "Key")
+        self.network = Network(
+            self, "Network", vpc_id=settings.vpc_id, subnet_id=settings.subnet_id, nat_gateways=settings.nat_gateways
+        )
+        self.cluster = Cluster(
+            self,
+            "Emr",
+            settings=settings,
+            network=self.network,
+            data_bucket=data_bucket,
+            logs_bucket=logs_bucket,
+            key=self.key,
+            tag_key=CLUSTER_TAG_KEY,
+            tag_value=self.cluster_tag_value,
+        )
+
+        job_flow_definition_key = None if persistent else ARTIFACTS_PREFIX + JOB_FLOW_DEFINITION_NAME
+        sources = [s3_deployment.Source.asset(str(stage_artifacts(source_root, staging_dir)))]
+        if not persistent:
+            sources.append(s3_deployment.Source.json_data(JOB_FLOW_DEFINITION_NAME, self.cluster.job_flow))
+        self.artifacts = s3_deployment.BucketDeployment(
+            self,
+            "Artifacts",
+            sources=sources,
+            destination_bucket=data_bucket,
+            destination_key_prefix=ARTIFACTS_PREFIX,
+            memory_limit=ARTIFACTS_DEPLOYMENT_MEMORY_MB,
+        )
+        if self.cluster.cfn_cluster is not None:
+            # The bootstrap scripts must be in S3 before the cluster boots; and on destroy the cluster goes first,
+            # before the logs bucket it writes to is emptied and deleted (the bucket's auto-delete resource included).
+            self.cluster.cfn_cluster.node.add_dependency(
+                self.artifacts, *_bucket_resources(logs_bucket), *_bucket_resources(data_bucket)
+            )
+
+        self.artifacts_uri = data_bucket.s3_url_for_object(ARTIFACTS_PREFIX)
+        self.job_artifacts = JobArtifacts(
+            py_files_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + JOB_ZIP_NAME),
+            entry_point_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + ENTRY_POINT_NAME),
+        )
+        self.job_options = JobOptions(
+            device=settings.job_device,
+            batch_size=settings.job_batch_size,
+            top_k=settings.job_top_k,
+            max_failure_ratio=settings.job_max_failure_ratio,
+        )
+        self.model_uri = data_bucket.s3_url_for_object(f"{MODELS_PREFIX}{settings.model_name}/")
+        environment = {
+            "DATA_BUCKET": data_bucket.bucket_name,
+            "INCOMING_PREFIX": INCOMING_PREFIX,
+            "MANIFESTS_PREFIX": MANIFESTS_PREFIX,
+            "RESULTS_PREFIX": RESULTS_PREFIX,
+            "MODEL_URI": self.model_uri,
+            "JOB_PY_FILES_URI": self.job_artifacts.py_files_uri,
+            "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
+            "JOB_OPTIONS": json.dumps(
+                {
+                    "device": self.job_options.device,
+                    "batch_size": self.job_options.batch_size,
+                    "top_k": self.job_options.top_k,
+                    "max_failure_ratio": self.job_options.max_failure_ratio,
+                },
+                sort_keys=True,
+            ),
+            "STEP_NAME_PREFIX": self.step_name_prefix,
+            "CLUSTER_MODE": settings.cluster_mode,
+            "CLUSTER_TAG_KEY": CLUSTER_TAG_KEY,
+            "CLUSTER_TAG_VALUE": self.cluster_tag_value,
+            "MAX_ACTIVE_STEPS": str(settings.max_active_steps),
+        }
+        if persistent:
+            environment["CLUSTER_ID"] = self.cluster.cluster_id
+        else:
+            environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
+
+        self.trigger = Trigger(
+            self,
+            "Trigger",
+            data_bucket=data_bucket,
+            key=self.key,
+            environment=environment,
+            emr_statements=self._emr_statements(persistent),
+            job_flow_definition_key=job_flow_definition_key,
+            step_name_prefix=self.step_name_prefix,
+            batch_size=settings.trigger_batch_size,
+            batching_window_seconds=settings.trigger_batching_window_seconds,
+            notification_email=settings.notification_email,
+            emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
+            results_uri=data_bucket.s3_url_for_object(RESULTS_PREFIX),
+        )
+        network = self.network
+        self.cleanup = ClusterCleanup(
+            self,
+            "ClusterCleanup",
+            tag_key=CLUSTER_TAG_KEY,
+            tag_value=self.cluster_tag_value,
+            security_groups=[
+                network.primary_security_group,
+                network.worker_security_group,
+                network.service_access_security_group,
+            ],
+        )
+        # On destroy the cleanup runs after the clusters stopped being fed (the trigger and the persistent cluster go
+        # first) and before everything a cluster uses: roles, security configuration, network, buckets, key.
+        self.cleanup.node.add_dependency(
+            network,
+            self.cluster.instance_role,
+            self.cluster.instance_profile,
+            self.cluster.service_role,
+            self.cluster.security_configuration,
+            self.artifacts,
+            *_bucket_resources(data_bucket),
+            *_bucket_resources(logs_bucket),
+            self.key,
+        )
+        self.trigger.node.add_dependency(self.cleanup)
+        if self.cluster.cfn_cluster is not None:
+            self.cluster.cfn_cluster.node.add_dependency(self.cleanup)
+        self._acknowledge_cdk_internals()
+        self._outputs()
+
+    def _emr_statements(self, persistent: bool) -> list[iam.PolicyStatement]:
+        """The Lambda's EMR permissions: this stack's cluster only, or clusters carrying this stack's tag."""
+        cluster_arn_pattern = self.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")
+        if persistent:
+            cluster_arn = self.format_arn(
+                service="elasticmapreduce", resource="cluster", resource_name=self.cluster.cluster_id
+            )
+            return [
+                iam.PolicyStatement(
+                    sid="StepsOnThisStacksCluster",
+                    actions=[
+                        "elasticmapreduce:AddJobFlowSteps",
+                        "elasticmapreduce:ListSteps",
+                        "elasticmapreduce:DescribeCluster",
+                    ],
+                    resources=[cluster_arn],
+                )
+            ]
+        tag_condition_key = f"aws:ResourceTag/{CLUSTER_TAG_KEY}"
+        statements = [
+            iam.PolicyStatement(
+                sid="LaunchClustersTaggedByThisStack",
+                actions=["elasticmapreduce:RunJobFlow"],
+                resources=[cluster_arn_pattern],
+                conditions={"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": self.cluster_tag_value}},
+            ),
+            iam.PolicyStatement(
+                sid="StepsOnClustersTaggedByThisStack",
+                actions=[
+                    "elasticmapreduce:AddJobFlowSteps",
+                    "elasticmapreduce:ListSteps",
+                    "elasticmapreduce:DescribeCluster",
+                ],
+                resources=[cluster_arn_pattern],
+                conditions={"StringEquals": {tag_condition_key: self.cluster_tag_value}},
+            ),
+            # ListClusters has no resource-level permissions; it only reveals ids, states and names.
+            iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),
+            iam.PolicyStatement(
+                sid="PassOnlyThisStacksRoles",
+                actions=["iam:PassRole"],
+                resources=[self.cluster.service_role.role_arn, self.cluster.instance_role.role_arn],
+                conditions={
+                    "StringEquals": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com", "ec2.amazonaws.com"]}
+                },
+            ),
+        ]
+        return statements
+
+    def _acknowledge_cdk_internals(self) -> None:
+        """Findings on the helper functions CDK itself adds (bucket deployment, notifications, auto-delete)."""
+        transient = self.settings.cluster_mode == "transient"
+        if transient:
+            acknowledge(
+                self.trigger.function,
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*]",
+                "Transient clusters get their ids at launch; every action is conditioned on this stack's cluster tag.",
+            )
+            acknowledge(
+                self.trigger.function,
+                "AwsSolutions-IAM5[Resource::*]",
+                "elasticmapreduce:ListClusters supports no resource-level permission.",
+            )
+        for child in self.node.children:
+            if child.node.id.startswith("Custom::CDKBucketDeployment"):
+                for finding, reason in (
+                    (
+                        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+                        "CDK's bucket-deployment function: managed policy for its own CloudWatch Logs only.",
+                    ),
+                    ("AwsSolutions-L1", "CDK's bucket-deployment function; its runtime is chosen by aws-cdk-lib."),
+                    ("AwsSolutions-IAM5[Action::s3:GetBucket*]", "CDK's grant to read the asset and write artifacts/."),
+                    ("AwsSolutions-IAM5[Action::s3:GetObject*]", "CDK's grant to read the asset and write artifacts/."),
+                    ("AwsSolutions-IAM5[Action::s3:List*]", "CDK's grant to read the asset and write artifacts/."),
+                    ("AwsSolutions-IAM5[Action::s3:DeleteObject*]", "CDK's grant: prune stale files in artifacts/."),
+                    ("AwsSolutions-IAM5[Action::s3:Abort*]", "CDK's grant to abort its own multipart uploads."),
+                    (
+                        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-"
+                        f"{DefaultStackSynthesizer.DEFAULT_QUALIFIER}-assets-<AWS::AccountId>-<AWS::Region>/*]",
+                        "CDK's grant to read the staged asset zips from the bootstrap assets bucket.",
+                    ),
+                    (
+                        object_wildcard_finding(self.storage.data_bucket, ""),
+                        "CDK's deployment writes under artifacts/ only (destination prefix); its grant is bucket-wide.",
+                    ),
+                ):
+                    acknowledge(child, finding, reason)
+            if child.node.id.startswith("BucketNotificationsHandler"):
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+                    "CDK's S3-notification helper: managed policy for its own CloudWatch Logs only.",
+                )
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM5[Resource::*]",
+                    "CDK's S3-notification helper: s3:PutBucketNotification has to name buckets created in the "
+                    "same deployment; it only runs at deploy time.",
+                )
+
+    def _outputs(self) -> None:
+        data_bucket = self.storage.data_bucket
+        bucket = data_bucket.bucket_name
+        model_name = self.settings.model_name
+        CfnOutput(self, "DataBucketName", value=bucket, description="Models, uploads, manifests, results, artifacts")
+        CfnOutput(self, "LogsBucketName", value=self.storage.logs_bucket.bucket_name, description="EMR and S3 logs")
+        for name, prefix in (
+            ("ModelsPrefix", MODELS_PREFIX),
+            ("IncomingPrefix", INCOMING_PREFIX),
+            ("ManifestsPrefix", MANIFESTS_PREFIX),
+            ("ResultsPrefix", RESULTS_PREFIX),
+            ("ArtifactsPrefix", ARTIFACTS_PREFIX),
+        ):
+            CfnOutput(self, name, value=data_bucket.s3_url_for_object(prefix))
+        if self.cluster.cluster_id:
+            CfnOutput(self, "ClusterId", value=self.cluster.cluster_id, description="The persistent EMR cluster")
+        CfnOutput(
+            self,
+            "UploadModelCommand",
+            value=f"aws s3 sync ./model-package s3://{bucket}/{MODELS_PREFIX}{model_name}/",
+            description="Upload a model package (a folder with model.json) before any images",
+        )
+        CfnOutput(
+            self,
+            "UploadImagesCommand",
+            value=f"aws s3 cp ./images s3://{bucket}/{INCOMING_PREFIX}my-run/ --recursive",
+            description="Upload images (or CIFAR-10 .bin batches, or a manifest .json): each upload batch is one run",
+        )
+        CfnOutput(
+            self,
+            "ResultsLocation",
+            value=f"s3://{bucket}/{RESULTS_PREFIX}<batch id>/",
+            description="Parquet predictions + summary.json per batch; the batch id ends the step's name",
+        )
+        CfnOutput(self, "NotificationTopicArn", value=self.trigger.topic.topic_arn)
+        example_batch_id = "<batch-id>"
+        example_step = build_step(
+            name=self.step_name_prefix + example_batch_id,
+            artifacts=self.job_artifacts,
+            manifest_uri=data_bucket.s3_url_for_object(f"{MANIFESTS_PREFIX}{example_batch_id}.json"),
+            model_uri=self.model_uri,
+            output_uri=data_bucket.s3_url_for_object(f"{RESULTS_PREFIX}{example_batch_id}/"),
+            options=self.job_options,
+        )
+        CfnOutput(
+            self,
+            "ExampleStep",
+            value=self.to_json_string(example_step),
+            description="The EMR step the trigger submits for one batch (emr_step.build_step)",
+        )
+
+
+def _bucket_resources(bucket: s3.Bucket) -> list[IConstruct]:
+    """The bucket, its policy and its auto-delete resource, without its event notifications (which depend on the
+    trigger's queue: depending on them would make a cycle)."""
+    children = ("Resource", "Policy", "AutoDeleteObjectsCustomResource")
+    return [child for child in (bucket.node.try_find_child(name) for name in children) if child is not None]

@@ -1,0 +1,81 @@
+"""The data bucket (models, uploads, manifests, results, job artifacts) and the logs bucket."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.nag import acknowledge
+
+MODELS_PREFIX = "models/"
+INCOMING_PREFIX = "incoming/"
+MANIFESTS_PREFIX = "manifests/"
+RESULTS_PREFIX = "results/"
+ARTIFACTS_PREFIX = "artifacts/"
+DATA_PREFIXES = (MODELS_PREFIX, INCOMING_PREFIX, MANIFESTS_PREFIX, RESULTS_PREFIX, ARTIFACTS_PREFIX)
+# Prefixes in the logs bucket: EMR cluster logs and the data bucket's server access logs.
+EMR_LOGS_PREFIX = "emr/"
+ACCESS_LOGS_PREFIX = "access-logs/data/"
+INCOMPLETE_UPLOAD_DAYS = 7
+
+
+class Storage(Construct):
+    """Both buckets, secure by construction: public access blocked, TLS only, encrypted, versioning off.
+
+    On ``cdk destroy`` the buckets and their objects are deleted, unless ``retain_data`` keeps the data bucket and
+    the logs bucket (with everything in them) in the account.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, retain_data: bool, log_retention_days: int) -> None:
+        super().__init__(scope, construct_id)
+        removal_policy = RemovalPolicy.RETAIN if retain_data else RemovalPolicy.DESTROY
+        self.logs_bucket = s3.Bucket(
+            self,
+            "LogsBucket",
+            # S3 server access logging delivers only to buckets encrypted with S3-managed keys.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-logs",
+                    expiration=Duration.days(log_retention_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(INCOMPLETE_UPLOAD_DAYS),
+                )
+            ],
+            removal_policy=removal_policy,
+            auto_delete_objects=not retain_data,
+            **_secure_bucket_properties(),
+        )
+        acknowledge(
+            self.logs_bucket,
+            "AwsSolutions-S1",
+            "This is the access-log destination itself; logging its own accesses into itself would loop.",
+        )
+        self.data_bucket = s3.Bucket(
+            self,
+            "DataBucket",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.logs_bucket,
+            server_access_logs_prefix=ACCESS_LOGS_PREFIX,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="abort-incomplete-uploads",
+                    abort_incomplete_multipart_upload_after=Duration.days(INCOMPLETE_UPLOAD_DAYS),
+                )
+            ],
+            removal_policy=removal_policy,
+            auto_delete_objects=not retain_data,
+            **_secure_bucket_properties(),
+        )
+
+
+def _secure_bucket_properties() -> dict:
+    """Applied last to every bucket so no caller can weaken them."""
+    return {
+        "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
+        "enforce_ssl": True,
+        "minimum_tls_version": 1.2,
+        "versioned": False,
+    }
