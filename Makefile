@@ -39,8 +39,8 @@ $(FOOLBOX_WHEEL): requirements-data.txt | $(STAMP)
 
 data: $(FOOLBOX_WHEEL)
 
-demo: venv data
-	$(PY) -m job.demo --work-dir build/demo --foolbox-wheel $(FOOLBOX_WHEEL)
+demo: venv
+	$(PY) -m job.demo --work-dir build/demo
 
 test: venv data
 	$(PY) -m pytest
