@@ -1,0 +1,147 @@
+"""Transient mode against moto: join a running cluster of this stack, else launch one from the stack's definition.
+
+What moto cannot prove: that the launched cluster really terminates when its steps end (moto keeps it WAITING while it has
+steps), and that EMR refuses steps on a cluster that has begun terminating (moto accepts them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import base_environment
+
+import emr_step
+from trigger_helpers import (
+    BUCKET,
+    CLUSTER_TAG,
+    FakeLambdaContext,
+    create_cluster,
+    failed_message_ids,
+    object_keys,
+    read_json,
+    sqs_event,
+    submitted_steps,
+    upload,
+)
+
+DEFINITION_KEY = "artifacts/cluster/run-job-flow.json"
+
+
+def stack_definition(**changes) -> dict:
+    """The stack's RunJobFlow request, without Steps, as the stack uploads it."""
+    definition = {
+        "Name": "mxnet-inference-transient",
+        "ReleaseLabel": "emr-7.5.0",
+        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
+        "JobFlowRole": "EMR_EC2_DefaultRole",
+        "ServiceRole": "EMR_DefaultRole",
+        "Tags": [CLUSTER_TAG],
+    }
+    definition.update(changes)
+    return definition
+
+
+@pytest.fixture
+def transient_handler(aws, load_handler):
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
+    return load_handler(
+        base_environment(
+            CLUSTER_MODE="transient",
+            JOB_FLOW_DEFINITION_KEY=DEFINITION_KEY,
+            CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
+            CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
+        )
+    )
+
+
+def cluster_ids(aws, states=("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")) -> list[str]:
+    return sorted(cluster["Id"] for cluster in aws.emr.list_clusters(ClusterStates=list(states))["Clusters"])
+
+
+def notifications(aws, *keys: str) -> list[dict]:
+    return [upload(aws.s3, key, b"bytes of %s" % key.encode(), sequence=number) for number, key in enumerate(keys, start=1)]
+
+
+def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_step(aws, transient_handler):
+    response = transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    (cluster_id,) = cluster_ids(aws)
+    cluster = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert (cluster["Name"], cluster["AutoTerminate"]) == ("mxnet-inference-transient", True)
+    assert CLUSTER_TAG in cluster["Tags"]
+    (step,) = submitted_steps(aws.emr, cluster_id)
+    (manifest_key,) = [key for key in object_keys(aws.s3, "manifests/") if not key.endswith(".step.json")]
+    assert emr_step.job_arguments(step)[:2] == ["--manifest", f"s3://{BUCKET}/{manifest_key}"]
+
+
+def test_step_joins_a_running_cluster_of_this_stack(aws, transient_handler):
+    running = create_cluster(aws.emr, keep_alive=False, tags=[CLUSTER_TAG])
+    aws.emr.add_job_flow_steps(JobFlowId=running, Steps=[{"Name": "earlier", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}])
+
+    transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    assert cluster_ids(aws) == [running]
+    earlier, added = submitted_steps(aws.emr, running)
+    assert earlier["Name"] == "earlier"
+    assert added["Name"].startswith("mxnet-inference-")
+
+
+def test_clusters_of_other_stacks_are_not_used(aws, transient_handler):
+    other = create_cluster(aws.emr, keep_alive=True, tags=[{"Key": CLUSTER_TAG["Key"], "Value": "another-stack"}])
+
+    transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    (launched,) = [cluster_id for cluster_id in cluster_ids(aws) if cluster_id != other]
+    assert submitted_steps(aws.emr, other) == []
+    assert len(submitted_steps(aws.emr, launched)) == 1
+
+
+def test_terminated_cluster_of_this_stack_is_replaced(aws, transient_handler):
+    ended = create_cluster(aws.emr, keep_alive=True, tags=[CLUSTER_TAG])
+    aws.emr.terminate_job_flows(JobFlowIds=[ended])
+
+    transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    (launched,) = cluster_ids(aws)
+    assert launched != ended
+    assert len(submitted_steps(aws.emr, launched)) == 1
+
+
+def test_batches_of_one_invocation_share_the_cluster_it_launched(aws, transient_handler):
+    event = sqs_event(notifications(aws, "incoming/a.png", "incoming/cifar/data_batch_1.bin", "incoming/cifar/data_batch_2.bin"))
+
+    response = transient_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    (cluster_id,) = cluster_ids(aws)
+    assert len(submitted_steps(aws.emr, cluster_id)) == 3
+
+
+def test_receipt_names_the_launched_cluster(aws, transient_handler):
+    transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    (cluster_id,) = cluster_ids(aws)
+    (receipt_key,) = [key for key in object_keys(aws.s3, "manifests/") if key.endswith(".step.json")]
+    assert read_json(aws.s3, receipt_key)["cluster_id"] == cluster_id
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        stack_definition(Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}),
+        stack_definition(Tags=[]),
+        stack_definition(Steps=[]),
+    ],
+    ids=["kept-alive", "untagged", "with-steps"],
+)
+def test_unusable_definition_fails_the_records_and_launches_nothing(aws, transient_handler, definition):
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(definition).encode())
+    event = sqs_event(notifications(aws, "incoming/a.png"))
+
+    response = transient_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert failed_message_ids(response) == ["msg-1"]
+    assert cluster_ids(aws, states=("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATED")) == []
+    assert object_keys(aws.s3, "manifests/") == []

@@ -1,0 +1,98 @@
+"""The function's environment: read once, every problem reported at once, each naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import base_environment
+
+from emr_step import JobArtifacts, JobOptions
+from trigger_settings import ClusterMode, SettingsError, TriggerSettings
+from trigger_helpers import BUCKET
+
+PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
+TRANSIENT = base_environment(
+    CLUSTER_MODE="transient", JOB_FLOW_DEFINITION_KEY="artifacts/cluster/run-job-flow.json", CLUSTER_TAG_KEY="stack", CLUSTER_TAG_VALUE="inference"
+)
+
+
+def test_persistent_environment_is_read_into_typed_settings():
+    settings = TriggerSettings.from_environment(PERSISTENT)
+
+    assert settings == TriggerSettings(
+        data_bucket=BUCKET,
+        incoming_prefix="incoming/",
+        manifests_prefix="manifests/",
+        results_prefix="results/",
+        model_uri=f"s3://{BUCKET}/models/resnet18/",
+        artifacts=JobArtifacts(py_files_uri=f"s3://{BUCKET}/artifacts/job.zip", entry_point_uri=f"s3://{BUCKET}/artifacts/spark_entry.py"),
+        job_options=JobOptions(device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05),
+        step_name_prefix="mxnet-inference-",
+        cluster_mode=ClusterMode.PERSISTENT,
+        cluster_id="j-2AXXXXXXGAPLF",
+        job_flow_definition_key=None,
+        cluster_tag_key=None,
+        cluster_tag_value=None,
+        max_active_steps=256,
+    )
+
+
+def test_transient_environment_keeps_the_definition_and_tag():
+    settings = TriggerSettings.from_environment(TRANSIENT)
+
+    assert (settings.cluster_mode, settings.cluster_id) == (ClusterMode.TRANSIENT, None)
+    assert (settings.job_flow_definition_key, settings.cluster_tag_key, settings.cluster_tag_value) == (
+        "artifacts/cluster/run-job-flow.json",
+        "stack",
+        "inference",
+    )
+
+
+def test_every_missing_variable_is_named_in_one_error():
+    with pytest.raises(SettingsError) as raised:
+        TriggerSettings.from_environment({})
+
+    for name in ("DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
+                 "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS"):  # fmt: skip
+        assert f"{name} is missing" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"INCOMING_PREFIX": "incoming"}, r"INCOMING_PREFIX='incoming': expected a key prefix"),
+        ({"RESULTS_PREFIX": "/results/"}, r"RESULTS_PREFIX='/results/': expected a key prefix"),
+        ({"MANIFESTS_PREFIX": "incoming/manifests/"}, r"INCOMING_PREFIX='incoming/' and MANIFESTS_PREFIX='incoming/manifests/' overlap"),
+        ({"MODEL_URI": "models/resnet18/"}, r"MODEL_URI='models/resnet18/': expected an s3:// URI"),
+        ({"JOB_OPTIONS": "{device: cpu}"}, r"JOB_OPTIONS is not valid JSON"),
+        ({"JOB_OPTIONS": '{"device": "cpu"}'}, r"JOB_OPTIONS has keys \['device'\]: expected exactly"),
+        ({"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.device='tpu': expected one of"),
+        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.batch_size=0: expected a positive integer"),
+        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.top_k=True: expected a positive integer"),
+        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5}'}, r"JOB_OPTIONS.max_failure_ratio=1.5: expected a number from 0 to 1"),
+        ({"STEP_NAME_PREFIX": "x" * 237}, r"STEP_NAME_PREFIX has 237 characters: at most 236"),
+        ({"CLUSTER_MODE": "serverless"}, r"CLUSTER_MODE='serverless': expected one of \['persistent', 'transient'\]"),
+        ({"CLUSTER_ID": "cluster-1"}, r"CLUSTER_ID='cluster-1': expected an EMR cluster id"),
+        ({"CLUSTER_ID": ""}, r"CLUSTER_ID is missing or empty"),
+        ({"JOB_FLOW_DEFINITION_KEY": "x.json"}, r"JOB_FLOW_DEFINITION_KEY is set but CLUSTER_MODE='persistent' does not use it"),
+        ({"MAX_ACTIVE_STEPS": "0"}, r"MAX_ACTIVE_STEPS=0: expected an integer from 1 to 256"),
+        ({"MAX_ACTIVE_STEPS": "257"}, r"MAX_ACTIVE_STEPS=257: expected an integer from 1 to 256"),
+        ({"MAX_ACTIVE_STEPS": "many"}, r"MAX_ACTIVE_STEPS='many': expected an integer from 1 to 256"),
+    ],
+)
+def test_invalid_persistent_setting_is_named_with_what_is_allowed(overrides, message):
+    with pytest.raises(SettingsError, match=message):
+        TriggerSettings.from_environment({**PERSISTENT, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"JOB_FLOW_DEFINITION_KEY": ""}, r"JOB_FLOW_DEFINITION_KEY is missing or empty"),
+        ({"CLUSTER_TAG_KEY": ""}, r"CLUSTER_TAG_KEY is missing or empty"),
+        ({"CLUSTER_TAG_VALUE": ""}, r"CLUSTER_TAG_VALUE is missing or empty"),
+        ({"CLUSTER_ID": "j-2AXXXXXXGAPLF"}, r"CLUSTER_ID is set but CLUSTER_MODE='transient' does not use it"),
+    ],
+)
+def test_invalid_transient_setting_is_named_with_what_is_allowed(overrides, message):
+    with pytest.raises(SettingsError, match=message):
+        TriggerSettings.from_environment({**TRANSIENT, **overrides})
