@@ -229,7 +229,13 @@ class StepSubmitter:
         tag = {"Key": self._settings.cluster_tag_key, "Value": self._settings.cluster_tag_value}
         for page in self._emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACCEPTING_STATES)):
             for summary in page["Clusters"]:
-                cluster = self._emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+                try:
+                    cluster = self._emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+                except ClientError as error:
+                    # The function may describe only clusters carrying this stack's tag: a refusal means another owner's.
+                    if error.response["Error"]["Code"] == "AccessDeniedException":
+                        continue
+                    raise
                 if tag in cluster.get("Tags", []):
                     return cluster["Id"]
         return None

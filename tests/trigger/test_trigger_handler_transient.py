@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from botocore.stub import ANY, Stubber
 from conftest import base_environment
 
 import emr_step
@@ -145,3 +146,27 @@ def test_unusable_definition_fails_the_records_and_launches_nothing(aws, transie
     assert failed_message_ids(response) == ["msg-1"]
     assert cluster_ids(aws, states=("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATED")) == []
     assert object_keys(aws.s3, "manifests/") == []
+
+
+def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handler):
+    """IAM lets the function describe only clusters tagged for this stack; EMR refuses the others (Stubber: moto has no
+    IAM enforcement)."""
+    foreign, ours = "j-1FOREIGNCLUSTER", "j-2OURSTACKCLUSTER"
+    event = sqs_event(notifications(aws, "incoming/a.png"))
+    with Stubber(transient_handler.emr_client) as stubber:
+        stubber.add_response(
+            "list_clusters",
+            {"Clusters": [{"Id": foreign, "Status": {"State": "RUNNING"}}, {"Id": ours, "Status": {"State": "WAITING"}}]},
+            {"ClusterStates": ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]},
+        )
+        stubber.add_client_error("describe_cluster", service_error_code="AccessDeniedException", http_status_code=400, expected_params={"ClusterId": foreign})
+        tagged = {"Cluster": {"Id": ours, "Status": {"State": "WAITING"}, "Tags": [CLUSTER_TAG]}}
+        stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
+        stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
+        stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": ours, "StepStates": ["PENDING", "RUNNING"]})
+        stubber.add_response("add_job_flow_steps", {"StepIds": ["s-1"]}, {"JobFlowId": ours, "Steps": ANY})
+
+        response = transient_handler.lambda_handler(event, FakeLambdaContext())
+
+        stubber.assert_no_pending_responses()
+    assert response == {"batchItemFailures": []}
