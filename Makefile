@@ -48,6 +48,28 @@ test: venv data
 bench: venv data
 	$(PY) -m tests.benchmark.run --foolbox-wheel $(FOOLBOX_WHEEL) --results benchmarks/results.json
 
+CDK := node_modules/.bin/cdk
+# Offline-friendly CLI: no version check or notices over the network; the stack is env-agnostic, so synth needs no
+# AWS credentials (deploy and destroy use the usual AWS credential chain and region).
+CDK_FLAGS := --no-version-reporting --no-notices
+
+# The CDK CLI, exactly as pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json | prereqs
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Writes cdk.out/ (CloudFormation template + assets); fails on any unacknowledged cdk-nag finding.
+synth: venv node_modules/.installed
+	$(CDK) synth $(CDK_FLAGS) --quiet
+
+# Creates or updates the stack (about 10 min; a persistent cluster adds its boot time). Asks before widening IAM.
+deploy: venv node_modules/.installed
+	$(CDK) deploy $(CDK_FLAGS) --require-approval broadening
+
+# Deletes everything, buckets included (unless retain_data_on_destroy); terminates the stack's EMR clusters first.
+destroy: venv node_modules/.installed
+	$(CDK) destroy $(CDK_FLAGS) --force
+
 # Re-resolve requirements.in into requirements.lock in a throw-away environment.
 lock: prereqs
 	rm -rf build/lock-venv

@@ -48,6 +48,7 @@ class Cluster(Construct):
         key: kms.IKey,
         tag_key: str,
         tag_value: str,
+        wheelhouse_uri: Optional[str],
     ) -> None:
         super().__init__(scope, construct_id)
         self.instance_role = self._instance_role(data_bucket, logs_bucket, key)
@@ -85,6 +86,7 @@ class Cluster(Construct):
                 security_configuration_name=self.security_configuration.ref,
                 log_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
+                wheelhouse_uri=wheelhouse_uri,
                 step_concurrency_level=settings.step_concurrency_level,
                 # A persistent cluster waits for the next batch; a transient one ends when its steps end.
                 keep_alive_when_no_steps=persistent,

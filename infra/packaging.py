@@ -3,7 +3,8 @@
 The staged folder holds exactly what lands under ``s3://<bucket>/artifacts/``:
 - ``job.zip``: the ``job/`` package at the zip's root (spark-submit ``--py-files``);
 - ``spark_entry.py``: a copy of ``job/spark_entry.py`` (the step's entry point);
-- ``bootstrap/``: the scripts of the repository's ``bootstrap/`` folder, plus the generated GPU cgroup script.
+- ``bootstrap/``: the scripts of the repository's ``bootstrap/`` folder.
+The optional wheelhouse is deployed separately (it is large and changes rarely), see ``infra/stack.py``.
 The zip is deterministic (sorted entries, fixed timestamps), so an unchanged job gives an unchanged asset hash and
 ``cdk deploy`` uploads nothing new.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import shutil
 import zipfile
 from pathlib import Path
-
-from infra.cluster_definition import GPU_CGROUP_SCRIPT, GPU_CGROUP_SCRIPT_NAME
 
 JOB_ZIP_NAME = "job.zip"
 ENTRY_POINT_NAME = "spark_entry.py"
@@ -69,5 +68,4 @@ def stage_artifacts(source_root: Path, staging_dir: Path) -> Path:
             target = staging_dir / BOOTSTRAP_DIR_NAME / path.relative_to(bootstrap_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    (staging_dir / BOOTSTRAP_DIR_NAME / GPU_CGROUP_SCRIPT_NAME).write_text(GPU_CGROUP_SCRIPT)
     return staging_dir

@@ -72,6 +72,9 @@ class Settings:
     vpc_id: Optional[str] = None
     subnet_id: Optional[str] = None
     nat_gateways: int = 1
+    # True: nodes install MXNet from a wheelhouse the stack uploads (build/wheelhouse/<compute>/, built by
+    # `bootstrap/install-mxnet.sh --build-wheelhouse`), so they need no internet; False: from PyPI, through the NAT.
+    offline_wheelhouse: bool = False
     retain_data_on_destroy: bool = False
     log_retention_days: int = 30
     notification_email: Optional[str] = None
@@ -185,6 +188,7 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
     pattern("subnet_id", SUBNET_ID_PATTERN, "null or a private subnet id such as subnet-0123456789abcdef0", optional=True)
     integer("nat_gateways", 0, MAX_NAT_GATEWAYS)
     boolean("retain_data_on_destroy")
+    boolean("offline_wheelhouse")
     integer("log_retention_days", 1, 3650)
     pattern("notification_email", EMAIL_PATTERN, "null or an e-mail address", optional=True)
     pattern("model_name", MODEL_NAME_PATTERN, "1-128 characters: letters, digits, '.', '_', '-' (no '/')")
@@ -232,6 +236,11 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append(
             f"max_active_steps: {settings.max_active_steps} is below step_concurrency_level "
             f"{settings.step_concurrency_level}; allowed: at least step_concurrency_level"
+        )
+    if settings.uses_new_vpc and settings.nat_gateways == 0 and not settings.offline_wheelhouse:
+        problems.append(
+            "nat_gateways: 0 is not allowed with offline_wheelhouse false: the nodes of a new VPC without NAT cannot "
+            "reach PyPI to install MXNet; allowed: nat_gateways 1 or more, or offline_wheelhouse true"
         )
     if settings.trigger_batch_size > SQS_MAX_BATCH_WITHOUT_WINDOW and settings.trigger_batching_window_seconds < 1:
         problems.append(

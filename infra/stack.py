@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aws_cdk import CfnOutput, DefaultStackSynthesizer, Stack
+from aws_cdk import CfnOutput, DefaultStackSynthesizer, Size, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3_deployment
@@ -31,8 +31,11 @@ from infra.trigger_function.emr_step import JobArtifacts, JobOptions, build_step
 
 JOB_FLOW_DEFINITION_NAME = "job-flow.json"
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
-# Bucket deployment Lambda memory: the artifacts may include pinned wheels for offline bootstrap (hundreds of MB).
-ARTIFACTS_DEPLOYMENT_MEMORY_MB = 1024
+ARTIFACTS_DEPLOYMENT_MEMORY_MB = 512
+WHEELHOUSE_DIR_NAME = "wheelhouse"
+WHEELHOUSE_PREFIX = WHEELHOUSE_DIR_NAME + "/"  # under artifacts/
+WHEELHOUSE_DEPLOYMENT_MEMORY_MB = 2048
+WHEELHOUSE_DEPLOYMENT_STORAGE_GIB = 8
 
 
 class InferenceStack(Stack):
@@ -59,6 +62,8 @@ class InferenceStack(Stack):
         )
         data_bucket, logs_bucket = self.storage.data_bucket, self.storage.logs_bucket
         self.key = stack_key(self, "Key")
+        wheelhouse_prefix = f"{ARTIFACTS_PREFIX}{WHEELHOUSE_PREFIX}{settings.compute}/"
+        self.wheelhouse_uri = data_bucket.s3_url_for_object(wheelhouse_prefix) if settings.offline_wheelhouse else None
         self.network = Network(
             self, "Network", vpc_id=settings.vpc_id, subnet_id=settings.subnet_id, nat_gateways=settings.nat_gateways
         )
@@ -72,6 +77,7 @@ class InferenceStack(Stack):
             key=self.key,
             tag_key=CLUSTER_TAG_KEY,
             tag_value=self.cluster_tag_value,
+            wheelhouse_uri=self.wheelhouse_uri,
         )
 
         job_flow_definition_key = None if persistent else ARTIFACTS_PREFIX + JOB_FLOW_DEFINITION_NAME
@@ -84,14 +90,36 @@ class InferenceStack(Stack):
             sources=sources,
             destination_bucket=data_bucket,
             destination_key_prefix=ARTIFACTS_PREFIX,
+            # The wheelhouse has its own deployment: pruning here must not delete it.
+            exclude=[WHEELHOUSE_DIR_NAME + "/*"],
             memory_limit=ARTIFACTS_DEPLOYMENT_MEMORY_MB,
         )
+        self.wheelhouse_deployment = None
+        if settings.offline_wheelhouse:
+            wheelhouse_dir = source_root / "build" / WHEELHOUSE_DIR_NAME / settings.compute
+            if not any(wheelhouse_dir.glob("*.whl")):
+                raise FileNotFoundError(
+                    f"offline_wheelhouse is true but {wheelhouse_dir} holds no wheels; build it with: "
+                    f"bootstrap/install-mxnet.sh --build-wheelhouse {settings.compute} {wheelhouse_dir}"
+                )
+            self.wheelhouse_deployment = s3_deployment.BucketDeployment(
+                self,
+                "Wheelhouse",
+                sources=[s3_deployment.Source.asset(str(wheelhouse_dir))],
+                destination_bucket=data_bucket,
+                destination_key_prefix=wheelhouse_prefix,
+                memory_limit=WHEELHOUSE_DEPLOYMENT_MEMORY_MB,
+                # The CUDA wheels are large: room for the zip and its extracted wheels in the function's /tmp.
+                ephemeral_storage_size=Size.gibibytes(WHEELHOUSE_DEPLOYMENT_STORAGE_GIB),
+            )
         if self.cluster.cfn_cluster is not None:
             # The bootstrap scripts must be in S3 before the cluster boots; and on destroy the cluster goes first,
             # before the logs bucket it writes to is emptied and deleted (the bucket's auto-delete resource included).
             self.cluster.cfn_cluster.node.add_dependency(
                 self.artifacts, *_bucket_resources(logs_bucket), *_bucket_resources(data_bucket)
             )
+            if self.wheelhouse_deployment is not None:
+                self.cluster.cfn_cluster.node.add_dependency(self.wheelhouse_deployment)
 
         self.artifacts_uri = data_bucket.s3_url_for_object(ARTIFACTS_PREFIX)
         self.job_artifacts = JobArtifacts(
@@ -173,6 +201,8 @@ class InferenceStack(Stack):
             *_bucket_resources(logs_bucket),
             self.key,
         )
+        if self.wheelhouse_deployment is not None:
+            self.cleanup.node.add_dependency(self.wheelhouse_deployment)
         self.trigger.node.add_dependency(self.cleanup)
         if self.cluster.cfn_cluster is not None:
             self.cluster.cfn_cluster.node.add_dependency(self.cleanup)

@@ -161,7 +161,7 @@ class Trigger(Construct):
         )
 
     def _grant_data_access(self, data_bucket: s3.Bucket, job_flow_definition_key: Optional[str]) -> None:
-        """Read uploads (and the job-flow definition); read and write manifests; nothing else in the bucket."""
+        """Read uploads (and the job-flow definition); read, write and delete manifests; nothing else in the bucket."""
         readable = [data_bucket.arn_for_objects(INCOMING_PREFIX + "*"), data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*")]
         if job_flow_definition_key:
             readable.append(data_bucket.arn_for_objects(job_flow_definition_key))
@@ -171,7 +171,8 @@ class Trigger(Construct):
         self.function.add_to_role_policy(
             iam.PolicyStatement(
                 sid="WriteManifests",
-                actions=["s3:PutObject"],
+                # DeleteObject releases a batch's claim (its manifest) when EMR refused the step, so a retry can submit.
+                actions=["s3:PutObject", "s3:DeleteObject"],
                 resources=[data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*")],
             )
         )
