@@ -3,16 +3,19 @@
 # Python that PySpark uses on EMR 7.x (Amazon Linux 2023, python3.11), then proves it works with one forward pass.
 #
 # Usage:
-#   install-mxnet.sh cpu|gpu [WHEELHOUSE]
-#   install-mxnet.sh --print-requirements cpu|gpu     # the pinned list, one per line (used to build a wheelhouse)
+#   install-mxnet.sh cpu|gpu [WHEELHOUSE]                    # on an EMR node (the bootstrap action)
+#   install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY     # anywhere with pip and PyPI: fills a wheelhouse
+#   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
 #
 #   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice).
-#   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory holding a wheel for every pinned requirement.
-#               With it pip runs with --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no
-#               NAT) need no internet. Without it pip downloads from PyPI.
+#   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory holding a wheel for every pinned requirement
+#               (what --build-wheelhouse downloads, for EMR nodes' platform, whatever machine it runs on). With it pip
+#               runs with --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no NAT) need no
+#               internet. Without it pip downloads from PyPI.
 #
 # Environment:
-#   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON).
+#   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON);
+#                           for --build-wheelhouse, any Python with pip.
 #   MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS  wait before the first retry of a failed network step (default 10; doubles).
 #
 # Re-running is safe: when every pin is already installed nothing is downloaded or installed; the check still runs.
@@ -21,6 +24,12 @@ set -euo pipefail
 readonly SCRIPT_NAME="install-mxnet.sh"
 readonly DEFAULT_PYTHON="python3.11"
 readonly REQUIRED_PYTHON_VERSION="3.11"
+# What EMR 7 nodes are, for pip download on another machine: x86_64 Amazon Linux 2023 (glibc 2.34) with CPython 3.11.
+# Both manylinux tags are needed: most wheels here are manylinux2014, onnxruntime's are manylinux_2_28.
+readonly EMR_NODE_PLATFORM_OPTIONS=(
+  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
+  --python-version "$REQUIRED_PYTHON_VERSION" --implementation cp --abi cp311 --abi abi3 --abi none
+)
 readonly PIP_SOCKET_TIMEOUT_SECONDS=60
 readonly PIP_RETRIES=5
 # One wall-clock bound per network step: a hung step fails the bootstrap action (and the cluster start) with a
@@ -94,7 +103,7 @@ fail() {
 
 usage_error() {
   log "error: $*"
-  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE]   or   $SCRIPT_NAME --print-requirements cpu|gpu"
+  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY | --print-requirements cpu|gpu"
   exit 2
 }
 
@@ -281,41 +290,52 @@ for context in contexts:
 PY
 }
 
-main() {
-  if [[ ${1:-} == "--print-requirements" ]]; then
-    validate_compute "${2:-}"
-    requirements_for "$2"
-    return
+# Sets PYTHON to the absolute path of the chosen interpreter (so sudo runs the same one, whatever its secure_path)
+# and PYTHON_VERSION to its major.minor.
+resolve_python() {
+  local python_name=${MXNET_BOOTSTRAP_PYTHON:-$DEFAULT_PYTHON}
+  PYTHON=$(command -v "$python_name") || fail "interpreter '$python_name' not found (set MXNET_BOOTSTRAP_PYTHON)"
+  PYTHON_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
+    fail "interpreter $PYTHON does not run (set MXNET_BOOTSTRAP_PYTHON)"
+  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    fail "$PYTHON has no pip; on Amazon Linux 2023 install it with: sudo dnf install -y python$PYTHON_VERSION-pip"
   fi
-  if (($# < 1 || $# > 2)); then
-    usage_error "expected 1 or 2 arguments, got $#"
-  fi
-  local compute=$1
-  local wheelhouse=${2:-}
-  validate_compute "$compute"
+}
+
+validate_retry_delay() {
   if [[ ! $FIRST_RETRY_DELAY_SECONDS =~ ^[0-9]+$ ]]; then
     usage_error "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS must be a whole number of seconds, got '$FIRST_RETRY_DELAY_SECONDS'"
   fi
-  # Checked now, not only when something is missing, so a wrong path shows on the first cluster rather than later.
-  if [[ -n $wheelhouse && $wheelhouse != s3://* && ! -d $wheelhouse ]]; then
-    usage_error "wheelhouse '$wheelhouse' is neither an s3:// URI nor an existing directory"
-  fi
+}
+
+build_wheelhouse() {
+  local compute=$1
+  local destination=$2
+  local -a requirements
+  mapfile -t requirements < <(requirements_for "$compute")
+  resolve_python
+  log "step: downloading ${#requirements[@]} $compute wheels for EMR 7 nodes into $destination (pip of $PYTHON)"
+  mkdir -p "$destination"
+  # --no-deps: the list is already the whole dependency closure, and pip cannot resolve dependencies for a
+  # platform other than its own.
+  retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" \
+    "$PYTHON" -m pip download --disable-pip-version-check --no-input \
+    --timeout "$PIP_SOCKET_TIMEOUT_SECONDS" --retries "$PIP_RETRIES" \
+    --no-deps --only-binary=:all: "${EMR_NODE_PLATFORM_OPTIONS[@]}" --dest "$destination" "${requirements[@]}"
+  log "done: $destination holds a wheel for each of the ${#requirements[@]} pins; upload it and pass its s3:// URI"
+}
+
+install_runtime() {
+  local compute=$1
+  local wheelhouse=$2
 
   log "step: checking the interpreter (compute=$compute, wheelhouse=${wheelhouse:-none: PyPI})"
-  local python_name=${MXNET_BOOTSTRAP_PYTHON:-$DEFAULT_PYTHON}
-  # An absolute path, so that sudo runs the same interpreter whatever its secure_path.
-  PYTHON=$(command -v "$python_name") || fail "interpreter '$python_name' not found (set MXNET_BOOTSTRAP_PYTHON to a Python $REQUIRED_PYTHON_VERSION)"
-  local python_version
-  python_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
-    fail "interpreter $PYTHON does not run (set MXNET_BOOTSTRAP_PYTHON to a Python $REQUIRED_PYTHON_VERSION)"
-  if [[ $python_version != "$REQUIRED_PYTHON_VERSION" ]]; then
-    fail "interpreter $PYTHON is Python $python_version; the pinned wheels and EMR's PySpark need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
-  fi
-  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-    fail "$PYTHON has no pip; on Amazon Linux 2023 install it with: sudo dnf install -y python$REQUIRED_PYTHON_VERSION-pip"
+  resolve_python
+  if [[ $PYTHON_VERSION != "$REQUIRED_PYTHON_VERSION" ]]; then
+    fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
   fi
   choose_privilege
-  log "interpreter $PYTHON (Python $python_version), installing ${AS_ROOT[*]:-as the current user}"
+  log "interpreter $PYTHON (Python $PYTHON_VERSION), installing ${AS_ROOT[*]:-as the current user}"
 
   log "step: checking for the other compute's builds"
   local -a conflicts
@@ -354,6 +374,31 @@ main() {
   log "step: verifying imports and one forward pass"
   verify_runtime "$compute"
   log "done: the $compute runtime is installed and works"
+}
+
+main() {
+  validate_retry_delay
+  case ${1:-} in
+    --print-requirements)
+      (($# == 2)) || usage_error "--print-requirements takes one argument (cpu|gpu), got $(($# - 1))"
+      validate_compute "$2"
+      requirements_for "$2"
+      ;;
+    --build-wheelhouse)
+      (($# == 3)) || usage_error "--build-wheelhouse takes two arguments (cpu|gpu DIRECTORY), got $(($# - 1))"
+      validate_compute "$2"
+      build_wheelhouse "$2" "$3"
+      ;;
+    *)
+      (($# == 1 || $# == 2)) || usage_error "expected 1 or 2 arguments, got $#"
+      validate_compute "$1"
+      # Checked now, not only when something is missing, so a wrong path shows on the first cluster, not later.
+      if [[ -n ${2:-} && ${2:-} != s3://* && ! -d ${2:-} ]]; then
+        usage_error "wheelhouse '$2' is neither an s3:// URI nor an existing directory"
+      fi
+      install_runtime "$1" "${2:-}"
+      ;;
+  esac
 }
 
 main "$@"

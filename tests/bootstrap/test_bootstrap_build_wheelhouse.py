@@ -1,0 +1,90 @@
+"""install-mxnet.sh --build-wheelhouse: real pip download, offline, from a local find-links directory.
+
+The find-links directory stands in for PyPI. It holds, for every cpu pin, a wheel named with the platform tags of the
+real wheel installed in the project's environment (read from its dist-info/WHEEL) and carrying only its metadata:
+pip download copies wheels without opening their payload, so what this proves is that the script asks for exactly
+the pinned versions and that its EMR platform options accept the tags the real wheels have. Not proved: that PyPI
+serves them (checked by hand with `pip install --dry-run --report` for cpu and gpu when the pins were written).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from bootstrap_helpers import INSTALL_SCRIPT, SCRIPT_TIMEOUT_SECONDS, script_environment
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+
+def cpu_pins() -> dict[str, str]:
+    listed = subprocess.run(
+        [str(INSTALL_SCRIPT), "--print-requirements", "cpu"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in listed}
+
+
+def metadata_only_wheel(name: str, directory: Path) -> Path:
+    distribution = importlib.metadata.distribution(name)
+    wheel_metadata = distribution.read_text("WHEEL") or ""
+    tags = [line.split(":", 1)[1].strip().split("-") for line in wheel_metadata.splitlines() if line.startswith("Tag:")]
+    python_tags, abi_tags, platform_tags = (".".join(sorted({tag[i] for tag in tags})) for i in range(3))
+    project = re.sub(r"[-_.]+", "_", distribution.metadata["Name"])
+    dist_info = f"{project}-{distribution.version}.dist-info"
+    path = directory / f"{project}-{distribution.version}-{python_tags}-{abi_tags}-{platform_tags}.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{dist_info}/METADATA", distribution.read_text("METADATA") or "")
+        wheel.writestr(f"{dist_info}/WHEEL", wheel_metadata)
+        wheel.writestr(f"{dist_info}/RECORD", f"{dist_info}/METADATA,,\n{dist_info}/WHEEL,,\n{dist_info}/RECORD,,\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    root = tmp_path_factory.mktemp("build-wheelhouse")
+    package_index = root / "find-links"
+    package_index.mkdir()
+    for name in cpu_pins():
+        metadata_only_wheel(name, package_index)
+    destination = root / "wheelhouse"
+    result = subprocess.run(
+        [str(INSTALL_SCRIPT), "--build-wheelhouse", "cpu", str(destination)],
+        env=script_environment(
+            MXNET_BOOTSTRAP_PYTHON=sys.executable, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(package_index)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_SECONDS,
+        check=False,
+    )
+    return result, destination
+
+
+def test_build_wheelhouse_exits_zero(built: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, _ = built
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wheelhouse_holds_exactly_one_wheel_per_pin(built: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, destination = built
+    downloaded = {}
+    for wheel in destination.glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        downloaded[name] = str(version)
+    assert downloaded == cpu_pins()
+
+
+def test_build_wheelhouse_needs_a_directory() -> None:
+    result = subprocess.run(
+        [str(INSTALL_SCRIPT), "--build-wheelhouse", "cpu"],
+        env=script_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--build-wheelhouse takes two arguments (cpu|gpu DIRECTORY), got 1" in result.stderr
