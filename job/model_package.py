@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
+from unittest import mock
 from typing import Optional
 
 from job.storage import ObjectNotFound, Storage, join
@@ -39,6 +40,7 @@ FORMAT_VERSION = 1
 FORMATS = {"mxnet": ("symbol", "params"), "onnx": ("onnx",)}
 OUTPUTS = ("logits", "probabilities")
 DEFAULT_INPUT_NAME = "data"
+ONNX_OPSET = 13
 
 
 class ModelPackageError(ValueError):
@@ -196,15 +198,18 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
         raise ModelPackageError(f"to-onnx converts mxnet packages; {package.uri} is {package.format!r}")
     os.makedirs(directory, exist_ok=True)
     onnx_path = os.path.join(directory, "model.onnx")
-    mx.onnx.export_model(
-        sym=os.path.join(package.uri, package.files["symbol"]),
-        params=os.path.join(package.uri, package.files["params"]),
-        in_shapes=[(1, *package.input_shape)],
-        in_types=[np.float32],
-        onnx_file_path=onnx_path,
-        dynamic=True,
-        dynamic_input_shapes=[(None, *package.input_shape)],
-    )
+    # The exporter targets the newest opset the installed onnx knows (22 for onnx 1.17), which ONNX Runtime 1.20 refuses;
+    # it reads that number from onnx.defs at call time and has no parameter for it.
+    with mock.patch("onnx.defs.onnx_opset_version", return_value=ONNX_OPSET):
+        mx.onnx.export_model(
+            sym=os.path.join(package.uri, package.files["symbol"]),
+            params=os.path.join(package.uri, package.files["params"]),
+            in_shapes=[(1, *package.input_shape)],
+            in_types=[np.float32],
+            onnx_file_path=onnx_path,
+            dynamic=True,
+            dynamic_input_shapes=[(None, *package.input_shape)],
+        )
     # MXNet lists every weight as a graph input too; ONNX Runtime then cannot constant-fold them and runs ~3x slower.
     model = onnx.load(onnx_path)
     initializer_names = {initializer.name for initializer in model.graph.initializer}

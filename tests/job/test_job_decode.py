@@ -1,0 +1,126 @@
+"""Decoding without Spark: real CIFAR-10 PNGs, every image mode, and every kind of bad data."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from job import decode
+from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
+from job.sample_data import cifar_batch_bytes
+
+
+def _encode(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def _gradient(width=48, height=40) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=2).astype(np.uint8)
+
+
+def test_real_cifar_png_decodes_to_the_exact_pixels(cifar_samples):
+    for _, data, _ in cifar_samples:
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert np.array_equal(decode_image(data, 32, 32), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "I;16"])
+def test_png_modes_become_rgb_at_model_size(mode):
+    image = Image.fromarray(_gradient()).convert("L" if mode == "I;16" else mode)
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image).astype(np.uint16) * 257), "I;16")
+    decoded = decode_image(_encode(image, "PNG"), 32, 32)
+    assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
+    assert decoded.std() > 10  # still a picture, not a flat white or black field
+
+
+def test_sixteen_bit_png_keeps_the_high_byte():
+    values = np.full((32, 32), 0x8040, dtype=np.uint16)
+    decoded = decode_image(_encode(Image.fromarray(values, "I;16"), "PNG"), 32, 32)
+    assert np.all(np.abs(decoded.astype(int) - 0x80) <= 1)
+
+
+def test_palette_png_with_transparency():
+    image = Image.fromarray(_gradient()).convert("P")
+    image.info["transparency"] = 0
+    decoded = decode_image(_encode(image, "PNG", transparency=0), 32, 32)
+    assert decoded.shape == (32, 32, 3)
+
+
+def test_cmyk_and_grayscale_jpeg():
+    rgb = Image.fromarray(_gradient(64, 64))
+    for image in (rgb.convert("CMYK"), rgb.convert("L")):
+        decoded = decode_image(_encode(image, "JPEG", quality=95), 32, 32)
+        expected = np.asarray(rgb.resize((32, 32), Image.BILINEAR)).astype(int)
+        assert decoded.shape == (32, 32, 3)
+        assert np.abs(decoded.astype(int).mean(axis=2) - expected.mean(axis=2)).mean() < 20
+
+
+def test_large_jpeg_is_reduced_then_resized():
+    data = _encode(Image.fromarray(_gradient(1024, 768)), "JPEG", quality=90)
+    assert decode_image(data, 224, 224).shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_file"),
+    (b"just some text that is not an image", "not_an_image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not_an_image"),
+])
+def test_bad_data_is_a_decode_error_with_a_reason(data, reason):
+    with pytest.raises(DecodeError, match=f"^{reason}:"):
+        decode_image(data, 32, 32)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_truncated_images_are_errors(image_format):
+    data = _encode(Image.fromarray(_gradient(256, 256)), image_format)
+    with pytest.raises(DecodeError, match="^corrupt_image:"):
+        decode_image(data[: len(data) // 2], 32, 32)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    with pytest.raises(DecodeError, match="^image_too_large: 100000x100000"):
+        decode_image(_png_claiming(100_000, 100_000), 32, 32)
+
+
+def test_jpeg_over_the_pixel_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DecodeError, match="^image_too_large"):
+        decode_image(_encode(Image.fromarray(_gradient(64, 64)), "JPEG"), 32, 32)
+
+
+def test_cifar_records_keep_labels_and_pixels():
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5])
+    decoded, decoded_labels = decode_cifar_records(cifar_batch_bytes(images, labels), 32, 32)
+    assert np.array_equal(decoded, images)
+    assert decoded_labels.tolist() == labels.tolist()
+
+
+def test_cifar_records_resized_for_larger_models():
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    decoded, _ = decode_cifar_records(cifar_batch_bytes(images, np.array([0, 1])), 64, 48)
+    assert decoded.shape == (2, 64, 48, 3)
+
+
+def test_normalizer_is_the_per_channel_formula_in_nchw():
+    images = np.random.default_rng(1).integers(0, 256, size=(4, 8, 6, 3), dtype=np.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    batch = Normalizer(mean, std)(images)
+    expected = (images.transpose(0, 3, 1, 2) / 255.0 - np.array(mean)[None, :, None, None]) / np.array(std)[
+        None, :, None, None]
+    assert batch.dtype == np.float32 and batch.flags["C_CONTIGUOUS"] and batch.shape == (4, 3, 8, 6)
+    np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,64 @@
+"""Devices and backends, without Spark: real MXNet and ONNX Runtime on real images."""
+
+import numpy as np
+import pytest
+
+from job.decode import Normalizer
+from job.model_package import read_package
+from job.predictor import Device, DeviceError, load_predictor, resolve_device, task_gpu_addresses
+from job.sample_data import digits_32x32
+from job.storage import Storage
+
+
+def test_cpu_is_cpu_whatever_spark_assigned():
+    assert resolve_device("cpu", ["0"], 1) == Device("cpu")
+
+
+def test_gpu_uses_the_gpu_spark_assigned_to_the_task():
+    assert resolve_device("gpu", ["1"], 2) == Device("gpu", 1)
+    assert resolve_device("auto", ["0"], 1) == Device("gpu", 0)
+
+
+@pytest.mark.parametrize("assigned, visible, message", [
+    ([], 1, "Spark assigned no GPU"),
+    (["0"], 0, "framework sees no GPU"),
+    (["3"], 2, "assigned GPU 3 but the framework sees only 2"),
+])
+def test_gpu_without_a_usable_gpu_fails_clearly_and_auto_falls_back(assigned, visible, message):
+    with pytest.raises(DeviceError, match=message):
+        resolve_device("gpu", assigned, visible)
+    fallback = resolve_device("auto", assigned, visible)
+    assert fallback.kind == "cpu" and "fell back to CPU" in fallback.note and message.split()[0] in fallback.note
+
+
+def test_task_gpu_addresses_reads_spark_task_resources(monkeypatch):
+    """Fake task resources: the shape TaskContext.resources() has on a GPU executor (not provable without one)."""
+    from pyspark import TaskContext
+    from pyspark.resource import ResourceInformation
+
+    class FakeTaskContext:
+        def resources(self):
+            return {"gpu": ResourceInformation("gpu", ["2"])}
+
+    monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: FakeTaskContext()))
+    assert task_gpu_addresses() == ["2"]
+    assert resolve_device("auto", task_gpu_addresses(), 4) == Device("gpu", 2)
+
+
+def test_no_task_context_means_no_gpu():
+    assert task_gpu_addresses() == []
+
+
+def test_onnx_and_mxnet_backends_agree_on_real_images(digits_model, digits_onnx_package):
+    images, labels = digits_32x32()
+    held_out = images[digits_model.held_out_indices[:200]]
+    mxnet_package = read_package(digits_model.package_dir, Storage())
+    onnx_package = read_package(digits_onnx_package, Storage())
+    batch = Normalizer(mxnet_package.mean, mxnet_package.std)(held_out)
+    mxnet_probabilities = load_predictor(mxnet_package, mxnet_package.uri, Device("cpu"))(batch)
+    onnx_probabilities = load_predictor(onnx_package, onnx_package.uri, Device("cpu"))(batch)
+    assert np.array_equal(mxnet_probabilities.argmax(1), onnx_probabilities.argmax(1))
+    np.testing.assert_allclose(mxnet_probabilities, onnx_probabilities, atol=1e-4)
+    np.testing.assert_allclose(mxnet_probabilities.sum(1), 1.0, rtol=1e-5)
+    # A model that learned something: far above the 10% of chance on digits it never saw.
+    assert (mxnet_probabilities.argmax(1) == labels[digits_model.held_out_indices[:200]]).mean() > 0.5
