@@ -35,7 +35,8 @@ as_root() {
 
 devices_controller_mounted() {
   # Field 2 is the mount point, field 3 the type, field 4 the options (which name the controller).
-  awk -v target="$DEVICES_MOUNT" '$2 == target && $3 == "cgroup" && $4 ~ /(^|,)devices(,|$)/ { found = 1 } END { exit !found }' /proc/mounts
+  awk -v target="$DEVICES_MOUNT" \
+    '$2 == target && $3 == "cgroup" && $4 ~ /(^|,)devices(,|$)/ { found = 1 } END { exit !found }' /proc/mounts
 }
 
 main() {

@@ -40,9 +40,9 @@ readonly FIRST_RETRY_DELAY_SECONDS=${MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS:-10}
 
 # The job's runtime: every package that requirements.in's job section needs (pyspark excluded: EMR ships Spark),
 # with its whole dependency closure, each pinned exactly as in requirements.lock so every node gets the tested
-# resolution. requirements.lock stays the single source of truth: tests/bootstrap/test_pins.py derives this list from
-# requirements.in + requirements.lock and fails on any difference. The copy is here because an EMR bootstrap action is
-# one script fetched on its own, with nothing of the repository beside it.
+# resolution. requirements.lock stays the single source of truth: tests/bootstrap/test_bootstrap_pins.py derives
+# this list from requirements.in + requirements.lock and fails on any difference. The copy is here because an EMR
+# bootstrap action is one script fetched on its own, with nothing of the repository beside it.
 readonly SHARED_REQUIREMENTS=(
   "boto3==1.44.8"
   "botocore==1.44.8"
@@ -75,14 +75,14 @@ readonly CPU_REQUIREMENTS=(
   "mxnet==1.9.1"
   "onnxruntime==1.20.1"
 )
-# mxnet-cu117 rather than cu112: both 1.9.1 CUDA wheels are built for the same GPU architectures (sm_50/60/70/80/86,
-# MXNet's config/distribution/linux_cu11{2,7}.cmake), so the newer CUDA 11.7 runtime costs nothing; as CUDA 11.x
-# applications both run on any driver from 450.80.02 on (CUDA minor-version compatibility), which includes the
-# R5xx CUDA 12 drivers on EMR 7 GPU nodes. Native kernels cover g4dn (T4, sm_75), g5 (A10G, sm_86), p3 and p4d;
-# newer GPUs (g6 L4, sm_89) run through PTX JIT and start slower.
-# onnxruntime-gpu has no 1.20.1 on PyPI: 1.20.2 is the same 1.20 line as the lock's onnxruntime (numpy>=1.21.6, so
-# numpy 1.23.5 works); its CUDA provider needs the CUDA 12 / cuDNN 9 libraries on the node, else the job falls back
-# to the CPU provider and says so.
+# mxnet-cu117 rather than cu112: the two 1.9.1 CUDA wheels are built for the same GPU architectures (sm_50/60/70/80/86
+# in MXNet's config/distribution/linux_cu112.cmake and linux_cu117.cmake), so the newer CUDA 11 runtime costs nothing.
+# Each wheel (~500 MB) carries its CUDA libraries, so the node needs only the NVIDIA driver: CUDA 11.x code runs on
+# any driver from 450.80.02 on (CUDA minor-version compatibility), and newer drivers, such as the CUDA 12 drivers of
+# current GPU AMIs, run older CUDA runtimes. Native kernels: g4dn (T4, sm_75), g5 (A10G, sm_86), p3 (V100), p4d
+# (A100); newer GPUs (g6's L4, sm_89) run the sm_86 PTX through the driver's JIT, which slows the first start.
+# onnxruntime-gpu has no 1.20.1 on PyPI: 1.20.2 is the same 1.20 line as the lock's onnxruntime and accepts numpy
+# 1.23.5 (numpy>=1.21.6). Unlike MXNet, its CUDA provider loads the CUDA 12 and cuDNN 9 libraries from the node.
 readonly GPU_REQUIREMENTS=(
   "mxnet-cu117==1.9.1"
   "onnxruntime-gpu==1.20.2"
@@ -217,7 +217,7 @@ fetch_wheelhouse() {
   local wheel_count
   wheel_count=$(find "$WHEELHOUSE_DIR" -maxdepth 1 -name '*.whl' | wc -l)
   if ((wheel_count == 0)); then
-    fail "wheelhouse '$source' holds no .whl files; build it with: pip download --no-deps --only-binary=:all: -r <($SCRIPT_NAME --print-requirements COMPUTE)"
+    fail "wheelhouse '$source' holds no .whl files; fill one with: $SCRIPT_NAME --build-wheelhouse cpu|gpu DIRECTORY"
   fi
   log "wheelhouse holds $wheel_count wheels"
 }
@@ -304,7 +304,8 @@ resolve_python() {
 
 validate_retry_delay() {
   if [[ ! $FIRST_RETRY_DELAY_SECONDS =~ ^[0-9]+$ ]]; then
-    usage_error "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS must be a whole number of seconds, got '$FIRST_RETRY_DELAY_SECONDS'"
+    usage_error "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS must be a whole number of seconds," \
+      "got '$FIRST_RETRY_DELAY_SECONDS'"
   fi
 }
 
@@ -332,7 +333,8 @@ install_runtime() {
   log "step: checking the interpreter (compute=$compute, wheelhouse=${wheelhouse:-none: PyPI})"
   resolve_python
   if [[ $PYTHON_VERSION != "$REQUIRED_PYTHON_VERSION" ]]; then
-    fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
+    fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark" \
+      "need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
   fi
   choose_privilege
   log "interpreter $PYTHON (Python $PYTHON_VERSION), installing ${AS_ROOT[*]:-as the current user}"
@@ -347,7 +349,8 @@ install_runtime() {
   local found_conflicts
   found_conflicts=$(installed_among "${conflicts[@]}")
   if [[ -n $found_conflicts ]]; then
-    fail "compute=$compute, but $PYTHON already has $(echo "$found_conflicts" | paste -sd, -), which provide the same modules; uninstall them first"
+    fail "compute=$compute, but $PYTHON already has $(echo "$found_conflicts" | paste -sd, -)," \
+      "which provide the same modules; uninstall them first"
   fi
 
   log "step: comparing installed packages with the pins"

@@ -175,4 +175,11 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
     empty.mkdir()
     result = run_install_script("cpu", str(empty), python=fresh_runtime.python)
     assert result.returncode == 1
-    assert "holds no .whl files; build it with: pip download" in result.stderr
+    assert "holds no .whl files; fill one with: install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY" in result.stderr
+
+
+def test_gpu_over_a_cpu_runtime_is_refused_naming_the_cpu_builds(fresh_runtime: ThrowAwayRuntime) -> None:
+    result = run_install_script("gpu", python=fresh_runtime.python)
+    assert result.returncode == 1
+    assert "compute=gpu, but" in result.stderr
+    assert "already has mxnet,onnxruntime, which provide the same modules" in result.stderr

@@ -27,7 +27,11 @@ from moto.server import ThreadedMotoServer
 
 BUCKET = "example-wheelhouse"
 PREFIX = "artifacts/wheels/"
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def aws_cli_runs() -> bool:
