@@ -70,21 +70,27 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
     for raw_record in records:
         record = SQSRecord(raw_record)
         try:
-            uploads = parse_message_body(record.body, bucket=settings.data_bucket, incoming_prefix=settings.incoming_prefix)
+            uploads = parse_message_body(
+                record.body, bucket=settings.data_bucket, incoming_prefix=settings.incoming_prefix
+            )
         except MalformedMessage as error:
-            logger.error("Skipping a message that is not an S3 event notification", extra={"message_id": record.message_id, "reason": str(error)})
+            logger.error("Skipping a message that is not an S3 event notification",
+                         extra={"message_id": record.message_id, "reason": str(error)})  # fmt: skip
             continue
         uploads_by_message.append((record.message_id, uploads))
 
     step_submitter = submitter.StepSubmitter(
         settings=settings, s3=s3_client, emr=emr_client, clock=submitter.utc_now, log=logger
     )
+    batches = group_into_batches(uploads_by_message)
     failures_by_message_id: dict[str, str] = {}
-    for batch in group_into_batches(uploads_by_message):
+    for batch in batches:
         try:
             step_submitter.submit(batch)
         except submitter.UnusableUserManifest as error:
-            logger.error("Skipping an unusable uploaded manifest", extra={"batch_id": batch.batch_id, "reason": str(error)})
+            logger.error(
+                "Skipping an unusable uploaded manifest", extra={"batch_id": batch.batch_id, "reason": str(error)}
+            )
         except submitter.BatchNotSubmitted as error:
             reason = f"batch {batch.batch_id} not submitted: {error}"
             logger.warning("Batch not submitted", extra={"batch_id": batch.batch_id, "reason": reason})
@@ -93,6 +99,15 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
             reason = f"batch {batch.batch_id} not submitted: {type(error).__name__}: {error}"
             logger.exception("Batch not submitted", extra={"batch_id": batch.batch_id, "reason": reason})
             failures_by_message_id.update(dict.fromkeys(batch.message_ids, reason))
+    logger.info(
+        "Invocation handled",
+        extra={
+            "records": len(records),
+            "malformed_records": len(records) - len(uploads_by_message),
+            "batches": len(batches),
+            "failed_records": len(failures_by_message_id),
+        },
+    )
     return failures_by_message_id
 
 

@@ -134,7 +134,9 @@ class StepSubmitter:
         if not self._claim(batch.batch_id, manifest):
             if slots is not None and self._has_step_named(slots.cluster_id, step_name):
                 self._write_receipt(batch.batch_id, step_name, slots.cluster_id)
-                self._log.info("Batch found on the cluster", extra={"batch_id": batch.batch_id, "cluster_id": slots.cluster_id})
+                self._log.info(
+                    "Batch found on the cluster", extra={"batch_id": batch.batch_id, "cluster_id": slots.cluster_id}
+                )
                 return Submission(Outcome.ALREADY_SUBMITTED, batch.batch_id, step_name, slots.cluster_id)
             claimed_at = self._last_modified(manifest_key(settings, batch.batch_id))
             if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
@@ -154,7 +156,13 @@ class StepSubmitter:
         self._write_receipt(batch.batch_id, step_name, cluster_id)
         self._log.info(
             "Step submitted",
-            extra={"batch_id": batch.batch_id, "step_name": step_name, "cluster_id": cluster_id, "objects": len(manifest["objects"])},
+            extra={
+                "batch_id": batch.batch_id,
+                "step_name": step_name,
+                "cluster_id": cluster_id,
+                "manifest_key": manifest_key(settings, batch.batch_id),
+                "objects": len(manifest["objects"]),
+            },
         )
         return Submission(Outcome.SUBMITTED, batch.batch_id, step_name, cluster_id)
 
@@ -245,7 +253,9 @@ class StepSubmitter:
             state = self._emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
             active = 0
             if state in ACCEPTING_STATES:
-                pages = self._emr.get_paginator("list_steps").paginate(ClusterId=cluster_id, StepStates=list(ACTIVE_STEP_STATES))
+                pages = self._emr.get_paginator("list_steps").paginate(
+                    ClusterId=cluster_id, StepStates=list(ACTIVE_STEP_STATES)
+                )
                 active = sum(len(page["Steps"]) for page in pages)
             self._slots[cluster_id] = ClusterSlots(cluster_id=cluster_id, state=state, active_steps=active)
         return self._slots[cluster_id]
@@ -288,7 +298,9 @@ class StepSubmitter:
         if not isinstance(request, dict) or "Steps" in request:
             raise ValueError(f"{where} must be a JSON RunJobFlow request without 'Steps' (the trigger adds the step)")
         if request.get("Instances", {}).get("KeepJobFlowAliveWhenNoSteps", False):
-            raise ValueError(f"{where} keeps the cluster alive without steps; a transient cluster must end with its steps")
+            raise ValueError(
+                f"{where} keeps the cluster alive without steps; a transient cluster must end with its steps"
+            )
         tag = {"Key": settings.cluster_tag_key, "Value": settings.cluster_tag_value}
         if tag not in request.get("Tags", []):
             raise ValueError(f"{where} lacks the tag {tag}; without it later uploads cannot find the cluster")
@@ -303,10 +315,12 @@ def user_manifest_objects(body: bytes, *, key: str) -> list[str]:
         raise UnusableUserManifest(f"manifest {key!r} is not JSON ({error})") from None
     objects = document.get("objects") if isinstance(document, dict) else document
     if not isinstance(objects, list) or not objects:
-        raise UnusableUserManifest(f"manifest {key!r} must be a non-empty JSON list of URIs or {{\"objects\": [...]}}")
+        raise UnusableUserManifest(f'manifest {key!r} must be a non-empty JSON list of URIs or {{"objects": [...]}}')
     not_s3 = [index for index, uri in enumerate(objects) if not (isinstance(uri, str) and uri.startswith("s3://"))]
     if not_s3:
-        raise UnusableUserManifest(f"manifest {key!r} has {len(not_s3)} entries that are not s3:// URIs (first at index {not_s3[0]})")
+        raise UnusableUserManifest(
+            f"manifest {key!r} has {len(not_s3)} entries that are not s3:// URIs (first at index {not_s3[0]})"
+        )
     return objects
 
 

@@ -62,7 +62,9 @@ class TriggerSettings:
         def prefix(name: str) -> str:
             value = required(name)
             if value and (not value.endswith("/") or value.startswith("/")):
-                problems.append(f"{name}={value!r}: expected a key prefix like 'incoming/' (ends with '/', no leading '/')")
+                problems.append(
+                    f"{name}={value!r}: expected a key prefix like 'incoming/' (ends with '/', no leading '/')"
+                )
             return value
 
         def s3_uri(name: str) -> str:
@@ -76,11 +78,17 @@ class TriggerSettings:
         manifests_prefix = prefix("MANIFESTS_PREFIX")
         results_prefix = prefix("RESULTS_PREFIX")
         # Objects this function or the job writes must never count as uploads, or a run would trigger the next one.
-        named_prefixes = {"INCOMING_PREFIX": incoming_prefix, "MANIFESTS_PREFIX": manifests_prefix, "RESULTS_PREFIX": results_prefix}
-        for name, value in named_prefixes.items():
-            for other_name, other_value in named_prefixes.items():
-                if name < other_name and value and other_value and (value.startswith(other_value) or other_value.startswith(value)):
-                    problems.append(f"{name}={value!r} and {other_name}={other_value!r} overlap: they must be separate prefixes")
+        named_prefixes = [
+            ("INCOMING_PREFIX", incoming_prefix),
+            ("MANIFESTS_PREFIX", manifests_prefix),
+            ("RESULTS_PREFIX", results_prefix),
+        ]
+        for index, (name, value) in enumerate(named_prefixes):
+            for other_name, other_value in named_prefixes[index + 1 :]:
+                if value and other_value and (value.startswith(other_value) or other_value.startswith(value)):
+                    problems.append(
+                        f"{name}={value!r} and {other_name}={other_value!r} overlap: they must be separate prefixes"
+                    )
 
         model_uri = s3_uri("MODEL_URI")
         artifacts = JobArtifacts(py_files_uri=s3_uri("JOB_PY_FILES_URI"), entry_point_uri=s3_uri("JOB_ENTRY_POINT_URI"))
@@ -122,9 +130,13 @@ class TriggerSettings:
         max_active_steps = EMR_MAX_ACTIVE_STEPS
         if max_active_text:
             try:
-                max_active_steps = _positive_int(problems, "MAX_ACTIVE_STEPS", int(max_active_text), upper=EMR_MAX_ACTIVE_STEPS)
+                max_active_steps = _positive_int(
+                    problems, "MAX_ACTIVE_STEPS", int(max_active_text), upper=EMR_MAX_ACTIVE_STEPS
+                )
             except ValueError:
-                problems.append(f"MAX_ACTIVE_STEPS={max_active_text!r}: expected an integer from 1 to {EMR_MAX_ACTIVE_STEPS}")
+                problems.append(
+                    f"MAX_ACTIVE_STEPS={max_active_text!r}: expected an integer from 1 to {EMR_MAX_ACTIVE_STEPS}"
+                )
 
         if problems:
             raise SettingsError("Invalid trigger function environment:\n- " + "\n- ".join(problems))

@@ -56,6 +56,7 @@ class Batch:
     def object_keys(self) -> list[str]:
         """The batch's distinct keys, sorted: what its manifest lists (a user manifest lists its own objects instead)."""
         return sorted({upload.key for upload in self.uploads})
+
     message_ids: frozenset[str]
 
 
@@ -90,7 +91,9 @@ def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[
         kind = upload_kind(key, incoming_prefix=incoming_prefix)
         if kind is not None:
             # Copies and some multipart uploads can omit the ETag; the sequencer alone still tells events apart.
-            uploads.append(Upload(key=key, etag=s3_object.get("eTag", ""), sequencer=s3_object.get("sequencer", ""), kind=kind))
+            uploads.append(
+                Upload(key=key, etag=s3_object.get("eTag", ""), sequencer=s3_object.get("sequencer", ""), kind=kind)
+            )
     return uploads
 
 
@@ -126,7 +129,9 @@ def group_into_batches(uploads_by_message: Iterable[tuple[str, list[Upload]]]) -
     for group in groups:
         uploads = tuple(sorted(group, key=_upload_order))
         message_ids = frozenset().union(*(message_ids_by_upload[upload] for upload in uploads))
-        batches.append(Batch(batch_id=batch_id(uploads), kind=uploads[0].kind, uploads=uploads, message_ids=message_ids))
+        batches.append(
+            Batch(batch_id=batch_id(uploads), kind=uploads[0].kind, uploads=uploads, message_ids=message_ids)
+        )
     return sorted(batches, key=lambda batch: batch.batch_id)
 
 

@@ -72,7 +72,12 @@ def load_handler(monkeypatch):
     (clients must be created while moto is active)."""
 
     def load(environment: dict[str, str]):
-        for name in list(base_environment()) + ["CLUSTER_ID", "JOB_FLOW_DEFINITION_KEY", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE"]:
+        for name in list(base_environment()) + [
+            "CLUSTER_ID",
+            "JOB_FLOW_DEFINITION_KEY",
+            "CLUSTER_TAG_KEY",
+            "CLUSTER_TAG_VALUE",
+        ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():
             monkeypatch.setenv(name, value)

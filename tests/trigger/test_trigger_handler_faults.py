@@ -33,7 +33,9 @@ from trigger_helpers import (
 
 
 def image_notifications(aws, count: int) -> list[dict]:
-    return [upload(aws.s3, f"incoming/img-{index}.png", b"png %d" % index, sequence=index + 1) for index in range(count)]
+    return [
+        upload(aws.s3, f"incoming/img-{index}.png", b"png %d" % index, sequence=index + 1) for index in range(count)
+    ]
 
 
 def batch_ids(notifications: list[dict]) -> list[str]:
@@ -66,7 +68,9 @@ def all_failed(event: dict) -> list[str]:
 def test_claim_held_by_another_invocation_fails_the_records_for_later(aws, persistent_cluster, persistent_handler):
     notifications = image_notifications(aws, 2)
     (batch_id,) = batch_ids(notifications)
-    aws.s3.put_object(Bucket=BUCKET, Key=f"manifests/{batch_id}.json", Body=b"{}")  # claimed just now, not yet submitted
+    aws.s3.put_object(
+        Bucket=BUCKET, Key=f"manifests/{batch_id}.json", Body=b"{}"
+    )  # claimed just now, not yet submitted
     event = sqs_event(notifications)
 
     response = persistent_handler.lambda_handler(event, FakeLambdaContext())
@@ -137,7 +141,12 @@ def test_batches_beyond_the_free_slots_fail_while_the_first_is_submitted(aws, pe
 def stub_active_steps(stubber: Stubber, cluster_id: str, count: int, page_size: int = 50) -> None:
     """ListSteps answers as EMR does: pages of at most 50 steps linked by Marker."""
     for start in range(0, max(count, 1), page_size):
-        page = {"Steps": [{"Id": f"s-{index:013d}", "Name": f"earlier-{index}", "Status": {"State": "PENDING"}} for index in range(start, min(count, start + page_size))]}
+        page = {
+            "Steps": [
+                {"Id": f"s-{index:013d}", "Name": f"earlier-{index}", "Status": {"State": "PENDING"}}
+                for index in range(start, min(count, start + page_size))
+            ]
+        }
         expected = {"ClusterId": cluster_id, "StepStates": ["PENDING", "RUNNING"]}
         if start:
             expected["Marker"] = f"page-{start}"
@@ -149,7 +158,11 @@ def stub_active_steps(stubber: Stubber, cluster_id: str, count: int, page_size: 
 def test_cluster_with_256_active_steps_fails_every_record(aws, persistent_cluster, persistent_handler):
     event = sqs_event(image_notifications(aws, 2))
     with Stubber(persistent_handler.emr_client) as stubber:
-        stubber.add_response("describe_cluster", {"Cluster": {"Id": persistent_cluster, "Status": {"State": "RUNNING"}}}, {"ClusterId": persistent_cluster})
+        stubber.add_response(
+            "describe_cluster",
+            {"Cluster": {"Id": persistent_cluster, "Status": {"State": "RUNNING"}}},
+            {"ClusterId": persistent_cluster},
+        )
         stub_active_steps(stubber, persistent_cluster, 256)
 
         response = persistent_handler.lambda_handler(event, FakeLambdaContext())
@@ -162,7 +175,11 @@ def test_cluster_with_256_active_steps_fails_every_record(aws, persistent_cluste
 def test_cluster_not_accepting_steps_fails_every_record(aws, persistent_cluster, persistent_handler, state):
     event = sqs_event(image_notifications(aws, 2))
     with Stubber(persistent_handler.emr_client) as stubber:
-        stubber.add_response("describe_cluster", {"Cluster": {"Id": persistent_cluster, "Status": {"State": state}}}, {"ClusterId": persistent_cluster})
+        stubber.add_response(
+            "describe_cluster",
+            {"Cluster": {"Id": persistent_cluster, "Status": {"State": state}}},
+            {"ClusterId": persistent_cluster},
+        )
 
         response = persistent_handler.lambda_handler(event, FakeLambdaContext())
 
@@ -201,7 +218,9 @@ def throttle_describe_cluster(emr_client, times: int) -> list[int]:
     return attempts
 
 
-def test_throttled_call_is_retried_with_backoff_then_the_step_submitted(aws, persistent_cluster, persistent_handler, backoff_sleeps):
+def test_throttled_call_is_retried_with_backoff_then_the_step_submitted(
+    aws, persistent_cluster, persistent_handler, backoff_sleeps
+):
     attempts = throttle_describe_cluster(persistent_handler.emr_client, times=2)
 
     response = persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 2)), FakeLambdaContext())
@@ -212,7 +231,9 @@ def test_throttled_call_is_retried_with_backoff_then_the_step_submitted(aws, per
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
 
 
-def test_throttling_beyond_the_retry_budget_fails_every_record(aws, persistent_cluster, persistent_handler, backoff_sleeps):
+def test_throttling_beyond_the_retry_budget_fails_every_record(
+    aws, persistent_cluster, persistent_handler, backoff_sleeps
+):
     attempts = throttle_describe_cluster(persistent_handler.emr_client, times=1000)
     event = sqs_event(image_notifications(aws, 2))
 
@@ -224,12 +245,23 @@ def test_throttling_beyond_the_retry_budget_fails_every_record(aws, persistent_c
     assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
-def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim(aws, persistent_cluster, persistent_handler):
+def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim(
+    aws, persistent_cluster, persistent_handler
+):
     event = sqs_event(image_notifications(aws, 2))
     with Stubber(persistent_handler.emr_client) as stubber:
-        stubber.add_response("describe_cluster", {"Cluster": {"Id": persistent_cluster, "Status": {"State": "WAITING"}}}, {"ClusterId": persistent_cluster})
+        stubber.add_response(
+            "describe_cluster",
+            {"Cluster": {"Id": persistent_cluster, "Status": {"State": "WAITING"}}},
+            {"ClusterId": persistent_cluster},
+        )
         stub_active_steps(stubber, persistent_cluster, 0)
-        stubber.add_client_error("add_job_flow_steps", service_error_code="ThrottlingException", service_message="Rate exceeded", http_status_code=400)
+        stubber.add_client_error(
+            "add_job_flow_steps",
+            service_error_code="ThrottlingException",
+            service_message="Rate exceeded",
+            http_status_code=400,
+        )
 
         response = persistent_handler.lambda_handler(event, FakeLambdaContext())
 

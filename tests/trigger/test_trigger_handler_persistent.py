@@ -43,7 +43,9 @@ def only_manifest(aws) -> tuple[str, dict]:
     return key, read_json(aws.s3, key)
 
 
-def test_upload_notified_through_sqs_becomes_one_step_with_the_job_arguments(aws, persistent_cluster, persistent_handler):
+def test_upload_notified_through_sqs_becomes_one_step_with_the_job_arguments(
+    aws, persistent_cluster, persistent_handler
+):
     queue_url = queue_uploads_to_sqs(aws, prefix="incoming/")
     aws.s3.put_object(Bucket=BUCKET, Key="incoming/cat one.png", Body=b"png bytes")
     event = receive_lambda_event(aws.sqs, queue_url)
@@ -59,7 +61,10 @@ def test_upload_notified_through_sqs_becomes_one_step_with_the_job_arguments(aws
 
 
 def image_notifications(aws, count: int, *, first_sequence: int = 1) -> list[dict]:
-    return [upload(aws.s3, f"incoming/batch/img-{index:04d}.jpg", b"jpeg bytes %d" % index, sequence=first_sequence + index) for index in range(count)]
+    return [
+        upload(aws.s3, f"incoming/batch/img-{index:04d}.jpg", b"jpeg bytes %d" % index, sequence=first_sequence + index)
+        for index in range(count)
+    ]
 
 
 def test_thousand_image_records_in_one_invocation_become_one_step(aws, persistent_cluster, persistent_handler):
@@ -101,7 +106,9 @@ def test_url_encoded_keys_reach_the_manifest_decoded(aws, persistent_cluster, pe
     ]
 
 
-def test_objects_under_results_manifests_artifacts_and_non_inputs_submit_nothing(aws, persistent_cluster, persistent_handler):
+def test_objects_under_results_manifests_artifacts_and_non_inputs_submit_nothing(
+    aws, persistent_cluster, persistent_handler
+):
     response = persistent_handler.lambda_handler(load_event("sqs_s3_system_keys.json"), FakeLambdaContext())
 
     assert response == {"batchItemFailures": []}
@@ -137,7 +144,10 @@ def test_duplicate_events_in_one_invocation_list_each_object_once(aws, persisten
 
     assert response == {"batchItemFailures": []}
     _, manifest = only_manifest(aws)
-    assert manifest["objects"] == [f"s3://{BUCKET}/incoming/batch/img-0000.jpg", f"s3://{BUCKET}/incoming/batch/img-0001.jpg"]
+    assert manifest["objects"] == [
+        f"s3://{BUCKET}/incoming/batch/img-0000.jpg",
+        f"s3://{BUCKET}/incoming/batch/img-0001.jpg",
+    ]
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
 
 

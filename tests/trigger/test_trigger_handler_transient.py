@@ -61,7 +61,9 @@ def cluster_ids(aws, states=("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"))
 
 
 def notifications(aws, *keys: str) -> list[dict]:
-    return [upload(aws.s3, key, b"bytes of %s" % key.encode(), sequence=number) for number, key in enumerate(keys, start=1)]
+    return [
+        upload(aws.s3, key, b"bytes of %s" % key.encode(), sequence=number) for number, key in enumerate(keys, start=1)
+    ]
 
 
 def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_step(aws, transient_handler):
@@ -79,7 +81,9 @@ def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_
 
 def test_step_joins_a_running_cluster_of_this_stack(aws, transient_handler):
     running = create_cluster(aws.emr, keep_alive=False, tags=[CLUSTER_TAG])
-    aws.emr.add_job_flow_steps(JobFlowId=running, Steps=[{"Name": "earlier", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}])
+    aws.emr.add_job_flow_steps(
+        JobFlowId=running, Steps=[{"Name": "earlier", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}]
+    )
 
     transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
 
@@ -111,7 +115,9 @@ def test_terminated_cluster_of_this_stack_is_replaced(aws, transient_handler):
 
 
 def test_batches_of_one_invocation_share_the_cluster_it_launched(aws, transient_handler):
-    event = sqs_event(notifications(aws, "incoming/a.png", "incoming/cifar/data_batch_1.bin", "incoming/cifar/data_batch_2.bin"))
+    event = sqs_event(
+        notifications(aws, "incoming/a.png", "incoming/cifar/data_batch_1.bin", "incoming/cifar/data_batch_2.bin")
+    )
 
     response = transient_handler.lambda_handler(event, FakeLambdaContext())
 
@@ -131,7 +137,9 @@ def test_receipt_names_the_launched_cluster(aws, transient_handler):
 @pytest.mark.parametrize(
     "definition",
     [
-        stack_definition(Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}),
+        stack_definition(
+            Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}
+        ),
         stack_definition(Tags=[]),
         stack_definition(Steps=[]),
     ],
@@ -156,10 +164,20 @@ def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handl
     with Stubber(transient_handler.emr_client) as stubber:
         stubber.add_response(
             "list_clusters",
-            {"Clusters": [{"Id": foreign, "Status": {"State": "RUNNING"}}, {"Id": ours, "Status": {"State": "WAITING"}}]},
+            {
+                "Clusters": [
+                    {"Id": foreign, "Status": {"State": "RUNNING"}},
+                    {"Id": ours, "Status": {"State": "WAITING"}},
+                ]
+            },
             {"ClusterStates": ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]},
         )
-        stubber.add_client_error("describe_cluster", service_error_code="AccessDeniedException", http_status_code=400, expected_params={"ClusterId": foreign})
+        stubber.add_client_error(
+            "describe_cluster",
+            service_error_code="AccessDeniedException",
+            http_status_code=400,
+            expected_params={"ClusterId": foreign},
+        )
         tagged = {"Cluster": {"Id": ours, "Status": {"State": "WAITING"}, "Tags": [CLUSTER_TAG]}}
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})

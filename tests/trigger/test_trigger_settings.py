@@ -11,7 +11,10 @@ from trigger_helpers import BUCKET
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
 TRANSIENT = base_environment(
-    CLUSTER_MODE="transient", JOB_FLOW_DEFINITION_KEY="artifacts/cluster/run-job-flow.json", CLUSTER_TAG_KEY="stack", CLUSTER_TAG_VALUE="inference"
+    CLUSTER_MODE="transient",
+    JOB_FLOW_DEFINITION_KEY="artifacts/cluster/run-job-flow.json",
+    CLUSTER_TAG_KEY="stack",
+    CLUSTER_TAG_VALUE="inference",
 )
 
 
@@ -24,7 +27,9 @@ def test_persistent_environment_is_read_into_typed_settings():
         manifests_prefix="manifests/",
         results_prefix="results/",
         model_uri=f"s3://{BUCKET}/models/resnet18/",
-        artifacts=JobArtifacts(py_files_uri=f"s3://{BUCKET}/artifacts/job.zip", entry_point_uri=f"s3://{BUCKET}/artifacts/spark_entry.py"),
+        artifacts=JobArtifacts(
+            py_files_uri=f"s3://{BUCKET}/artifacts/job.zip", entry_point_uri=f"s3://{BUCKET}/artifacts/spark_entry.py"
+        ),
         job_options=JobOptions(device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05),
         step_name_prefix="mxnet-inference-",
         cluster_mode=ClusterMode.PERSISTENT,
@@ -61,19 +66,37 @@ def test_every_missing_variable_is_named_in_one_error():
     [
         ({"INCOMING_PREFIX": "incoming"}, r"INCOMING_PREFIX='incoming': expected a key prefix"),
         ({"RESULTS_PREFIX": "/results/"}, r"RESULTS_PREFIX='/results/': expected a key prefix"),
-        ({"MANIFESTS_PREFIX": "incoming/manifests/"}, r"INCOMING_PREFIX='incoming/' and MANIFESTS_PREFIX='incoming/manifests/' overlap"),
+        (
+            {"MANIFESTS_PREFIX": "incoming/manifests/"},
+            r"INCOMING_PREFIX='incoming/' and MANIFESTS_PREFIX='incoming/manifests/' overlap",
+        ),
         ({"MODEL_URI": "models/resnet18/"}, r"MODEL_URI='models/resnet18/': expected an s3:// URI"),
         ({"JOB_OPTIONS": "{device: cpu}"}, r"JOB_OPTIONS is not valid JSON"),
         ({"JOB_OPTIONS": '{"device": "cpu"}'}, r"JOB_OPTIONS has keys \['device'\]: expected exactly"),
-        ({"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.device='tpu': expected one of"),
-        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.batch_size=0: expected a positive integer"),
-        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0}'}, r"JOB_OPTIONS.top_k=True: expected a positive integer"),
-        ({"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5}'}, r"JOB_OPTIONS.max_failure_ratio=1.5: expected a number from 0 to 1"),
+        (
+            {"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0}'},
+            r"JOB_OPTIONS.device='tpu': expected one of",
+        ),
+        (
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0}'},
+            r"JOB_OPTIONS.batch_size=0: expected a positive integer",
+        ),
+        (
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0}'},
+            r"JOB_OPTIONS.top_k=True: expected a positive integer",
+        ),
+        (
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5}'},
+            r"JOB_OPTIONS.max_failure_ratio=1.5: expected a number from 0 to 1",
+        ),
         ({"STEP_NAME_PREFIX": "x" * 237}, r"STEP_NAME_PREFIX has 237 characters: at most 236"),
         ({"CLUSTER_MODE": "serverless"}, r"CLUSTER_MODE='serverless': expected one of \['persistent', 'transient'\]"),
         ({"CLUSTER_ID": "cluster-1"}, r"CLUSTER_ID='cluster-1': expected an EMR cluster id"),
         ({"CLUSTER_ID": ""}, r"CLUSTER_ID is missing or empty"),
-        ({"JOB_FLOW_DEFINITION_KEY": "x.json"}, r"JOB_FLOW_DEFINITION_KEY is set but CLUSTER_MODE='persistent' does not use it"),
+        (
+            {"JOB_FLOW_DEFINITION_KEY": "x.json"},
+            r"JOB_FLOW_DEFINITION_KEY is set but CLUSTER_MODE='persistent' does not use it",
+        ),
         ({"MAX_ACTIVE_STEPS": "0"}, r"MAX_ACTIVE_STEPS=0: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "257"}, r"MAX_ACTIVE_STEPS=257: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "many"}, r"MAX_ACTIVE_STEPS='many': expected an integer from 1 to 256"),

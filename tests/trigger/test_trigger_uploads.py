@@ -14,7 +14,9 @@ from uploads import MalformedMessage, Upload, UploadKind, batch_id, group_into_b
 
 
 def parse(body) -> list[Upload]:
-    return parse_message_body(body if isinstance(body, str) else json.dumps(body), bucket=BUCKET, incoming_prefix="incoming/")
+    return parse_message_body(
+        body if isinstance(body, str) else json.dumps(body), bucket=BUCKET, incoming_prefix="incoming/"
+    )
 
 
 def image(key: str, sequencer: str = "0055AED6DCD90281E5") -> Upload:
@@ -77,7 +79,10 @@ def test_events_from_another_bucket_announce_no_upload():
         ("this is not JSON", "body is not JSON"),
         ("[1, 2]", "body is a JSON list, expected an object"),
         ('{"Message": "hello"}', "no 'Records' list"),
-        ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}}}]}', "record 0 is not an S3 event record"),
+        (
+            '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}}}]}',
+            "record 0 is not an S3 event record",
+        ),
     ],
 )
 def test_a_body_that_is_no_s3_notification_is_malformed(body, message):
@@ -88,7 +93,11 @@ def test_a_body_that_is_no_s3_notification_is_malformed(body, message):
 def test_images_of_an_invocation_form_one_batch_with_all_their_messages():
     (batch,) = group_into_batches([("m1", [image("incoming/a.png")]), ("m2", [image("incoming/b.png")])])
 
-    assert (batch.kind, batch.object_keys(), batch.message_ids) == (UploadKind.IMAGE, ["incoming/a.png", "incoming/b.png"], {"m1", "m2"})
+    assert (batch.kind, batch.object_keys(), batch.message_ids) == (
+        UploadKind.IMAGE,
+        ["incoming/a.png", "incoming/b.png"],
+        {"m1", "m2"},
+    )
 
 
 def test_each_cifar_file_and_manifest_is_a_batch_by_itself():
@@ -97,7 +106,11 @@ def test_each_cifar_file_and_manifest_is_a_batch_by_itself():
 
     batches = group_into_batches([("m1", cifar), ("m2", [manifest])])
 
-    assert sorted(batch.object_keys() for batch in batches) == [["incoming/a.bin"], ["incoming/b.bin"], ["incoming/run.json"]]
+    assert sorted(batch.object_keys() for batch in batches) == [
+        ["incoming/a.bin"],
+        ["incoming/b.bin"],
+        ["incoming/run.json"],
+    ]
 
 
 def test_batch_id_does_not_depend_on_delivery_order():
@@ -118,7 +131,9 @@ def test_duplicate_events_do_not_change_the_batch():
 
 
 def test_a_new_upload_of_the_same_key_is_a_new_batch_id():
-    assert batch_id([image("incoming/a.png", "0055AED6DCD90281E5")]) != batch_id([image("incoming/a.png", "0055AED6DCD90281F0")])
+    assert batch_id([image("incoming/a.png", "0055AED6DCD90281E5")]) != batch_id(
+        [image("incoming/a.png", "0055AED6DCD90281F0")]
+    )
 
 
 def test_batch_id_is_hex_of_the_configured_length():
