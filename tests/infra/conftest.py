@@ -1,0 +1,92 @@
+"""Synthesized stacks for the infrastructure tests: each variant is synthesized once per test session, in-process.
+
+Real CDK synthesis (aws-cdk-lib through jsii), real cdk-nag and real cfn-lint; nothing here talks to AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+import aws_cdk as cdk  # noqa: E402  (after the path and the jsii setting above)
+from aws_cdk.assertions import Template  # noqa: E402
+
+from infra.settings import CONTEXT_KEY, Settings  # noqa: E402
+from infra.stack import InferenceStack  # noqa: E402
+
+STACK_ID = "TestInference"
+COMPUTES = ("cpu", "gpu")
+CLUSTER_MODES = ("persistent", "transient")
+MAIN_VARIANTS = [(compute, mode) for compute in COMPUTES for mode in CLUSTER_MODES]
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The context of the real cdk.json: feature flags and the default settings the user deploys with."""
+    return json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
+
+
+@dataclass
+class Synthesized:
+    app: cdk.App
+    stack: InferenceStack
+    template: Template
+
+    @property
+    def resources(self) -> dict[str, dict]:
+        return self.template.to_json()["Resources"]
+
+    def resources_of_type(self, resource_type: str) -> dict[str, dict]:
+        return {name: body for name, body in self.resources.items() if body["Type"] == resource_type}
+
+    def only(self, resource_type: str) -> tuple[str, dict]:
+        found = self.resources_of_type(resource_type)
+        assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+        return next(iter(found.items()))
+
+
+def synthesize(staging_dir: Path, source_root: Path = REPO_ROOT, **setting_overrides: Any) -> Synthesized:
+    context = cdk_json_context()
+    context[CONTEXT_KEY] = {**context[CONTEXT_KEY], **setting_overrides}
+    app = cdk.App(context=context)
+    stack = InferenceStack(
+        app,
+        STACK_ID,
+        settings=Settings.from_context(context[CONTEXT_KEY]),
+        source_root=source_root,
+        staging_dir=staging_dir,
+    )
+    return Synthesized(app=app, stack=stack, template=Template.from_stack(stack))
+
+
+_cache: dict[tuple, Synthesized] = {}
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """Return the synthesized variant for the given settings, synthesizing each distinct variant only once."""
+
+    def get(**setting_overrides: Any) -> Synthesized:
+        key = tuple(sorted(setting_overrides.items()))
+        if key not in _cache:
+            _cache[key] = synthesize(tmp_path_factory.mktemp("artifacts"), **setting_overrides)
+        return _cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=MAIN_VARIANTS, ids=[f"{c}-{m}" for c, m in MAIN_VARIANTS])
+def variant(request, synth) -> Synthesized:
+    """Each of the four compute x cluster_mode variants (synthesized once for the whole session)."""
+    compute, mode = request.param
+    return synth(compute=compute, cluster_mode=mode)
