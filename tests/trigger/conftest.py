@@ -17,6 +17,7 @@ TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_
 sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
 
 from trigger_helpers import BUCKET, REGION, AwsClients, create_cluster  # noqa: E402  (needs the path above)
+from trigger_settings import EMR_MAX_ACTIVE_STEPS  # noqa: E402
 
 FUNCTION_MODULES = ("handler", "submitter", "uploads", "trigger_settings", "emr_step")
 
@@ -60,7 +61,7 @@ def base_environment(**overrides: str) -> dict[str, str]:
         "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05}',
         "STEP_NAME_PREFIX": "mxnet-inference-",
         "CLUSTER_MODE": "persistent",
-        "MAX_ACTIVE_STEPS": "256",
+        "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
     }
     environment.update(overrides)
     return {name: value for name, value in environment.items() if value is not None}

@@ -21,6 +21,7 @@ from moto.core.botocore_stubber import MockRawResponse
 
 import emr_step
 import uploads
+from trigger_settings import EMR_MAX_ACTIVE_STEPS
 from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
@@ -155,7 +156,7 @@ def stub_active_steps(stubber: Stubber, cluster_id: str, count: int, page_size: 
         stubber.add_response("list_steps", page, expected)
 
 
-def test_cluster_with_256_active_steps_fails_every_record(aws, persistent_cluster, persistent_handler):
+def test_cluster_at_emrs_limit_of_active_steps_fails_every_record(aws, persistent_cluster, persistent_handler):
     event = sqs_event(image_notifications(aws, 2))
     with Stubber(persistent_handler.emr_client) as stubber:
         stubber.add_response(
@@ -163,12 +164,13 @@ def test_cluster_with_256_active_steps_fails_every_record(aws, persistent_cluste
             {"Cluster": {"Id": persistent_cluster, "Status": {"State": "RUNNING"}}},
             {"ClusterId": persistent_cluster},
         )
-        stub_active_steps(stubber, persistent_cluster, 256)
+        stub_active_steps(stubber, persistent_cluster, EMR_MAX_ACTIVE_STEPS)
 
         response = persistent_handler.lambda_handler(event, FakeLambdaContext())
 
-        stubber.assert_no_pending_responses()  # and no AddJobFlowSteps was attempted: the stubber would have raised
+        stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
+    assert object_keys(aws.s3, "manifests/") == []  # never claimed, so AddJobFlowSteps was never reached
 
 
 @pytest.mark.parametrize("state", ["TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"])

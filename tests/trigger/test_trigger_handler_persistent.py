@@ -13,8 +13,6 @@ import emr_step
 from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
-    bodies,
-    failed_message_ids,
     load_event,
     object_keys,
     queue_uploads_to_sqs,

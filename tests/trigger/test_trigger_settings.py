@@ -6,7 +6,7 @@ import pytest
 from conftest import base_environment
 
 from emr_step import JobArtifacts, JobOptions
-from trigger_settings import ClusterMode, SettingsError, TriggerSettings
+from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings
 from trigger_helpers import BUCKET
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
@@ -37,7 +37,7 @@ def test_persistent_environment_is_read_into_typed_settings():
         job_flow_definition_key=None,
         cluster_tag_key=None,
         cluster_tag_value=None,
-        max_active_steps=256,
+        max_active_steps=EMR_MAX_ACTIVE_STEPS,
     )
 
 
