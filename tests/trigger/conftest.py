@@ -5,7 +5,6 @@ The function's folder is its code root at runtime, so it goes on sys.path here a
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -16,10 +15,15 @@ from moto import mock_aws
 TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
 sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
 
-from trigger_helpers import BUCKET, REGION, AwsClients, create_cluster  # noqa: E402  (needs the path above)
+from trigger_helpers import (  # noqa: E402  (needs the path above)
+    BUCKET,
+    REGION,
+    AwsClients,
+    create_cluster,
+    forget_trigger_modules,
+    import_trigger_handler,
+)
 from trigger_settings import EMR_MAX_ACTIVE_STEPS  # noqa: E402
-
-FUNCTION_MODULES = ("handler", "submitter", "uploads", "trigger_settings", "emr_step")
 
 
 @pytest.fixture(autouse=True)
@@ -82,13 +86,10 @@ def load_handler(monkeypatch):
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        for module in FUNCTION_MODULES:
-            sys.modules.pop(module, None)
-        return importlib.import_module("handler")
+        return import_trigger_handler()
 
     yield load
-    for module in FUNCTION_MODULES:
-        sys.modules.pop(module, None)
+    forget_trigger_modules()
 
 
 @pytest.fixture

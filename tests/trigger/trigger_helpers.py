@@ -7,11 +7,17 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
+# The function's modules, imported as top-level names as in the Lambda runtime (its folder is the code root).
+TRIGGER_FUNCTION_MODULES = ("handler", "submitter", "uploads", "trigger_settings", "emr_step")
 # The bucket name AWS reserves for documentation examples: it is nobody's real bucket.
 BUCKET = "amzn-s3-demo-bucket"
 REGION = "us-east-1"
@@ -35,6 +41,27 @@ class FakeLambdaContext:
     @staticmethod
     def get_remaining_time_in_millis() -> int:
         return 60_000
+
+
+def import_trigger_handler() -> ModuleType:
+    """Import the trigger function's handler afresh from its file, as Lambda does at a cold start.
+
+    Its module-level settings and clients are built now: set the environment and start moto first. Loading by path keeps
+    another function's ``handler.py`` on sys.path from being picked instead.
+    """
+    if str(TRIGGER_FUNCTION_DIR) not in sys.path:
+        sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
+    forget_trigger_modules()
+    spec = importlib.util.spec_from_file_location("handler", TRIGGER_FUNCTION_DIR / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handler"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def forget_trigger_modules() -> None:
+    for name in TRIGGER_FUNCTION_MODULES:
+        sys.modules.pop(name, None)
 
 
 def load_event(name: str) -> dict:
