@@ -1,0 +1,252 @@
+"""The job end to end on real local Spark (local[2], task retries on) with real MXNet and real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from job.config import ConfigError, parse_args
+from job.decode import Normalizer, decode_cifar_records, decode_image
+from job.model_package import read_package
+from job.pipeline import JobFailed, run
+from job.predictor import Device, load_predictor
+from job.sample_data import cifar_batch_bytes
+from job.storage import Storage
+from conftest import REPO
+
+pytestmark = pytest.mark.spark
+
+
+def _run(spark, *args: str) -> dict:
+    return run(parse_args(list(args)), master="local[2,4]")
+
+
+def _rows(output: str) -> list[dict]:
+    return pq.read_table(os.path.join(output, "predictions")).to_pylist()
+
+
+def _summary(output: str) -> dict:
+    with open(os.path.join(output, "summary.json")) as file:
+        return json.load(file)
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory, cifar_samples):
+    """20 real CIFAR-10 PNGs, the same images as JPEGs, and one CIFAR-10 batch of them with their labels."""
+    directory = tmp_path_factory.mktemp("mixed")
+    pixels = []
+    for name, data, _ in cifar_samples:
+        (directory / name).write_bytes(data)
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        pixels.append(np.asarray(image))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=92)
+        (directory / name.replace(".png", ".jpg")).write_bytes(buffer.getvalue())
+    labels = np.array([label for _, _, label in cifar_samples])
+    (directory / "test_batch.bin").write_bytes(cifar_batch_bytes(np.stack(pixels), labels))
+    return directory
+
+
+def _reference(package_dir: str, directory) -> dict:
+    """The same package on the same files in this one process, one batch: what the job must reproduce."""
+    package = read_package(package_dir, Storage())
+    keys, images, true_labels = [], [], {}
+    for name in sorted(os.listdir(directory)):
+        data = (directory / name).read_bytes()
+        if name.endswith(".bin"):
+            decoded, labels = decode_cifar_records(data, package.height, package.width)
+            for index, (image, label) in enumerate(zip(decoded, labels)):
+                keys.append((str(directory / name), index))
+                images.append(image)
+                true_labels[keys[-1]] = int(label)
+        else:
+            keys.append((str(directory / name), 0))
+            images.append(decode_image(data, package.height, package.width))
+    probabilities = load_predictor(package, package_dir, Device("cpu"))(
+        Normalizer(package.mean, package.std)(np.stack(images)))
+    return {key: (row, true_labels.get(key)) for key, row in zip(keys, probabilities)}
+
+
+def test_every_input_once_and_predictions_equal_a_single_process_run(spark, tmp_path, mixed_inputs, untrained_package):
+    output = str(tmp_path / "out")
+    # A batch size of 7 splits the CIFAR batch across batches and mixes files with records in one batch.
+    summary = _run(spark, "--input", str(mixed_inputs), "--model", untrained_package, "--output", output,
+                   "--batch-size", "7", "--top-k", "3")
+    rows = _rows(output)
+    reference = _reference(untrained_package, mixed_inputs)
+    keys = [(row["source"], row["index"]) for row in rows]
+    assert len(keys) == len(set(keys)) == len(reference) == 60
+    assert set(keys) == set(reference)
+    for row in rows:
+        expected, true_label = reference[(row["source"], row["index"])]
+        assert row["status"] == "ok" and row["error"] is None
+        assert row["label"] == int(expected.argmax())
+        assert row["label_name"] == f"c{row['label']}"
+        assert row["probability"] == pytest.approx(float(expected.max()), abs=1e-4)
+        assert [entry["label"] for entry in row["top_k"]] == list(np.argsort(-expected)[:3])
+        assert row["top_k"][0] == {"label": row["label"], "probability": row["probability"]}
+        assert row["true_label"] == true_label
+    assert summary["counts"] == {"total": 60, "ok": 60, "error": 0, "skipped_objects": 0}
+    assert summary["accuracy"]["images_with_ground_truth"] == 20
+    assert "untrained" in summary["accuracy"]["note"]
+    assert _summary(output)["status"] == "succeeded"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header
+            + struct.pack(">I", zlib.crc32(b"IHDR" + header)))
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, cifar_samples):
+    """Four good images and one of each kind of bad input, named in a manifest with one missing object."""
+    directory = tmp_path_factory.mktemp("bad")
+    good = []
+    for name, data, _ in cifar_samples[:4]:
+        (directory / name).write_bytes(data)
+        good.append(str(directory / name))
+    damaged = bytearray(cifar_samples[5][1])
+    damaged[200:260] = bytes(byte ^ 0x5A for byte in damaged[200:260])  # inside the compressed pixel data
+    bad = {
+        "corrupt.png": bytes(damaged),
+        "truncated.png": cifar_samples[4][1][: len(cifar_samples[4][1]) // 2],
+        "empty.jpg": b"",
+        "text.png": b"this is a text file with an image suffix",
+        "bomb.png": _png_claiming(200_000, 200_000),
+        "partial.bin": b"\0" * 3000,
+    }
+    for name, data in bad.items():
+        (directory / name).write_bytes(data)
+    uris = good + [str(directory / name) for name in bad] + [str(directory / "missing.png")]
+    manifest = directory / "manifest.json"
+    manifest.write_text(json.dumps({"batch_id": "test", "objects": uris}))
+    return manifest
+
+
+EXPECTED_REASONS = {"corrupt.png": "corrupt_image", "truncated.png": "corrupt_image", "empty.jpg": "empty_file",
+                    "text.png": "not_an_image", "bomb.png": "image_too_large", "partial.bin": "bad_cifar_size",
+                    "missing.png": "not_found"}
+
+
+def test_bad_inputs_are_recorded_failures_and_the_rest_is_classified(spark, tmp_path, bad_inputs, untrained_package):
+    output = str(tmp_path / "out")
+    summary = _run(spark, "--manifest", str(bad_inputs), "--model", untrained_package, "--output", output,
+                   "--max-failure-ratio", "0.7")
+    by_name = {os.path.basename(row["source"]): row for row in _rows(output)}
+    assert len(by_name) == 11
+    assert {name: row["error"].split(":")[0] for name, row in by_name.items() if row["status"] == "error"} == (
+        EXPECTED_REASONS)
+    assert all(row["label"] is None and row["top_k"] is None for row in by_name.values() if row["status"] == "error")
+    assert sum(row["status"] == "ok" for row in by_name.values()) == 4
+    assert summary["failures_by_reason"] == {"corrupt_image": 2, "empty_file": 1, "not_an_image": 1,
+                                             "image_too_large": 1, "bad_cifar_size": 1, "not_found": 1}
+
+
+def test_too_many_failures_fail_the_job_after_writing_everything(spark, tmp_path, bad_inputs, untrained_package):
+    output = str(tmp_path / "out")
+    with pytest.raises(JobFailed, match="7 of 11 inputs failed"):
+        _run(spark, "--manifest", str(bad_inputs), "--model", untrained_package, "--output", output,
+             "--max-failure-ratio", "0.5")
+    assert len(_rows(output)) == 11
+    assert _summary(output)["status"] == "failed"
+
+
+def test_a_killed_python_worker_still_yields_every_input_once(spark, tmp_path, mixed_inputs, untrained_package):
+    output = str(tmp_path / "out")
+    marker = tmp_path / "killed-once"
+    _run(spark, "--input", str(mixed_inputs), "--model", untrained_package, "--output", output, "--batch-size", "4",
+         "--test-kill-worker-once", str(marker), "--test-kill-worker-after-images", "8")
+    assert marker.exists()  # a worker really died mid-task
+    keys = [(row["source"], row["index"]) for row in _rows(output)]
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_existing_output_is_refused_unless_overwrite(spark, tmp_path, cifar_samples, untrained_package):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data, _ in cifar_samples[:3]:
+        (inputs / name).write_bytes(data)
+    output = str(tmp_path / "out")
+    arguments = ["--input", str(inputs), "--model", untrained_package, "--output", output]
+    _run(spark, *arguments)
+    (inputs / cifar_samples[0][0]).unlink()
+    with pytest.raises(ConfigError, match="already holds results; pass --overwrite"):
+        _run(spark, *arguments)
+    _run(spark, *arguments, "--overwrite")
+    assert len(_rows(output)) == 2  # replaced, not mixed with the first run's three rows
+
+
+def test_gpu_requested_without_gpu_scheduling_fails_at_start(spark, tmp_path, mixed_inputs, untrained_package):
+    with pytest.raises(ConfigError, match="spark.task.resource.gpu.amount is not set"):
+        _run(spark, "--input", str(mixed_inputs), "--model", untrained_package, "--output", str(tmp_path / "o"),
+             "--device", "gpu")
+    assert not (tmp_path / "o").exists()
+
+
+def _job(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": REPO})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_model", "no model.json there"),
+    ("malformed_model", "'format' must be one of"),
+    ("empty_input", "no images"),
+    ("unknown_device", "--device must be one of cpu, gpu, auto; got 'tpu'"),
+    ("bad_uri", "only s3:// URIs and local paths"),
+    ("bad_manifest", "is not valid JSON"),
+])
+def test_bad_start_up_input_fails_before_spark_with_a_message(tmp_path, untrained_package, case, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken-model").mkdir()
+    (tmp_path / "broken-model" / "model.json").write_text('{"format": "caffe"}')
+    (tmp_path / "manifest.json").write_text("[not json")
+    arguments = {
+        "missing_model": ["--input", str(tmp_path), "--model", str(tmp_path / "nowhere")],
+        "malformed_model": ["--input", str(tmp_path), "--model", str(tmp_path / "broken-model")],
+        "empty_input": ["--input", str(tmp_path / "empty"), "--model", untrained_package],
+        "unknown_device": ["--input", str(tmp_path), "--model", untrained_package, "--device", "tpu"],
+        "bad_uri": ["--input", "hdfs://cluster/images", "--model", untrained_package],
+        "bad_manifest": ["--manifest", str(tmp_path / "manifest.json"), "--model", untrained_package],
+    }[case]
+    completed = _job(*arguments, "--output", str(tmp_path / "out"))
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert "SparkContext" not in completed.stderr and "log level" not in completed.stderr  # Spark never started
+    assert not (tmp_path / "out").exists()
+
+
+def test_spark_submit_with_the_packaged_zip_from_another_directory(tmp_path, mixed_inputs, untrained_package):
+    """How EMR runs the job: spark-submit, the `job` package only from --py-files, entry script outside the repo."""
+    archive = tmp_path / "job.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for directory, _, names in os.walk(os.path.join(REPO, "job")):
+            for name in names:
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    bundle.write(path, os.path.relpath(path, REPO))
+    entry = tmp_path / "spark_entry.py"
+    entry.write_text(open(os.path.join(REPO, "job", "spark_entry.py")).read())
+    output = tmp_path / "out"
+    spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["PYSPARK_PYTHON"] = sys.executable
+    completed = subprocess.run(
+        [spark_submit, "--master", "local[2]", "--py-files", str(archive), str(entry), "--input", str(mixed_inputs),
+         "--model", untrained_package, "--output", str(output)],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300, env=environment)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert len(_rows(str(output))) == 60
