@@ -91,6 +91,9 @@ readonly GPU_REQUIREMENTS=(
 # installing one over the other leaves a mixed tree, so the script refuses instead.
 readonly CPU_CONFLICTS=("mxnet-cu117" "onnxruntime-gpu")
 readonly GPU_CONFLICTS=("mxnet" "onnxruntime")
+# PCI vendor id of NVIDIA. compute=gpu also runs on the primary node, which may have no GPU; there the CUDA build
+# could not even be imported (libmxnet.so links the driver's libcuda.so.1), so such a node gets the cpu build.
+readonly NVIDIA_PCI_VENDOR_ID="0x10de"
 
 log() {
   printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$SCRIPT_NAME" "$*" >&2
@@ -133,6 +136,17 @@ requirements_for() {
   else
     printf '%s\n' "${CPU_REQUIREMENTS[@]}"
   fi
+}
+
+# Reads the PCI bus through sysfs, which needs neither the NVIDIA driver nor pciutils.
+has_nvidia_device() {
+  local vendor_file
+  for vendor_file in /sys/bus/pci/devices/*/vendor; do
+    if [[ -r $vendor_file && $(<"$vendor_file") == "$NVIDIA_PCI_VENDOR_ID" ]]; then
+      return 0
+    fi
+  done
+  return 1
 }
 
 validate_compute() {
@@ -327,10 +341,10 @@ build_wheelhouse() {
 }
 
 install_runtime() {
-  local compute=$1
+  local requested_compute=$1
   local wheelhouse=$2
 
-  log "step: checking the interpreter (compute=$compute, wheelhouse=${wheelhouse:-none: PyPI})"
+  log "step: checking the interpreter (compute=$requested_compute, wheelhouse=${wheelhouse:-none: PyPI})"
   resolve_python
   if [[ $PYTHON_VERSION != "$REQUIRED_PYTHON_VERSION" ]]; then
     fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark" \
@@ -338,6 +352,15 @@ install_runtime() {
   fi
   choose_privilege
   log "interpreter $PYTHON (Python $PYTHON_VERSION), installing ${AS_ROOT[*]:-as the current user}"
+
+  log "step: choosing the build for this node"
+  local compute=$requested_compute
+  if [[ $requested_compute == "gpu" ]] && ! has_nvidia_device; then
+    compute="cpu"
+    log "compute=gpu, but this node has no NVIDIA device (PCI vendor $NVIDIA_PCI_VENDOR_ID), as on a CPU primary" \
+      "node: installing the cpu build, since the CUDA build cannot be imported without the NVIDIA driver"
+  fi
+  log "installing the $compute build"
 
   log "step: checking for the other compute's builds"
   local -a conflicts

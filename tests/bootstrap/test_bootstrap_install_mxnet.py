@@ -178,8 +178,27 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
     assert "holds no .whl files; fill one with: install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY" in result.stderr
 
 
-def test_gpu_over_a_cpu_runtime_is_refused_naming_the_cpu_builds(fresh_runtime: ThrowAwayRuntime) -> None:
-    result = run_install_script("gpu", python=fresh_runtime.python)
+def test_cpu_over_a_cuda_build_is_refused_naming_it(fresh_runtime: ThrowAwayRuntime) -> None:
+    # Installed-distribution metadata is all the check reads; the CUDA wheel itself is far too large to carry here.
+    dist_info = fresh_runtime.own_site_packages / "mxnet_cu117-1.9.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: mxnet-cu117\nVersion: 1.9.1\n")
+    result = run_install_script("cpu", python=fresh_runtime.python)
     assert result.returncode == 1
-    assert "compute=gpu, but" in result.stderr
-    assert "already has mxnet,onnxruntime, which provide the same modules" in result.stderr
+    assert "already has mxnet-cu117, which provide the same modules; uninstall them first" in result.stderr
+
+
+def has_nvidia_device() -> bool:
+    return any(vendor.read_text().strip() == "0x10de" for vendor in Path("/sys/bus/pci/devices").glob("*/vendor"))
+
+
+@pytest.mark.skipif(has_nvidia_device(), reason="this machine has an NVIDIA device: gpu would install the CUDA build")
+def test_gpu_on_a_node_without_nvidia_device_installs_the_cpu_build(
+    fresh_runtime: ThrowAwayRuntime, tmp_path: Path
+) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse)
+    result = run_install_script("gpu", str(wheelhouse), python=fresh_runtime.python)
+    assert result.returncode == 0, result.stderr
+    assert "installing the cpu build" in log_messages(result.stderr)
