@@ -149,8 +149,11 @@ class StepSubmitter:
 
         try:
             cluster_id = self._add_step(slots, step)
-        except Exception:
-            # Release the claim so the redelivered message can submit the batch; the step was not accepted.
+        except (ClientError, ValueError):
+            # EMR answered with a refusal, or the request was never sent (a bad cluster definition): the step was not
+            # accepted, so release the claim for the redelivered message. Any other error (a timeout, a dropped
+            # connection) leaves it unknown whether EMR accepted the step: the claim stays, and the redelivery finds the
+            # step by name or waits out the lease.
             self._s3.delete_object(Bucket=settings.data_bucket, Key=manifest_key(settings, batch.batch_id))
             raise
         self._write_receipt(batch.batch_id, step_name, cluster_id)

@@ -15,6 +15,7 @@ from datetime import timedelta
 import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 from conftest import base_environment
 from moto.core.botocore_stubber import MockRawResponse
@@ -270,3 +271,20 @@ def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim
         stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
     assert object_keys(aws.s3, "manifests/") == []  # the claim is released so the redelivery can submit
+
+
+def test_add_step_timing_out_keeps_the_claim_because_emr_may_have_accepted_it(
+    aws, persistent_cluster, persistent_handler, backoff_sleeps
+):
+    def time_out(request, **_):
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    persistent_handler.emr_client.meta.events.register_first("before-send.emr.AddJobFlowSteps", time_out)
+    notifications = image_notifications(aws, 2)
+    (batch_id,) = batch_ids(notifications)
+    event = sqs_event(notifications)
+
+    response = persistent_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert failed_message_ids(response) == all_failed(event)
+    assert object_keys(aws.s3, "manifests/") == [f"manifests/{batch_id}.json"]
