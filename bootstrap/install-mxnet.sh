@@ -398,6 +398,11 @@ install_runtime() {
   fi
 
   log "step: verifying imports and one forward pass"
+  # Without the driver, importing the CUDA build fails on a missing libcuda.so.1; say what is actually wrong.
+  if [[ $compute == "gpu" && ! -e /proc/driver/nvidia/version ]]; then
+    fail "this node has an NVIDIA device but no loaded NVIDIA driver (no /proc/driver/nvidia/version);" \
+      "the CUDA build of MXNet needs it: use an EMR release and instance type with GPU support"
+  fi
   verify_runtime "$compute"
   log "done: the $compute runtime is installed and works"
 }
