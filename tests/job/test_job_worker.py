@@ -1,0 +1,62 @@
+"""The worker's pieces without Spark: batching without padding, Arrow rows, and the prefetching thread."""
+
+import numpy as np
+import pytest
+
+from job.sources import KIND_CIFAR, KIND_IMAGE, WorkItem
+from job.worker import OUTPUT_SCHEMA, PreparedBatch, batch_units, prefetched, to_record_batch
+
+
+def test_batches_are_full_except_the_last_and_never_padded():
+    items = [WorkItem("a.png", KIND_IMAGE), WorkItem("b.bin", KIND_CIFAR, 0, 10), WorkItem("c.png", KIND_IMAGE)]
+    batches = list(batch_units(items, 4))
+    assert [sum(unit.count for unit in batch) for batch in batches] == [4, 4, 4]
+    records = [(unit.item.source, unit.start, unit.count) for batch in batches for unit in batch]
+    assert records == [("a.png", 0, 1), ("b.bin", 0, 3), ("b.bin", 3, 4), ("b.bin", 7, 3), ("c.png", 0, 1)]
+    assert [sum(unit.count for unit in batch) for batch in batch_units(items[:2], 5)] == [5, 5, 1]
+
+
+def test_record_batch_has_the_output_schema_with_nulls_for_errors():
+    batch = PreparedBatch(sources=["a", "b", "c"], indices=[0, 0, 4], true_labels=[None, None, 2],
+                          errors=[None, "not_found: gone", None])
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    record_batch = to_record_batch(batch, probabilities, ("x", "y", "z"), top_k=2)
+    assert record_batch.schema == OUTPUT_SCHEMA
+    rows = record_batch.to_pylist()
+    assert rows[0]["label_name"] == "y" and rows[0]["top_k"] == [
+        {"label": 1, "probability": pytest.approx(0.7)}, {"label": 2, "probability": pytest.approx(0.2)}]
+    assert rows[1] | {"error": None} == {"source": "b", "index": 0, "status": "error", "error": None, "label": None,
+                                          "label_name": None, "probability": None, "top_k": None, "true_label": None}
+    assert rows[2]["label"] == 0 and rows[2]["true_label"] == 2 and rows[2]["index"] == 4
+
+
+def test_a_batch_of_only_failures_needs_no_model():
+    batch = PreparedBatch(sources=["bad"], indices=[0], true_labels=[None], errors=["bad_cifar_size: 3 bytes"],
+                          pixels=np.zeros((0, 3, 2, 2), np.float32))
+    assert to_record_batch(batch, None, ("x",), top_k=5).column("status").to_pylist() == ["error"]
+
+
+class _Preparer:
+    def __init__(self, fail_at=None):
+        self.fail_at = fail_at
+
+    def prepare(self, units):
+        if units == self.fail_at:
+            raise OSError("disk on fire")
+        return units
+
+
+def test_prefetch_keeps_order_and_hands_producer_errors_to_the_task():
+    assert list(prefetched(iter([1, 2, 3, 4]), _Preparer())) == [1, 2, 3, 4]
+    with pytest.raises(OSError, match="disk on fire"):
+        list(prefetched(iter([1, 2, 3]), _Preparer(fail_at=2)))
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
+    import threading
+
+    before = threading.active_count()
+    iterator = prefetched(iter(range(100)), _Preparer())
+    next(iterator)
+    iterator.close()
+    assert threading.active_count() == before
