@@ -9,8 +9,9 @@ all keyed by the batch id, make submission idempotent:
 1. The *receipt* ``<batch_id>.step.json`` is written after EMR accepted the step. If it exists, the batch was submitted:
    nothing more is done. This is the common redelivery path and costs one HEAD request.
 2. The *manifest* ``<batch_id>.json`` is created with an S3 conditional write (``If-None-Match: *``) just before the EMR
-   call. Only one writer can create it, so it doubles as a claim: two concurrent invocations cannot both submit. When the
-   EMR call fails, the claim is deleted again so the redelivered message can retry.
+   call. Only one writer can create it, so it doubles as a claim: two concurrent invocations cannot both submit. When EMR
+   refuses the step, the claim is deleted again so the redelivered message can retry; after a timeout it is kept, since
+   EMR may have accepted the step (point 3 sorts that out).
 3. A claim without a receipt means an earlier invocation stopped between claiming and writing the receipt (a timeout or
    crash), or another invocation is between those two points right now. The cluster's steps are searched by name (the step
    name carries the batch id): if the step is there, only the receipt is missing and it is written now. If not, the claim
