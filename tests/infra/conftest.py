@@ -90,3 +90,29 @@ def variant(request, synth) -> Synthesized:
     """Each of the four compute x cluster_mode variants (synthesized once for the whole session)."""
     compute, mode = request.param
     return synth(compute=compute, cluster_mode=mode)
+
+
+def logical_id(synthesized: Synthesized, construct) -> str:
+    """The CloudFormation logical id of an L2 construct's main resource (or of an L1 resource)."""
+    element = getattr(construct.node, "default_child", None) or construct
+    return synthesized.stack.resolve(synthesized.stack.get_logical_id(element))
+
+
+def role_statements(synthesized: Synthesized, role) -> list[dict]:
+    """Every statement of the inline policies attached to ``role`` (an iam.IRole)."""
+    role_id = logical_id(synthesized, role)
+    statements = []
+    for policy in synthesized.resources_of_type("AWS::IAM::Policy").values():
+        if {"Ref": role_id} in policy["Properties"]["Roles"]:
+            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    return statements
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def deployment_resource(synthesized: Synthesized, deployment) -> dict:
+    """The Custom::CDKBucketDeployment resource of a BucketDeployment (its child id carries the memory size)."""
+    (child,) = [c for c in deployment.node.children if c.node.id.startswith("CustomResource-")]
+    return synthesized.resources[logical_id(synthesized, child)]

@@ -1,0 +1,377 @@
+"""CDK assertions on the synthesized stack, for every compute x cluster_mode variant and for the settings that change it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements
+
+from infra.cluster_definition import PYTHON
+from infra.network import EMR_MANAGED_POLICY_TAG
+from infra.stack import CLUSTER_TAG_KEY, JOB_FLOW_DEFINITION_NAME
+from infra.trigger import FUNCTION_TIMEOUT, MAX_RECEIVE_COUNT, POWERTOOLS_LAYER_PARAMETER, POWERTOOLS_VERSION
+from infra.trigger_function.emr_step import build_step
+
+COMMON_ENVIRONMENT = {
+    "DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
+    "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE",
+    "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME",
+}  # fmt: skip
+MODE_ENVIRONMENT = {"persistent": {"CLUSTER_ID"}, "transient": {"JOB_FLOW_DEFINITION_KEY"}}
+
+
+def trigger_function(variant) -> dict:
+    return variant.resources[logical_id(variant, variant.stack.trigger.function)]
+
+
+def environment(variant) -> dict:
+    return trigger_function(variant)["Properties"]["Environment"]["Variables"]
+
+
+# --- storage ---------------------------------------------------------------------------------------------------------
+
+
+def test_both_buckets_block_public_access_and_encrypt(variant):
+    buckets = variant.resources_of_type("AWS::S3::Bucket")
+    assert len(buckets) == 2
+    for bucket in buckets.values():
+        properties = bucket["Properties"]
+        assert properties["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        }  # fmt: skip
+        assert properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+
+
+def test_both_buckets_deny_requests_without_tls(variant):
+    policies = variant.resources_of_type("AWS::S3::BucketPolicy")
+    denied = [
+        policy
+        for policy in policies.values()
+        if any(
+            s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        )
+    ]
+    assert len(denied) == 2
+
+
+def test_logs_expire_after_the_retention_setting(synth):
+    variant = synth(log_retention_days=9)
+    logs_bucket = variant.resources[logical_id(variant, variant.stack.storage.logs_bucket)]
+    rules = logs_bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert [rule["ExpirationInDays"] for rule in rules if "ExpirationInDays" in rule] == [9]
+
+
+def test_data_bucket_access_is_logged_to_the_logs_bucket(variant):
+    data_bucket = variant.resources[logical_id(variant, variant.stack.storage.data_bucket)]
+    logging = data_bucket["Properties"]["LoggingConfiguration"]
+    assert logging["DestinationBucketName"] == {"Ref": logical_id(variant, variant.stack.storage.logs_bucket)}
+
+
+# --- cluster ---------------------------------------------------------------------------------------------------------
+
+
+def test_persistent_mode_owns_one_long_running_cluster_and_transient_mode_none(variant):
+    clusters = variant.resources_of_type("AWS::EMR::Cluster")
+    if variant.stack.settings.cluster_mode == "persistent":
+        (cluster,) = clusters.values()
+        assert cluster["Properties"]["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    else:
+        assert clusters == {}
+
+
+def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
+    variant = synth(compute="gpu", cluster_mode="persistent")
+    _, cluster = variant.only("AWS::EMR::Cluster")
+    definition = variant.stack.cluster.job_flow
+    assert cluster["Properties"]["ReleaseLabel"] == definition["ReleaseLabel"] == "emr-7.13.0"
+    assert [(c["Classification"], c["ConfigurationProperties"]) for c in cluster["Properties"]["Configurations"]] == [
+        (c["Classification"], c["Properties"]) for c in definition["Configurations"]
+    ]
+    assert [a["Name"] for a in cluster["Properties"]["BootstrapActions"]] == [
+        a["Name"] for a in definition["BootstrapActions"]
+    ]
+
+
+@pytest.mark.parametrize("compute, worker_type", [("cpu", "c5.2xlarge"), ("gpu", "g4dn.xlarge")])
+def test_core_group_uses_the_compute_kinds_instance_type(synth, compute, worker_type):
+    variant = synth(compute=compute, cluster_mode="persistent", core_instance_count=3)
+    _, cluster = variant.only("AWS::EMR::Cluster")
+    core = cluster["Properties"]["Instances"]["CoreInstanceGroup"]
+    assert (core["InstanceType"], core["InstanceCount"]) == (worker_type, 3)
+
+
+def test_task_group_exists_only_when_counted(synth):
+    variant = synth(cluster_mode="persistent", task_instance_count=4, task_instance_type="c5.4xlarge")
+    _, cluster = variant.only("AWS::EMR::Cluster")
+    assert cluster["Properties"]["Instances"]["TaskInstanceGroups"] == [
+        {"InstanceCount": 4, "InstanceType": "c5.4xlarge", "Market": "ON_DEMAND", "Name": "Task"}
+    ]
+
+
+def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
+    variant = synth(cluster_mode="transient")
+    assembly = variant.app.synth()
+    deployment = deployment_resource(variant, variant.stack.artifacts)
+    assert environment(variant)["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME
+    # Each source is an asset directory in the cloud assembly (the CLI zips it when publishing).
+    asset_dirs = [Path(assembly.directory) / f"asset.{key.removesuffix('.zip')}" for key in deployment["Properties"]["SourceObjectKeys"]]
+    (definition_file,) = [d / JOB_FLOW_DEFINITION_NAME for d in asset_dirs if (d / JOB_FLOW_DEFINITION_NAME).is_file()]
+    text = definition_file.read_text()
+    # Deploy-time values (bucket names, role names...) are markers the deployment replaces with quoted strings.
+    shipped = json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', text))
+    assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
+    assert shipped["Configurations"] == variant.stack.cluster.job_flow["Configurations"]
+    assert "Steps" not in shipped
+
+
+def test_cluster_carries_the_tag_the_lambda_looks_for(variant):
+    tags = variant.stack.cluster.job_flow["Tags"]
+    assert tags == [{"Key": CLUSTER_TAG_KEY, "Value": STACK_ID}]
+    assert (environment(variant)["CLUSTER_TAG_KEY"], environment(variant)["CLUSTER_TAG_VALUE"]) == (CLUSTER_TAG_KEY, STACK_ID)
+
+
+def test_security_configuration_encrypts_at_rest_and_local_disks_and_requires_imdsv2(variant):
+    _, configuration = variant.only("AWS::EMR::SecurityConfiguration")
+    document = configuration["Properties"]["SecurityConfiguration"]
+    at_rest = document["EncryptionConfiguration"]["AtRestEncryptionConfiguration"]
+    assert document["EncryptionConfiguration"]["EnableAtRestEncryption"] is True
+    assert at_rest["S3EncryptionConfiguration"] == {"EncryptionMode": "SSE-S3"}
+    assert at_rest["LocalDiskEncryptionConfiguration"]["EncryptionKeyProviderType"] == "AwsKms"
+    assert at_rest["LocalDiskEncryptionConfiguration"]["EnableEbsEncryption"] is True
+    assert document["InstanceMetadataServiceConfiguration"]["MinimumInstanceMetadataServiceVersion"] == 2
+
+
+def test_service_role_uses_the_v2_managed_policy(variant):
+    role = variant.resources[logical_id(variant, variant.stack.cluster.service_role)]
+    (managed,) = role["Properties"]["ManagedPolicyArns"]
+    assert managed["Fn::Join"][1][-1].endswith("service-role/AmazonEMRServicePolicy_v2")
+
+
+def test_service_role_passes_only_the_instance_role(variant):
+    statements = [s for s in role_statements(variant, variant.stack.cluster.service_role) if "iam:PassRole" in as_list(s["Action"])]
+    instance_role_arn = {"Fn::GetAtt": [logical_id(variant, variant.stack.cluster.instance_role), "Arn"]}
+    assert [s["Resource"] for s in statements] == [instance_role_arn]
+
+
+def test_subnets_and_security_groups_carry_the_emr_managed_policy_tag(variant):
+    tag = {"Key": EMR_MANAGED_POLICY_TAG[0], "Value": EMR_MANAGED_POLICY_TAG[1]}
+    groups = variant.resources_of_type("AWS::EC2::SecurityGroup")
+    emr_groups = [g for g in groups.values() if tag in g["Properties"].get("Tags", [])]
+    assert len(emr_groups) == 3
+    private_subnets = [
+        s for s in variant.resources_of_type("AWS::EC2::Subnet").values() if s["Properties"]["MapPublicIpOnLaunch"] is False
+    ]
+    assert private_subnets and all(tag in s["Properties"]["Tags"] for s in private_subnets)
+
+
+def test_new_vpc_reaches_s3_through_a_gateway_endpoint(variant):
+    _, endpoint = variant.only("AWS::EC2::VPCEndpoint")
+    assert endpoint["Properties"]["VpcEndpointType"] == "Gateway"
+    assert "s3" in json.dumps(endpoint["Properties"]["ServiceName"])
+
+
+def test_existing_vpc_creates_no_network(synth):
+    variant = synth(vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", cluster_mode="persistent")
+    assert variant.resources_of_type("AWS::EC2::VPC") == {}
+    _, cluster = variant.only("AWS::EMR::Cluster")
+    assert cluster["Properties"]["Instances"]["Ec2SubnetId"] == "subnet-0123456789abcdef0"
+
+
+def test_instance_role_reads_inputs_and_writes_only_results_and_logs(variant):
+    statements = role_statements(variant, variant.stack.cluster.instance_role)
+    writes = [s for s in statements if any(a in ("s3:PutObject", "s3:DeleteObject") for a in as_list(s["Action"]))]
+    written = sorted(json.dumps(resource) for s in writes for resource in as_list(s["Resource"]))
+    assert len(written) == 2
+    assert "/results/*" in written[0] + written[1] and "/emr/*" in written[0] + written[1]
+    assert not any(action in ("s3:*", "*") for s in statements for action in as_list(s["Action"]))
+
+
+def test_cluster_logs_to_the_logs_bucket_and_uses_the_step_concurrency_setting(synth):
+    variant = synth(cluster_mode="persistent", step_concurrency_level=4, max_active_steps=100)
+    _, cluster = variant.only("AWS::EMR::Cluster")
+    logs_bucket_id = logical_id(variant, variant.stack.storage.logs_bucket)
+    assert cluster["Properties"]["LogUri"] == {"Fn::Join": ["", ["s3://", {"Ref": logs_bucket_id}, "/emr/"]]}
+    assert cluster["Properties"]["StepConcurrencyLevel"] == 4
+
+
+def test_python_3_11_is_what_pyspark_runs(variant):
+    assert variant.stack.cluster.job_flow["Configurations"][0]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == PYTHON
+
+
+# --- packaged job ----------------------------------------------------------------------------------------------------
+
+
+def test_artifacts_are_deployed_under_the_artifacts_prefix(variant):
+    deployment = deployment_resource(variant, variant.stack.artifacts)
+    assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/"
+    assert deployment["Properties"]["Prune"] is True
+
+
+def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(tmp_path):
+    from conftest import synthesize
+
+    source_root = tmp_path / "repo"
+    source_root.mkdir()
+    for name in ("job", "bootstrap"):
+        (source_root / name).symlink_to(REPO_ROOT / name)
+    wheelhouse = source_root / "build" / "wheelhouse" / "cpu"
+    wheelhouse.mkdir(parents=True)
+    (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is tested")
+    variant = synthesize(tmp_path / "staging", source_root=source_root, offline_wheelhouse=True, nat_gateways=0)
+    deployment = deployment_resource(variant, variant.stack.wheelhouse_deployment)
+    assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/wheelhouse/cpu/"
+    install_args = variant.stack.cluster.job_flow["BootstrapActions"][-1]["ScriptBootstrapAction"]["Args"]
+    assert install_args[0] == "cpu" and variant.stack.resolve(install_args[1])["Fn::Join"][1][-1] == "/artifacts/wheelhouse/cpu/"
+
+
+# --- trigger ---------------------------------------------------------------------------------------------------------
+
+
+def test_lambda_environment_has_exactly_the_agreed_names(variant):
+    expected = COMMON_ENVIRONMENT | MODE_ENVIRONMENT[variant.stack.settings.cluster_mode]
+    assert set(environment(variant)) == expected
+
+
+def test_lambda_environment_values_follow_the_settings(synth):
+    variant = synth(job_top_k=3, job_batch_size=64, job_device="cpu", job_max_failure_ratio=0.5, max_active_steps=17)
+    env = environment(variant)
+    assert json.loads(env["JOB_OPTIONS"]) == {"device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5}
+    assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == ("17", "transient", f"{STACK_ID}-batch-")
+    assert env["MODEL_URI"]["Fn::Join"][1][-1] == "/models/default/"
+
+
+def test_persistent_lambda_targets_the_stacks_cluster(synth):
+    variant = synth(cluster_mode="persistent")
+    cluster_id, _ = variant.only("AWS::EMR::Cluster")
+    assert environment(variant)["CLUSTER_ID"] == {"Ref": cluster_id}
+
+
+def test_lambda_runs_python_3_11_with_the_pinned_powertools_layer(variant):
+    properties = trigger_function(variant)["Properties"]
+    assert (properties["Runtime"], properties["Handler"]) == ("python3.11", "handler.lambda_handler")
+    parameters = variant.template.to_json()["Parameters"]
+    (layer,) = properties["Layers"]
+    assert parameters[layer["Ref"]]["Default"] == POWERTOOLS_LAYER_PARAMETER
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    assert re.search(rf"^aws[-_]lambda[-_]powertools=={re.escape(POWERTOOLS_VERSION)}$", lock, re.MULTILINE | re.IGNORECASE)
+
+
+def test_queue_feeds_the_lambda_in_batches_with_partial_failures(synth):
+    variant = synth(trigger_batch_size=500, trigger_batching_window_seconds=30)
+    variant.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {"BatchSize": 500, "MaximumBatchingWindowInSeconds": 30, "FunctionResponseTypes": ["ReportBatchItemFailures"]},
+    )
+
+
+def test_queue_visibility_outlasts_six_function_timeouts_and_parks_poison_messages(synth):
+    variant = synth(trigger_batching_window_seconds=20)
+    queue = variant.resources[logical_id(variant, variant.stack.trigger.queue)]["Properties"]
+    assert queue["VisibilityTimeout"] == 6 * FUNCTION_TIMEOUT.to_seconds() + 20
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVE_COUNT
+    assert queue["SqsManagedSseEnabled"] is True
+
+
+def test_only_uploads_under_incoming_notify_the_queue(variant):
+    _, notifications = variant.only("Custom::S3BucketNotifications")
+    (queue_configuration,) = notifications["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert queue_configuration["Filter"] == {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}
+    assert queue_configuration["Events"] == ["s3:ObjectCreated:*"]
+
+
+def test_step_status_rule_matches_only_this_stacks_ended_steps(variant):
+    variant.template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": ["aws.emr"],
+                "detail-type": ["EMR Step Status Change"],
+                "detail": {"state": ["COMPLETED", "FAILED", "CANCELLED"], "name": [{"prefix": f"{STACK_ID}-batch-"}]},
+            }
+        },
+    )
+
+
+def test_notification_topic_is_encrypted_and_tls_only(variant):
+    _, topic = variant.only("AWS::SNS::Topic")
+    assert "KmsMasterKeyId" in topic["Properties"]
+    _, policy = variant.only("AWS::SNS::TopicPolicy")
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    )
+
+
+@pytest.mark.parametrize("email, subscriptions", [(None, 0), ("ops@example.com", 1)])
+def test_email_subscription_only_when_an_address_is_set(synth, email, subscriptions):
+    variant = synth(notification_email=email)
+    assert len(variant.resources_of_type("AWS::SNS::Subscription")) == subscriptions
+
+
+def emr_statements(variant) -> list[dict]:
+    return [
+        s
+        for s in role_statements(variant, variant.stack.trigger.function.role)
+        if any(action.startswith("elasticmapreduce:") for action in as_list(s["Action"]))
+    ]
+
+
+def test_persistent_lambda_may_act_only_on_the_stacks_cluster(synth):
+    variant = synth(cluster_mode="persistent")
+    cluster_id, _ = variant.only("AWS::EMR::Cluster")
+    (statement,) = emr_statements(variant)
+    assert sorted(as_list(statement["Action"])) == [
+        "elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:DescribeCluster", "elasticmapreduce:ListSteps",
+    ]  # fmt: skip
+    assert {"Ref": cluster_id} in statement["Resource"]["Fn::Join"][1]
+
+
+def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_roles(synth):
+    variant = synth(cluster_mode="transient")
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    (run,) = [s for s in statements if "elasticmapreduce:RunJobFlow" in as_list(s["Action"])]
+    assert run["Condition"] == {"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": STACK_ID}}
+    (steps,) = [s for s in statements if "elasticmapreduce:AddJobFlowSteps" in as_list(s["Action"])]
+    assert steps["Condition"] == {"StringEquals": {f"aws:ResourceTag/{CLUSTER_TAG_KEY}": STACK_ID}}
+    (pass_role,) = [s for s in statements if "iam:PassRole" in as_list(s["Action"])]
+    assert sorted(json.dumps(r) for r in pass_role["Resource"]) == sorted(
+        json.dumps({"Fn::GetAtt": [logical_id(variant, role), "Arn"]})
+        for role in (variant.stack.cluster.service_role, variant.stack.cluster.instance_role)
+    )
+
+
+def test_lambda_writes_only_manifests(variant):
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    writes = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
+    assert [json.dumps(s["Resource"]) for s in writes] == [
+        json.dumps({"Fn::Join": ["", [{"Fn::GetAtt": [logical_id(variant, variant.stack.storage.data_bucket), "Arn"]}, "/manifests/*"]]})
+    ]
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------------
+
+
+def test_outputs_give_upload_commands_prefixes_and_results_location(variant):
+    outputs = variant.template.to_json()["Outputs"]
+    expected = {"DataBucketName", "UploadModelCommand", "UploadImagesCommand", "ResultsLocation", "IncomingPrefix", "ExampleStep"}
+    assert expected <= set(outputs)
+    assert ("ClusterId" in outputs) == (variant.stack.settings.cluster_mode == "persistent")
+    assert "aws s3 sync ./model-package s3://" in json.dumps(outputs["UploadModelCommand"]["Value"])
+
+
+def test_example_step_output_is_the_trigger_step_builders(variant):
+    outputs = variant.template.to_json()["Outputs"]
+    stack = variant.stack
+    step = build_step(
+        name=f"{STACK_ID}-batch-<batch-id>",
+        artifacts=stack.job_artifacts,
+        manifest_uri=stack.storage.data_bucket.s3_url_for_object("manifests/<batch-id>.json"),
+        model_uri=stack.model_uri,
+        output_uri=stack.storage.data_bucket.s3_url_for_object("results/<batch-id>/"),
+        options=stack.job_options,
+    )
+    assert outputs["ExampleStep"]["Value"] == stack.resolve(stack.to_json_string(step))
