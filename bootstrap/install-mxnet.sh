@@ -196,6 +196,17 @@ for requirement in sys.argv[1:]:
 PY
 }
 
+# Sets MISSING to the pins among the arguments that are not installed. A command substitution, not `< <(...)`, so
+# that a failing check stops the script instead of reading as "nothing missing".
+find_missing() {
+  local listing
+  listing=$(missing_requirements "$@")
+  MISSING=()
+  if [[ -n $listing ]]; then
+    mapfile -t MISSING <<<"$listing"
+  fi
+}
+
 # Sets AS_ROOT to `sudo -n` when the interpreter's site-packages are not writable by this user. EMR runs bootstrap
 # actions as `hadoop`, which has password-less sudo; -n makes a missing sudo right fail at once instead of hanging.
 choose_privilege() {
@@ -377,22 +388,22 @@ install_runtime() {
   fi
 
   log "step: comparing installed packages with the pins"
-  local -a requirements missing
+  local -a requirements
   mapfile -t requirements < <(requirements_for "$compute")
-  mapfile -t missing < <(missing_requirements "${requirements[@]}")
-  if ((${#missing[@]} == 0)); then
+  find_missing "${requirements[@]}"
+  if ((${#MISSING[@]} == 0)); then
     log "all ${#requirements[@]} pinned packages already installed; nothing to install"
   else
-    local -a to_install=("${missing[@]}")
+    local -a to_install=("${MISSING[@]}")
     log "${#to_install[@]} of ${#requirements[@]} pinned packages to install: ${to_install[*]}"
     if [[ -n $wheelhouse ]]; then
       fetch_wheelhouse "$wheelhouse"
     fi
     log "step: installing with pip"
     install_requirements "${requirements[@]}"
-    mapfile -t missing < <(missing_requirements "${requirements[@]}")
-    if ((${#missing[@]} > 0)); then
-      fail "after pip install these pins are still not installed: ${missing[*]}"
+    find_missing "${requirements[@]}"
+    if ((${#MISSING[@]} > 0)); then
+      fail "after pip install these pins are still not installed: ${MISSING[*]}"
     fi
     log "installed ${#to_install[@]} packages: ${to_install[*]}"
   fi
