@@ -1,0 +1,56 @@
+"""The handler against a moto *server* on loopback, reached through AWS_ENDPOINT_URL as any boto3 client is.
+
+This is the set-up the integration test with the real job uses (the job then reads the inputs from the same server). What it
+adds over the in-process mock: the function's module-level clients honour AWS_ENDPOINT_URL, and S3 notifications travel
+to SQS as HTTP messages. moto's limits (no step ever runs, no EMR step-limit enforcement) apply as in the other tests.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from conftest import base_environment
+from moto.server import ThreadedMotoServer
+
+import emr_step
+from trigger_helpers import (
+    BUCKET,
+    AwsClients,
+    FakeLambdaContext,
+    create_cluster,
+    queue_uploads_to_sqs,
+    read_json,
+    receive_lambda_event,
+    submitted_steps,
+)
+
+
+@pytest.fixture
+def moto_server_url(monkeypatch):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    yield url
+    server.stop()
+
+
+def test_uploads_to_a_moto_server_become_one_step_whose_manifest_lists_them(moto_server_url, load_handler):
+    aws = AwsClients(s3=boto3.client("s3"), emr=boto3.client("emr"), sqs=boto3.client("sqs"))
+    aws.s3.create_bucket(Bucket=BUCKET)
+    cluster_id = create_cluster(aws.emr, keep_alive=True)
+    queue_url = queue_uploads_to_sqs(aws, prefix="incoming/")
+    keys = [f"incoming/run/image {index}.png" for index in range(3)]
+    for key in keys:
+        aws.s3.put_object(Bucket=BUCKET, Key=key, Body=b"png bytes")
+    handler = load_handler(base_environment(CLUSTER_ID=cluster_id))
+
+    response = handler.lambda_handler(receive_lambda_event(aws.sqs, queue_url), FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    (step,) = submitted_steps(aws.emr, cluster_id)
+    arguments = emr_step.job_arguments(step)
+    manifest_uri = arguments[arguments.index("--manifest") + 1]
+    manifest_key = manifest_uri.removeprefix(f"s3://{BUCKET}/")
+    assert read_json(aws.s3, manifest_key)["objects"] == [f"s3://{BUCKET}/{key}" for key in keys]
