@@ -7,7 +7,8 @@
 #   install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY     # anywhere with pip and PyPI: fills a wheelhouse
 #   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
 #
-#   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice).
+#   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice). With
+#               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
 #   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory holding a wheel for every pinned requirement
 #               (what --build-wheelhouse downloads, for EMR nodes' platform, whatever machine it runs on). With it pip
 #               runs with --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no NAT) need no

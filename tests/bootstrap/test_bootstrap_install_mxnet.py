@@ -28,6 +28,7 @@ from bootstrap_helpers import (
 TIMESTAMPED_LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z install-mxnet\.sh: (?P<message>.*)$")
 STEPS_WHEN_INSTALLING = (
     "step: checking the interpreter",
+    "step: choosing the build for this node",
     "step: checking for the other compute's builds",
     "step: comparing installed packages with the pins",
     "step: using local wheelhouse",
