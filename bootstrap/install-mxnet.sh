@@ -323,9 +323,29 @@ resolve_python() {
   PYTHON=$(command -v "$python_name") || fail "interpreter '$python_name' not found (set MXNET_BOOTSTRAP_PYTHON)"
   PYTHON_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
     fail "interpreter $PYTHON does not run (set MXNET_BOOTSTRAP_PYTHON)"
-  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-    fail "$PYTHON has no pip; on Amazon Linux 2023 install it with: sudo dnf install -y python$PYTHON_VERSION-pip"
+}
+
+has_pip() {
+  "$PYTHON" -m pip --version >/dev/null 2>&1
+}
+
+# Amazon Linux 2023 packages pip apart from the interpreter (python3.11-pip); its repositories are in S3, so this
+# works through the VPC's S3 gateway endpoint too.
+ensure_pip() {
+  if has_pip; then
+    return
   fi
+  local package="python$PYTHON_VERSION-pip"
+  if ! command -v dnf >/dev/null; then
+    fail "$PYTHON has no pip, and there is no dnf to install $package with: install pip for it first"
+  fi
+  log "step: $PYTHON has no pip; installing $package with dnf"
+  local -a as_root=()
+  if ((EUID != 0)); then
+    as_root=(sudo -n)
+  fi
+  retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" "${as_root[@]}" dnf install -y "$package"
+  has_pip || fail "$PYTHON still has no pip after installing $package"
 }
 
 validate_retry_delay() {
@@ -341,6 +361,7 @@ build_wheelhouse() {
   local -a requirements
   mapfile -t requirements < <(requirements_for "$compute")
   resolve_python
+  has_pip || fail "$PYTHON has no pip (set MXNET_BOOTSTRAP_PYTHON to a Python with pip)"
   log "step: downloading ${#requirements[@]} $compute wheels for EMR 7 nodes into $destination (pip of $PYTHON)"
   mkdir -p "$destination"
   # --no-deps: the list is already the whole dependency closure, and pip cannot resolve dependencies for a
@@ -362,6 +383,7 @@ install_runtime() {
     fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark" \
       "need Python $REQUIRED_PYTHON_VERSION (set MXNET_BOOTSTRAP_PYTHON)"
   fi
+  ensure_pip
   choose_privilege
   log "interpreter $PYTHON (Python $PYTHON_VERSION), installing ${AS_ROOT[*]:-as the current user}"
 
@@ -415,7 +437,7 @@ install_runtime() {
     fail "this node has an NVIDIA device but no loaded NVIDIA driver (no /proc/driver/nvidia/version);" \
       "the CUDA build of MXNet needs it: use an EMR release and instance type with GPU support"
   fi
-  verify_runtime "$compute"
+  verify_runtime "$compute" || fail "the $compute runtime does not work (the lines above say why)"
   log "done: the $compute runtime is installed and works"
 }
 

@@ -20,6 +20,7 @@ from bootstrap_helpers import (
     INSTALL_SCRIPT,
     LEFT_OUT_DISTRIBUTION,
     ThrowAwayRuntime,
+    base_interpreter,
     make_throw_away_runtime,
     run_install_script,
     wheel_from_installed,
@@ -203,3 +204,12 @@ def test_gpu_on_a_node_without_nvidia_device_installs_the_cpu_build(
     result = run_install_script("gpu", str(wheelhouse), python=fresh_runtime.python)
     assert result.returncode == 0, result.stderr
     assert "installing the cpu build" in log_messages(result.stderr)
+
+
+@pytest.mark.skipif(shutil.which("dnf") is not None, reason="dnf would install pip here")
+def test_interpreter_without_pip_and_without_dnf_is_rejected_naming_the_package(tmp_path: Path) -> None:
+    bare = tmp_path / "bare-venv"
+    subprocess.run([str(base_interpreter()), "-m", "venv", "--without-pip", str(bare)], check=True)
+    result = run_install_script("cpu", python=bare / "bin" / "python")
+    assert result.returncode == 1
+    assert "has no pip, and there is no dnf to install python3.11-pip with" in result.stderr
