@@ -1,0 +1,158 @@
+"""The destroy-time cleanup function, against moto (EMR, EC2), botocore's Stubber, and a loopback HTTP server.
+
+What the mocks cannot prove: that real EMR adds the cross-referencing rules this function removes (moto adds none by
+itself, so the test adds them), how long real clusters take to terminate, and that CloudFormation accepts the response.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+FUNCTION_FILE = Path(__file__).resolve().parents[2] / "infra" / "cleanup_function" / "handler.py"
+REGION = "us-east-1"
+TAG = {"Key": "mxnet-spark-inference:stack", "Value": "TestInference"}
+PLENTY_OF_TIME_MS = 600_000
+
+
+def load_cleanup_module():
+    # Loaded under its own name: the trigger function also has a top-level module called `handler`.
+    spec = importlib.util.spec_from_file_location("cleanup_function_handler", FUNCTION_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cleanup = load_cleanup_module()
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_environment(monkeypatch):
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+
+
+@pytest.fixture
+def aws():
+    with mock_aws():
+        yield boto3.client("emr", region_name=REGION), boto3.client("ec2", region_name=REGION)
+
+
+def run_cluster(emr, tags: list[dict]) -> str:
+    return emr.run_job_flow(
+        Name="cluster",
+        ReleaseLabel="emr-7.13.0",
+        Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+        JobFlowRole="instance-profile",
+        ServiceRole="service-role",
+        Tags=tags,
+    )["JobFlowId"]
+
+
+def cross_referencing_groups(ec2) -> list[str]:
+    vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ids = [ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc_id)["GroupId"] for name in ("a", "b")]
+    for group_id, other_id in (ids, ids[::-1]):
+        ec2.authorize_security_group_ingress(
+            GroupId=group_id,
+            IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "UserIdGroupPairs": [{"GroupId": other_id}]}],
+        )
+    return ids
+
+
+def delete_event(security_group_ids: list[str]) -> dict:
+    return {
+        "RequestType": "Delete",
+        "ResourceProperties": {"TagKey": TAG["Key"], "TagValue": TAG["Value"], "SecurityGroupIds": security_group_ids},
+    }
+
+
+def state(emr, cluster_id: str) -> str:
+    return emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+
+
+def test_delete_terminates_only_the_stacks_clusters(aws):
+    emr, ec2 = aws
+    ours, other = run_cluster(emr, [TAG]), run_cluster(emr, [{"Key": TAG["Key"], "Value": "AnotherStack"}])
+    status, reason = cleanup.handle(delete_event(cross_referencing_groups(ec2)), emr, ec2, lambda: PLENTY_OF_TIME_MS)
+    assert (status, state(emr, ours), state(emr, other)) == ("SUCCESS", "TERMINATED", "WAITING")
+    assert reason.startswith("terminated 1 cluster(s)")
+
+
+def test_delete_removes_the_rules_that_tie_the_groups_together(aws):
+    emr, ec2 = aws
+    group_ids = cross_referencing_groups(ec2)
+    cleanup.handle(delete_event(group_ids), emr, ec2, lambda: PLENTY_OF_TIME_MS)
+    groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+    assert [(g["IpPermissions"], g["IpPermissionsEgress"]) for g in groups] == [([], []), ([], [])]
+    for group_id in group_ids:
+        ec2.delete_security_group(GroupId=group_id)  # what CloudFormation does next must now succeed
+
+
+@pytest.mark.parametrize("request_type", ["Create", "Update"])
+def test_create_and_update_touch_nothing(aws, request_type):
+    emr, ec2 = aws
+    cluster_id = run_cluster(emr, [TAG])
+    event = {**delete_event([]), "RequestType": request_type}
+    assert cleanup.handle(event, emr, ec2, lambda: PLENTY_OF_TIME_MS)[0] == "SUCCESS"
+    assert state(emr, cluster_id) == "WAITING"
+
+
+def test_clusters_still_terminating_when_time_runs_out_fail_the_delete():
+    emr = boto3.client("emr", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    running = {"Cluster": {"Id": "j-1", "Name": "c", "Status": {"State": "TERMINATING"}, "Tags": [TAG]}}
+    summary = {"Id": "j-1", "Name": "c", "Status": {"State": "TERMINATING"}}
+    with Stubber(emr) as stub:
+        stub.add_response("list_clusters", {"Clusters": [summary]}, {"ClusterStates": cleanup.ACTIVE_STATES})
+        stub.add_response("describe_cluster", running, {"ClusterId": "j-1"})
+        stub.add_response("terminate_job_flows", {}, {"JobFlowIds": ["j-1"]})
+        stub.add_response("describe_cluster", running, {"ClusterId": "j-1"})
+        status, reason = cleanup.handle(delete_event(["sg-1"]), emr, ec2, lambda: cleanup.SAFETY_MARGIN_MS - 1)
+    assert (status, reason) == ("FAILED", "clusters still terminating: j-1; run the destroy again")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_PUT(self):  # noqa: N802 - http.server's naming
+        length = int(self.headers["Content-Length"])
+        _Recorder.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_lambda_handler_answers_cloudformation_at_the_response_url(aws):
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    event = {
+        "RequestType": "Create",
+        "ResponseURL": f"http://127.0.0.1:{server.server_port}/response",
+        "StackId": "stack-id",
+        "RequestId": "request-id",
+        "LogicalResourceId": "ClusterCleanup",
+        "ResourceProperties": delete_event([])["ResourceProperties"],
+    }
+    context = type("Context", (), {"get_remaining_time_in_millis": staticmethod(lambda: PLENTY_OF_TIME_MS)})()
+    cleanup.lambda_handler(event, context)
+    thread.join(timeout=10)
+    server.server_close()
+    (body,) = _Recorder.bodies
+    assert {key: body[key] for key in ("Status", "RequestId", "LogicalResourceId", "StackId")} == {
+        "Status": "SUCCESS", "RequestId": "request-id", "LogicalResourceId": "ClusterCleanup", "StackId": "stack-id",
+    }  # fmt: skip
