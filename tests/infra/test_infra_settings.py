@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import fields
 
 import pytest
-from conftest import cdk_json_context
+from conftest import REPO_ROOT, cdk_json_context
 
 from infra.settings import (
     CONTEXT_KEY,
@@ -132,3 +134,10 @@ def test_valid_setting_is_accepted(overrides):
 def test_worker_instance_type_defaults_to_the_compute_kind(compute, expected):
     settings = Settings.from_context({"compute": compute, "task_instance_count": 1})
     assert (settings.worker_instance_type, settings.resolved_task_instance_type) == (expected, expected)
+
+
+def test_infra_readme_documents_every_setting_with_its_default():
+    readme = (REPO_ROOT / "infra" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \|", readme, re.MULTILINE))
+    defaults = {field.name: json.dumps(field.default).strip('"') for field in fields(Settings)}
+    assert rows == defaults
