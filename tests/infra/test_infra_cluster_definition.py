@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO_ROOT
+from infra_helpers import REPO_ROOT
 
 from infra.cluster_definition import (
     GPU_CGROUP_ROOT,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import logical_id
+from infra_helpers import logical_id
 
 AUTO_DELETE_TYPE = "Custom::S3AutoDeleteObjects"
 CLEANUP_TYPE = "Custom::EmrClusterCleanup"

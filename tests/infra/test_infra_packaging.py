@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from conftest import REPO_ROOT
+from infra_helpers import REPO_ROOT
 
 from infra.packaging import BOOTSTRAP_DIR_NAME, ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import fields
 
 import pytest
-from conftest import REPO_ROOT, cdk_json_context
+from infra_helpers import REPO_ROOT, cdk_json_context
 
 from infra.settings import (
     CONTEXT_KEY,

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements
+from infra_helpers import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements
 
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
@@ -212,7 +212,7 @@ def test_artifacts_are_deployed_under_the_artifacts_prefix(variant):
 
 
 def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(tmp_path):
-    from conftest import synthesize
+    from infra_helpers import synthesize
 
     source_root = tmp_path / "repo"
     source_root.mkdir()
