@@ -69,9 +69,7 @@ class ClusterCleanup(Construct):
             )
         )
         self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="DescribeGroups", actions=["ec2:DescribeSecurityGroups"], resources=["*"]
-            )
+            iam.PolicyStatement(sid="DescribeGroups", actions=["ec2:DescribeSecurityGroups"], resources=["*"])
         )
         self.function.add_to_role_policy(
             iam.PolicyStatement(

@@ -171,7 +171,9 @@ class Cluster(Construct):
             (logs_bucket, EMR_LOGS_PREFIX, "EMR writes logs per cluster and per step under emr/."),
         ):
             acknowledge(role, object_wildcard_finding(bucket, prefix), reason)
-        acknowledge(role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", "CDK's encrypt/decrypt grant on the stack key.")
+        acknowledge(
+            role, "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", "CDK's encrypt/decrypt grant on the stack key."
+        )
         acknowledge(role, "AwsSolutions-IAM5[Action::kms:ReEncrypt*]", "CDK's encrypt/decrypt grant on the stack key.")
         return role
 
@@ -183,7 +185,9 @@ class Cluster(Construct):
                 "elasticmapreduce.amazonaws.com",
                 conditions={
                     "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
-                    "ArnLike": {"aws:SourceArn": f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"},
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"
+                    },
                 },
             ),
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(EMR_SERVICE_POLICY)],
@@ -200,7 +204,13 @@ class Cluster(Construct):
         )
         # Local-disk encryption with EBS encryption: EMR encrypts the nodes' volumes with the stack key.
         key.grant(
-            role, "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey", "kms:CreateGrant"
+            role,
+            "kms:Encrypt",
+            "kms:Decrypt",
+            "kms:ReEncrypt*",
+            "kms:GenerateDataKey*",
+            "kms:DescribeKey",
+            "kms:CreateGrant",
         )
         acknowledge(
             role,

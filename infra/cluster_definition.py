@@ -19,6 +19,8 @@ GPU_DISCOVERY_SCRIPT = "/usr/lib/spark/scripts/gpu/getGpusResources.sh"
 # The yarn-site and container-executor configurations below must name the same root (a test checks the script).
 GPU_CGROUP_ROOT = "/spark-rapids-cgroup"
 GPU_CGROUP_SCRIPT_NAME = "configure-gpu-cgroups.sh"
+LINUX_CONTAINER_EXECUTOR = "org.apache.hadoop.yarn.server.nodemanager.LinuxContainerExecutor"
+DOMINANT_RESOURCE_CALCULATOR = "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator"
 MXNET_BOOTSTRAP_SCRIPT_NAME = "install-mxnet.sh"
 # Room for the CUDA build of MXNet and its libraries on the root volume (EMR's default root volume is 15 GiB).
 EBS_ROOT_VOLUME_GIB = 40
@@ -108,8 +110,7 @@ def spark_configurations(compute: str) -> list[dict[str, Any]]:
                     "yarn.nodemanager.linux-container-executor.cgroups.mount": "true",
                     "yarn.nodemanager.linux-container-executor.cgroups.mount-path": GPU_CGROUP_ROOT,
                     "yarn.nodemanager.linux-container-executor.cgroups.hierarchy": "yarn",
-                    "yarn.nodemanager.container-executor.class":
-                        "org.apache.hadoop.yarn.server.nodemanager.LinuxContainerExecutor",
+                    "yarn.nodemanager.container-executor.class": LINUX_CONTAINER_EXECUTOR,
                 },
             },
             {
@@ -124,8 +125,7 @@ def spark_configurations(compute: str) -> list[dict[str, Any]]:
                 # YARN counts GPUs only with the dominant resource calculator (the default one sees memory alone).
                 "Classification": "capacity-scheduler",
                 "Properties": {
-                    "yarn.scheduler.capacity.resource-calculator":
-                        "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator"
+                    "yarn.scheduler.capacity.resource-calculator": DOMINANT_RESOURCE_CALCULATOR
                 },
             },
         ]

@@ -25,11 +25,7 @@ _ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
 def _included(path: Path, root: Path) -> bool:
     relative = path.relative_to(root)
-    return (
-        path.is_file()
-        and not _EXCLUDED_PARTS.intersection(relative.parts)
-        and path.suffix not in _EXCLUDED_SUFFIXES
-    )
+    return path.is_file() and not _EXCLUDED_PARTS.intersection(relative.parts) and path.suffix not in _EXCLUDED_SUFFIXES
 
 
 def write_job_zip(job_dir: Path, zip_path: Path) -> list[str]:

@@ -111,7 +111,9 @@ class Settings:
             try:
                 raw = json.loads(raw)
             except json.JSONDecodeError as error:
-                raise SettingsError(f"context {CONTEXT_KEY!r}: not valid JSON ({error}); expected a JSON object") from None
+                raise SettingsError(
+                    f"context {CONTEXT_KEY!r}: not valid JSON ({error}); expected a JSON object"
+                ) from None
         if not isinstance(raw, Mapping):
             raise SettingsError(f"context {CONTEXT_KEY!r}: expected an object of settings, got {type(raw).__name__}")
         return _validate(raw)
@@ -168,7 +170,11 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
     choice("compute", COMPUTE_CHOICES)
     choice("cluster_mode", CLUSTER_MODES)
     choice("job_device", JOB_DEVICES)
-    pattern("release_label", RELEASE_LABEL_PATTERN, f"emr-7.X.Y with X >= {MIN_RELEASE_MINOR} (e.g. {DEFAULT_RELEASE_LABEL})")
+    pattern(
+        "release_label",
+        RELEASE_LABEL_PATTERN,
+        f"emr-7.X.Y with X >= {MIN_RELEASE_MINOR} (e.g. {DEFAULT_RELEASE_LABEL})",
+    )
     if "release_label" in checked:
         minor = int(RELEASE_LABEL_PATTERN.match(checked["release_label"]).group(1))
         if minor < MIN_RELEASE_MINOR:
@@ -178,14 +184,20 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
             )
     instance_type_text = "an EC2 instance type such as m5.xlarge"
     pattern("primary_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text)
-    pattern("core_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the default)", optional=True)
-    pattern("task_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the core type)", optional=True)
+    pattern(
+        "core_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the default)", optional=True
+    )
+    pattern(
+        "task_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the core type)", optional=True
+    )
     integer("core_instance_count", 1, 100)
     integer("task_instance_count", 0, 100)
     integer("step_concurrency_level", 1, EMR_MAX_ACTIVE_STEPS)
     integer("max_active_steps", 1, EMR_MAX_ACTIVE_STEPS)
     pattern("vpc_id", VPC_ID_PATTERN, "null (a new VPC) or an id such as vpc-0123456789abcdef0", optional=True)
-    pattern("subnet_id", SUBNET_ID_PATTERN, "null or a private subnet id such as subnet-0123456789abcdef0", optional=True)
+    pattern(
+        "subnet_id", SUBNET_ID_PATTERN, "null or a private subnet id such as subnet-0123456789abcdef0", optional=True
+    )
     integer("nat_gateways", 0, MAX_NAT_GATEWAYS)
     boolean("retain_data_on_destroy")
     boolean("offline_wheelhouse")
@@ -202,7 +214,8 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
     problems.extend(_cross_checks(merged))
     if problems:
         raise SettingsError(
-            f"invalid settings in cdk.json context {CONTEXT_KEY!r} ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+            f"invalid settings in cdk.json context {CONTEXT_KEY!r} ({len(problems)} problem(s)):\n  - "
+            + "\n  - ".join(problems)
         )
     return merged
 

@@ -15,7 +15,7 @@ from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.network import Network
-from infra.packaging import BOOTSTRAP_DIR_NAME, ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
+from infra.packaging import ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
 from infra.settings import Settings
 from infra.storage import (
     ARTIFACTS_PREFIX,

@@ -162,7 +162,10 @@ class Trigger(Construct):
 
     def _grant_data_access(self, data_bucket: s3.Bucket, job_flow_definition_key: Optional[str]) -> None:
         """Read uploads (and the job-flow definition); read, write and delete manifests; nothing else in the bucket."""
-        readable = [data_bucket.arn_for_objects(INCOMING_PREFIX + "*"), data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*")]
+        readable = [
+            data_bucket.arn_for_objects(INCOMING_PREFIX + "*"),
+            data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*"),
+        ]
         if job_flow_definition_key:
             readable.append(data_bucket.arn_for_objects(job_flow_definition_key))
         self.function.add_to_role_policy(
@@ -195,4 +198,3 @@ class Trigger(Construct):
             object_wildcard_finding(data_bucket, MANIFESTS_PREFIX),
             "One manifest per batch, named by its content-derived id; the only prefix the Lambda writes.",
         )
-

@@ -34,7 +34,9 @@ def tagged_cluster_ids(emr: Any, tag_key: str, tag_value: str) -> list[str]:
     return ids
 
 
-def terminate_and_wait(emr: Any, cluster_ids: list[str], remaining_ms: Callable[[], int], sleep=time.sleep) -> list[str]:
+def terminate_and_wait(
+    emr: Any, cluster_ids: list[str], remaining_ms: Callable[[], int], sleep=time.sleep
+) -> list[str]:
     """Terminate the clusters; return the ids still not TERMINATED/TERMINATED_WITH_ERRORS when time ran out."""
     if cluster_ids:
         emr.terminate_job_flows(JobFlowIds=cluster_ids)
@@ -99,9 +101,7 @@ def send_response(event: dict, status: str, reason: str, physical_id: str) -> No
 def lambda_handler(event: dict, context: Any) -> None:
     physical_id = event.get("PhysicalResourceId") or f"cleanup-{os.environ.get('AWS_LAMBDA_FUNCTION_NAME', 'local')}"
     try:
-        status, reason = handle(
-            event, boto3.client("emr"), boto3.client("ec2"), context.get_remaining_time_in_millis
-        )
+        status, reason = handle(event, boto3.client("emr"), boto3.client("ec2"), context.get_remaining_time_in_millis)
     except Exception as error:  # noqa: BLE001 - CloudFormation must always get an answer, or it waits an hour
         status, reason = "FAILED", f"{type(error).__name__}: {error}"
     print(json.dumps({"request": event["RequestType"], "status": status, "reason": reason}))

@@ -66,7 +66,9 @@ def cross_referencing_groups(ec2) -> list[str]:
     for group_id, other_id in (ids, ids[::-1]):
         ec2.authorize_security_group_ingress(
             GroupId=group_id,
-            IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "UserIdGroupPairs": [{"GroupId": other_id}]}],
+            IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "UserIdGroupPairs": [{"GroupId": other_id}]}
+            ],
         )
     return ids
 

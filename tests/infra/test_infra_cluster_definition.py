@@ -21,7 +21,9 @@ from infra.cluster_definition import (
 BOOTSTRAP_PREFIX = "s3://data-bucket/artifacts/bootstrap/"
 
 
-def inputs(compute: str = "cpu", *, keep_alive: bool = False, wheelhouse_uri=None, task_count: int = 0) -> ClusterInputs:
+def inputs(
+    compute: str = "cpu", *, keep_alive: bool = False, wheelhouse_uri=None, task_count: int = 0
+) -> ClusterInputs:
     groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", "c5.2xlarge", 2)]
     if task_count:
         groups.append(InstanceGroup("TASK", "Task", "c5.2xlarge", task_count))
@@ -78,9 +80,16 @@ def test_gpu_yarn_schedules_gpus_through_cgroup_isolation():
     assert yarn_site["yarn.resource-types"] == "yarn.io/gpu"
     assert yarn_site["yarn.nodemanager.resource-plugins"] == "yarn.io/gpu"
     assert yarn_site["yarn.nodemanager.linux-container-executor.cgroups.mount-path"] == GPU_CGROUP_ROOT
-    executor = {c["Classification"]: c["Properties"] for c in classification(job_flow, "container-executor")["Configurations"]}
-    assert executor == {"gpu": {"module.enabled": "true"}, "cgroups": {"root": GPU_CGROUP_ROOT, "yarn-hierarchy": "yarn"}}
-    calculator = classification(job_flow, "capacity-scheduler")["Properties"]["yarn.scheduler.capacity.resource-calculator"]
+    executor = {
+        c["Classification"]: c["Properties"] for c in classification(job_flow, "container-executor")["Configurations"]
+    }
+    assert executor == {
+        "gpu": {"module.enabled": "true"},
+        "cgroups": {"root": GPU_CGROUP_ROOT, "yarn-hierarchy": "yarn"},
+    }
+    calculator = classification(job_flow, "capacity-scheduler")["Properties"][
+        "yarn.scheduler.capacity.resource-calculator"
+    ]
     assert calculator.endswith("DominantResourceCalculator")
 
 
@@ -113,7 +122,9 @@ def test_cpu_bootstrap_installs_the_cpu_build_only():
 
 
 def test_wheelhouse_is_passed_to_the_install_script():
-    actions = build_job_flow(inputs("cpu", wheelhouse_uri="s3://data-bucket/artifacts/wheelhouse/cpu/"))["BootstrapActions"]
+    actions = build_job_flow(inputs("cpu", wheelhouse_uri="s3://data-bucket/artifacts/wheelhouse/cpu/"))[
+        "BootstrapActions"
+    ]
     assert actions[-1]["ScriptBootstrapAction"]["Args"] == ["cpu", "s3://data-bucket/artifacts/wheelhouse/cpu/"]
 
 
@@ -134,7 +145,9 @@ def test_cfn_rendering_keeps_groups_configurations_and_bootstrap_actions():
     assert cfn["instances"]["masterInstanceGroup"]["instanceType"] == "m5.xlarge"
     assert cfn["instances"]["coreInstanceGroup"]["instanceCount"] == 2
     assert [g["instanceCount"] for g in cfn["instances"]["taskInstanceGroups"]] == [2]
-    assert [c["classification"] for c in cfn["configurations"]] == [c["Classification"] for c in job_flow["Configurations"]]
+    assert [c["classification"] for c in cfn["configurations"]] == [
+        c["Classification"] for c in job_flow["Configurations"]
+    ]
     assert [c["configurationProperties"] for c in cfn["configurations"]] == [
         c["Properties"] for c in job_flow["Configurations"]
     ]

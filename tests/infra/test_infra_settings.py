@@ -74,7 +74,10 @@ def test_every_problem_is_reported_at_once():
         ),
         ({"task_instance_type": "bad"}, r"task_instance_type: 'bad' is not allowed"),
         ({"task_instance_count": -1}, r"task_instance_count: -1 is not allowed; allowed: an integer from 0 to 100"),
-        ({"step_concurrency_level": 257}, r"step_concurrency_level: 257 is not allowed; allowed: an integer from 1 to 256"),
+        (
+            {"step_concurrency_level": 257},
+            r"step_concurrency_level: 257 is not allowed; allowed: an integer from 1 to 256",
+        ),
         ({"max_active_steps": 0}, r"max_active_steps: 0 is not allowed; allowed: an integer from 1 to 256"),
         (
             {"step_concurrency_level": 10, "max_active_steps": 5},
@@ -94,8 +97,14 @@ def test_every_problem_is_reported_at_once():
         ({"compute": "cpu", "job_device": "gpu"}, r"job_device: 'gpu' is not allowed when compute is 'cpu'"),
         ({"job_batch_size": 0}, r"job_batch_size: 0 is not allowed; allowed: an integer from 1 to 65536"),
         ({"job_top_k": 0}, r"job_top_k: 0 is not allowed; allowed: an integer from 1 to 1000"),
-        ({"job_max_failure_ratio": 1.5}, r"job_max_failure_ratio: 1.5 is not allowed; allowed: a number from 0.0 to 1.0"),
-        ({"trigger_batch_size": 10_001}, r"trigger_batch_size: 10001 is not allowed; allowed: an integer from 1 to 10000"),
+        (
+            {"job_max_failure_ratio": 1.5},
+            r"job_max_failure_ratio: 1.5 is not allowed; allowed: a number from 0.0 to 1.0",
+        ),
+        (
+            {"trigger_batch_size": 10_001},
+            r"trigger_batch_size: 10001 is not allowed; allowed: an integer from 1 to 10000",
+        ),
         (
             {"trigger_batching_window_seconds": 301},
             r"trigger_batching_window_seconds: 301 is not allowed; allowed: an integer from 0 to 300",

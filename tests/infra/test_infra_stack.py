@@ -118,7 +118,10 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     deployment = deployment_resource(variant, variant.stack.artifacts)
     assert environment(variant)["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME
     # Each source is an asset directory in the cloud assembly (the CLI zips it when publishing).
-    asset_dirs = [Path(assembly.directory) / f"asset.{key.removesuffix('.zip')}" for key in deployment["Properties"]["SourceObjectKeys"]]
+    asset_dirs = [
+        Path(assembly.directory) / f"asset.{key.removesuffix('.zip')}"
+        for key in deployment["Properties"]["SourceObjectKeys"]
+    ]
     (definition_file,) = [d / JOB_FLOW_DEFINITION_NAME for d in asset_dirs if (d / JOB_FLOW_DEFINITION_NAME).is_file()]
     text = definition_file.read_text()
     # Deploy-time values (bucket names, role names...) are markers the deployment replaces with quoted strings.
@@ -131,7 +134,10 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
 def test_cluster_carries_the_tag_the_lambda_looks_for(variant):
     tags = variant.stack.cluster.job_flow["Tags"]
     assert tags == [{"Key": CLUSTER_TAG_KEY, "Value": STACK_ID}]
-    assert (environment(variant)["CLUSTER_TAG_KEY"], environment(variant)["CLUSTER_TAG_VALUE"]) == (CLUSTER_TAG_KEY, STACK_ID)
+    assert (environment(variant)["CLUSTER_TAG_KEY"], environment(variant)["CLUSTER_TAG_VALUE"]) == (
+        CLUSTER_TAG_KEY,
+        STACK_ID,
+    )
 
 
 def test_security_configuration_encrypts_at_rest_and_local_disks_and_requires_imdsv2(variant):
@@ -152,7 +158,11 @@ def test_service_role_uses_the_v2_managed_policy(variant):
 
 
 def test_service_role_passes_only_the_instance_role(variant):
-    statements = [s for s in role_statements(variant, variant.stack.cluster.service_role) if "iam:PassRole" in as_list(s["Action"])]
+    statements = [
+        s
+        for s in role_statements(variant, variant.stack.cluster.service_role)
+        if "iam:PassRole" in as_list(s["Action"])
+    ]
     instance_role_arn = {"Fn::GetAtt": [logical_id(variant, variant.stack.cluster.instance_role), "Arn"]}
     assert [s["Resource"] for s in statements] == [instance_role_arn]
 
@@ -163,7 +173,9 @@ def test_subnets_and_security_groups_carry_the_emr_managed_policy_tag(variant):
     emr_groups = [g for g in groups.values() if tag in g["Properties"].get("Tags", [])]
     assert len(emr_groups) == 3
     private_subnets = [
-        s for s in variant.resources_of_type("AWS::EC2::Subnet").values() if s["Properties"]["MapPublicIpOnLaunch"] is False
+        s
+        for s in variant.resources_of_type("AWS::EC2::Subnet").values()
+        if s["Properties"]["MapPublicIpOnLaunch"] is False
     ]
     assert private_subnets and all(tag in s["Properties"]["Tags"] for s in private_subnets)
 
@@ -199,7 +211,10 @@ def test_cluster_logs_to_the_logs_bucket_and_uses_the_step_concurrency_setting(s
 
 
 def test_python_3_11_is_what_pyspark_runs(variant):
-    assert variant.stack.cluster.job_flow["Configurations"][0]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == PYTHON
+    assert (
+        variant.stack.cluster.job_flow["Configurations"][0]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"]
+        == PYTHON
+    )
 
 
 # --- packaged job ----------------------------------------------------------------------------------------------------
@@ -225,7 +240,10 @@ def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(tmp_pat
     deployment = deployment_resource(variant, variant.stack.wheelhouse_deployment)
     assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/wheelhouse/cpu/"
     install_args = variant.stack.cluster.job_flow["BootstrapActions"][-1]["ScriptBootstrapAction"]["Args"]
-    assert install_args[0] == "cpu" and variant.stack.resolve(install_args[1])["Fn::Join"][1][-1] == "/artifacts/wheelhouse/cpu/"
+    assert (
+        install_args[0] == "cpu"
+        and variant.stack.resolve(install_args[1])["Fn::Join"][1][-1] == "/artifacts/wheelhouse/cpu/"
+    )
 
 
 # --- trigger ---------------------------------------------------------------------------------------------------------
@@ -240,7 +258,11 @@ def test_lambda_environment_values_follow_the_settings(synth):
     variant = synth(job_top_k=3, job_batch_size=64, job_device="cpu", job_max_failure_ratio=0.5, max_active_steps=17)
     env = environment(variant)
     assert json.loads(env["JOB_OPTIONS"]) == {"device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5}
-    assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == ("17", "transient", f"{STACK_ID}-batch-")
+    assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == (
+        "17",
+        "transient",
+        f"{STACK_ID}-batch-",
+    )
     assert env["MODEL_URI"]["Fn::Join"][1][-1] == "/models/default/"
 
 
@@ -257,7 +279,9 @@ def test_lambda_runs_python_3_11_with_the_pinned_powertools_layer(variant):
     (layer,) = properties["Layers"]
     assert parameters[layer["Ref"]]["Default"] == POWERTOOLS_LAYER_PARAMETER
     lock = (REPO_ROOT / "requirements.lock").read_text()
-    assert re.search(rf"^aws[-_]lambda[-_]powertools=={re.escape(POWERTOOLS_VERSION)}$", lock, re.MULTILINE | re.IGNORECASE)
+    assert re.search(
+        rf"^aws[-_]lambda[-_]powertools=={re.escape(POWERTOOLS_VERSION)}$", lock, re.MULTILINE | re.IGNORECASE
+    )
 
 
 def test_queue_feeds_the_lambda_in_batches_with_partial_failures(synth):
@@ -348,7 +372,14 @@ def test_lambda_writes_only_manifests(variant):
     statements = role_statements(variant, variant.stack.trigger.function.role)
     writes = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
     assert [json.dumps(s["Resource"]) for s in writes] == [
-        json.dumps({"Fn::Join": ["", [{"Fn::GetAtt": [logical_id(variant, variant.stack.storage.data_bucket), "Arn"]}, "/manifests/*"]]})
+        json.dumps(
+            {
+                "Fn::Join": [
+                    "",
+                    [{"Fn::GetAtt": [logical_id(variant, variant.stack.storage.data_bucket), "Arn"]}, "/manifests/*"],
+                ]
+            }
+        )
     ]
 
 
@@ -357,7 +388,14 @@ def test_lambda_writes_only_manifests(variant):
 
 def test_outputs_give_upload_commands_prefixes_and_results_location(variant):
     outputs = variant.template.to_json()["Outputs"]
-    expected = {"DataBucketName", "UploadModelCommand", "UploadImagesCommand", "ResultsLocation", "IncomingPrefix", "ExampleStep"}
+    expected = {
+        "DataBucketName",
+        "UploadModelCommand",
+        "UploadImagesCommand",
+        "ResultsLocation",
+        "IncomingPrefix",
+        "ExampleStep",
+    }
     assert expected <= set(outputs)
     assert ("ClusterId" in outputs) == (variant.stack.settings.cluster_mode == "persistent")
     assert "aws s3 sync ./model-package s3://" in json.dumps(outputs["UploadModelCommand"]["Value"])
