@@ -121,7 +121,6 @@ class InferenceStack(Stack):
             if self.wheelhouse_deployment is not None:
                 self.cluster.cfn_cluster.node.add_dependency(self.wheelhouse_deployment)
 
-        self.artifacts_uri = data_bucket.s3_url_for_object(ARTIFACTS_PREFIX)
         self.job_artifacts = JobArtifacts(
             py_files_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + JOB_ZIP_NAME),
             entry_point_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + ENTRY_POINT_NAME),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from infra_helpers import MAIN_VARIANTS, Synthesized, synthesize
+from infra_helpers import MAIN_VARIANTS, REPO_ROOT, Synthesized, synthesize
 
 _cache: dict[tuple, Synthesized] = {}
 
@@ -28,3 +28,17 @@ def variant(request, synth) -> Synthesized:
     """Each of the four compute x cluster_mode variants (synthesized once for the whole session)."""
     compute, mode = request.param
     return synth(compute=compute, cluster_mode=mode)
+
+
+@pytest.fixture(scope="session")
+def offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
+    """A stack with offline_wheelhouse and no NAT, from a repository copy holding a (fake) wheelhouse."""
+    source_root = tmp_path_factory.mktemp("repo")
+    for name in ("job", "bootstrap"):
+        (source_root / name).symlink_to(REPO_ROOT / name)
+    wheelhouse = source_root / "build" / "wheelhouse" / "cpu"
+    wheelhouse.mkdir(parents=True)
+    (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is used")
+    return synthesize(
+        tmp_path_factory.mktemp("artifacts"), source_root=source_root, offline_wheelhouse=True, nat_gateways=0
+    )

@@ -50,6 +50,14 @@ def test_nag_has_no_unacknowledged_finding_in_extra_variant(synth, name):
     assert unacknowledged_findings(synthesized.app, synthesized.stack) == []
 
 
+def test_nag_has_no_unacknowledged_finding_with_an_offline_wheelhouse(offline_wheelhouse_variant):
+    assert unacknowledged_findings(offline_wheelhouse_variant.app, offline_wheelhouse_variant.stack) == []
+
+
+def test_cfn_lint_finds_no_error_with_an_offline_wheelhouse(offline_wheelhouse_variant):
+    assert lint_errors(offline_wheelhouse_variant) == []
+
+
 def test_nag_harness_reports_a_finding_it_should():
     """The harness itself works: an unencrypted-in-transit, unlogged bucket is reported."""
     app = cdk.App()

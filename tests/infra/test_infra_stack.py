@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from infra_helpers import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements
+from infra_helpers import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements, synthesize
 
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
@@ -186,6 +186,20 @@ def test_new_vpc_reaches_s3_through_a_gateway_endpoint(variant):
     assert "s3" in json.dumps(endpoint["Properties"]["ServiceName"])
 
 
+def test_no_nat_gateway_means_isolated_private_subnets(offline_wheelhouse_variant):
+    assert offline_wheelhouse_variant.resources_of_type("AWS::EC2::NatGateway") == {}
+    assert offline_wheelhouse_variant.resources_of_type("AWS::EC2::VPCEndpoint")
+
+
+def test_missing_wheelhouse_is_named_with_the_command_that_builds_it(tmp_path):
+    source_root = tmp_path / "repo"  # the real job and scripts, but no build/wheelhouse/
+    source_root.mkdir()
+    for name in ("job", "bootstrap"):
+        (source_root / name).symlink_to(REPO_ROOT / name)
+    with pytest.raises(FileNotFoundError, match=r"holds no wheels; build it with: bootstrap/install-mxnet.sh --build-"):
+        synthesize(tmp_path / "staging", source_root=source_root, offline_wheelhouse=True)
+
+
 def test_existing_vpc_creates_no_network(synth):
     variant = synth(vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", cluster_mode="persistent")
     assert variant.resources_of_type("AWS::EC2::VPC") == {}
@@ -226,17 +240,8 @@ def test_artifacts_are_deployed_under_the_artifacts_prefix(variant):
     assert deployment["Properties"]["Prune"] is True
 
 
-def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(tmp_path):
-    from infra_helpers import synthesize
-
-    source_root = tmp_path / "repo"
-    source_root.mkdir()
-    for name in ("job", "bootstrap"):
-        (source_root / name).symlink_to(REPO_ROOT / name)
-    wheelhouse = source_root / "build" / "wheelhouse" / "cpu"
-    wheelhouse.mkdir(parents=True)
-    (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is tested")
-    variant = synthesize(tmp_path / "staging", source_root=source_root, offline_wheelhouse=True, nat_gateways=0)
+def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(offline_wheelhouse_variant):
+    variant = offline_wheelhouse_variant
     deployment = deployment_resource(variant, variant.stack.wheelhouse_deployment)
     assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/wheelhouse/cpu/"
     install_args = variant.stack.cluster.job_flow["BootstrapActions"][-1]["ScriptBootstrapAction"]["Args"]
