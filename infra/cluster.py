@@ -149,8 +149,9 @@ class Cluster(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="WriteResults",
-                # Spark's committer writes temporary files under the output and deletes them on commit.
-                actions=["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                # Spark's committer writes temporary files under the output, deletes them on commit, and uses
+                # multipart uploads for large part files.
+                actions=["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 resources=[data_bucket.arn_for_objects(RESULTS_PREFIX + "*")],
             )
         )
@@ -159,6 +160,22 @@ class Cluster(Construct):
                 sid="WriteLogs",
                 actions=["s3:PutObject"],
                 resources=[logs_bucket.arn_for_objects(EMR_LOGS_PREFIX + "*")],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ListLogPrefix",
+                actions=["s3:ListBucket"],
+                resources=[logs_bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [EMR_LOGS_PREFIX + "*"]}},
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="LocateBucketsAndUploads",
+                # Bucket metadata only (region, pending multipart uploads), no object data.
+                actions=["s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+                resources=[data_bucket.bucket_arn, logs_bucket.bucket_arn],
             )
         )
         key.grant_encrypt_decrypt(role)

@@ -38,6 +38,7 @@ DLQ_RETENTION = Duration.days(14)
 # version pinned in requirements.in, so the Lambda runs the same Powertools as the tests.
 POWERTOOLS_VERSION = "3.37.0"
 POWERTOOLS_LAYER_PARAMETER = f"/aws/service/powertools/python/x86_64/python3.11/{POWERTOOLS_VERSION}"
+SQS_MIN_MAX_CONCURRENCY = 2
 STEP_END_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 
 
@@ -99,9 +100,6 @@ class Trigger(Construct):
             layers=[lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", powertools_layer_arn)],
             timeout=FUNCTION_TIMEOUT,
             memory_size=512,
-            # One invocation at a time: "count the active steps, then submit or launch" is not atomic, and two
-            # concurrent invocations could both launch a transient cluster or overfill a full one.
-            reserved_concurrent_executions=1,
             environment={**environment, "POWERTOOLS_SERVICE_NAME": "inference-trigger"},
             log_group=logs.LogGroup(
                 self, "FunctionLogs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
@@ -114,6 +112,10 @@ class Trigger(Construct):
                 batch_size=batch_size,
                 max_batching_window=batching_window if batching_window_seconds else None,
                 report_batch_item_failures=True,
+                # As few concurrent invocations as SQS allows (2): "count the active steps, then submit or launch" is
+                # not atomic. Reserved concurrency 1 would be stricter, but fails to deploy in accounts whose whole
+                # concurrency quota is the default minimum of 10 unreserved executions.
+                max_concurrency=SQS_MIN_MAX_CONCURRENCY,
             )
         )
         self._grant_data_access(data_bucket, job_flow_definition_key)

@@ -293,7 +293,12 @@ def test_queue_feeds_the_lambda_in_batches_with_partial_failures(synth):
     variant = synth(trigger_batch_size=500, trigger_batching_window_seconds=30)
     variant.template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
-        {"BatchSize": 500, "MaximumBatchingWindowInSeconds": 30, "FunctionResponseTypes": ["ReportBatchItemFailures"]},
+        {
+            "BatchSize": 500,
+            "MaximumBatchingWindowInSeconds": 30,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "ScalingConfig": {"MaximumConcurrency": 2},
+        },
     )
 
 
