@@ -36,7 +36,8 @@ class JobFailed(RuntimeError):
 
 
 class StatsAccumulator(AccumulatorParam):
-    """Sums per-task numbers (seconds, counts) keyed by name; nested dicts are summed key by key."""
+    """Sums per-task numbers (seconds, counts) keyed by name, except ``peak_*`` keys, which keep the maximum; nested
+    dicts are merged key by key."""
 
     def zero(self, value):
         return {}
@@ -45,6 +46,8 @@ class StatsAccumulator(AccumulatorParam):
         for key, value in more.items():
             if isinstance(value, dict):
                 total[key] = self.addInPlace(dict(total.get(key, {})), value)
+            elif key.startswith("peak_"):
+                total[key] = max(total.get(key, 0), value)
             else:
                 total[key] = total.get(key, 0) + value
         return total
@@ -212,6 +215,7 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         # Summed over tasks (and over retried attempts): where the workers spent their time.
         "worker_seconds": {name: worker.get(f"{name}_s", 0.0)
                            for name in ("model_load", "fetch", "decode", "predict", "output")},
+        "worker_peak_rss_mb": worker.get("peak_rss_mb"),
         "versions": _versions(spark),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

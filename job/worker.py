@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -290,7 +291,9 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
         yield record_batch
         _kill_worker_once(settings, images_done)
     stats.update(fetch_s=preparer.seconds["fetch"], decode_s=preparer.seconds["decode"], predict_s=predict_seconds,
-                 output_s=output_seconds)
+                 output_s=output_seconds,
+                 # ru_maxrss is in KiB on Linux: the largest this worker process has been, model included.
+                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def items_from_arrow(record_batches: Iterable[pa.RecordBatch]) -> list[WorkItem]:

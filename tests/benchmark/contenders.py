@@ -1,0 +1,167 @@
+"""Each contender of `make bench`, run in a process of its own: ``python -m tests.benchmark.contenders NAME ARGS_JSON``.
+
+Prints one JSON line with what it measured. Thread settings are fixed through the environment before any framework is
+imported, which is why every contender gets a fresh process.
+"""
+
+
+import json
+import os
+import sys
+import threading
+import time
+
+
+def _image_paths(manifest: str) -> list[str]:
+    with open(manifest) as file:
+        return json.load(file)
+
+
+def limit(args: dict) -> dict:
+    """The model alone, batched, images already decoded and normalised in memory.
+
+    ``layout = "threads"``: one model instance using every core (OMP threads = cores).
+    ``layout = "instances"``: one instance per core, each fed by its own thread, OMP threads = 1 each.
+    """
+    import numpy as np
+
+    from job.model_package import read_package
+    from job.predictor import Device, load_predictor
+    from job.storage import Storage
+
+    package = read_package(args["package"], Storage())
+    batch = np.random.default_rng(0).standard_normal((args["batch_size"], *package.input_shape)).astype(np.float32)
+    instances = 1 if args["layout"] == "threads" else args["cores"]
+    predictors = [load_predictor(package, args["package"], Device("cpu")) for _ in range(instances)]
+    for predict in predictors:  # warm-up: memory plans, kernel selection
+        predict(batch)
+    per_instance = max(1, args["images"] // (instances * len(batch)))
+    done = []
+
+    def drive(predict):
+        for _ in range(per_instance):
+            predict(batch)
+        done.append(per_instance * len(batch))
+
+    threads = [threading.Thread(target=drive, args=(predict,)) for predict in predictors]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"images": sum(done), "seconds": time.perf_counter() - started}
+
+
+def decode(args: dict) -> dict:
+    """Batched decoding alone on one core: bytes already in memory -> one normalised float32 batch per 256 images."""
+    import numpy as np
+
+    from job.decode import Normalizer, decode_image
+    from job.model_package import read_package
+    from job.storage import Storage
+
+    package = read_package(args["package"], Storage())
+    payloads = []
+    for path in _image_paths(args["manifest"]):
+        with open(path, "rb") as file:
+            payloads.append(file.read())
+    normalize = Normalizer(package.mean, package.std)
+    images = np.empty((256, package.height, package.width, 3), dtype=np.uint8)
+    started = time.perf_counter()
+    for first in range(0, len(payloads), 256):
+        chunk = payloads[first:first + 256]
+        for position, data in enumerate(chunk):
+            images[position] = decode_image(data, package.height, package.width)
+        normalize(images[:len(chunk)])
+    return {"images": len(payloads), "seconds": time.perf_counter() - started}
+
+
+def _local_spark(master: str):
+    from job.pipeline import spark_session
+
+    return spark_session(master)
+
+
+def seed(args: dict) -> dict:
+    """The 2017 seed's method (awslabs/deeplearning-emr, mxnet-spark), re-implemented for Python 3 and local files.
+
+    Kept as it was: keys padded with duplicates to whole batches; one partition per batch; a multiprocessing pool per
+    partition for the downloads, one read per image; PIL decode and resize per image; an MXNet Module bound to the fixed
+    batch size; top-5 formatted as strings; every prediction collected to the driver and written to one text file.
+    Not reproduced, which only favours the seed: a new S3 client per image (these are local files).
+    """
+    from tests.benchmark import seed_method
+
+    spark = _local_spark(args["master"])
+    keys = _image_paths(args["manifest"])
+    batch = args["seed_batch"]
+    package_dir, size = args["package"], args["size"]
+    n_keys = len(keys)
+    batch = min(batch, n_keys)
+    if n_keys % batch:
+        keys = keys + keys[:batch - n_keys % batch]
+    started = time.perf_counter()
+    rdd = spark.sparkContext.parallelize(keys, len(keys) // batch)
+    rdd = rdd.mapPartitions(seed_method.download_objects).mapPartitions(
+        lambda images: seed_method.load_images(images, size))
+    rdd = rdd.mapPartitions(lambda images: seed_method.predict(images, package_dir, batch, size))
+    output = rdd.collect()[:n_keys]
+    with open(args["text_output"], "w") as file:
+        for key, prediction in zip(keys, output):
+            file.write(f"Key {key}: Prediction: {prediction}\n")
+    elapsed = time.perf_counter() - started
+    spark.stop()
+    return {"images": n_keys, "seconds": elapsed}
+
+
+def predict_batch_udf(args: dict) -> dict:
+    """A straightforward `pyspark.ml.functions.predict_batch_udf` pipeline: binaryFile -> decode UDF -> predict UDF ->
+    Parquet, with the job's own decoder and model loader so that only the Spark wiring differs."""
+    import numpy as np
+    import pandas as pd
+    from pyspark.ml.functions import predict_batch_udf as make_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, FloatType
+
+    spark = _local_spark(args["master"])
+    package_dir = args["package"]
+
+    from job.model_package import read_package
+    from job.storage import Storage
+
+    package = read_package(package_dir, Storage())
+
+    @F.pandas_udf(ArrayType(FloatType()))
+    def decode_udf(content: pd.Series) -> pd.Series:
+        from job.decode import Normalizer, decode_image
+
+        normalize = Normalizer(package.mean, package.std)
+        return pd.Series([normalize(decode_image(bytes(data), package.height, package.width)[None]).ravel()
+                          for data in content])
+
+    def make_predict_fn():
+        from job.predictor import Device, load_predictor
+
+        predict = load_predictor(package, package_dir, Device("cpu"))
+
+        def predict_fn(inputs: np.ndarray) -> np.ndarray:
+            return predict(inputs.astype(np.float32))
+
+        return predict_fn
+
+    classify = make_udf(make_predict_fn, return_type=ArrayType(FloatType()), batch_size=args["batch_size"],
+                        input_tensor_shapes=[list(package.input_shape)])
+    started = time.perf_counter()
+    (spark.read.format("binaryFile").load(_image_paths(args["manifest"]))
+     .select("path", classify(decode_udf("content")).alias("probabilities"))
+     .write.mode("overwrite").parquet(args["output"]))
+    elapsed = time.perf_counter() - started
+    spark.stop()
+    return {"images": len(_image_paths(args["manifest"])), "seconds": elapsed}
+
+
+CONTENDERS = {"limit": limit, "decode": decode, "seed": seed, "predict_batch_udf": predict_batch_udf}
+
+if __name__ == "__main__":
+    name, arguments = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(CONTENDERS[name](arguments)))
