@@ -289,6 +289,15 @@ def test_lambda_runs_python_3_11_with_the_pinned_powertools_layer(variant):
     )
 
 
+def test_lambda_code_is_the_trigger_function_folder_with_the_step_builder(synth):
+    variant = synth()
+    code_key = trigger_function(variant)["Properties"]["Code"]["S3Key"]
+    asset_dir = Path(variant.app.synth().directory) / f"asset.{code_key.removesuffix('.zip')}"
+    shipped = sorted(path.name for path in asset_dir.iterdir() if path.suffix == ".py")
+    expected = sorted(path.name for path in (REPO_ROOT / "infra" / "trigger_function").glob("*.py"))
+    assert shipped == expected and {"handler.py", "emr_step.py"} <= set(shipped)
+
+
 def test_queue_feeds_the_lambda_in_batches_with_partial_failures(synth):
     variant = synth(trigger_batch_size=500, trigger_batching_window_seconds=30)
     variant.template.has_resource_properties(
