@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_emr as emr
@@ -14,7 +14,6 @@ from constructs import Construct
 from infra.cluster_definition import ClusterInputs, InstanceGroup, build_job_flow, to_cfn_cluster_properties
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.network import Network
-from infra.settings import Settings
 from infra.storage import (
     ARTIFACTS_PREFIX,
     EMR_LOGS_PREFIX,
@@ -30,7 +29,7 @@ KEY_PENDING_WINDOW_DAYS = 7
 
 
 class Cluster(Construct):
-    """Everything an inference cluster needs, and (``persistent`` mode) the cluster itself.
+    """Everything an inference cluster needs, and (``persistent``) the cluster itself.
 
     ``job_flow`` is the single ``RunJobFlow`` definition: the ``persistent`` cluster is rendered from it, and in
     ``transient`` mode the stack ships it as JSON for the trigger Lambda to launch clusters from.
@@ -41,7 +40,11 @@ class Cluster(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        settings: Settings,
+        compute: str,
+        release_label: str,
+        instance_groups: Sequence[InstanceGroup],
+        step_concurrency_level: int,
+        persistent: bool,
         network: Network,
         data_bucket: s3.IBucket,
         logs_bucket: s3.IBucket,
@@ -61,22 +64,13 @@ class Cluster(Construct):
             name=f"{Stack.of(self).stack_name}-encryption-imdsv2",
             security_configuration=_security_configuration(key.key_arn),
         )
-        persistent = settings.cluster_mode == "persistent"
-        groups = [
-            InstanceGroup("MASTER", "Primary", settings.primary_instance_type, 1),
-            InstanceGroup("CORE", "Core", settings.worker_instance_type, settings.core_instance_count),
-        ]
-        if settings.task_instance_count:
-            groups.append(
-                InstanceGroup("TASK", "Task", settings.resolved_task_instance_type, settings.task_instance_count)
-            )
         stack = Stack.of(self)
         self.job_flow: dict[str, Any] = build_job_flow(
             ClusterInputs(
-                name=f"{stack.stack_name}-{settings.compute}",
-                release_label=settings.release_label,
-                compute=settings.compute,
-                instance_groups=tuple(groups),
+                name=f"{stack.stack_name}-{compute}",
+                release_label=release_label,
+                compute=compute,
+                instance_groups=tuple(instance_groups),
                 subnet_id=network.subnet_id,
                 primary_security_group_id=network.primary_security_group.security_group_id,
                 worker_security_group_id=network.worker_security_group.security_group_id,
@@ -87,7 +81,7 @@ class Cluster(Construct):
                 log_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
                 wheelhouse_uri=wheelhouse_uri,
-                step_concurrency_level=settings.step_concurrency_level,
+                step_concurrency_level=step_concurrency_level,
                 # A persistent cluster waits for the next batch; a transient one ends when its steps end.
                 keep_alive_when_no_steps=persistent,
                 tags={tag_key: tag_value},

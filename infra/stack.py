@@ -13,6 +13,7 @@ from constructs import Construct, IConstruct
 
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
+from infra.cluster_definition import InstanceGroup
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.network import Network
 from infra.packaging import ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
@@ -70,7 +71,11 @@ class InferenceStack(Stack):
         self.cluster = Cluster(
             self,
             "Emr",
-            settings=settings,
+            compute=settings.compute,
+            release_label=settings.release_label,
+            instance_groups=_instance_groups(settings),
+            step_concurrency_level=settings.step_concurrency_level,
+            persistent=persistent,
             network=self.network,
             data_bucket=data_bucket,
             logs_bucket=logs_bucket,
@@ -365,3 +370,13 @@ def _bucket_resources(bucket: s3.Bucket) -> list[IConstruct]:
     trigger's queue: depending on them would make a cycle)."""
     children = ("Resource", "Policy", "AutoDeleteObjectsCustomResource")
     return [child for child in (bucket.node.try_find_child(name) for name in children) if child is not None]
+
+
+def _instance_groups(settings: Settings) -> list[InstanceGroup]:
+    groups = [
+        InstanceGroup("MASTER", "Primary", settings.primary_instance_type, 1),
+        InstanceGroup("CORE", "Core", settings.worker_instance_type, settings.core_instance_count),
+    ]
+    if settings.task_instance_count:
+        groups.append(InstanceGroup("TASK", "Task", settings.resolved_task_instance_type, settings.task_instance_count))
+    return groups

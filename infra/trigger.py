@@ -50,7 +50,7 @@ class Trigger(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        data_bucket: s3.Bucket,
+        data_bucket: s3.IBucket,
         key: kms.IKey,
         environment: Mapping[str, str],
         emr_statements: list[iam.PolicyStatement],
@@ -162,7 +162,7 @@ class Trigger(Construct):
             ],
         )
 
-    def _grant_data_access(self, data_bucket: s3.Bucket, job_flow_definition_key: Optional[str]) -> None:
+    def _grant_data_access(self, data_bucket: s3.IBucket, job_flow_definition_key: Optional[str]) -> None:
         """Read uploads (and the job-flow definition); read, write and delete manifests; nothing else in the bucket."""
         readable = [
             data_bucket.arn_for_objects(INCOMING_PREFIX + "*"),
