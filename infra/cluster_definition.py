@@ -124,9 +124,7 @@ def spark_configurations(compute: str) -> list[dict[str, Any]]:
             {
                 # YARN counts GPUs only with the dominant resource calculator (the default one sees memory alone).
                 "Classification": "capacity-scheduler",
-                "Properties": {
-                    "yarn.scheduler.capacity.resource-calculator": DOMINANT_RESOURCE_CALCULATOR
-                },
+                "Properties": {"yarn.scheduler.capacity.resource-calculator": DOMINANT_RESOURCE_CALCULATOR},
             },
         ]
     configurations.append({"Classification": "spark-defaults", "Properties": spark_defaults})
