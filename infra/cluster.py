@@ -13,7 +13,7 @@ from constructs import Construct
 
 from infra.cluster_definition import ClusterInputs, InstanceGroup, build_job_flow, to_cfn_cluster_properties
 from infra.nag import acknowledge, object_wildcard_finding
-from infra.network import Network
+from infra.network import EMR_MANAGED_POLICY_TAG, Network
 from infra.storage import (
     ARTIFACTS_PREFIX,
     EMR_LOGS_PREFIX,
@@ -84,7 +84,8 @@ class Cluster(Construct):
                 step_concurrency_level=step_concurrency_level,
                 # A persistent cluster waits for the next batch; a transient one ends when its steps end.
                 keep_alive_when_no_steps=persistent,
-                tags={tag_key: tag_value},
+                # The v2 service policy acts only on resources with this tag; EMR copies cluster tags to its instances.
+                tags={tag_key: tag_value, EMR_MANAGED_POLICY_TAG[0]: EMR_MANAGED_POLICY_TAG[1]},
             )
         )
         self.cfn_cluster: Optional[emr.CfnCluster] = None

@@ -233,10 +233,12 @@ class InferenceStack(Stack):
             ]
         tag_condition_key = f"aws:ResourceTag/{CLUSTER_TAG_KEY}"
         statements = [
+            # RunJobFlow has no resource-level permission (the cluster does not exist yet): the condition is the limit,
+            # as in AWS's own AmazonEMRFullAccessPolicy_v2.
             iam.PolicyStatement(
                 sid="LaunchClustersTaggedByThisStack",
                 actions=["elasticmapreduce:RunJobFlow"],
-                resources=[cluster_arn_pattern],
+                resources=["*"],
                 conditions={"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": self.cluster_tag_value}},
             ),
             iam.PolicyStatement(
@@ -274,7 +276,8 @@ class InferenceStack(Stack):
             acknowledge(
                 self.trigger.function,
                 "AwsSolutions-IAM5[Resource::*]",
-                "elasticmapreduce:ListClusters supports no resource-level permission.",
+                "elasticmapreduce:ListClusters supports no resource-level permission, nor does RunJobFlow, which is "
+                "allowed only for requests carrying this stack's cluster tag.",
             )
         for child in self.node.children:
             if child.node.id.startswith("Custom::CDKBucketDeployment"):

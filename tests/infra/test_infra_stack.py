@@ -133,7 +133,8 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
 
 def test_cluster_carries_the_tag_the_lambda_looks_for(variant):
     tags = variant.stack.cluster.job_flow["Tags"]
-    assert tags == [{"Key": CLUSTER_TAG_KEY, "Value": STACK_ID}]
+    assert {"Key": CLUSTER_TAG_KEY, "Value": STACK_ID} in tags
+    assert {"Key": EMR_MANAGED_POLICY_TAG[0], "Value": EMR_MANAGED_POLICY_TAG[1]} in tags
     assert (environment(variant)["CLUSTER_TAG_KEY"], environment(variant)["CLUSTER_TAG_VALUE"]) == (
         CLUSTER_TAG_KEY,
         STACK_ID,
@@ -377,7 +378,7 @@ def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_rol
     variant = synth(cluster_mode="transient")
     statements = role_statements(variant, variant.stack.trigger.function.role)
     (run,) = [s for s in statements if "elasticmapreduce:RunJobFlow" in as_list(s["Action"])]
-    assert run["Condition"] == {"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": STACK_ID}}
+    assert (run["Resource"], run["Condition"]) == ("*", {"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": STACK_ID}})
     (steps,) = [s for s in statements if "elasticmapreduce:AddJobFlowSteps" in as_list(s["Action"])]
     assert steps["Condition"] == {"StringEquals": {f"aws:ResourceTag/{CLUSTER_TAG_KEY}": STACK_ID}}
     (pass_role,) = [s for s in statements if "iam:PassRole" in as_list(s["Action"])]
