@@ -169,8 +169,10 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     stats = spark.sparkContext.accumulator({}, StatsAccumulator())
 
     def classify_partition(record_batches):
+        task_started = time.perf_counter()
         task_stats: dict = {}
         yield from classify_items(items_from_arrow(record_batches), settings, task_stats)
+        task_stats["task_s"] = time.perf_counter() - task_started
         stats.add(task_stats)
 
     item_rows = spark.sparkContext.parallelize(tasks, len(tasks)).flatMap(
@@ -214,7 +216,7 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "seconds": {"listing": listing_s, "session_start": session_s, "processing": processing_s},
         # Summed over tasks (and over retried attempts): where the workers spent their time.
         "worker_seconds": {name: worker.get(f"{name}_s", 0.0)
-                           for name in ("model_load", "fetch", "decode", "predict", "output")},
+                           for name in ("task", "model_load", "fetch", "decode", "predict", "output")},
         "worker_peak_rss_mb": worker.get("peak_rss_mb"),
         "versions": _versions(spark),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

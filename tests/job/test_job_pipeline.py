@@ -21,9 +21,9 @@ from job.pipeline import JobFailed, run
 from job.predictor import Device, load_predictor
 from job.sample_data import cifar_batch_bytes
 from job.storage import Storage
-from conftest import REPO
 
 pytestmark = pytest.mark.spark
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(spark, *args: str) -> dict:

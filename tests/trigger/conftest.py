@@ -19,11 +19,11 @@ from trigger_helpers import (  # noqa: E402  (needs the path above)
     BUCKET,
     REGION,
     AwsClients,
+    base_environment,
     create_cluster,
     forget_trigger_modules,
     import_trigger_handler,
 )
-from trigger_settings import EMR_MAX_ACTIVE_STEPS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -51,24 +51,6 @@ def aws():
 def persistent_cluster(aws) -> str:
     """The stack's long-lived cluster (moto: WAITING, no steps)."""
     return create_cluster(aws.emr, keep_alive=True)
-
-
-def base_environment(**overrides: str) -> dict[str, str]:
-    environment = {
-        "DATA_BUCKET": BUCKET,
-        "INCOMING_PREFIX": "incoming/",
-        "MANIFESTS_PREFIX": "manifests/",
-        "RESULTS_PREFIX": "results/",
-        "MODEL_URI": f"s3://{BUCKET}/models/resnet18/",
-        "JOB_PY_FILES_URI": f"s3://{BUCKET}/artifacts/job.zip",
-        "JOB_ENTRY_POINT_URI": f"s3://{BUCKET}/artifacts/spark_entry.py",
-        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05}',
-        "STEP_NAME_PREFIX": "mxnet-inference-",
-        "CLUSTER_MODE": "persistent",
-        "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
-    }
-    environment.update(overrides)
-    return {name: value for name, value in environment.items() if value is not None}
 
 
 @pytest.fixture

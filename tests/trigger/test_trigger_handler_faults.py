@@ -17,7 +17,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
-from conftest import base_environment
+from trigger_helpers import base_environment
 from moto.core.botocore_stubber import MockRawResponse
 
 import emr_step

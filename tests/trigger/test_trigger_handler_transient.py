@@ -10,7 +10,7 @@ import json
 
 import pytest
 from botocore.stub import ANY, Stubber
-from conftest import base_environment
+from trigger_helpers import base_environment
 
 import emr_step
 from trigger_helpers import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from conftest import base_environment
+from trigger_helpers import base_environment
 from moto.server import ThreadedMotoServer
 
 import emr_step

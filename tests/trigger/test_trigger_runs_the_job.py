@@ -14,7 +14,7 @@ import sys
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_environment
+from trigger_helpers import base_environment
 from moto.server import ThreadedMotoServer
 
 import emr_step

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import base_environment
+from trigger_helpers import base_environment
 
 from emr_step import JobArtifacts, JobOptions
 from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings

@@ -167,3 +167,26 @@ def receive_lambda_event(sqs, queue_url: str) -> dict:
             record.update(messageId=message["MessageId"], receiptHandle=message["ReceiptHandle"], body=message["Body"])
             records.append(record)
     return {"Records": records}
+
+
+def base_environment(**overrides: str) -> dict[str, str]:
+    """The function's environment as the stack sets it, with ``overrides`` (None removes a variable)."""
+    if str(TRIGGER_FUNCTION_DIR) not in sys.path:
+        sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
+    from trigger_settings import EMR_MAX_ACTIVE_STEPS
+
+    environment = {
+        "DATA_BUCKET": BUCKET,
+        "INCOMING_PREFIX": "incoming/",
+        "MANIFESTS_PREFIX": "manifests/",
+        "RESULTS_PREFIX": "results/",
+        "MODEL_URI": f"s3://{BUCKET}/models/resnet18/",
+        "JOB_PY_FILES_URI": f"s3://{BUCKET}/artifacts/job.zip",
+        "JOB_ENTRY_POINT_URI": f"s3://{BUCKET}/artifacts/spark_entry.py",
+        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05}',
+        "STEP_NAME_PREFIX": "mxnet-inference-",
+        "CLUSTER_MODE": "persistent",
+        "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
+    }
+    environment.update(overrides)
+    return {name: value for name, value in environment.items() if value is not None}
