@@ -2,9 +2,10 @@
 
     python -m tests.benchmark.run --foolbox-wheel WHEEL --results benchmarks/results.json [--smoke]
 
-Steady throughput of the Spark contenders is measured by difference: each runs twice, on a quarter of the images and on
-all of them, and steady images/s = (N - N/4) / (T(N) - T(N/4)). What both runs pay (session start, Python worker start,
-model load, task scheduling) cancels out; the fixed cost is what remains of the full run after the steady part.
+Steady throughput of the Spark contenders is measured by difference, in one Spark application per contender: a cold run
+on a quarter of the images (starts the Python workers, loads the model), then warm runs on the quarter and on all N
+images; steady images/s = (N - N/4) / (T_warm(N) - T_warm(N/4)), so what every run pays (job scheduling, output commit)
+cancels out too. The fixed cost is what the cold run took beyond its steady share, plus the session start.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -56,19 +56,10 @@ def contender(name: str, args: dict, threads: int, **extra_env: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def job_run(manifest: str, package: str, output: str, batch_size: int, master: str) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-m", "job", "--manifest", manifest, "--model", package, "--output", output, "--overwrite",
-         "--batch-size", str(batch_size), "--device", "cpu", "--master", master],
-        cwd=REPO, env=_python_env(1), capture_output=True, text=True)
-    if completed.returncode:
-        raise RuntimeError(f"job failed:\n{completed.stderr[-4000:]}")
-    with open(os.path.join(output, "summary.json")) as file:
-        return json.load(file)
-
-
-def steady(small_images: int, small_seconds: float, full_images: int, full_seconds: float) -> float:
-    return (full_images - small_images) / max(full_seconds - small_seconds, 1e-9)
+def steady_and_fixed(timings: dict, quarter: int, full: int) -> dict:
+    rate = (full - quarter) / max(timings["warm_full"] - timings["warm_quarter"], 1e-9)
+    return {"images_per_s": rate, "fixed_cost_s": timings["session_s"] + max(0.0, timings["cold_quarter"] - quarter / rate),
+            "timings": {key: value for key, value in timings.items() if isinstance(value, float)}}
 
 
 def write_manifests(directory: str, count: int) -> tuple[str, str, int]:
@@ -96,14 +87,6 @@ def export_packages(size: int) -> tuple[str, str]:
     return mxnet_dir, onnx_dir
 
 
-def spark_pair(run_one, quarter_manifest: str, full_manifest: str, quarter: int, full: int) -> dict:
-    small = run_one(quarter_manifest, "quarter")
-    large = run_one(full_manifest, "full")
-    rate = steady(quarter, small["seconds"], full, large["seconds"])
-    return {"images_per_s": rate, "overall_images_per_s": full / large["seconds"],
-            "fixed_cost_s": large.get("session_s", 0.0) + max(0.0, large["seconds"] - full / rate), "full": large}
-
-
 def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> dict:
     count = spec["smoke_images"] if smoke else spec["images"]
     size = spec["size"]
@@ -127,36 +110,24 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
     print(f"[bench] {name}: limit {limit_rates}, model on one core {model_per_core:.1f}/s, "
           f"decode on one core {decode_per_core:.0f}/s", flush=True)
 
-    def job_with(package):
-        def run_one(manifest, label):
-            summary = job_run(manifest, package, os.path.join(WORK, name, f"out-{os.path.basename(package)}-{label}"),
-                              spec["batch_size"], master)
-            return {"seconds": summary["seconds"]["processing"], "session_s": summary["seconds"]["session_start"],
-                    "summary": summary}
-        return run_one
+    def spark_contender(contender_name, package):
+        timings = contender(contender_name, {
+            "package": package, "quarter_manifest": quarter_manifest, "full_manifest": full_manifest,
+            "master": master, "size": size, "seed_batch": spec["seed_batch"], "batch_size": spec["batch_size"],
+            "output": os.path.join(WORK, name, f"out-{contender_name}-{os.path.basename(package)}")}, threads=1)
+        result = steady_and_fixed(timings, quarter, count)
+        result["summary"] = timings.get("summary")
+        print(f"[bench] {name}: {contender_name} ({os.path.basename(package)}) {result['images_per_s']:.1f}/s steady, "
+              f"fixed {result['fixed_cost_s']:.1f} s", flush=True)
+        return result
 
-    job = spark_pair(job_with(mxnet_dir), quarter_manifest, full_manifest, quarter, count)
-    print(f"[bench] {name}: job {job['images_per_s']:.1f}/s steady, fixed {job['fixed_cost_s']:.1f} s", flush=True)
-    onnx = spark_pair(job_with(onnx_dir), quarter_manifest, full_manifest, quarter, count)
-    print(f"[bench] {name}: onnx {onnx['images_per_s']:.1f}/s steady", flush=True)
-
-    def other(contender_name):
-        def run_one(manifest, label):
-            output = os.path.join(WORK, name, f"{contender_name}-{label}")
-            shutil.rmtree(output, ignore_errors=True)
-            return contender(contender_name, {
-                "package": mxnet_dir, "manifest": manifest, "master": master, "size": size,
-                "seed_batch": spec["seed_batch"], "batch_size": spec["batch_size"], "output": output,
-                "text_output": output + ".txt"}, threads=1)
-        return run_one
-
-    seed = spark_pair(other("seed"), quarter_manifest, full_manifest, quarter, count)
-    print(f"[bench] {name}: seed {seed['images_per_s']:.1f}/s steady", flush=True)
-    udf = spark_pair(other("predict_batch_udf"), quarter_manifest, full_manifest, quarter, count)
-    print(f"[bench] {name}: predict_batch_udf {udf['images_per_s']:.1f}/s steady", flush=True)
+    job = spark_contender("job", mxnet_dir)
+    onnx = spark_contender("job", onnx_dir)
+    seed = spark_contender("seed", mxnet_dir)
+    udf = spark_contender("predict_batch_udf", mxnet_dir)
 
     limit_rate = max(limit_rates.values())
-    job_summary = job["full"]["summary"]
+    job_summary = job["summary"]
     return {
         "images": count,
         "image_size": size,
@@ -166,14 +137,13 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
                          "onnx": onnx["images_per_s"]},
         "limit_by_layout": limit_rates,
         "model_per_core_images_per_s": model_per_core,
-        "overall_images_per_s": {"job": job["overall_images_per_s"], "seed": seed["overall_images_per_s"],
-                                 "predict_batch_udf": udf["overall_images_per_s"],
-                                 "onnx": onnx["overall_images_per_s"]},
+        "timings_s": {"job": job["timings"], "onnx": onnx["timings"], "seed": seed["timings"],
+                      "predict_batch_udf": udf["timings"]},
         "fixed_cost_s": job["fixed_cost_s"],
         "fixed_cost_s_by_contender": {"job": job["fixed_cost_s"], "onnx": onnx["fixed_cost_s"],
                                       "seed": seed["fixed_cost_s"], "predict_batch_udf": udf["fixed_cost_s"]},
         "worker_peak_rss_mb": job_summary.get("worker_peak_rss_mb"),
-        "job_worker_seconds": job_summary["worker_seconds"],
+        "job_worker_seconds_full_run": job_summary["worker_seconds"],
         "ratios": {
             "job_vs_limit": job["images_per_s"] / limit_rate,
             "job_vs_predict_batch_udf": job["images_per_s"] / udf["images_per_s"],
