@@ -153,7 +153,11 @@ def seed(args: dict) -> dict:
 
 def predict_batch_udf(args: dict) -> dict:
     """A straightforward `pyspark.ml.functions.predict_batch_udf` pipeline: binaryFile -> decode UDF -> predict UDF ->
-    Parquet, with the job's own decoder and model loader so that only the Spark wiring differs."""
+    Parquet, with the job's own decoder and model loader so that only the Spark wiring differs.
+
+    One adjustment any careful user makes: binaryFile packs small files by `openCostInBytes` (4 MB each), which makes a
+    task of every 32 images; the input is coalesced to two tasks per core instead.
+    """
     import numpy as np
     import pandas as pd
     from pyspark.ml.functions import predict_batch_udf as make_udf
@@ -193,6 +197,7 @@ def predict_batch_udf(args: dict) -> dict:
     def run_once(manifest, label):
         started = time.perf_counter()
         (spark.read.format("binaryFile").load(_image_paths(manifest))
+         .coalesce(2 * spark.sparkContext.defaultParallelism)
          .select("path", classify(decode_udf("content")).alias("probabilities"))
          .write.mode("overwrite").parquet(os.path.join(args["output"], label)))
         return time.perf_counter() - started

@@ -1,0 +1,32 @@
+"""A tiny run of the `make bench` harness: every contender runs and reports; no timing is asserted (a shared machine
+makes clocks meaningless, and the tiny inputs make these numbers meaningless too)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONTENDERS = {"limit", "decode", "job", "seed", "predict_batch_udf", "onnx"}
+
+
+@pytest.mark.spark
+def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
+    wheels = glob.glob(os.path.join(REPO, "build", "data", "foolbox-3.3.4-*.whl"))
+    assert wheels, "run `make data` (make test does): the benchmark images come from the foolbox wheel"
+    results_path = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.benchmark.run", "--foolbox-wheel", wheels[0], "--results", str(results_path),
+         "--smoke", "--scenario", "cifar32"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": REPO})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(results_path.read_text())
+    scenario = results["scenarios"]["cifar32"]
+    assert set(scenario["images_per_s"]) == CONTENDERS
+    assert all(rate > 0 for rate in scenario["images_per_s"].values())
+    assert scenario["fixed_cost_s"] > 0 and scenario["worker_peak_rss_mb"] > 0
+    assert results["smoke"] is True and results["machine"]["cores"] >= 1
+    assert "x limit" in completed.stdout  # the printed table
