@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
 TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
 sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
@@ -36,6 +37,18 @@ def fake_aws_environment(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "trigger")
+
+
+@pytest.fixture
+def moto_server_url(monkeypatch):
+    """A moto server on loopback, reached through AWS_ENDPOINT_URL as any boto3 client (and the job's workers) would."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    yield url
+    server.stop()
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ to SQS as HTTP messages. moto's limits (no step ever runs, no EMR step-limit enf
 from __future__ import annotations
 
 import boto3
-import pytest
 from trigger_helpers import base_environment
-from moto.server import ThreadedMotoServer
 
 import emr_step
 from trigger_helpers import (
@@ -23,17 +21,6 @@ from trigger_helpers import (
     receive_lambda_event,
     submitted_steps,
 )
-
-
-@pytest.fixture
-def moto_server_url(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    yield url
-    server.stop()
 
 
 def test_uploads_to_a_moto_server_become_one_step_whose_manifest_lists_them(moto_server_url, load_handler):

@@ -15,7 +15,6 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from trigger_helpers import base_environment
-from moto.server import ThreadedMotoServer
 
 import emr_step
 from trigger_helpers import (BUCKET, AwsClients, FakeLambdaContext, create_cluster, queue_uploads_to_sqs,
@@ -25,17 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture
-def moto_server_url(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    yield url
-    server.stop()
 
 
 def _upload_model_package(s3, tmp_path) -> str:
