@@ -118,7 +118,8 @@ def list_inputs(
         except ObjectNotFound as error:
             raise NoInputError(f"--input {error}") from error
         for info in objects:
-            if len(objects) > 1 and not (is_image(info.uri) or is_cifar_batch(info.uri)):
+            named_directly = info.uri == input_uri  # a single object asked for by name is never skipped
+            if not named_directly and not (is_image(info.uri) or is_cifar_batch(info.uri)):
                 skipped += 1
                 continue
             items.extend(_items_for_object(info.uri, info.size, storage, records_per_item))

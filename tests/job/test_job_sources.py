@@ -37,6 +37,12 @@ def test_cifar_batch_with_partial_records_is_one_invalid_item(tmp_path, size):
     assert [(item.kind, item.error.split(":")[0]) for item in listing.items] == [(KIND_INVALID, "bad_cifar_size")]
 
 
+def test_a_directory_holding_only_other_files_has_no_input(tmp_path):
+    _write(tmp_path / "README.txt")
+    with pytest.raises(NoInputError, match=r"\(1 other objects skipped\)"):
+        list_inputs(inputs=[str(tmp_path)], manifest=None, storage=Storage(), records_per_item=256)
+
+
 def test_single_unsupported_object_is_an_invalid_item(tmp_path):
     path = _write(tmp_path / "notes.txt")
     [item] = list_inputs(inputs=[path], manifest=None, storage=Storage(), records_per_item=256).items
