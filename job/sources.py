@@ -17,7 +17,6 @@ from job.storage import ObjectNotFound, Storage
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR_SUFFIX = ".bin"
 CIFAR_LABEL_BYTES = 1
-CIFAR_SHAPE = (3, 32, 32)
 CIFAR_PIXEL_BYTES = 3 * 32 * 32
 CIFAR_RECORD_BYTES = CIFAR_LABEL_BYTES + CIFAR_PIXEL_BYTES  # 3,073
 

@@ -72,6 +72,14 @@ class PreparedBatch:
     errors: list[Optional[str]] = field(default_factory=list)
     pixels: Optional[np.ndarray] = None
 
+    def add(self, source: str, indices: range, *, error: Optional[str] = None,
+            true_labels: Optional[list[int]] = None) -> None:
+        """Rows for ``indices`` of ``source``: failed with ``error``, or to be filled by the model in order."""
+        self.sources.extend([source] * len(indices))
+        self.indices.extend(indices)
+        self.true_labels.extend(true_labels if true_labels is not None else [None] * len(indices))
+        self.errors.extend([error] * len(indices))
+
 
 @dataclass(frozen=True)
 class _Unit:
@@ -151,38 +159,32 @@ class BatchPreparer:
         filled = 0
         for unit, payload in zip(units, payloads):
             item = unit.item
+            records = range(unit.start, unit.start + unit.count)  # (0,) for anything but a CIFAR range
             if item.kind not in (KIND_IMAGE, KIND_CIFAR):
-                batch.sources.append(item.source)
-                batch.indices.append(0)
-                batch.true_labels.append(None)
-                batch.errors.append(item.error)
-                continue
-            if isinstance(payload, Exception):
-                message = _fetch_error_message(payload)
-                for record in range(unit.start, unit.start + unit.count):
-                    batch.sources.append(item.source)
-                    batch.indices.append(record)
-                    batch.true_labels.append(None)
-                    batch.errors.append(message)
-                continue
-            if item.kind == KIND_CIFAR:
+                batch.add(item.source, records, error=item.error)
+            elif isinstance(payload, Exception):
+                batch.add(item.source, records, error=_fetch_error_message(payload))
+            elif item.kind == KIND_CIFAR:
+                if len(payload) != unit.count * CIFAR_RECORD_BYTES:
+                    batch.add(item.source, records, error=(
+                        f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
+                        f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after listing"))
+                    continue
                 pixels, labels = decode_cifar_records(payload, height, width)
                 images[filled:filled + len(pixels)] = pixels
                 filled += len(pixels)
-                batch.sources.extend([item.source] * unit.count)
-                batch.indices.extend(range(unit.start, unit.start + unit.count))
-                batch.true_labels.extend(int(label) for label in labels)
-                batch.errors.extend([None] * unit.count)
-                continue
-            batch.sources.append(item.source)
-            batch.indices.append(0)
-            batch.true_labels.append(None)
-            try:
-                images[filled] = decode_image(payload, height, width)
+                batch.add(item.source, records, true_labels=labels.tolist())
+            else:
+                try:
+                    images[filled] = decode_image(payload, height, width)
+                except DecodeError as error:
+                    batch.add(item.source, records, error=str(error))
+                    continue
+                except Exception as error:  # a decoder fault on one input must not fail the task's other inputs
+                    batch.add(item.source, records, error=f"corrupt_image: {type(error).__name__}: {error}")
+                    continue
                 filled += 1
-                batch.errors.append(None)
-            except DecodeError as error:
-                batch.errors.append(str(error))
+                batch.add(item.source, records)
         batch.pixels = self.normalize(images[:filled])
         self.seconds["decode"] += time.perf_counter() - decoding
         return batch

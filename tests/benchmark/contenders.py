@@ -21,7 +21,8 @@ def limit(args: dict) -> dict:
     """The model alone, batched, images already decoded and normalised in memory.
 
     ``layout = "threads"``: one model instance using every core (OMP threads = cores).
-    ``layout = "instances"``: one instance per core, each fed by its own thread, OMP threads = 1 each.
+    ``layout = "instances"``: one instance per core, each fed by its own thread, OMP threads = 1 each (the caller sets
+    MXNET_CPU_WORKER_NTHREADS to the core count so that the instances really run side by side).
     """
     import numpy as np
 

@@ -48,6 +48,14 @@ def _python_env(threads: int, **extra: str) -> dict:
     return environment
 
 
+def _limit_threads(layout: str, cores: int) -> dict:
+    """One instance using every core, or one single-threaded instance per core. For the latter MXNet's engine needs a
+    CPU worker thread per instance: with its default of one, the instances take turns and the layout measures one core."""
+    if layout == "threads":
+        return {"threads": cores}
+    return {"threads": 1, "MXNET_CPU_WORKER_NTHREADS": str(cores)}
+
+
 def contender(name: str, args: dict, threads: int, **extra_env: str) -> dict:
     completed = subprocess.run(
         [sys.executable, "-m", "tests.benchmark.contenders", name, json.dumps(args)], cwd=REPO,
@@ -101,7 +109,7 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
 
     limits = {layout: contender("limit", {"package": mxnet_dir, "batch_size": spec["batch_size"], "images": model_images,
                                           "layout": layout, "cores": cores, "repeats": repeats},
-                                threads=cores if layout == "threads" else 1)
+                                **_limit_threads(layout, cores))
               for layout in ("threads", "instances")}
     limit_rates = {layout: result["images"] / result["seconds"] for layout, result in limits.items()}
     one_core = contender("limit", {"package": mxnet_dir, "batch_size": spec["batch_size"], "layout": "threads",

@@ -60,3 +60,49 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
     next(iterator)
     iterator.close()
     assert threading.active_count() == before
+
+
+def _preparer():
+    from job.model_package import parse_manifest
+    from job.worker import BatchPreparer, WorkerSettings
+
+    package = parse_manifest({"format": "onnx", "files": {"onnx": "m.onnx"}, "input_shape": [3, 32, 32],
+                              "mean": [0.5] * 3, "std": [0.25] * 3, "labels": ["a", "b"]}, "/unused")
+    return BatchPreparer(WorkerSettings(package=package, device="cpu", batch_size=8, top_k=1, fetch_threads=2,
+                                        s3_endpoint_url=None))
+
+
+def test_a_cifar_batch_that_shrank_after_listing_is_a_failure_not_a_crash(tmp_path, cifar_samples):
+    from job.sample_data import cifar_batch_bytes
+
+    shrunk = tmp_path / "shrunk.bin"
+    shrunk.write_bytes(cifar_batch_bytes(np.zeros((2, 32, 32, 3), np.uint8), np.array([1, 2])))
+    image = tmp_path / "a.png"
+    image.write_bytes(cifar_samples[0][1])
+    items = [WorkItem(str(shrunk), KIND_CIFAR, 0, 4), WorkItem(str(image), KIND_IMAGE)]
+    [units] = list(batch_units(items, 8))
+    batch = _preparer().prepare(units)
+    assert batch.indices == [0, 1, 2, 3, 0]
+    assert all("the object changed after listing" in error for error in batch.errors[:4])
+    assert batch.errors[4] is None and batch.pixels.shape == (1, 3, 32, 32)
+
+
+def test_an_unexpected_decoder_fault_fails_only_that_image(tmp_path, cifar_samples, monkeypatch):
+    import job.worker
+
+    real_decode = job.worker.decode_image
+
+    def faulty(data, height, width):
+        if data == cifar_samples[1][1]:
+            raise RuntimeError("decoder bug")
+        return real_decode(data, height, width)
+
+    monkeypatch.setattr(job.worker, "decode_image", faulty)
+    items = []
+    for name, data, _ in cifar_samples[:3]:
+        (tmp_path / name).write_bytes(data)
+        items.append(WorkItem(str(tmp_path / name), KIND_IMAGE))
+    [units] = list(batch_units(items, 8))
+    batch = _preparer().prepare(units)
+    assert batch.errors == [None, "corrupt_image: RuntimeError: decoder bug", None]
+    assert batch.pixels.shape == (2, 3, 32, 32)
