@@ -123,8 +123,19 @@ def _onnx_predictor(package: ModelPackage, directory: str, device: Device) -> Pr
     options.inter_op_num_threads = 1
     providers = (
         [("CUDAExecutionProvider", {"device_id": device.index})] if device.kind == "gpu" else ["CPUExecutionProvider"])
-    session = onnxruntime.InferenceSession(
-        os.path.join(directory, package.files["onnx"]), sess_options=options, providers=providers)
+    with warnings.catch_warnings():
+        # A build without CUDA warns that the provider is not available; the check below turns that into an error.
+        warnings.filterwarnings("ignore", message="Specified provider 'CUDAExecutionProvider' is not in available")
+        session = onnxruntime.InferenceSession(
+            os.path.join(directory, package.files["onnx"]), sess_options=options, providers=providers)
+    # ONNX Runtime lists its CUDA provider as available even when it cannot load it (the CUDA 12 or cuDNN 9 libraries
+    # missing), and then quietly runs the session on the CPU: only the session's own providers tell.
+    if device.kind == "gpu" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise DeviceError(
+            f"ONNX Runtime could not run on GPU {device.index}: the session's providers are {session.get_providers()}, "
+            f"not CUDAExecutionProvider. Its CUDA provider needs the CUDA 12 and cuDNN 9 libraries of the "
+            f"nvidia-*-cu12 wheels that bootstrap/install-mxnet.sh gpu installs; ONNX Runtime's log names the one "
+            f"it could not load")
     input_name = session.get_inputs()[0].name
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -134,7 +145,10 @@ def _onnx_predictor(package: ModelPackage, directory: str, device: Device) -> Pr
 
 
 def load_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
-    """``predict(float32[N, 3, H, W]) -> float32[N, len(labels)]`` probabilities, for a package stored in ``directory``."""
+    """``predict(float32[N, 3, H, W]) -> float32[N, len(labels)]`` probabilities, for a package stored in ``directory``.
+
+    Raises :class:`DeviceError` when the framework cannot run on ``device`` after all (ONNX Runtime without CUDA).
+    """
     raw = _mxnet_predictor(package, directory, device) if package.format == "mxnet" else _onnx_predictor(
         package, directory, device)
     expected_classes = len(package.labels)
@@ -166,5 +180,13 @@ def cached_predictor(package: ModelPackage, requested_device: str, storage: Stor
             storage.download_prefix(package.uri, directory)
         else:
             directory = local_path(package.uri)
-        _cache[key] = (load_predictor(package, directory, device), device)
+        try:
+            predict = load_predictor(package, directory, device)
+        except DeviceError as error:
+            if requested_device == "gpu":
+                raise DeviceError(f"--device gpu: {error}") from error
+            device = Device("cpu", note=f"--device auto fell back to CPU: {error}")
+            predict = load_predictor(package, directory, device)
+        # Kept under the key of the device asked for, so later tasks of this worker reuse the fallback too.
+        _cache[key] = (predict, device)
         return (*_cache[key], True)

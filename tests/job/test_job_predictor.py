@@ -62,3 +62,58 @@ def test_onnx_and_mxnet_backends_agree_on_real_images(digits_model, digits_onnx_
     np.testing.assert_allclose(mxnet_probabilities.sum(1), 1.0, rtol=1e-5)
     # A model that learned something: far above the 10% of chance on digits it never saw.
     assert (mxnet_probabilities.argmax(1) == labels[digits_model.held_out_indices[:200]]).mean() > 0.5
+
+
+def test_onnx_on_gpu_fails_when_the_session_does_not_run_on_cuda(digits_onnx_package):
+    """The real CPU build of ONNX Runtime, asked for its CUDA provider, creates a session on the CPU only: what
+    onnxruntime-gpu does when it cannot load the CUDA 12 or cuDNN 9 libraries (microsoft/onnxruntime#11323)."""
+    package = read_package(digits_onnx_package, Storage())
+    expected = r"could not run on GPU 0: the session's providers are \['CPUExecutionProvider'\]"
+    with pytest.raises(DeviceError, match=expected):
+        load_predictor(package, package.uri, Device("gpu", 0))
+
+
+@pytest.fixture
+def onnx_gpu_build_without_cuda_libraries(monkeypatch):
+    """A task on a GPU executor (fake Spark task resources) with an ONNX Runtime that lists its CUDA provider as
+    available (as onnxruntime-gpu does whether or not it can load it) while sessions get only the CPU (the real CPU
+    build here). Not provable here: that onnxruntime-gpu on a node without the libraries behaves exactly so."""
+    import onnxruntime
+    from pyspark import TaskContext
+    from pyspark.resource import ResourceInformation
+
+    from job import predictor
+
+    class FakeTaskContext:
+        def resources(self):
+            return {"gpu": ResourceInformation("gpu", ["0"])}
+
+    monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: FakeTaskContext()))
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(predictor, "_cache", {})
+
+
+def test_onnx_device_gpu_fails_clearly_when_cuda_cannot_load(
+    digits_onnx_package, onnx_gpu_build_without_cuda_libraries
+):
+    from job.predictor import cached_predictor
+
+    package = read_package(digits_onnx_package, Storage())
+    with pytest.raises(DeviceError, match=r"^--device gpu: ONNX Runtime could not run on GPU 0"):
+        cached_predictor(package, "gpu", Storage())
+
+
+def test_onnx_device_auto_falls_back_to_cpu_and_says_why(digits_onnx_package, onnx_gpu_build_without_cuda_libraries):
+    from job.predictor import cached_predictor
+
+    package = read_package(digits_onnx_package, Storage())
+    predict, device, loaded_now = cached_predictor(package, "auto", Storage())
+    assert (device.kind, loaded_now) == ("cpu", True)
+    assert device.note.startswith("--device auto fell back to CPU: ONNX Runtime could not run on GPU 0")
+    images, _ = digits_32x32()
+    batch = Normalizer(package.mean, package.std)(images[:8])
+    assert predict(batch).shape == (8, len(package.labels))
+    # The next task of the same worker reuses the CPU session and still reports why.
+    _, again, loaded_again = cached_predictor(package, "auto", Storage())
+    assert (again, loaded_again) == (device, False)
