@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 PYTHON = "/usr/bin/python3.11"  # EMR 7.1+ ships Python 3.11 beside the default 3.9; the job needs 3.11.
-GPU_DISCOVERY_SCRIPT = "/usr/lib/spark/scripts/gpu/getGpusResources.sh"
+# Installed on every GPU node by bootstrap/getGpusResources.sh --install (EMR ships Spark's copy under /usr/lib/spark
+# only with the RAPIDS accelerator, which this stack does not enable).
+GPU_DISCOVERY_SCRIPT = "/usr/local/bin/getGpusResources.sh"
+GPU_DISCOVERY_SCRIPT_NAME = "getGpusResources.sh"
 # EMR 7 runs Amazon Linux 2023 with cgroup v2; YARN's GPU isolation needs the cgroup v1 devices controller, which
 # bootstrap/configure-gpu-cgroups.sh mounts under this root (the set-up the EMR Spark-RAPIDS guide gives for 7.x).
 # The yarn-site and container-executor configurations below must name the same root (a test checks the script).
@@ -139,6 +142,15 @@ def bootstrap_actions(compute: str, bootstrap_uri_prefix: str, wheelhouse_uri: O
             {
                 "Name": "Mount cgroup v1 devices for YARN GPU isolation",
                 "ScriptBootstrapAction": {"Path": bootstrap_uri_prefix + GPU_CGROUP_SCRIPT_NAME, "Args": []},
+            }
+        )
+        actions.append(
+            {
+                "Name": "Install the Spark GPU discovery script",
+                "ScriptBootstrapAction": {
+                    "Path": bootstrap_uri_prefix + GPU_DISCOVERY_SCRIPT_NAME,
+                    "Args": ["--install", GPU_DISCOVERY_SCRIPT],
+                },
             }
         )
     actions.append(

@@ -23,8 +23,8 @@ def shellcheck_binary() -> str:
     return found
 
 
-def test_bootstrap_folder_has_the_two_scripts() -> None:
-    assert [script.name for script in SCRIPTS] == ["configure-gpu-cgroups.sh", "install-mxnet.sh"]
+def test_bootstrap_folder_has_the_three_scripts() -> None:
+    assert [script.name for script in SCRIPTS] == ["configure-gpu-cgroups.sh", "getGpusResources.sh", "install-mxnet.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)

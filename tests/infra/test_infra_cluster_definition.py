@@ -11,6 +11,7 @@ from infra.cluster_definition import (
     GPU_CGROUP_ROOT,
     GPU_CGROUP_SCRIPT_NAME,
     GPU_DISCOVERY_SCRIPT,
+    GPU_DISCOVERY_SCRIPT_NAME,
     MXNET_BOOTSTRAP_SCRIPT_NAME,
     ClusterInputs,
     InstanceGroup,
@@ -105,13 +106,24 @@ def test_cgroup_script_mounts_where_yarn_looks():
     assert re.search(rf'^readonly CGROUP_ROOT="{re.escape(GPU_CGROUP_ROOT)}"$', script, re.MULTILINE)
 
 
-def test_gpu_bootstrap_mounts_cgroups_before_installing_the_cuda_build():
+def test_gpu_bootstrap_mounts_cgroups_and_installs_the_discovery_script_before_the_cuda_build():
     actions = build_job_flow(inputs("gpu"))["BootstrapActions"]
     assert [a["ScriptBootstrapAction"]["Path"] for a in actions] == [
         BOOTSTRAP_PREFIX + GPU_CGROUP_SCRIPT_NAME,
+        BOOTSTRAP_PREFIX + GPU_DISCOVERY_SCRIPT_NAME,
         BOOTSTRAP_PREFIX + MXNET_BOOTSTRAP_SCRIPT_NAME,
     ]
-    assert actions[1]["ScriptBootstrapAction"]["Args"] == ["gpu"]
+    assert actions[2]["ScriptBootstrapAction"]["Args"] == ["gpu"]
+
+
+def test_gpu_discovery_script_is_installed_where_spark_runs_it():
+    """The path Spark runs is the one the bootstrap installs to; the script ships in bootstrap/ (so in the S3 prefix)."""
+    actions = build_job_flow(inputs("gpu"))["BootstrapActions"]
+    spark_defaults = classification(build_job_flow(inputs("gpu")), "spark-defaults")["Properties"]
+    assert actions[1]["ScriptBootstrapAction"]["Args"] == [
+        "--install", spark_defaults["spark.executor.resource.gpu.discoveryScript"]
+    ]
+    assert (REPO_ROOT / "bootstrap" / GPU_DISCOVERY_SCRIPT_NAME).is_file()
 
 
 def test_cpu_bootstrap_installs_the_cpu_build_only():
