@@ -37,7 +37,9 @@ def stand_in_nvidia_smi(directory: Path, output: str, exit_code: int = 0) -> Pat
 
 
 @pytest.mark.parametrize(
-    "listing, addresses", [("0\n", ["0"]), ("0\n1\n2\n3\n", ["0", "1", "2", "3"]), ("", [])], ids=["one", "four", "none"]
+    "listing, addresses",
+    [("0\n", ["0"]), ("0\n1\n2\n3\n", ["0", "1", "2", "3"]), ("", [])],
+    ids=["one", "four", "none"],
 )
 def test_prints_spark_resource_json_for_the_listed_gpus(tmp_path: Path, listing: str, addresses: list[str]) -> None:
     result = run_discovery(path_prefix=stand_in_nvidia_smi(tmp_path / "bin", listing))

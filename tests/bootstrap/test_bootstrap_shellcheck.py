@@ -24,7 +24,8 @@ def shellcheck_binary() -> str:
 
 
 def test_bootstrap_folder_has_the_three_scripts() -> None:
-    assert [script.name for script in SCRIPTS] == ["configure-gpu-cgroups.sh", "getGpusResources.sh", "install-mxnet.sh"]
+    expected = ["configure-gpu-cgroups.sh", "getGpusResources.sh", "install-mxnet.sh"]
+    assert [script.name for script in SCRIPTS] == expected
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)
