@@ -6,6 +6,7 @@
 #   install-mxnet.sh cpu|gpu [WHEELHOUSE]                    # on an EMR node (the bootstrap action)
 #   install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY     # anywhere with pip and PyPI: fills a wheelhouse
 #   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
+#   install-mxnet.sh --print-cuda-library-dirs                # where the installed CUDA wheels keep their libraries
 #
 #   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice). With
 #               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
@@ -18,6 +19,11 @@
 #   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON);
 #                           for --build-wheelhouse, any Python with pip.
 #   MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS  wait before the first retry of a failed network step (default 10; doubles).
+#   MXNET_BOOTSTRAP_DEADLINE_SECONDS     the whole script's time limit (default 1800): no network step or wait for
+#                                        the NVIDIA driver runs past it.
+#   For the tests only (defaults are the real locations): MXNET_BOOTSTRAP_IMDS_ENDPOINT (the instance metadata
+#   service), MXNET_BOOTSTRAP_PCI_DEVICES_DIR (/sys/bus/pci/devices), MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE
+#   (/proc/driver/nvidia/version).
 #
 # Re-running is safe: when every pin is already installed nothing is downloaded or installed; the check still runs.
 set -euo pipefail
@@ -33,11 +39,31 @@ readonly EMR_NODE_PLATFORM_OPTIONS=(
 )
 readonly PIP_SOCKET_TIMEOUT_SECONDS=60
 readonly PIP_RETRIES=5
-# One wall-clock bound per network step: a hung step fails the bootstrap action (and the cluster start) with a
-# message instead of running into EMR's own bootstrap timeout with none.
-readonly NETWORK_STEP_TIMEOUT_SECONDS=1800
+# Wall-clock bounds: each attempt of a network step, and the whole script. A hung mirror fails the bootstrap action
+# (and the cluster start) with a message naming the step, well inside EMR's own bootstrap time limit (which EMR does
+# not document; it reports "bootstrap action timed out" with nothing more), and stops billing idle instances sooner.
+# 300 s is ample for one attempt: the gpu wheelhouse (3.7 GB) takes about a minute from S3 in the same region.
+readonly NETWORK_STEP_TIMEOUT_SECONDS=300
 readonly NETWORK_STEP_ATTEMPTS=3
+readonly DEADLINE_SECONDS=${MXNET_BOOTSTRAP_DEADLINE_SECONDS:-1800}
 readonly FIRST_RETRY_DELAY_SECONDS=${MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS:-10}
+# IMDSv2 (the stack's security configuration requires session tokens): the instance's own region.
+readonly IMDS_ENDPOINT=${MXNET_BOOTSTRAP_IMDS_ENDPOINT:-http://169.254.169.254}
+readonly PCI_DEVICES_DIR=${MXNET_BOOTSTRAP_PCI_DEVICES_DIR:-/sys/bus/pci/devices}
+readonly NVIDIA_DRIVER_FILE=${MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE:-/proc/driver/nvidia/version}
+# EMR does not document when the NVIDIA driver is loaded on a GPU node; give it this long (within the deadline).
+readonly DRIVER_WAIT_SECONDS=600
+readonly DRIVER_POLL_SECONDS=2
+# The oldest driver that runs CUDA 12 libraries (CUDA minor version compatibility): ONNX Runtime's CUDA provider and
+# the cuRAND both runtimes share are CUDA 12 builds. MXNet's CUDA 11 libraries need 450.80.02, which this implies.
+readonly MINIMUM_DRIVER_VERSION="525.60.13"
+# System libraries the runtime links and no wheel ships, as soname:package. MXNet's bundled libgfortran needs
+# libquadmath, libmxnet.so and OpenBLAS need libgomp (their licences keep them out of the wheel, apache/mxnet#20068),
+# and cuDNN needs zlib. Bootstrap actions run before EMR installs applications, so nothing else brings them yet.
+readonly SYSTEM_LIBRARIES=("libgomp.so.1:libgomp" "libquadmath.so.0:libquadmath" "libz.so.1:zlib")
+readonly LDCONFIG="/sbin/ldconfig"
+# Where the gpu build's CUDA library directories are made known to the dynamic loader (see configure_cuda_libraries).
+readonly LOADER_CONFIG_FILE="/etc/ld.so.conf.d/mxnet-inference-cuda-wheels.conf"
 
 # The job's runtime: every package that requirements.in's job section needs (pyspark excluded: EMR ships Spark),
 # with its whole dependency closure, each pinned exactly as in requirements.lock so every node gets the tested
@@ -78,15 +104,33 @@ readonly CPU_REQUIREMENTS=(
 )
 # mxnet-cu117 rather than cu112: the two 1.9.1 CUDA wheels are built for the same GPU architectures (sm_50/60/70/80/86
 # in MXNet's config/distribution/linux_cu112.cmake and linux_cu117.cmake), so the newer CUDA 11 runtime costs nothing.
-# Each wheel (~500 MB) carries its CUDA libraries, so the node needs only the NVIDIA driver: CUDA 11.x code runs on
-# any driver from 450.80.02 on (CUDA minor-version compatibility), and newer drivers, such as the CUDA 12 drivers of
-# current GPU AMIs, run older CUDA runtimes. Native kernels: g4dn (T4, sm_75), g5 (A10G, sm_86), p3 (V100), p4d
-# (A100); newer GPUs (g6's L4, sm_89) run the sm_86 PTX through the driver's JIT, which slows the first start.
+# Native kernels: g4dn (T4, sm_75), g5 (A10G, sm_86), p3 (V100), p4d (A100); newer GPUs (g6's L4, sm_89) run the
+# sm_86 PTX through the driver's JIT, which slows the first start.
+# Neither CUDA build ships its CUDA libraries: libmxnet.so links the CUDA 11 runtime, cuBLAS, cuFFT, cuRAND,
+# cuSOLVER, cuSPARSE, NVRTC, NVTX, cuDNN 8 and NCCL 2, and ONNX Runtime's CUDA provider links CUDA 12 and cuDNN 9.
+# NVIDIA publishes each as a wheel (nvidia-*-cu11, nvidia-*-cu12); configure_cuda_libraries makes them findable.
 # onnxruntime-gpu has no 1.20.1 on PyPI: 1.20.2 is the same 1.20 line as the lock's onnxruntime and accepts numpy
-# 1.23.5 (numpy>=1.21.6). Unlike MXNet, its CUDA provider loads the CUDA 12 and cuDNN 9 libraries from the node.
+# 1.23.5 (numpy>=1.21.6).
+# requirements-gpu.txt holds these pins with their hashes and says why each version; a test keeps the two equal, and
+# `make gpu-check` proves every library these wheels need resolves on a node.
 readonly GPU_REQUIREMENTS=(
   "mxnet-cu117==1.9.1"
   "onnxruntime-gpu==1.20.2"
+  "nvidia-cuda-runtime-cu11==11.8.89"
+  "nvidia-cublas-cu11==11.11.3.6"
+  "nvidia-cufft-cu11==10.9.0.58"
+  "nvidia-cusolver-cu11==11.4.1.48"
+  "nvidia-cusparse-cu11==11.7.5.86"
+  "nvidia-cuda-nvrtc-cu11==11.8.89"
+  "nvidia-nvtx-cu11==11.8.86"
+  "nvidia-cudnn-cu11==8.7.0.84"
+  "nvidia-nccl-cu11==2.20.5"
+  "nvidia-cuda-runtime-cu12==12.4.127"
+  "nvidia-cublas-cu12==12.4.5.8"
+  "nvidia-cufft-cu12==11.2.1.3"
+  "nvidia-curand-cu12==10.3.5.147"
+  "nvidia-cuda-nvrtc-cu12==12.4.127"
+  "nvidia-cudnn-cu12==9.1.0.70"
 )
 # Distributions that provide the same import package as the other compute's build (`mxnet`, `onnxruntime`):
 # installing one over the other leaves a mixed tree, so the script refuses instead.
@@ -107,22 +151,41 @@ fail() {
 
 usage_error() {
   log "error: $*"
-  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY | --print-requirements cpu|gpu"
+  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY | --print-requirements cpu|gpu" \
+    "| --print-cuda-library-dirs"
   exit 2
 }
 
-# retry ATTEMPTS COMMAND...: runs COMMAND until it succeeds, at most ATTEMPTS times, doubling the wait each time.
+# Seconds left before the script's deadline (bash's SECONDS counts from the script's start).
+remaining_seconds() {
+  echo $((DEADLINE_SECONDS - SECONDS))
+}
+
+# retry COMMAND...: runs COMMAND (an executable, not a function) until it succeeds, at most NETWORK_STEP_ATTEMPTS
+# times, each attempt killed after NETWORK_STEP_TIMEOUT_SECONDS, doubling the wait between attempts; never past the
+# script's deadline.
 retry() {
-  local attempts=$1
-  shift
   local attempt=1
   local delay_seconds=$FIRST_RETRY_DELAY_SECONDS
-  until "$@"; do
-    if ((attempt >= attempts)); then
-      log "giving up after $attempts attempts: $*"
+  local remaining
+  while true; do
+    remaining=$(remaining_seconds)
+    if ((remaining <= 0)); then
+      log "giving up: the bootstrap's deadline of ${DEADLINE_SECONDS}s has passed: $*"
       return 1
     fi
-    log "attempt $attempt of $attempts failed; retrying in ${delay_seconds}s: $*"
+    if timeout "$((remaining < NETWORK_STEP_TIMEOUT_SECONDS ? remaining : NETWORK_STEP_TIMEOUT_SECONDS))" "$@"; then
+      return 0
+    fi
+    if ((attempt >= NETWORK_STEP_ATTEMPTS)); then
+      log "giving up after $NETWORK_STEP_ATTEMPTS attempts: $*"
+      return 1
+    fi
+    if ((delay_seconds >= $(remaining_seconds))); then
+      log "giving up: the bootstrap's deadline of ${DEADLINE_SECONDS}s leaves no time for another attempt: $*"
+      return 1
+    fi
+    log "attempt $attempt of $NETWORK_STEP_ATTEMPTS failed; retrying in ${delay_seconds}s: $*"
     sleep "$delay_seconds"
     attempt=$((attempt + 1))
     delay_seconds=$((delay_seconds * 2))
@@ -142,7 +205,7 @@ requirements_for() {
 # Reads the PCI bus through sysfs, which needs neither the NVIDIA driver nor pciutils.
 has_nvidia_device() {
   local vendor_file
-  for vendor_file in /sys/bus/pci/devices/*/vendor; do
+  for vendor_file in "$PCI_DEVICES_DIR"/*/vendor; do
     if [[ -r $vendor_file && $(<"$vendor_file") == "$NVIDIA_PCI_VENDOR_ID" ]]; then
       return 0
     fi
@@ -224,16 +287,36 @@ choose_privilege() {
   done < <("$PYTHON" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])')
 }
 
+# Exports AWS_DEFAULT_REGION as this instance's region, read from the instance metadata service (IMDSv2: a session
+# token first). Without a region the AWS CLI calls the us-east-1 global S3 endpoint, which a VPC's S3 gateway endpoint
+# in another region does not route: in a private subnet without NAT the download would hang.
+export_instance_region() {
+  local -a curl_options=(--silent --show-error --fail --connect-timeout 2 --max-time 5 --retry 3)
+  local token region
+  token=$(curl "${curl_options[@]}" -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" \
+    "$IMDS_ENDPOINT/latest/api/token") ||
+    fail "the instance metadata service at $IMDS_ENDPOINT gave no IMDSv2 token; the region of this node is needed" \
+      "to reach S3 through the VPC's endpoint"
+  region=$(curl "${curl_options[@]}" -H "X-aws-ec2-metadata-token: $token" \
+    "$IMDS_ENDPOINT/latest/meta-data/placement/region") ||
+    fail "the instance metadata service at $IMDS_ENDPOINT did not give this node's region"
+  if [[ ! $region =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]]; then
+    fail "the instance metadata service gave '$region' as this node's region; expected a name such as eu-west-1"
+  fi
+  export AWS_DEFAULT_REGION=$region
+  log "region $region (from the instance metadata service): S3 requests go to this region's endpoint"
+}
+
 fetch_wheelhouse() {
   local source=$1
   if [[ $source == s3://* ]]; then
     WHEELHOUSE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/mxnet-wheelhouse.XXXXXX")
-    # Removed on exit: the CUDA wheels alone are hundreds of MB on a small root volume.
+    # Removed on exit: the CUDA wheels alone are 3.7 GB on the root volume.
     trap 'rm -rf "$WHEELHOUSE_DIR"' EXIT
+    export_instance_region
     log "step: downloading wheelhouse $source to $WHEELHOUSE_DIR"
     # The CLI retries each request itself (standard mode, 5 attempts); retry() repeats the whole copy.
-    retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" \
-      env AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=5 \
+    retry env AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=5 \
       aws s3 cp --recursive --only-show-errors --cli-connect-timeout 20 --cli-read-timeout 120 \
       "$source" "$WHEELHOUSE_DIR"
   else
@@ -265,16 +348,17 @@ marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
 sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(marker)))'; then
     pip_options+=(--break-system-packages)
   fi
-  retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" \
-    "${AS_ROOT[@]}" "$PYTHON" -m pip install "${pip_options[@]}" "$@"
+  retry "${AS_ROOT[@]}" "$PYTHON" -m pip install "${pip_options[@]}" "$@"
 }
 
+# verify_runtime COMPUTE [CUDA_LIBRARY_DIR...]: imports everything, runs one forward pass per device, and with gpu
+# proves that ONNX Runtime really runs on CUDA and that every CUDA library the process loaded came from the wheels.
 verify_runtime() {
-  local compute=$1
-  "$PYTHON" - "$compute" <<'PY'
+  "$PYTHON" - "$@" <<'PY'
+import os
 import sys
 
-compute = sys.argv[1]
+compute, cuda_library_dirs = sys.argv[1], set(sys.argv[2:])
 
 import boto3
 import cv2
@@ -302,6 +386,19 @@ if compute == "gpu":
     providers = onnxruntime.get_available_providers()
     if "CUDAExecutionProvider" not in providers:
         sys.exit(f"compute=gpu but onnxruntime offers only {providers}: install onnxruntime-gpu, not onnxruntime")
+    # ONNX Runtime lists the CUDA provider even when it cannot load it, and then runs on the CPU: only the providers
+    # of a real session tell (its log above names the library that failed to load).
+    from onnxruntime.datasets import get_example
+
+    session = onnxruntime.InferenceSession(
+        get_example("sigmoid.onnx"), providers=[("CUDAExecutionProvider", {"device_id": 0})])
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        sys.exit(f"compute=gpu but an ONNX Runtime session runs on {session.get_providers()}: its CUDA provider "
+                 f"needs the CUDA 12 and cuDNN 9 libraries of the nvidia-*-cu12 wheels (see the error above)")
+    session_input = session.get_inputs()[0]
+    session.run(None, {session_input.name: np.zeros(
+        [size if isinstance(size, int) else 1 for size in session_input.shape], dtype=np.float32)})
+    print(f"ONNX Runtime session on {session.get_providers()[0]} ok", file=sys.stderr)
     contexts.append(mx.gpu(0))
 
 for context in contexts:
@@ -313,6 +410,23 @@ for context in contexts:
         sys.exit(f"forward pass on {context} gave shape {output.shape} (expected (1, 4, 6, 6)) "
                  f"or non-finite values")
     print(f"forward pass on {context} ok: output shape {output.shape}", file=sys.stderr)
+
+if compute == "gpu":
+    # Which files this process mapped: a CUDA library of the same name from elsewhere (a CUDA toolkit of the node in
+    # the loader's path) would shadow the pinned one.
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+    mapped = {path for path in mapped if path.startswith("/")}
+    names_in_wheels = {name for directory in cuda_library_dirs for name in os.listdir(directory)}
+    from_wheels = sorted(os.path.basename(path) for path in mapped
+                         if os.path.dirname(os.path.realpath(path)) in cuda_library_dirs)
+    shadowing = sorted(path for path in mapped if os.path.basename(path) in names_in_wheels
+                       and os.path.dirname(os.path.realpath(path)) not in cuda_library_dirs)
+    if shadowing:
+        sys.exit(f"CUDA libraries loaded from outside the pinned wheels: {shadowing}: another copy comes first in the "
+                 f"loader's search path; the runtime was tested with the wheels' copies")
+    print(f"{len(from_wheels)} CUDA libraries loaded, all from the pinned wheels: {', '.join(from_wheels)}",
+          file=sys.stderr)
 PY
 }
 
@@ -329,6 +443,31 @@ has_pip() {
   "$PYTHON" -m pip --version >/dev/null 2>&1
 }
 
+# Sets SUDO to what runs a system command as root: nothing for root, else `sudo -n` (EMR runs bootstrap actions as
+# `hadoop`, which has password-less sudo; -n fails at once instead of waiting for a password).
+choose_system_privilege() {
+  SUDO=()
+  if ((EUID != 0)); then
+    SUDO=(sudo -n)
+  fi
+}
+
+# Bootstrap actions run before EMR installs its applications, and Python 3.11 is one of them: when the interpreter is
+# not there yet, install it (Amazon Linux 2023 packages pip apart, as python3.11-pip). Only for a pythonX.Y name:
+# any other MXNET_BOOTSTRAP_PYTHON is the caller's to provide.
+ensure_python() {
+  local python_name=${MXNET_BOOTSTRAP_PYTHON:-$DEFAULT_PYTHON}
+  if command -v "$python_name" >/dev/null || [[ ! $python_name =~ ^python3\.[0-9]+$ ]]; then
+    return
+  fi
+  if ! command -v dnf >/dev/null; then
+    fail "interpreter '$python_name' not found, and there is no dnf to install $python_name with:" \
+      "install it first (or set MXNET_BOOTSTRAP_PYTHON)"
+  fi
+  log "step: $python_name not found; installing $python_name and $python_name-pip with dnf"
+  retry "${SUDO[@]}" dnf install -y "$python_name" "$python_name-pip"
+}
+
 # Amazon Linux 2023 packages pip apart from the interpreter (python3.11-pip); its repositories are in S3, so this
 # works through the VPC's S3 gateway endpoint too.
 ensure_pip() {
@@ -340,18 +479,122 @@ ensure_pip() {
     fail "$PYTHON has no pip, and there is no dnf to install $package with: install pip for it first"
   fi
   log "step: $PYTHON has no pip; installing $package with dnf"
-  local -a as_root=()
-  if ((EUID != 0)); then
-    as_root=(sudo -n)
-  fi
-  retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" "${as_root[@]}" dnf install -y "$package"
+  retry "${SUDO[@]}" dnf install -y "$package"
   has_pip || fail "$PYTHON still has no pip after installing $package"
 }
 
-validate_retry_delay() {
-  if [[ ! $FIRST_RETRY_DELAY_SECONDS =~ ^[0-9]+$ ]]; then
-    usage_error "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS must be a whole number of seconds," \
-      "got '$FIRST_RETRY_DELAY_SECONDS'"
+# Whether the dynamic loader's cache knows an x86-64 library with this soname.
+loader_knows() {
+  "$LDCONFIG" -p | awk -v soname="$1" '$1 == soname && /x86-64/ { found = 1 } END { exit !found }'
+}
+
+# Installs with dnf the SYSTEM_LIBRARIES the loader does not know yet; does nothing (and needs no network) when all
+# are there. The Amazon Linux 2023 repositories are in S3, so this works through the VPC's S3 gateway endpoint too.
+ensure_system_libraries() {
+  local entry
+  local -a present=() missing_packages=()
+  for entry in "${SYSTEM_LIBRARIES[@]}"; do
+    if loader_knows "${entry%%:*}"; then
+      present+=("${entry%%:*}")
+    else
+      missing_packages+=("${entry#*:}")
+    fi
+  done
+  if ((${#missing_packages[@]} == 0)); then
+    log "system libraries present: ${present[*]}"
+    return
+  fi
+  if ! command -v dnf >/dev/null; then
+    fail "the runtime needs the system packages ${missing_packages[*]}, and there is no dnf to install them with"
+  fi
+  log "installing ${missing_packages[*]} with dnf (already present: ${present[*]:-none})"
+  retry "${SUDO[@]}" dnf install -y "${missing_packages[@]}"
+  for entry in "${SYSTEM_LIBRARIES[@]}"; do
+    loader_knows "${entry%%:*}" || fail "${entry%%:*} is still unknown to the loader after dnf installed ${entry#*:}"
+  done
+}
+
+# Waits, within the deadline, for the NVIDIA driver that EMR's GPU AMI loads at boot (EMR does not document when),
+# then checks that it runs CUDA 12 libraries.
+wait_for_nvidia_driver() {
+  local remaining limit waited=0
+  remaining=$(remaining_seconds)
+  limit=$((remaining < DRIVER_WAIT_SECONDS ? remaining : DRIVER_WAIT_SECONDS))
+  until [[ -r $NVIDIA_DRIVER_FILE ]]; do
+    if ((waited >= limit)); then
+      fail "this node has an NVIDIA device but no NVIDIA driver was loaded after waiting ${waited}s" \
+        "(no $NVIDIA_DRIVER_FILE); the CUDA builds need it: use an EMR release and instance type with GPU support"
+    fi
+    if ((waited == 0)); then
+      log "waiting up to ${limit}s for the NVIDIA driver ($NVIDIA_DRIVER_FILE)"
+    fi
+    sleep "$DRIVER_POLL_SECONDS"
+    waited=$((waited + DRIVER_POLL_SECONDS))
+  done
+  local version
+  version=$(head -n 1 "$NVIDIA_DRIVER_FILE" | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n 1) || true
+  if [[ -z $version ]]; then
+    fail "cannot read the NVIDIA driver's version from the first line of $NVIDIA_DRIVER_FILE:" \
+      "'$(head -n 1 "$NVIDIA_DRIVER_FILE")'"
+  fi
+  local oldest
+  oldest=$(printf '%s\n' "$MINIMUM_DRIVER_VERSION" "$version" | sort -V | head -n 1)
+  if [[ $oldest != "$MINIMUM_DRIVER_VERSION" ]]; then
+    fail "NVIDIA driver $version is older than $MINIMUM_DRIVER_VERSION, the oldest that runs the CUDA 12 libraries" \
+      "ONNX Runtime and cuRAND need: use a newer EMR release"
+  fi
+  log "NVIDIA driver $version loaded (waited ${waited}s; $MINIMUM_DRIVER_VERSION or newer is needed)"
+}
+
+# Prints, one per line, the directories holding the shared libraries of the installed nvidia-* distributions (the
+# CUDA library wheels) of $PYTHON.
+cuda_library_dirs() {
+  "$PYTHON" - <<'PY'
+import importlib.metadata
+import os
+import re
+
+directories = set()
+for distribution in importlib.metadata.distributions():
+    if not re.sub(r"[-_.]+", "-", distribution.metadata["Name"] or "").lower().startswith("nvidia-"):
+        continue
+    for file in distribution.files or []:
+        if re.search(r"\.so(\.\d+)*$", file.name):
+            directories.add(os.path.dirname(os.path.realpath(distribution.locate_file(file))))
+print("\n".join(sorted(directories)))
+PY
+}
+
+# Makes the CUDA wheels' libraries findable through a loader configuration file and ldconfig. Why this way: the
+# loader reads its cache in every process on the node, whoever starts it: this script's check, the Spark driver, and
+# the executors and their Python workers, which YARN's container executor starts with an environment of its own. The
+# alternatives through Spark are weaker: spark.executor.extraLibraryPath replaces EMR's default (the Hadoop native
+# libraries), and LD_LIBRARY_PATH would come before every RUNPATH and shadow libraries for all programs started with
+# it. The cache comes after LD_LIBRARY_PATH and each library's own RUNPATH, so a job that sets its own CUDA path still
+# gets it. CUDA 11 and 12 cannot shadow each other here: their libraries have different sonames (libcudart.so.11.0 /
+# .12, libcudnn.so.8 / .9, ...), and the one they share, libcurand.so.10, exists once (`make gpu-check` proves both).
+configure_cuda_libraries() {
+  local directories
+  directories=$(cuda_library_dirs)
+  if [[ -z $directories ]]; then
+    fail "the gpu build is installed but $PYTHON has no nvidia-* CUDA library wheels"
+  fi
+  local content
+  content=$(printf '# Written by %s: the CUDA library wheels of %s (mxnet-cu117, onnxruntime-gpu).\n%s' \
+    "$SCRIPT_NAME" "$PYTHON" "$directories")
+  if [[ ! -f $LOADER_CONFIG_FILE || $(<"$LOADER_CONFIG_FILE") != "$content" ]]; then
+    printf '%s\n' "$content" | "${SUDO[@]}" tee "$LOADER_CONFIG_FILE" >/dev/null
+  fi
+  "${SUDO[@]}" "$LDCONFIG"
+  CUDA_LIBRARY_DIRS=()
+  mapfile -t CUDA_LIBRARY_DIRS <<<"$directories"
+  log "loader configuration $LOADER_CONFIG_FILE lists ${#CUDA_LIBRARY_DIRS[@]} CUDA library directories"
+}
+
+validate_whole_number() {
+  local variable=$1 value=$2
+  if [[ ! $value =~ ^[0-9]+$ ]]; then
+    usage_error "$variable must be a whole number of seconds, got '$value'"
   fi
 }
 
@@ -366,8 +609,7 @@ build_wheelhouse() {
   mkdir -p "$destination"
   # --no-deps: the list is already the whole dependency closure, and pip cannot resolve dependencies for a
   # platform other than its own.
-  retry "$NETWORK_STEP_ATTEMPTS" timeout "$NETWORK_STEP_TIMEOUT_SECONDS" \
-    "$PYTHON" -m pip download --disable-pip-version-check --no-input \
+  retry "$PYTHON" -m pip download --disable-pip-version-check --no-input \
     --timeout "$PIP_SOCKET_TIMEOUT_SECONDS" --retries "$PIP_RETRIES" \
     --no-deps --only-binary=:all: "${EMR_NODE_PLATFORM_OPTIONS[@]}" --dest "$destination" "${requirements[@]}"
   log "done: $destination holds a wheel for each of the ${#requirements[@]} pins; upload it and pass its s3:// URI"
@@ -378,6 +620,8 @@ install_runtime() {
   local wheelhouse=$2
 
   log "step: checking the interpreter (compute=$requested_compute, wheelhouse=${wheelhouse:-none: PyPI})"
+  choose_system_privilege
+  ensure_python
   resolve_python
   if [[ $PYTHON_VERSION != "$REQUIRED_PYTHON_VERSION" ]]; then
     fail "interpreter $PYTHON is Python $PYTHON_VERSION; the pinned wheels and EMR's PySpark" \
@@ -395,6 +639,10 @@ install_runtime() {
       "node: installing the cpu build, since the CUDA build cannot be imported without the NVIDIA driver"
   fi
   log "installing the $compute build"
+  if [[ $compute == "gpu" ]]; then
+    log "step: waiting for the NVIDIA driver"
+    wait_for_nvidia_driver
+  fi
 
   log "step: checking for the other compute's builds"
   local -a conflicts
@@ -409,6 +657,9 @@ install_runtime() {
     fail "compute=$compute, but $PYTHON already has $(echo "$found_conflicts" | paste -sd, -)," \
       "which provide the same modules; uninstall them first"
   fi
+
+  log "step: checking the system libraries"
+  ensure_system_libraries
 
   log "step: comparing installed packages with the pins"
   local -a requirements
@@ -431,23 +682,31 @@ install_runtime() {
     log "installed ${#to_install[@]} packages: ${to_install[*]}"
   fi
 
-  log "step: verifying imports and one forward pass"
-  # Without the driver, importing the CUDA build fails on a missing libcuda.so.1; say what is actually wrong.
-  if [[ $compute == "gpu" && ! -e /proc/driver/nvidia/version ]]; then
-    fail "this node has an NVIDIA device but no loaded NVIDIA driver (no /proc/driver/nvidia/version);" \
-      "the CUDA build of MXNet needs it: use an EMR release and instance type with GPU support"
+  CUDA_LIBRARY_DIRS=()
+  if [[ $compute == "gpu" ]]; then
+    log "step: making the CUDA libraries known to the loader"
+    configure_cuda_libraries
   fi
-  verify_runtime "$compute" || fail "the $compute runtime does not work (the lines above say why)"
+
+  log "step: verifying imports and one forward pass"
+  verify_runtime "$compute" "${CUDA_LIBRARY_DIRS[@]}" ||
+    fail "the $compute runtime does not work (the lines above say why)"
   log "done: the $compute runtime is installed and works"
 }
 
 main() {
-  validate_retry_delay
+  validate_whole_number MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS "$FIRST_RETRY_DELAY_SECONDS"
+  validate_whole_number MXNET_BOOTSTRAP_DEADLINE_SECONDS "$DEADLINE_SECONDS"
   case ${1:-} in
     --print-requirements)
       (($# == 2)) || usage_error "--print-requirements takes one argument (cpu|gpu), got $(($# - 1))"
       validate_compute "$2"
       requirements_for "$2"
+      ;;
+    --print-cuda-library-dirs)
+      (($# == 1)) || usage_error "--print-cuda-library-dirs takes no argument, got $(($# - 1))"
+      resolve_python
+      cuda_library_dirs
       ;;
     --build-wheelhouse)
       (($# == 3)) || usage_error "--build-wheelhouse takes two arguments (cpu|gpu DIRECTORY), got $(($# - 1))"

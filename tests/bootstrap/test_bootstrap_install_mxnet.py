@@ -213,3 +213,65 @@ def test_interpreter_without_pip_and_without_dnf_is_rejected_naming_the_package(
     result = run_install_script("cpu", python=bare / "bin" / "python")
     assert result.returncode == 1
     assert "has no pip, and there is no dnf to install python3.11-pip with" in result.stderr
+
+
+def test_first_run_checks_the_system_libraries_the_runtime_links(two_runs: TwoRuns) -> None:
+    """Review finding 7: libgomp and libquadmath (and zlib for cuDNN) must be on the node; here they are, so the
+    script finds them in the loader cache and needs no dnf. Not provable here: the dnf install when they are missing
+    (this machine has no dnf and has the libraries)."""
+    assert "system libraries present: libgomp.so.1 libquadmath.so.0 libz.so.1" in log_messages(two_runs.first.stderr)
+
+
+@pytest.mark.skipif(shutil.which("dnf") is not None, reason="dnf would install the interpreter here")
+def test_missing_interpreter_without_dnf_is_rejected_naming_the_package() -> None:
+    result = run_install_script("cpu", python=Path("python3.99"))
+    assert result.returncode == 1
+    assert "interpreter 'python3.99' not found, and there is no dnf to install python3.99 with" in result.stderr
+
+
+@pytest.mark.parametrize("variable", ["MXNET_BOOTSTRAP_DEADLINE_SECONDS", "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS"])
+def test_time_settings_must_be_whole_seconds(variable: str) -> None:
+    result = run_install_script("cpu", python=Path(sys.executable), **{variable: "soon"})
+    assert result.returncode == 2
+    assert f"{variable} must be a whole number of seconds, got 'soon'" in result.stderr
+
+
+def fake_gpu_node(root: Path, driver_line: str | None) -> dict[str, str]:
+    """Environment for a node whose PCI bus has an NVIDIA device, with the driver's version file if `driver_line`.
+    Stand-ins for /sys/bus/pci/devices and /proc/driver/nvidia/version: what they cannot prove is when EMR's GPU AMI
+    really loads its driver."""
+    device = root / "pci" / "0000:00:1e.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text("0x10de\n")
+    driver_file = root / "nvidia-version"
+    if driver_line is not None:
+        driver_file.write_text(driver_line + "\nGCC version:  gcc version 11.4.1\n")
+    return {"MXNET_BOOTSTRAP_PCI_DEVICES_DIR": str(root / "pci"), "MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE": str(driver_file)}
+
+
+def test_gpu_node_whose_driver_never_loads_fails_after_a_bounded_wait(tmp_path: Path) -> None:
+    environment = fake_gpu_node(tmp_path, driver_line=None)
+    result = run_install_script(
+        "gpu", python=Path(sys.executable), MXNET_BOOTSTRAP_DEADLINE_SECONDS="3", **environment
+    )
+    assert result.returncode == 1
+    messages = log_messages(result.stderr)
+    assert any(message.startswith("waiting up to ") for message in messages)
+    assert "has an NVIDIA device but no NVIDIA driver was loaded after waiting" in result.stderr
+
+
+def test_gpu_node_with_a_driver_older_than_cuda_12_needs_is_rejected(tmp_path: Path) -> None:
+    line = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.82.01  Wed Oct 27 04:37:29 UTC 2021"
+    result = run_install_script("gpu", python=Path(sys.executable), **fake_gpu_node(tmp_path, line))
+    assert result.returncode == 1
+    assert "NVIDIA driver 470.82.01 is older than 525.60.13" in result.stderr
+
+
+def test_gpu_node_with_a_loaded_driver_goes_on_to_install_the_cuda_build(tmp_path: Path) -> None:
+    """It then stops at the conflict check: this environment has the cpu builds, which must never be mixed with the
+    CUDA ones (so nothing is installed here)."""
+    line = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.127.05  Release Build  (dvs-builder@U16)"
+    result = run_install_script("gpu", python=Path(sys.executable), **fake_gpu_node(tmp_path, line))
+    assert "NVIDIA driver 550.127.05 loaded (waited 0s; 525.60.13 or newer is needed)" in log_messages(result.stderr)
+    assert "installing the gpu build" in log_messages(result.stderr)
+    assert "already has mxnet,onnxruntime, which provide the same modules" in result.stderr

@@ -1,9 +1,13 @@
-"""The pins in install-mxnet.sh cannot drift from requirements.lock.
+"""The pins in install-mxnet.sh cannot drift from requirements.lock and requirements-gpu.txt.
 
-requirements.lock is the single source of truth. The script keeps a copy because an EMR bootstrap action is one file
-fetched on its own; these tests derive the list the script must hold from requirements.in (the job section names the
-runtime) and requirements.lock (the versions), following dependencies through the installed packages' metadata, and
-fail on any difference. The list is read by running the real script (`--print-requirements`).
+requirements.lock is the lock of everything the dev environment installs, the job's runtime included;
+requirements-gpu.txt is the hash-pinned list of what a GPU node installs in place of or on top of it (the CUDA builds
+and NVIDIA's CUDA library wheels, several GB that no dev environment installs). The script keeps a copy because an
+EMR bootstrap action is one file fetched on its own; these tests derive the lists the script must hold from
+requirements.in (the job section names the runtime), requirements.lock (the versions, following dependencies through
+the installed packages' metadata) and requirements-gpu.txt, and fail on any difference. The lists are read by running
+the real script (`--print-requirements`). That requirements-gpu.txt is a closed set whose libraries all resolve is
+`make gpu-check`'s job (it downloads the wheels).
 """
 
 from __future__ import annotations
@@ -92,12 +96,42 @@ def test_cpu_pins_equal_the_locked_runtime_closure(locked_runtime: dict[str, str
     assert script_requirements("cpu") == locked_runtime
 
 
-def test_gpu_pins_differ_from_cpu_pins_only_in_the_cuda_builds() -> None:
+def gpu_requirements_file() -> dict[str, tuple[str, str]]:
+    """requirements-gpu.txt as {name: (version, the rest of the line)}."""
+    pins = {}
+    for line in (REPO_ROOT / "requirements-gpu.txt").read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            requirement, _, options = text.partition(" ")
+            name, version = requirement.split("==")
+            pins[canonicalize_name(name)] = (version, options.strip())
+    return pins
+
+
+def test_gpu_pins_are_the_cpu_pins_with_requirements_gpu_in_place_of_the_cpu_builds() -> None:
     cpu, gpu = script_requirements("cpu"), script_requirements("gpu")
     shared_cpu = {name: version for name, version in cpu.items() if name not in CPU_TO_GPU_BUILD}
-    shared_gpu = {name: version for name, version in gpu.items() if name not in CPU_TO_GPU_BUILD.values()}
-    assert shared_gpu == shared_cpu
-    assert set(gpu) - set(shared_gpu) == set(CPU_TO_GPU_BUILD.values())
+    gpu_only = {name: version for name, (version, _) in gpu_requirements_file().items()}
+    assert gpu == {**shared_cpu, **gpu_only}
+
+
+def test_requirements_gpu_pins_nothing_the_lock_pins() -> None:
+    assert set(gpu_requirements_file()) & set(locked_versions()) == set()
+
+
+def test_every_gpu_pin_carries_a_sha256_hash() -> None:
+    unhashed = [name for name, (_, options) in gpu_requirements_file().items()
+                if not re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", options)]
+    assert unhashed == []
+
+
+def test_gpu_pins_bring_the_cuda_libraries_both_builds_link() -> None:
+    """A CUDA 11 set for mxnet-cu117 (cuDNN 8) and a CUDA 12 set for onnxruntime-gpu (cuDNN 9), by wheel name."""
+    names = set(gpu_requirements_file())
+    assert {"nvidia-cuda-runtime-cu11", "nvidia-cublas-cu11", "nvidia-cudnn-cu11", "nvidia-nccl-cu11"} <= names
+    assert {"nvidia-cuda-runtime-cu12", "nvidia-cublas-cu12", "nvidia-cudnn-cu12"} <= names
+    assert gpu_requirements_file()["nvidia-cudnn-cu11"][0].startswith("8.")
+    assert gpu_requirements_file()["nvidia-cudnn-cu12"][0].startswith("9.")
 
 
 def test_gpu_mxnet_build_has_the_locked_mxnet_version() -> None:

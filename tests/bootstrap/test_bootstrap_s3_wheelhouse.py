@@ -1,17 +1,23 @@
-"""install-mxnet.sh with an s3:// wheelhouse: the real AWS CLI against a moto S3 server on loopback.
+"""install-mxnet.sh with an s3:// wheelhouse: the real AWS CLI against a moto S3 server on loopback, and a loopback
+stand-in for the instance metadata service (IMDSv2: token, then the region) that the script reads its region from.
 
-What the mock cannot prove: IAM permissions of the EMR instance profile, S3's real redirects and throttling, and the
-AWS CLI v2 that EMR nodes carry (the flags used exist in v1 and v2; this machine has v1). The AWS CLI is not a
-project dependency, so these tests are skipped where no `aws` runs.
+What the mocks cannot prove: IAM permissions of the EMR instance profile, S3's real redirects and throttling, that the
+VPC's S3 gateway endpoint routes the regional endpoint (AWS documents it), the real metadata service, and the AWS CLI
+v2 that EMR nodes carry (the flags used exist in v1 and v2; this machine has v1). The AWS CLI is not a project
+dependency, so these tests are skipped where no `aws` runs.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -23,15 +29,20 @@ from bootstrap_helpers import (
     run_install_script,
     wheel_from_installed,
 )
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
 
 BUCKET = "example-wheelhouse"
 PREFIX = "artifacts/wheels/"
+# The environment's region differs from the node's on purpose: the script must use the node's, from IMDS.
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+NODE_REGION = "eu-west-3"
+IMDS_TOKEN = "imds-session-token"
+SIGNATURE_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[a-z0-9-]+)/s3/aws4_request")
 
 
 def aws_cli_runs() -> bool:
@@ -49,12 +60,68 @@ class S3Run:
     result: subprocess.CompletedProcess[str]
 
 
+class SigningRegions:
+    """WSGI middleware in front of moto that records the region of each request's SigV4 signature."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.regions: list[str] = []
+
+    def __call__(self, environ, start_response):
+        match = SIGNATURE_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if match:
+            self.regions.append(match["region"])
+        return self.app(environ, start_response)
+
+
+class InstanceMetadata(BaseHTTPRequestHandler):
+    """IMDSv2 on loopback: a PUT gives a session token; metadata is served only with that token (else 401)."""
+
+    def do_PUT(self) -> None:
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self._reply(200, IMDS_TOKEN)
+        else:
+            self._reply(400, "")
+
+    def do_GET(self) -> None:
+        if self.headers.get("X-aws-ec2-metadata-token") != IMDS_TOKEN:
+            self._reply(401, "")
+        elif self.path == "/latest/meta-data/placement/region":
+            self._reply(200, NODE_REGION)
+        else:
+            self._reply(404, "")
+
+    def _reply(self, status: int, body: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
 @pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+def imds_endpoint() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), InstanceMetadata)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def signing_regions() -> SigningRegions:
+    return SigningRegions(DomainDispatcherApplication(create_backend_app))
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, signing_regions: SigningRegions) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, signing_regions, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
     wheelhouse = tmp_path_factory.mktemp("wheels")
     wheel = wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse)
     s3 = boto3.client(
@@ -66,12 +133,14 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     s3.create_bucket(Bucket=BUCKET)
     s3.upload_file(str(wheel), BUCKET, PREFIX + wheel.name)
+    signing_regions.regions.clear()
     yield endpoint
-    server.stop()
+    server.shutdown()
+    thread.join()
 
 
 def run_against(
-    endpoint: str, uri: str, runtime: ThrowAwayRuntime, download_parent: Path
+    endpoint: str, uri: str, runtime: ThrowAwayRuntime, download_parent: Path, imds: str, **environment: str
 ) -> subprocess.CompletedProcess[str]:
     return run_install_script(
         "cpu",
@@ -80,17 +149,18 @@ def run_against(
         AWS_ENDPOINT_URL=endpoint,
         TMPDIR=str(download_parent),
         MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS="0",
-        **FAKE_CREDENTIALS,
+        MXNET_BOOTSTRAP_IMDS_ENDPOINT=imds,
+        **{**FAKE_CREDENTIALS, **environment},
     )
 
 
 @pytest.fixture(scope="module")
-def s3_run(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
+def s3_run(s3_endpoint: str, imds_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
     root = tmp_path_factory.mktemp("s3-run")
     runtime = make_throw_away_runtime(root)
     download_parent = root / "tmp"
     download_parent.mkdir()
-    result = run_against(s3_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent)
+    result = run_against(s3_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent, imds_endpoint)
     return S3Run(runtime, download_parent, result)
 
 
@@ -107,11 +177,57 @@ def test_downloaded_wheelhouse_is_removed_on_exit(s3_run: S3Run) -> None:
     assert list(s3_run.download_parent.iterdir()) == []
 
 
-def test_failing_s3_copy_is_retried_then_fails(s3_endpoint: str, tmp_path: Path) -> None:
+def test_s3_requests_are_signed_for_the_nodes_region_from_imds(s3_run: S3Run, signing_regions: SigningRegions) -> None:
+    """Review finding 6: the CLI must use the node's own region (the S3 gateway endpoint routes only that one), not a
+    preset AWS_DEFAULT_REGION or the us-east-1 default."""
+    assert f"region {NODE_REGION} (from the instance metadata service)" in s3_run.result.stderr
+    assert signing_regions.regions and set(signing_regions.regions) == {NODE_REGION}
+
+
+def test_failing_s3_copy_is_retried_then_fails(s3_endpoint: str, imds_endpoint: str, tmp_path: Path) -> None:
     runtime = make_throw_away_runtime(tmp_path)
     download_parent = tmp_path / "tmp"
     download_parent.mkdir()
-    result = run_against(s3_endpoint, "s3://no-such-wheelhouse/wheels/", runtime, download_parent)
+    result = run_against(s3_endpoint, "s3://no-such-wheelhouse/wheels/", runtime, download_parent, imds_endpoint)
     assert result.returncode != 0
     assert len(re.findall(r"attempt \d of 3 failed; retrying", result.stderr)) == 2
     assert "giving up after 3 attempts" in result.stderr
+
+
+def test_without_instance_metadata_the_download_fails_naming_it(s3_endpoint: str, tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        no_imds = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    runtime = make_throw_away_runtime(tmp_path)
+    download_parent = tmp_path / "tmp"
+    download_parent.mkdir()
+    result = run_against(s3_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent, no_imds)
+    assert result.returncode == 1
+    assert f"the instance metadata service at {no_imds} gave no IMDSv2 token" in result.stderr
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A loopback server that accepts connections and never answers: a hung mirror."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_hung_download_stops_at_the_scripts_deadline(
+    silent_endpoint: str, imds_endpoint: str, tmp_path: Path
+) -> None:
+    """Review finding 13: without the deadline this copy would take 3 attempts x 300 s; with a 6 s deadline the script
+    gives up after it, saying so. (The bound on the elapsed time is that difference, not a speed measurement.)"""
+    runtime = make_throw_away_runtime(tmp_path)
+    download_parent = tmp_path / "tmp"
+    download_parent.mkdir()
+    started = time.monotonic()
+    result = run_against(silent_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent, imds_endpoint,
+                         MXNET_BOOTSTRAP_DEADLINE_SECONDS="6")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "the bootstrap's deadline of 6s" in result.stderr
+    assert elapsed < 120
