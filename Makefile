@@ -12,12 +12,13 @@ FOOLBOX_WHEEL := $(DATA)/foolbox-3.3.4-py3-none-any.whl
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help prereqs venv data demo test bench synth deploy destroy lock clean
+.PHONY: help prereqs venv data demo test bench gpu-check synth deploy destroy lock clean
 
 help:
 	@echo "make demo     run the inference job on local Spark (trains a small model on real images first)"
 	@echo "make test     run the whole offline test suite"
 	@echo "make bench    run the throughput benchmark (minutes; not part of make test)"
+	@echo "make gpu-check   prove the GPU wheels' shared libraries all resolve (downloads 3.9 GB into build/gpu-check/)"
 	@echo "make synth | deploy | destroy   the AWS stack (deploy/destroy need AWS credentials)"
 
 prereqs:
@@ -47,6 +48,11 @@ test: venv data
 
 bench: venv data
 	$(PY) -m tests.benchmark.run --foolbox-wheel $(FOOLBOX_WHEEL) --results benchmarks/results.json
+
+# Downloads the GPU wheelhouse for EMR nodes (cached under build/gpu-check/) and follows every DT_NEEDED entry of
+# libmxnet.so and ONNX Runtime's CUDA provider; exits 1 listing any library that would not resolve on a GPU node.
+gpu-check: venv
+	$(PY) tests/bootstrap/check_gpu_libraries.py --cache build/gpu-check
 
 CDK := node_modules/.bin/cdk
 # Offline-friendly CLI: no version check or notices over the network; the stack is env-agnostic, so synth needs no
