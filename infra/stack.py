@@ -351,6 +351,12 @@ class InferenceStack(Stack):
             description="Parquet predictions + summary.json per batch; the batch id ends the step's name",
         )
         CfnOutput(self, "NotificationTopicArn", value=self.trigger.topic.topic_arn)
+        CfnOutput(
+            self,
+            "ClaimsTableName",
+            value=self.trigger.claims_table.table_name,
+            description="Which batch owns each upload; item batch#<batch id> names its cluster and step",
+        )
         example_batch_id = "<batch-id>"
         example_step = build_step(
             name=self.step_name_prefix + example_batch_id,

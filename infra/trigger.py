@@ -1,4 +1,8 @@
-"""Upload-triggered runs: incoming/ -> S3 event -> SQS (with DLQ) -> Lambda -> EMR step; step status -> SNS."""
+"""Upload-triggered runs: incoming/ -> S3 event -> SQS (with DLQ) -> Lambda -> EMR step; step status -> SNS.
+
+The Lambda claims every upload in a DynamoDB table (one item per upload, see trigger_function/claims.py) so that an
+upload runs in exactly one batch however often its event is delivered.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -27,6 +32,11 @@ from infra.storage import INCOMING_PREFIX, MANIFESTS_PREFIX
 FUNCTION_DIR = Path(__file__).resolve().parent / "trigger_function"
 HANDLER = "handler.lambda_handler"
 FUNCTION_TIMEOUT = Duration.minutes(2)
+# Lambda gives a function one vCPU at 1,769 MB (CPU grows with memory). Claiming 10,000 uploads is 10,000 DynamoDB
+# requests whose signing and parsing took 19 s of one core here (README, "How an upload becomes a run"): at 512 MB
+# (~0.3 vCPU) that would be about a minute of the two; at one vCPU it stays well inside. Cost: about $0.0006 for such
+# an invocation, nothing noticeable for a small one.
+FUNCTION_MEMORY_MB = 1769
 # AWS's guidance for SQS event sources: visibility timeout >= 6 x the function timeout (+ the batching window), so a
 # message is not redelivered while a (retried) invocation still holds it.
 VISIBILITY_TIMEOUT_FACTOR = 6
@@ -34,6 +44,10 @@ VISIBILITY_TIMEOUT_FACTOR = 6
 # the DLQ instead of retrying forever; 1 would park messages on the first throttle.
 MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION = Duration.days(14)
+# An upload's claim must outlive every message that can repeat the upload: at most DLQ_RETENTION on the queues, and a
+# redrive from the dead-letter queue can give a message that long again. Twice that and a margin; TTL then deletes it.
+CLAIM_RETENTION_DAYS = 2 * int(DLQ_RETENTION.to_days()) + 2
+CLAIM_TTL_ATTRIBUTE = "expires_at"
 # Powertools for AWS Lambda publishes each release's layer ARN per region as a public SSM parameter; this is the
 # version pinned in requirements.in, so the Lambda runs the same Powertools as the tests.
 POWERTOOLS_VERSION = "3.37.0"
@@ -63,6 +77,21 @@ class Trigger(Construct):
         results_uri: str,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.claims_table = dynamodb.Table(
+            self,
+            "Claims",
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+            encryption_key=key,
+            time_to_live_attribute=CLAIM_TTL_ATTRIBUTE,
+            # A few cents a month for a table of claims; a restore brings back which uploads already ran.
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            # Claims describe uploads of this stack's bucket only: nothing to keep once the stack is gone.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
         self.dead_letter_queue = sqs.Queue(
             self,
             "DeadLetterQueue",
@@ -99,8 +128,13 @@ class Trigger(Construct):
             code=lambda_.Code.from_asset(str(FUNCTION_DIR), exclude=["__pycache__", "*.pyc", "tests"]),
             layers=[lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", powertools_layer_arn)],
             timeout=FUNCTION_TIMEOUT,
-            memory_size=512,
-            environment={**environment, "POWERTOOLS_SERVICE_NAME": "inference-trigger"},
+            memory_size=FUNCTION_MEMORY_MB,
+            environment={
+                **environment,
+                "CLAIMS_TABLE": self.claims_table.table_name,
+                "CLAIM_RETENTION_DAYS": str(CLAIM_RETENTION_DAYS),
+                "POWERTOOLS_SERVICE_NAME": "inference-trigger",
+            },
             log_group=logs.LogGroup(
                 self, "FunctionLogs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
             ),
@@ -119,6 +153,7 @@ class Trigger(Construct):
             )
         )
         self._grant_data_access(data_bucket, job_flow_definition_key)
+        self._grant_claims_access(key)
         for statement in emr_statements:
             self.function.add_to_role_policy(statement)
         acknowledge(
@@ -162,32 +197,42 @@ class Trigger(Construct):
             ],
         )
 
+    def _grant_claims_access(self, key: kms.IKey) -> None:
+        """The four item operations claims.py makes, on the claims table only; the key to read and write its items."""
+        self.claims_table.grant(
+            self.function, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+        )
+        key.grant_encrypt_decrypt(self.function)
+        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            acknowledge(
+                self.function,
+                f"AwsSolutions-IAM5[Action::{action}]",
+                "CDK's encrypt/decrypt grant on the stack key, which encrypts the claims table.",
+            )
+
     def _grant_data_access(self, data_bucket: s3.IBucket, job_flow_definition_key: Optional[str]) -> None:
-        """Read uploads (and the job-flow definition); read, write and delete manifests; nothing else in the bucket."""
-        readable = [
-            data_bucket.arn_for_objects(INCOMING_PREFIX + "*"),
-            data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*"),
-        ]
+        """Read uploads (and the job-flow definition); write and delete manifests; nothing else in the bucket."""
+        readable = [data_bucket.arn_for_objects(INCOMING_PREFIX + "*")]
         if job_flow_definition_key:
             readable.append(data_bucket.arn_for_objects(job_flow_definition_key))
         self.function.add_to_role_policy(
-            iam.PolicyStatement(sid="ReadUploadsAndManifests", actions=["s3:GetObject"], resources=readable)
+            iam.PolicyStatement(sid="ReadUploads", actions=["s3:GetObject"], resources=readable)
         )
         self.function.add_to_role_policy(
             iam.PolicyStatement(
                 sid="WriteManifests",
-                # DeleteObject releases a batch's claim (its manifest) when EMR refused the step, so a retry can submit.
+                # DeleteObject removes a batch's manifest when EMR refused its step (the batch will get a new id).
                 actions=["s3:PutObject", "s3:DeleteObject"],
                 resources=[data_bucket.arn_for_objects(MANIFESTS_PREFIX + "*")],
             )
         )
-        # Without ListBucket, S3 answers 403 instead of 404 for a manifest that does not exist yet.
+        # Without ListBucket, S3 answers 403 instead of 404 for an uploaded manifest deleted before it was read.
         self.function.add_to_role_policy(
             iam.PolicyStatement(
-                sid="ListUploadsAndManifests",
+                sid="ListUploads",
                 actions=["s3:ListBucket"],
                 resources=[data_bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [INCOMING_PREFIX + "*", MANIFESTS_PREFIX + "*"]}},
+                conditions={"StringLike": {"s3:prefix": [INCOMING_PREFIX + "*"]}},
             )
         )
         acknowledge(
@@ -198,5 +243,5 @@ class Trigger(Construct):
         acknowledge(
             self.function,
             object_wildcard_finding(data_bucket, MANIFESTS_PREFIX),
-            "One manifest per batch, named by its content-derived id; the only prefix the Lambda writes.",
+            "One manifest per batch, named by its batch id; the only prefix the Lambda writes.",
         )

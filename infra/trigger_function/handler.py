@@ -4,11 +4,12 @@ Entry point: ``handler.lambda_handler``. The function's folder is its code root,
 
 Failure policy, per SQS record (reported through Powertools' partial batch response):
 - a record whose uploads belong to a batch that could not be submitted (cluster full or not accepting steps, an API error
-  left after botocore's retries, a claim held by another invocation) fails, so SQS delivers it again after the visibility
-  timeout, and after the queue's maximum receive count it lands in the dead-letter queue;
-- a record that is not an S3 event notification at all is logged (message id and reason, not the body) and reported as
-  processed: delivering it again cannot change its content, and failing it would only spend the receive count before it
-  reached the DLQ, taking retries from nothing;
+  left after botocore's retries), or that carries an upload whose claim a live invocation holds and names this record,
+  fails, so SQS delivers it again after the visibility timeout, and after the queue's maximum receive count it lands in
+  the dead-letter queue;
+- a record carrying only uploads that another batch owns is processed: the duplicates are dropped (see submitter.py);
+- a record that is not an S3 event notification at all is logged (message id and reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
+  only spend the receive count before it reached the DLQ, taking retries from nothing;
 - an uploaded manifest that is not a usable list of URIs is logged and skipped for the same reason (uploading a fixed
   manifest is a new event);
 - test events and objects that are not inputs (other prefixes, other suffixes) are processed by doing nothing.
@@ -17,8 +18,10 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import boto3
+import botocore
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -26,8 +29,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 import submitter
+from claims import CLAIM_THREADS, ClaimStore
 from trigger_settings import TriggerSettings
-from uploads import MalformedMessage, group_into_batches, parse_message_body
+from uploads import MalformedMessage, group_uploads, parse_message_body
 
 # Throttling and transient errors (5xx, timeouts, connection resets) are retried by botocore with exponential backoff and
 # jitter; errors left after the last attempt fail the batch's records, and SQS redelivers them. (botocore's `max_attempts`
@@ -36,13 +40,23 @@ AWS_TOTAL_ATTEMPTS = 5
 AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": AWS_TOTAL_ATTEMPTS})
 
 logger = Logger()
+# The SDK is the one pinned in requirements.lock and shipped in the function's asset (infra/function_asset.py), not the
+# runtime's: S3 and DynamoDB features this code uses need a newer SDK than some runtimes carry. Say which one runs.
+logger.info("Cold start", extra={"botocore_version": botocore.__version__, "boto3_version": boto3.__version__})
 settings = TriggerSettings.from_environment(os.environ)
 s3_client = boto3.client("s3", config=AWS_CONFIG)
 emr_client = boto3.client("emr", config=AWS_CONFIG)
+# One connection per claim thread, so the threads never wait for each other's connection.
+dynamodb_client = boto3.client("dynamodb", config=AWS_CONFIG.merge(Config(max_pool_connections=CLAIM_THREADS)))
+claim_store = ClaimStore(
+    table_name=settings.claims_table,
+    dynamodb=dynamodb_client,
+    retention=timedelta(days=settings.claim_retention_days),
+)
 
 
 class RecordNotProcessed(Exception):
-    """The record's uploads belong to a batch that was not submitted; SQS will deliver the record again."""
+    """The record's uploads were not handled yet; SQS will deliver the record again."""
 
 
 class InvocationBatchProcessor(BatchProcessor):
@@ -65,8 +79,10 @@ class InvocationBatchProcessor(BatchProcessor):
 
 
 def submit_invocation(records: list[dict]) -> dict[str, str]:
-    """Parse every record, group the uploads into batches, submit each batch; return the failed records' reasons."""
+    """Parse every record, group the uploads, submit each group's batch; return the reasons of the records that must
+    come back."""
     uploads_by_message = []
+    malformed = 0
     for raw_record in records:
         record = SQSRecord(raw_record)
         try:
@@ -74,37 +90,44 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
                 record.body, bucket=settings.data_bucket, incoming_prefix=settings.incoming_prefix
             )
         except MalformedMessage as error:
+            malformed += 1
             logger.error("Skipping a message that is not an S3 event notification",
                          extra={"message_id": record.message_id, "reason": str(error)})  # fmt: skip
             continue
         uploads_by_message.append((record.message_id, uploads))
 
     step_submitter = submitter.StepSubmitter(
-        settings=settings, s3=s3_client, emr=emr_client, clock=submitter.utc_now, log=logger
+        settings=settings,
+        s3=s3_client,
+        emr=emr_client,
+        claims=claim_store,
+        clock=submitter.utc_now,
+        log=logger,
     )
-    batches = group_into_batches(uploads_by_message)
+    groups = group_uploads(uploads_by_message)
     failures_by_message_id: dict[str, str] = {}
-    for batch in batches:
+    batches = 0
+    for group in groups:
         try:
-            step_submitter.submit(batch)
+            outcome = step_submitter.submit(group)
         except submitter.UnusableUserManifest as error:
-            logger.error(
-                "Skipping an unusable uploaded manifest", extra={"batch_id": batch.batch_id, "reason": str(error)}
-            )
-        except submitter.BatchNotSubmitted as error:
-            reason = f"batch {batch.batch_id} not submitted: {error}"
-            logger.warning("Batch not submitted", extra={"batch_id": batch.batch_id, "reason": reason})
-            failures_by_message_id.update(dict.fromkeys(batch.message_ids, reason))
-        except Exception as error:  # API errors left after retries, bad cluster definition: retry, then the DLQ
-            reason = f"batch {batch.batch_id} not submitted: {type(error).__name__}: {error}"
-            logger.exception("Batch not submitted", extra={"batch_id": batch.batch_id, "reason": reason})
-            failures_by_message_id.update(dict.fromkeys(batch.message_ids, reason))
+            logger.error("Skipping an unusable uploaded manifest", extra={"key": group.uploads[0].key, "reason": str(error)})
+            continue
+        except Exception as error:  # cluster full, API errors left after retries, bad cluster definition: retry, then DLQ
+            reason = f"uploads not submitted: {type(error).__name__}: {error}"
+            log = logger.warning if isinstance(error, submitter.BatchNotSubmitted) else logger.exception
+            log("Batch not submitted", extra={"uploads": len(group.uploads), "reason": reason})
+            failures_by_message_id.update(dict.fromkeys(group.message_ids, reason))
+            continue
+        batches += outcome.batch is not None
+        reason = "carries uploads whose claim a live invocation holds; retried after the claim's lease"
+        failures_by_message_id.update(dict.fromkeys(outcome.messages_to_retry, reason))
     logger.info(
         "Invocation handled",
         extra={
             "records": len(records),
-            "malformed_records": len(records) - len(uploads_by_message),
-            "batches": len(batches),
+            "malformed_records": malformed,
+            "batches": batches,
             "failed_records": len(failures_by_message_id),
         },
     )

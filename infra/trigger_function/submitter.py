@@ -1,28 +1,27 @@
-"""Turns batches into manifests and EMR steps, at most once per batch id, within the cluster's limits.
+"""Turns groups of uploads into batches, manifests and EMR steps: each upload in exactly one batch.
 
-Exactly once, and why it is built this way
--------------------------------------------
-S3 events arrive at least once and Lambda may run twice on one message, so a batch id (derived from the batch's contents)
-can reach this code more than once, even in two invocations at the same moment. Three objects under the manifests prefix,
-all keyed by the batch id, make submission idempotent:
+Exactly once per upload, and why it is built this way
+-----------------------------------------------------
+S3 events arrive at least once, SQS delivers a message at least once, and the poller may group redelivered records
+differently each time, so one upload can reach this code several times, in different invocations, even at the same
+moment. Whole-batch deduplication cannot catch that (the batches differ), so every upload is claimed on its own, in the
+claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
 
-1. The *receipt* ``<batch_id>.step.json`` is written after EMR accepted the step. If it exists, the batch was submitted:
-   nothing more is done. This is the common redelivery path and costs one HEAD request.
-2. The *manifest* ``<batch_id>.json`` is created with an S3 conditional write (``If-None-Match: *``) just before the EMR
-   call. Only one writer can create it, so it doubles as a claim: two concurrent invocations cannot both submit. When EMR
-   refuses the step, the claim is deleted again so the redelivered message can retry; after a timeout it is kept, since
-   EMR may have accepted the step (point 3 sorts that out).
-3. A claim without a receipt means an earlier invocation stopped between claiming and writing the receipt (a timeout or
-   crash), or another invocation is between those two points right now. The cluster's steps are searched by name (the step
-   name carries the batch id): if the step is there, only the receipt is missing and it is written now. If not, the claim
-   is taken over only once it is older than the longest an invocation can live (Lambda's 15-minute limit), so a live
-   invocation is never overtaken; until then the records fail and SQS delivers them again later.
+1. A group's batch gets a new id, and each upload is claimed for it with one conditional write. The batch is formed only
+   from the uploads this invocation claimed; its manifest lists them, and its step is submitted to EMR.
+2. Once EMR accepted the step, the batch is recorded as submitted (one more item). An upload claimed by a submitted batch
+   is a duplicate: it is dropped with a log line naming the batch.
+3. A claim whose batch is not recorded belongs to an invocation that is running now or that died between claiming and
+   recording. The cluster's steps are searched by name: if the step is there, only the record is missing and it is
+   written now. Otherwise, while the claim's lease runs (longer than any invocation can live), a message the claim
+   names fails and comes back later, so a dead invocation cannot lose the upload; a message the claim does not name is
+   a duplicate and is dropped, because the messages the claim names stay on the queue until their invocation ends well.
+   After the lease, the claim is taken over, with a write that succeeds only if it is still that claim.
+4. When EMR refused the step (or it was never sent), the claims are deleted and the messages fail, so the redelivery
+   claims them again. A timeout leaves it unknown whether EMR accepted the step: the claims stay, and point 3 sorts it out.
 
-Why not only list the cluster's steps by name: in transient mode the cluster that ran the step may be gone, and listing every
-step of a long-lived cluster on every upload is slow and throttled (ListSteps returns 50 steps a page). Why not only a marker:
-a marker written before the EMR call cannot tell "submitted" from "crashed before submitting", and one written after it
-leaves a window for duplicates. The combination closes both. What it cannot close: in transient mode, a crash between
-RunJobFlow and the receipt, with the new cluster already terminated when the message comes back after the lease.
+What it cannot close: in transient mode, an invocation that dies between RunJobFlow and the record, with the cluster it
+launched already gone when the lease ends (the step cannot be found, so the uploads run again).
 """
 
 from __future__ import annotations
@@ -30,21 +29,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from enum import Enum
+from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
 import emr_step
+import runs
+from claims import ClaimStore, UploadClaim
 from trigger_settings import ClusterMode, TriggerSettings
-from uploads import Batch, UploadKind
+from uploads import Batch, Upload, UploadGroup, UploadKind
 
 # EMR accepts steps only in these cluster states; a cluster in any other state is ending or gone.
 ACCEPTING_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 # EMR's 256-step limit counts these states.
 ACTIVE_STEP_STATES = ("PENDING", "RUNNING")
-# Lambda's maximum run time (900 s) plus a minute for clock skew: no live invocation can hold a claim older than this.
-CLAIM_LEASE = timedelta(seconds=900 + 60)
+# A log line lists at most this many keys of the uploads it is about (a batch can have 10,000).
+LOGGED_KEYS = 10
 
 
 class BatchNotSubmitted(Exception):
@@ -59,17 +59,8 @@ class ClusterFull(BatchNotSubmitted):
     pass
 
 
-class BatchInFlight(BatchNotSubmitted):
-    pass
-
-
 class UnusableUserManifest(ValueError):
     """An uploaded manifest that is not a non-empty JSON list of s3:// URIs: redelivery cannot fix it, so it is skipped."""
-
-
-class Outcome(str, Enum):
-    SUBMITTED = "submitted"
-    ALREADY_SUBMITTED = "already_submitted"
 
 
 @dataclass
@@ -82,149 +73,204 @@ class ClusterSlots:
 
 
 @dataclass(frozen=True)
-class Submission:
-    outcome: Outcome
-    batch_id: str
-    step_name: str
+class GroupOutcome:
+    """What became of a group: the batch submitted for it (None when another batch owns every upload), and the
+    messages that must come back later because they carry uploads whose claim is held by a live invocation."""
+
+    batch: Batch | None
     cluster_id: str | None
-
-
-def manifest_key(settings: TriggerSettings, batch_id: str) -> str:
-    return f"{settings.manifests_prefix}{batch_id}.json"
-
-
-def receipt_key(settings: TriggerSettings, batch_id: str) -> str:
-    return f"{settings.manifests_prefix}{batch_id}.step.json"
+    messages_to_retry: frozenset[str]
 
 
 class StepSubmitter:
     """Submits the batches of one invocation; create one per invocation (it caches cluster state for that long only)."""
 
-    def __init__(self, *, settings: TriggerSettings, s3, emr, clock: Callable[[], datetime], log) -> None:
+    def __init__(
+        self, *, settings: TriggerSettings, s3, emr, claims: ClaimStore, clock: Callable[[], datetime], log
+    ) -> None:
         self._settings = settings
         self._s3 = s3
         self._emr = emr
+        self._claims = claims
         self._clock = clock
         self._log = log
         self._slots: dict[str, ClusterSlots] = {}
+        self._step_names: dict[str, set[str]] = {}
         # Transient mode: the stack's cluster found (or launched) by this invocation, so later batches join it.
         self._transient_cluster_id: str | None = None
         self._transient_cluster_searched = False
 
-    def submit(self, batch: Batch) -> Submission:
-        """Submit ``batch`` unless it already was. Raises :class:`BatchNotSubmitted` or a botocore error when it was not."""
-        settings = self._settings
-        step_name = f"{settings.step_name_prefix}{batch.batch_id}"
-        if self._exists(receipt_key(settings, batch.batch_id)):
-            self._log.info("Batch already submitted", extra={"batch_id": batch.batch_id, "step_name": step_name})
-            return Submission(Outcome.ALREADY_SUBMITTED, batch.batch_id, step_name, None)
+    # --- new uploads ----------------------------------------------------------------------------------------------
 
-        manifest = {"batch_id": batch.batch_id, "objects": self._manifest_objects(batch)}
-        step = emr_step.build_step(
-            name=step_name,
-            artifacts=settings.artifacts,
-            manifest_uri=f"s3://{settings.data_bucket}/{manifest_key(settings, batch.batch_id)}",
-            model_uri=settings.model_uri,
-            output_uri=f"s3://{settings.data_bucket}/{settings.results_prefix}{batch.batch_id}/",
-            options=settings.job_options,
-        )
+    def submit(self, group: UploadGroup) -> GroupOutcome:
+        """Claim the group's uploads and submit a step for those claimed. Raises :class:`BatchNotSubmitted`,
+        :class:`UnusableUserManifest` or a botocore error when nothing was submitted (and then holds no claim)."""
+        now = self._clock()
+        batch_id = runs.new_batch_id(now)
+        user_objects = self._user_manifest_objects(group) if group.kind is UploadKind.MANIFEST else None
         slots = self._target_cluster()
         if slots is not None:
             self._check_accepting(slots)
 
-        if not self._claim(batch.batch_id, manifest):
-            if slots is not None and self._has_step_named(slots.cluster_id, step_name):
-                self._write_receipt(batch.batch_id, step_name, slots.cluster_id)
-                self._log.info(
-                    "Batch found on the cluster", extra={"batch_id": batch.batch_id, "cluster_id": slots.cluster_id}
-                )
-                return Submission(Outcome.ALREADY_SUBMITTED, batch.batch_id, step_name, slots.cluster_id)
-            claimed_at = self._last_modified(manifest_key(settings, batch.batch_id))
-            if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
-                raise BatchInFlight(
-                    f"batch {batch.batch_id} was claimed at {claimed_at.isoformat()} and has no step yet; "
-                    f"retrying after the claim's lease of {CLAIM_LEASE}"
-                )
-            self._log.warning("Taking over an expired claim", extra={"batch_id": batch.batch_id})
-            self._put_manifest(batch.batch_id, manifest, only_if_new=False)
+        result = self._claims.claim(
+            group.uploads, batch_id=batch_id, message_ids_by_upload=group.message_ids_by_upload, now=now
+        )
+        claimed = list(result.claimed)
+        messages_to_retry: set[str] = set()
+        if result.owned_elsewhere:
+            taken_over, messages_to_retry = self._resolve_owned(result.owned_elsewhere, group, batch_id, slots, now)
+            claimed += taken_over
+        if not claimed:
+            return GroupOutcome(batch=None, cluster_id=None, messages_to_retry=frozenset(messages_to_retry))
 
+        claimed_set = set(claimed)
+        uploads = tuple(upload for upload in group.uploads if upload in claimed_set)  # the group's order
+        batch = Batch(
+            batch_id=batch_id,
+            kind=group.kind,
+            uploads=uploads,
+            message_ids=frozenset().union(*(group.message_ids_by_upload[upload] for upload in uploads)),
+        )
+        cluster_id = self._submit_new_batch(batch, user_objects, slots)
+        return GroupOutcome(batch=batch, cluster_id=cluster_id, messages_to_retry=frozenset(messages_to_retry))
+
+    def _submit_new_batch(self, batch: Batch, user_objects: list[str] | None, slots: ClusterSlots | None) -> str:
+        settings = self._settings
+        manifest_key = runs.manifest_key(settings.manifests_prefix, batch.batch_id)
+        objects = user_objects or [f"s3://{upload.bucket}/{key}" for key, upload in _by_key(batch.uploads).items()]
+        try:
+            self._s3.put_object(
+                Bucket=settings.data_bucket,
+                Key=manifest_key,
+                Body=json.dumps({"batch_id": batch.batch_id, "objects": objects}).encode(),
+                ContentType="application/json",
+            )
+            step = self._build_step(batch.batch_id)
+        except Exception:
+            self._claims.release(batch.uploads, batch_id=batch.batch_id)
+            raise
         try:
             cluster_id = self._add_step(slots, step)
         except (ClientError, ValueError):
             # EMR answered with a refusal, or the request was never sent (a bad cluster definition): the step was not
-            # accepted, so release the claim for the redelivered message. Any other error (a timeout, a dropped
-            # connection) leaves it unknown whether EMR accepted the step: the claim stays, and the redelivery finds the
-            # step by name or waits out the lease.
-            self._s3.delete_object(Bucket=settings.data_bucket, Key=manifest_key(settings, batch.batch_id))
+            # accepted, so remove its manifest and release the claims for the redelivered messages. Any other error (a
+            # timeout, a dropped connection) leaves it unknown whether EMR accepted the step: manifest and claims stay,
+            # and the redelivery finds the step by name or waits out the lease.
+            self._s3.delete_object(Bucket=settings.data_bucket, Key=manifest_key)
+            self._claims.release(batch.uploads, batch_id=batch.batch_id)
             raise
-        self._write_receipt(batch.batch_id, step_name, cluster_id)
+        self._claims.record_submission(
+            batch_id=batch.batch_id,
+            step_name=step["Name"],
+            cluster_id=cluster_id,
+            manifest_key=manifest_key,
+            now=self._clock(),
+        )
         self._log.info(
             "Step submitted",
             extra={
                 "batch_id": batch.batch_id,
-                "step_name": step_name,
+                "step_name": step["Name"],
                 "cluster_id": cluster_id,
-                "manifest_key": manifest_key(settings, batch.batch_id),
-                "objects": len(manifest["objects"]),
+                "manifest_key": manifest_key,
+                "uploads": len(batch.uploads),
+                "objects": len(objects),
             },
         )
-        return Submission(Outcome.SUBMITTED, batch.batch_id, step_name, cluster_id)
+        return cluster_id
 
-    # --- the manifest -------------------------------------------------------------------------------------------------
+    def _resolve_owned(
+        self,
+        owned: dict[Upload, UploadClaim],
+        group: UploadGroup,
+        batch_id: str,
+        slots: ClusterSlots | None,
+        now: datetime,
+    ) -> tuple[list[Upload], set[str]]:
+        """Sort uploads another batch claimed into duplicates (dropped), claims in flight (their messages retried) and
+        expired claims (taken over for ``batch_id``); return the uploads taken over and the messages to retry."""
+        by_owner: dict[str, dict[Upload, UploadClaim]] = {}
+        for upload, claim in owned.items():
+            by_owner.setdefault(claim.batch_id, {})[upload] = claim
+        expired: dict[Upload, UploadClaim] = {}
+        messages_to_retry: set[str] = set()
+        for owner, claims in sorted(by_owner.items()):
+            record = self._claims.batch(owner)
+            if record is not None:
+                self._log_dropped(owner, claims, f"the batch is {record.state.value}")
+                continue
+            leased = {upload for upload, claim in claims.items() if now < claim.lease_until}
+            # Messages of this invocation that the live claim names: if its invocation died, only they bring the upload
+            # back, so they must not be reported as processed.
+            named = {upload: group.message_ids_by_upload[upload] & claims[upload].message_ids for upload in leased}
+            waiting = {upload for upload in leased if named[upload]}
+            expired_here = {upload: claim for upload, claim in claims.items() if upload not in leased}
+            if waiting or expired_here:
+                owner_step_name = runs.step_name(self._settings.step_name_prefix, owner)
+                if slots is not None and owner_step_name in self._step_names_on(slots.cluster_id):
+                    self._claims.record_submission(
+                        batch_id=owner,
+                        step_name=owner_step_name,
+                        cluster_id=slots.cluster_id,
+                        manifest_key=runs.manifest_key(self._settings.manifests_prefix, owner),
+                        now=now,
+                    )
+                    self._log_dropped(owner, claims, f"its step was found on cluster {slots.cluster_id}, recorded now")
+                    continue
+            if leased - waiting:
+                self._log_dropped(
+                    owner, leased - waiting, "the batch is being submitted; the messages its claims name carry them"
+                )
+            if waiting:
+                messages_to_retry |= frozenset().union(*(named[upload] for upload in waiting))
+                self._log.warning(
+                    "Uploads claimed by a batch in flight; their messages will come back after its lease",
+                    extra={"batch_id": owner, "uploads": len(waiting), "keys": _some_keys(waiting)},
+                )
+            expired.update(expired_here)
+        if not expired:
+            return [], messages_to_retry
+        self._log.warning(
+            "Taking over expired claims",
+            extra={"batch_id": batch_id, "from_batches": sorted({c.batch_id for c in expired.values()}),
+                   "uploads": len(expired), "keys": _some_keys(expired)},
+        )  # fmt: skip
+        result = self._claims.take_over(
+            expired, batch_id=batch_id, message_ids_by_upload=group.message_ids_by_upload, now=now
+        )
+        # Lost to another invocation taking the same claims over this moment: come back and find its batch.
+        for upload in result.owned_elsewhere:
+            messages_to_retry |= group.message_ids_by_upload[upload]
+        return list(result.claimed), messages_to_retry
 
-    def _manifest_objects(self, batch: Batch) -> list[str]:
-        bucket = self._settings.data_bucket
-        if batch.kind is not UploadKind.MANIFEST:
-            return [f"s3://{bucket}/{key}" for key in batch.object_keys()]
-        (key,) = batch.object_keys()
+    def _log_dropped(self, owner: str, uploads, why: str) -> None:
+        self._log.info(
+            "Duplicate uploads dropped",
+            extra={"batch_id": owner, "uploads": len(uploads), "keys": _some_keys(uploads), "reason": why},
+        )
+
+    def _user_manifest_objects(self, group: UploadGroup) -> list[str]:
+        key = group.uploads[0].key
         try:
-            body = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key)["Body"].read()
         except ClientError as error:
             if error.response["Error"]["Code"] == "NoSuchKey":
                 raise UnusableUserManifest(f"manifest {key!r} was deleted before it could be read") from None
             raise
         return user_manifest_objects(body, key=key)
 
-    def _claim(self, batch_id: str, manifest: dict) -> bool:
-        """Create the manifest only if it does not exist; False when another invocation created it first."""
-        try:
-            self._put_manifest(batch_id, manifest, only_if_new=True)
-        except ClientError as error:
-            # 412: the object exists. 409: a conditional write to the same key is in progress right now.
-            if error.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise
-        return True
+    # --- the step -----------------------------------------------------------------------------------------------------
 
-    def _put_manifest(self, batch_id: str, manifest: dict, *, only_if_new: bool) -> None:
-        condition = {"IfNoneMatch": "*"} if only_if_new else {}
-        self._s3.put_object(
-            Bucket=self._settings.data_bucket,
-            Key=manifest_key(self._settings, batch_id),
-            Body=json.dumps(manifest).encode(),
-            ContentType="application/json",
-            **condition,
+    def _build_step(self, batch_id: str) -> dict:
+        settings = self._settings
+        return emr_step.build_step(
+            name=runs.step_name(settings.step_name_prefix, batch_id),
+            artifacts=settings.artifacts,
+            manifest_uri=f"s3://{settings.data_bucket}/{runs.manifest_key(settings.manifests_prefix, batch_id)}",
+            model_uri=settings.model_uri,
+            output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id)}",
+            options=settings.job_options,
         )
-
-    def _write_receipt(self, batch_id: str, step_name: str, cluster_id: str) -> None:
-        receipt = {"batch_id": batch_id, "step_name": step_name, "cluster_id": cluster_id}
-        self._s3.put_object(
-            Bucket=self._settings.data_bucket,
-            Key=receipt_key(self._settings, batch_id),
-            Body=json.dumps(receipt).encode(),
-            ContentType="application/json",
-        )
-
-    def _exists(self, key: str) -> bool:
-        return self._last_modified(key) is not None
-
-    def _last_modified(self, key: str) -> datetime | None:
-        try:
-            return self._s3.head_object(Bucket=self._settings.data_bucket, Key=key)["LastModified"]
-        except ClientError as error:
-            if error.response["Error"]["Code"] in ("404", "NoSuchKey"):
-                return None
-            raise
 
     # --- the cluster --------------------------------------------------------------------------------------------------
 
@@ -275,11 +321,12 @@ class StepSubmitter:
                 f"MAX_ACTIVE_STEPS={self._settings.max_active_steps}"
             )
 
-    def _has_step_named(self, cluster_id: str, step_name: str) -> bool:
-        for page in self._emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):
-            if any(step["Name"] == step_name for step in page["Steps"]):
-                return True
-        return False
+    def _step_names_on(self, cluster_id: str) -> set[str]:
+        """Every step name on the cluster, listed once per invocation (only on the crash-recovery paths)."""
+        if cluster_id not in self._step_names:
+            pages = self._emr.get_paginator("list_steps").paginate(ClusterId=cluster_id)
+            self._step_names[cluster_id] = {step["Name"] for page in pages for step in page["Steps"]}
+        return self._step_names[cluster_id]
 
     def _add_step(self, slots: ClusterSlots | None, step: dict) -> str:
         """Add ``step`` to the target cluster, or launch a transient cluster running it; return the cluster id."""
@@ -330,3 +377,12 @@ def user_manifest_objects(body: bytes, *, key: str) -> list[str]:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _by_key(uploads: tuple[Upload, ...]) -> dict[str, Upload]:
+    """One upload per key, keys sorted: two uploads of one key are one object in the manifest (read as it is now)."""
+    return {upload.key: upload for upload in sorted(uploads, key=lambda upload: upload.key)}
+
+
+def _some_keys(uploads) -> list[str]:
+    return sorted(upload.key for upload in uploads)[:LOGGED_KEYS]

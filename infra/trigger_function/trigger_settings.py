@@ -20,6 +20,8 @@ EMR_MAX_ACTIVE_STEPS = 256
 EMR_MAX_STEP_NAME_CHARS = 256
 BATCH_ID_LENGTH = 20
 JOB_DEVICES = ("cpu", "gpu", "auto")
+# Claims must outlive every message that could repeat an upload (see infra/trigger.py, CLAIM_RETENTION).
+MAX_CLAIM_RETENTION_DAYS = 365
 
 
 class ClusterMode(str, Enum):
@@ -47,6 +49,8 @@ class TriggerSettings:
     cluster_tag_key: str | None  # transient mode only: the tag that marks this stack's clusters
     cluster_tag_value: str | None
     max_active_steps: int
+    claims_table: str  # DynamoDB table of upload claims and batch records (claims.py)
+    claim_retention_days: int
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -138,6 +142,11 @@ class TriggerSettings:
                     f"MAX_ACTIVE_STEPS={max_active_text!r}: expected an integer from 1 to {EMR_MAX_ACTIVE_STEPS}"
                 )
 
+        claims_table = required("CLAIMS_TABLE")
+        claim_retention_days = _integer_variable(
+            problems, "CLAIM_RETENTION_DAYS", upper=MAX_CLAIM_RETENTION_DAYS, required=required
+        )
+
         if problems:
             raise SettingsError("Invalid trigger function environment:\n- " + "\n- ".join(problems))
         return cls(
@@ -155,7 +164,21 @@ class TriggerSettings:
             cluster_tag_key=cluster_tag_key,
             cluster_tag_value=cluster_tag_value,
             max_active_steps=max_active_steps,
+            claims_table=claims_table,
+            claim_retention_days=claim_retention_days,
         )
+
+
+def _integer_variable(problems: list[str], name: str, *, upper: int, required) -> int:
+    """An integer variable from 1 to ``upper``; ``required`` reads it (and records it missing)."""
+    text = required(name)
+    if not text:
+        return 1
+    try:
+        return _positive_int(problems, name, int(text), upper=upper)
+    except ValueError:
+        problems.append(f"{name}={text!r}: expected an integer from 1 to {upper}")
+        return 1
 
 
 def _job_options(text: str, problems: list[str]) -> JobOptions:

@@ -1,4 +1,4 @@
-"""Pure functions: SQS message bodies carrying S3 event notifications -> uploads -> batches with content-derived ids.
+"""Pure functions: SQS message bodies carrying S3 event notifications -> uploads -> groups that may become batches.
 
 No AWS calls here, so every rule about which objects count and how they are grouped is testable on its own.
 """
@@ -12,8 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote_plus
-
-from trigger_settings import BATCH_ID_LENGTH
 
 
 class UploadKind(str, Enum):
@@ -37,27 +35,49 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True)
 class Upload:
-    """One created object under the incoming prefix, as its S3 event describes it."""
+    """One created object under the incoming prefix, as its S3 event describes it.
 
+    (bucket, key, ETag, sequencer) is the upload's identity: a redelivered or duplicated event repeats all four, while
+    uploading the same bytes again gets a new sequencer, so it is a new upload and a new run.
+    """
+
+    bucket: str
     key: str  # decoded: '+' is a space and %xx escapes are resolved
     etag: str
     sequencer: str  # orders events for one key; a re-upload of the same bytes gets a new sequencer
     kind: UploadKind
 
+    @property
+    def identity(self) -> str:
+        """A fixed-length digest of the identity (S3 keys reach 1,024 bytes; a digest keeps claim items small)."""
+        return hashlib.sha256(f"{self.bucket}\0{self.key}\0{self.etag}\0{self.sequencer}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UploadGroup:
+    """Uploads of one invocation that would form one batch, and the SQS messages that carried each of them."""
+
+    kind: UploadKind
+    uploads: tuple[Upload, ...]  # sorted by key, then ETag and sequencer
+    message_ids_by_upload: dict[Upload, frozenset[str]]
+
+    @property
+    def message_ids(self) -> frozenset[str]:
+        return frozenset().union(*self.message_ids_by_upload.values())
+
 
 @dataclass(frozen=True)
 class Batch:
-    """Uploads that become one manifest and one EMR step, and the SQS messages whose fate they share."""
+    """Uploads this invocation claimed, which become one manifest and one EMR step, and the messages that carried them."""
 
     batch_id: str
     kind: UploadKind
     uploads: tuple[Upload, ...]  # sorted by key, then ETag and sequencer
+    message_ids: frozenset[str]
 
     def object_keys(self) -> list[str]:
         """The batch's distinct keys, sorted: what its manifest lists (a user manifest lists its own objects instead)."""
         return sorted({upload.key for upload in self.uploads})
-
-    message_ids: frozenset[str]
 
 
 def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[Upload]:
@@ -76,7 +96,7 @@ def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[
         return []
     records = notification.get("Records")
     if not isinstance(records, list):
-        raise MalformedMessage("body has no 'Records' list and is not an s3:TestEvent")
+        raise MalformedMessage("body has no 'Records' list and is not an s3:TestEvent or an EMR step event")
     uploads = []
     for index, record in enumerate(records):
         try:
@@ -92,7 +112,13 @@ def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[
         if kind is not None:
             # Copies and some multipart uploads can omit the ETag; the sequencer alone still tells events apart.
             uploads.append(
-                Upload(key=key, etag=s3_object.get("eTag", ""), sequencer=s3_object.get("sequencer", ""), kind=kind)
+                Upload(
+                    bucket=record_bucket,
+                    key=key,
+                    etag=s3_object.get("eTag", ""),
+                    sequencer=s3_object.get("sequencer", ""),
+                    kind=kind,
+                )
             )
     return uploads
 
@@ -108,43 +134,34 @@ def upload_kind(key: str, *, incoming_prefix: str) -> UploadKind | None:
     return KIND_BY_SUFFIX.get(posixpath.splitext(key)[1].lower())
 
 
-def group_into_batches(uploads_by_message: Iterable[tuple[str, list[Upload]]]) -> list[Batch]:
-    """Group one invocation's uploads: all images into one batch, each CIFAR-10 file and each manifest into its own.
+def group_uploads(uploads_by_message: Iterable[tuple[str, list[Upload]]]) -> list[UploadGroup]:
+    """Group one invocation's uploads: all images into one group, each CIFAR-10 file and each manifest into its own.
 
-    Duplicate events (at-least-once delivery) are one upload. Two uploads of one key in the same invocation stay two
-    uploads (both feed the batch id) but one object in the manifest: the job reads the object as it is now.
+    Duplicate events within the invocation are one upload carried by several messages. Two uploads of one key in the
+    same invocation stay two uploads (two claims) but one object in the manifest: the job reads the object as it is now.
     """
     message_ids_by_upload: dict[Upload, set[str]] = {}
     for message_id, uploads in uploads_by_message:
         for upload in uploads:
             message_ids_by_upload.setdefault(upload, set()).add(message_id)
     images = [upload for upload in message_ids_by_upload if upload.kind is UploadKind.IMAGE]
-    groups = [images] if images else []
-    single_upload_batches: dict[str, list[Upload]] = {}
+    members = [images] if images else []
+    single_upload_groups: dict[str, list[Upload]] = {}
     for upload in message_ids_by_upload:
         if upload.kind is not UploadKind.IMAGE:
-            single_upload_batches.setdefault(upload.key, []).append(upload)
-    groups += single_upload_batches.values()
-    batches = []
-    for group in groups:
-        uploads = tuple(sorted(group, key=_upload_order))
-        message_ids = frozenset().union(*(message_ids_by_upload[upload] for upload in uploads))
-        batches.append(
-            Batch(batch_id=batch_id(uploads), kind=uploads[0].kind, uploads=uploads, message_ids=message_ids)
+            single_upload_groups.setdefault(upload.key, []).append(upload)
+    members += single_upload_groups.values()
+    groups = []
+    for member in members:
+        uploads = tuple(sorted(member, key=_upload_order))
+        groups.append(
+            UploadGroup(
+                kind=uploads[0].kind,
+                uploads=uploads,
+                message_ids_by_upload={upload: frozenset(message_ids_by_upload[upload]) for upload in uploads},
+            )
         )
-    return sorted(batches, key=lambda batch: batch.batch_id)
-
-
-def batch_id(uploads: Iterable[Upload]) -> str:
-    """A content-derived id: the same uploads (redelivered or duplicated events) always give the same id.
-
-    Keys, ETags and sequencers go in, so uploading the same image again (new sequencer) is a new run, while a redelivered
-    event is not.
-    """
-    digest = hashlib.sha256()
-    for upload in sorted(uploads, key=_upload_order):
-        digest.update(f"{upload.key}\0{upload.etag}\0{upload.sequencer}\n".encode())
-    return digest.hexdigest()[:BATCH_ID_LENGTH]
+    return sorted(groups, key=lambda group: _upload_order(group.uploads[0]))
 
 
 def _upload_order(upload: Upload) -> tuple[str, str, str]:

@@ -6,22 +6,25 @@ The function's folder is its code root at runtime, so it goes on sys.path here a
 from __future__ import annotations
 
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
 from moto import mock_aws
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
 sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
 
 from trigger_helpers import (  # noqa: E402  (needs the path above)
-    BUCKET,
     REGION,
-    AwsClients,
+    aws_clients,
     base_environment,
     create_cluster,
+    create_function_resources,
     forget_trigger_modules,
     import_trigger_handler,
 )
@@ -39,6 +42,11 @@ def fake_aws_environment(monkeypatch):
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "trigger")
 
 
+def reset_moto(url: str) -> None:
+    """Empty every moto backend: servers in this process share moto's state with each other (and earlier tests)."""
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30).close()
+
+
 @pytest.fixture
 def moto_server_url(monkeypatch):
     """A moto server on loopback, reached through AWS_ENDPOINT_URL as any boto3 client (and the job's workers) would."""
@@ -46,17 +54,45 @@ def moto_server_url(monkeypatch):
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
+    reset_moto(url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     yield url
     server.stop()
 
 
 @pytest.fixture
+def serialized_moto_server_url(monkeypatch):
+    """A moto server on loopback that handles one request at a time, reached through AWS_ENDPOINT_URL.
+
+    moto's threaded server runs requests concurrently without a lock, and its conditional writes read, compare and write
+    in separate Python steps, so two concurrent conditional writes can both succeed there. DynamoDB and S3 make each
+    conditional request atomic. Serializing whole requests gives exactly that (and nothing more): concurrent clients'
+    requests interleave in any order, each one atomic. What this cannot show: DynamoDB's own behaviour under load.
+    """
+    app = DomainDispatcherApplication(create_backend_app)
+    one_request_at_a_time = threading.Lock()
+
+    def serialized(environ, start_response):
+        with one_request_at_a_time:
+            return list(app(environ, start_response))  # the whole response is produced inside the lock
+
+    server = make_server("127.0.0.1", 0, serialized, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    reset_moto(url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    yield url
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
 def aws():
-    """moto's S3, EMR and SQS with the data bucket created."""
+    """moto's S3, EMR, SQS, DynamoDB and SNS with the data bucket, the claims table and the topic created."""
     with mock_aws():
-        clients = AwsClients(s3=boto3.client("s3"), emr=boto3.client("emr"), sqs=boto3.client("sqs"))
-        clients.s3.create_bucket(Bucket=BUCKET)
+        clients = aws_clients()
+        create_function_resources(clients)
         yield clients
 
 

@@ -1,4 +1,4 @@
-"""Failures the handler must report per record, and the claims that keep a batch from being submitted twice.
+"""Failures the handler must report per record: cluster limits and states, throttling, refused and timed-out steps.
 
 moto serves S3 and EMR; botocore's Stubber replaces EMR where moto cannot produce the state (a cluster at EMR's real limit
 of 256 active steps, a terminated cluster that still answers). Throttling goes through botocore's real retry machinery: a
@@ -10,7 +10,6 @@ steps on a terminated or full cluster (moto does not).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import botocore.endpoint
 import pytest
@@ -21,12 +20,14 @@ from trigger_helpers import base_environment
 from moto.core.botocore_stubber import MockRawResponse
 
 import emr_step
-import uploads
 from trigger_settings import EMR_MAX_ACTIVE_STEPS
 from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
+    claimed_by,
+    claims_table_items,
     failed_message_ids,
+    manifest_objects,
     object_keys,
     sqs_event,
     submitted_steps,
@@ -38,14 +39,6 @@ def image_notifications(aws, count: int) -> list[dict]:
     return [
         upload(aws.s3, f"incoming/img-{index}.png", b"png %d" % index, sequence=index + 1) for index in range(count)
     ]
-
-
-def batch_ids(notifications: list[dict]) -> list[str]:
-    parsed = [
-        (f"msg-{number}", uploads.parse_message_body(json.dumps(body), bucket=BUCKET, incoming_prefix="incoming/"))
-        for number, body in enumerate(notifications, start=1)
-    ]
-    return [batch.batch_id for batch in uploads.group_into_batches(parsed)]
 
 
 def add_step_named(aws, cluster_id: str, name: str) -> None:
@@ -64,51 +57,6 @@ def all_failed(event: dict) -> list[str]:
     return sorted(record["messageId"] for record in event["Records"])
 
 
-# --- claims: a batch is submitted at most once -----------------------------------------------------------------------
-
-
-def test_claim_held_by_another_invocation_fails_the_records_for_later(aws, persistent_cluster, persistent_handler):
-    notifications = image_notifications(aws, 2)
-    (batch_id,) = batch_ids(notifications)
-    aws.s3.put_object(
-        Bucket=BUCKET, Key=f"manifests/{batch_id}.json", Body=b"{}"
-    )  # claimed just now, not yet submitted
-    event = sqs_event(notifications)
-
-    response = persistent_handler.lambda_handler(event, FakeLambdaContext())
-
-    assert failed_message_ids(response) == all_failed(event)
-    assert submitted_steps(aws.emr, persistent_cluster) == []
-
-
-def test_step_submitted_before_a_crash_is_found_by_name_and_not_repeated(aws, persistent_cluster, persistent_handler):
-    notifications = image_notifications(aws, 2)
-    (batch_id,) = batch_ids(notifications)
-    aws.s3.put_object(Bucket=BUCKET, Key=f"manifests/{batch_id}.json", Body=b"{}")
-    add_step_named(aws, persistent_cluster, f"mxnet-inference-{batch_id}")  # submitted; the receipt was never written
-
-    response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
-
-    assert response == {"batchItemFailures": []}
-    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
-    assert f"manifests/{batch_id}.step.json" in object_keys(aws.s3, "manifests/")
-
-
-def test_claim_older_than_the_lease_is_taken_over(aws, persistent_cluster, persistent_handler, monkeypatch):
-    notifications = image_notifications(aws, 2)
-    (batch_id,) = batch_ids(notifications)
-    aws.s3.put_object(Bucket=BUCKET, Key=f"manifests/{batch_id}.json", Body=b"{}")  # the claimant crashed
-    submitter = persistent_handler.submitter
-    claimed_at = submitter.utc_now()
-    monkeypatch.setattr(submitter, "utc_now", lambda: claimed_at + submitter.CLAIM_LEASE + timedelta(seconds=1))
-
-    response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
-
-    assert response == {"batchItemFailures": []}
-    (step,) = submitted_steps(aws.emr, persistent_cluster)
-    assert step["Name"] == f"mxnet-inference-{batch_id}"
-
-
 # --- cluster limits and states ----------------------------------------------------------------------------------------
 
 
@@ -122,7 +70,8 @@ def test_cluster_at_max_active_steps_fails_every_record(aws, persistent_cluster,
 
     assert failed_message_ids(response) == all_failed(event)
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 2
-    assert object_keys(aws.s3, "manifests/") == []  # nothing claimed: the redelivery starts clean
+    assert object_keys(aws.s3, "manifests/") == []
+    assert claims_table_items(aws.dynamodb) == []  # nothing claimed: the redelivery starts clean
 
 
 def test_batches_beyond_the_free_slots_fail_while_the_first_is_submitted(aws, persistent_cluster, load_handler):
@@ -130,14 +79,14 @@ def test_batches_beyond_the_free_slots_fail_while_the_first_is_submitted(aws, pe
     image = upload(aws.s3, "incoming/a.png", b"png", sequence=1)
     cifar = upload(aws.s3, "incoming/test_batch.bin", b"\x01" * 3073, sequence=2)
     event = sqs_event([image, cifar])  # msg-1: the image batch, msg-2: the CIFAR-10 batch
-    first_batch_id = min(batch_ids([image, cifar]))  # batches are submitted in batch id order
-    image_batch_id = batch_ids([image])[0]
 
     response = handler.lambda_handler(event, FakeLambdaContext())
 
-    assert failed_message_ids(response) == (["msg-2"] if first_batch_id == image_batch_id else ["msg-1"])
+    # Groups are submitted in the order of their first key: incoming/a.png before incoming/test_batch.bin.
+    assert failed_message_ids(response) == ["msg-2"]
     (step,) = submitted_steps(aws.emr, persistent_cluster)
-    assert step["Name"] == f"mxnet-inference-{first_batch_id}"
+    assert manifest_objects(aws.s3, step) == [f"s3://{BUCKET}/incoming/a.png"]
+    assert list(claimed_by(aws.dynamodb)) == ["incoming/a.png"]
 
 
 def stub_active_steps(stubber: Stubber, cluster_id: str, count: int, page_size: int = 50) -> None:
@@ -171,7 +120,7 @@ def test_cluster_at_emrs_limit_of_active_steps_fails_every_record(aws, persisten
 
         stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
-    assert object_keys(aws.s3, "manifests/") == []  # never claimed, so AddJobFlowSteps was never reached
+    assert claims_table_items(aws.dynamodb) == []  # never claimed, so AddJobFlowSteps was never reached
 
 
 @pytest.mark.parametrize("state", ["TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"])
@@ -188,7 +137,7 @@ def test_cluster_not_accepting_steps_fails_every_record(aws, persistent_cluster,
 
         stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
-    assert object_keys(aws.s3, "manifests/") == []
+    assert claims_table_items(aws.dynamodb) == []
 
 
 # --- throttling: botocore's standard retry mode, then a failure --------------------------------------------------------
@@ -248,7 +197,7 @@ def test_throttling_beyond_the_retry_budget_fails_every_record(
     assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
-def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim(
+def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claims(
     aws, persistent_cluster, persistent_handler
 ):
     event = sqs_event(image_notifications(aws, 2))
@@ -270,21 +219,22 @@ def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim
 
         stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
-    assert object_keys(aws.s3, "manifests/") == []  # the claim is released so the redelivery can submit
+    assert claims_table_items(aws.dynamodb) == []  # the claims are released so the redelivery can submit
 
 
-def test_add_step_timing_out_keeps_the_claim_because_emr_may_have_accepted_it(
+def test_add_step_timing_out_keeps_the_claims_because_emr_may_have_accepted_it(
     aws, persistent_cluster, persistent_handler, backoff_sleeps
 ):
     def time_out(request, **_):
         raise ReadTimeoutError(endpoint_url=request.url)
 
     persistent_handler.emr_client.meta.events.register_first("before-send.emr.AddJobFlowSteps", time_out)
-    notifications = image_notifications(aws, 2)
-    (batch_id,) = batch_ids(notifications)
-    event = sqs_event(notifications)
+    event = sqs_event(image_notifications(aws, 2))
 
     response = persistent_handler.lambda_handler(event, FakeLambdaContext())
 
     assert failed_message_ids(response) == all_failed(event)
+    owners = claimed_by(aws.dynamodb)
+    (batch_id,) = set(owners.values())
+    assert sorted(owners) == ["incoming/img-0.png", "incoming/img-1.png"]
     assert object_keys(aws.s3, "manifests/") == [f"manifests/{batch_id}.json"]

@@ -13,6 +13,7 @@ import emr_step
 from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
+    batch_records,
     load_event,
     object_keys,
     queue_uploads_to_sqs,
@@ -37,7 +38,7 @@ def expected_job_arguments(batch_id: str) -> list[str]:
 
 
 def only_manifest(aws) -> tuple[str, dict]:
-    (key,) = [key for key in object_keys(aws.s3, "manifests/") if not key.endswith(".step.json")]
+    (key,) = object_keys(aws.s3, "manifests/")
     return key, read_json(aws.s3, key)
 
 
@@ -168,7 +169,7 @@ def test_cifar_batches_and_manifests_are_batches_by_themselves(aws, persistent_c
     response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
 
     assert response == {"batchItemFailures": []}
-    manifests = [read_json(aws.s3, key) for key in object_keys(aws.s3, "manifests/") if not key.endswith(".step.json")]
+    manifests = [read_json(aws.s3, key) for key in object_keys(aws.s3, "manifests/")]
     assert sorted(manifest["objects"] for manifest in manifests) == [
         [f"s3://{BUCKET}/datasets/a.png"],
         [f"s3://{BUCKET}/incoming/batch/img-0000.jpg", f"s3://{BUCKET}/incoming/batch/img-0001.jpg"],
@@ -196,13 +197,15 @@ def test_unusable_uploaded_manifest_is_skipped_not_retried(aws, persistent_clust
     assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
-def test_a_receipt_records_the_cluster_and_step(aws, persistent_cluster, persistent_handler):
+def test_a_batch_record_names_the_cluster_step_and_manifest(aws, persistent_cluster, persistent_handler):
     persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 1)), FakeLambdaContext())
 
-    _, manifest = only_manifest(aws)
-    receipt = read_json(aws.s3, f"manifests/{manifest['batch_id']}.step.json")
-    assert receipt == {
-        "batch_id": manifest["batch_id"],
-        "step_name": f"mxnet-inference-{manifest['batch_id']}",
-        "cluster_id": persistent_cluster,
+    manifest_key, manifest = only_manifest(aws)
+    assert batch_records(aws.dynamodb) == {
+        manifest["batch_id"]: {
+            "state": "submitted",
+            "step_name": f"mxnet-inference-{manifest['batch_id']}",
+            "cluster_id": persistent_cluster,
+            "manifest_key": manifest_key,
+        }
     }

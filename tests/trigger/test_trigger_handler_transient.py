@@ -17,10 +17,11 @@ from trigger_helpers import (
     BUCKET,
     CLUSTER_TAG,
     FakeLambdaContext,
+    batch_records,
+    claims_table_items,
     create_cluster,
     failed_message_ids,
     object_keys,
-    read_json,
     sqs_event,
     submitted_steps,
     upload,
@@ -75,7 +76,7 @@ def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_
     assert (cluster["Name"], cluster["AutoTerminate"]) == ("mxnet-inference-transient", True)
     assert CLUSTER_TAG in cluster["Tags"]
     (step,) = submitted_steps(aws.emr, cluster_id)
-    (manifest_key,) = [key for key in object_keys(aws.s3, "manifests/") if not key.endswith(".step.json")]
+    (manifest_key,) = object_keys(aws.s3, "manifests/")
     assert emr_step.job_arguments(step)[:2] == ["--manifest", f"s3://{BUCKET}/{manifest_key}"]
 
 
@@ -126,12 +127,12 @@ def test_batches_of_one_invocation_share_the_cluster_it_launched(aws, transient_
     assert len(submitted_steps(aws.emr, cluster_id)) == 3
 
 
-def test_receipt_names_the_launched_cluster(aws, transient_handler):
+def test_batch_record_names_the_launched_cluster(aws, transient_handler):
     transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
 
     (cluster_id,) = cluster_ids(aws)
-    (receipt_key,) = [key for key in object_keys(aws.s3, "manifests/") if key.endswith(".step.json")]
-    assert read_json(aws.s3, receipt_key)["cluster_id"] == cluster_id
+    (record,) = batch_records(aws.dynamodb).values()
+    assert record["cluster_id"] == cluster_id
 
 
 @pytest.mark.parametrize(
@@ -154,6 +155,7 @@ def test_unusable_definition_fails_the_records_and_launches_nothing(aws, transie
     assert failed_message_ids(response) == ["msg-1"]
     assert cluster_ids(aws, states=("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATED")) == []
     assert object_keys(aws.s3, "manifests/") == []
+    assert claims_table_items(aws.dynamodb) == []
 
 
 def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handler):

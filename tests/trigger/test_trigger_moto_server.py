@@ -7,15 +7,16 @@ to SQS as HTTP messages. moto's limits (no step ever runs, no EMR step-limit enf
 
 from __future__ import annotations
 
-import boto3
 from trigger_helpers import base_environment
 
 import emr_step
 from trigger_helpers import (
     BUCKET,
-    AwsClients,
     FakeLambdaContext,
+    aws_clients,
     create_cluster,
+    create_function_resources,
+    forget_trigger_modules,
     queue_uploads_to_sqs,
     read_json,
     receive_lambda_event,
@@ -24,8 +25,8 @@ from trigger_helpers import (
 
 
 def test_uploads_to_a_moto_server_become_one_step_whose_manifest_lists_them(moto_server_url, load_handler):
-    aws = AwsClients(s3=boto3.client("s3"), emr=boto3.client("emr"), sqs=boto3.client("sqs"))
-    aws.s3.create_bucket(Bucket=BUCKET)
+    aws = aws_clients()
+    create_function_resources(aws)
     cluster_id = create_cluster(aws.emr, keep_alive=True)
     queue_url = queue_uploads_to_sqs(aws, prefix="incoming/")
     keys = [f"incoming/run/image {index}.png" for index in range(3)]
@@ -41,3 +42,16 @@ def test_uploads_to_a_moto_server_become_one_step_whose_manifest_lists_them(moto
     manifest_uri = arguments[arguments.index("--manifest") + 1]
     manifest_key = manifest_uri.removeprefix(f"s3://{BUCKET}/")
     assert read_json(aws.s3, manifest_key)["objects"] == [f"s3://{BUCKET}/{key}" for key in keys]
+
+
+def test_the_measurement_harness_counts_one_claim_per_upload(moto_server_url, monkeypatch, request):
+    """Smoke test of tests/trigger/measure_uploads.py (the README's figure for 10,000 uploads): it runs and its request
+    counts are the handler's. Its timings are printed by the script, never asserted."""
+    import measure_uploads
+
+    request.addfinalizer(forget_trigger_modules)
+    result = measure_uploads.measure(20, moto_server_url, monkeypatch.setenv)
+
+    assert result["first_delivery"]["requests"]["dynamodb.PutItem"] == 20 + 1
+    assert result["second_delivery_all_duplicates"]["requests"]["dynamodb.PutItem"] == 20
+    assert result["first_delivery"]["failed_records"] == result["second_delivery_all_duplicates"]["failed_records"] == 0

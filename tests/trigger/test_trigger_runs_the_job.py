@@ -11,14 +11,13 @@ import glob
 import os
 import sys
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 from trigger_helpers import base_environment
 
 import emr_step
-from trigger_helpers import (BUCKET, AwsClients, FakeLambdaContext, create_cluster, queue_uploads_to_sqs,
-                             receive_lambda_event, submitted_steps)
+from trigger_helpers import (BUCKET, FakeLambdaContext, aws_clients, create_cluster, create_function_resources,
+                             queue_uploads_to_sqs, receive_lambda_event, submitted_steps)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -43,8 +42,8 @@ def test_every_uploaded_image_gets_exactly_one_row(moto_server_url, load_handler
 
     wheels = glob.glob(os.path.join(REPO, "build", "data", "foolbox-3.3.4-*.whl"))
     assert wheels, "run `make data` (make test does): the CIFAR-10 sample images come from the foolbox wheel"
-    aws = AwsClients(s3=boto3.client("s3"), emr=boto3.client("emr"), sqs=boto3.client("sqs"))
-    aws.s3.create_bucket(Bucket=BUCKET)
+    aws = aws_clients()
+    create_function_resources(aws)
     model_uri = _upload_model_package(aws.s3, tmp_path)
     cluster_id = create_cluster(aws.emr, keep_alive=True)
     queue_url = queue_uploads_to_sqs(aws, prefix="incoming/")

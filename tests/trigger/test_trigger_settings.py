@@ -7,7 +7,7 @@ from trigger_helpers import base_environment
 
 from emr_step import JobArtifacts, JobOptions
 from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings
-from trigger_helpers import BUCKET
+from trigger_helpers import BUCKET, CLAIMS_TABLE
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
 TRANSIENT = base_environment(
@@ -30,7 +30,7 @@ def test_persistent_environment_is_read_into_typed_settings():
         artifacts=JobArtifacts(
             py_files_uri=f"s3://{BUCKET}/artifacts/job.zip", entry_point_uri=f"s3://{BUCKET}/artifacts/spark_entry.py"
         ),
-        job_options=JobOptions(device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05),
+        job_options=JobOptions(device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05, timeout_minutes=60),
         step_name_prefix="mxnet-inference-",
         cluster_mode=ClusterMode.PERSISTENT,
         cluster_id="j-2AXXXXXXGAPLF",
@@ -38,6 +38,8 @@ def test_persistent_environment_is_read_into_typed_settings():
         cluster_tag_key=None,
         cluster_tag_value=None,
         max_active_steps=EMR_MAX_ACTIVE_STEPS,
+        claims_table=CLAIMS_TABLE,
+        claim_retention_days=30,
     )
 
 
@@ -57,7 +59,8 @@ def test_every_missing_variable_is_named_in_one_error():
         TriggerSettings.from_environment({})
 
     for name in ("DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
-                 "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS"):  # fmt: skip
+                 "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS", "CLAIMS_TABLE",
+                 "CLAIM_RETENTION_DAYS"):  # fmt: skip
         assert f"{name} is missing" in str(raised.value)
 
 
@@ -74,20 +77,24 @@ def test_every_missing_variable_is_named_in_one_error():
         ({"JOB_OPTIONS": "{device: cpu}"}, r"JOB_OPTIONS is not valid JSON"),
         ({"JOB_OPTIONS": '{"device": "cpu"}'}, r"JOB_OPTIONS has keys \['device'\]: expected exactly"),
         (
-            {"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0}'},
+            {"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 60}'},
             r"JOB_OPTIONS.device='tpu': expected one of",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0}'},
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 60}'},
             r"JOB_OPTIONS.batch_size=0: expected a positive integer",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0}'},
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0, "timeout_minutes": 60}'},
             r"JOB_OPTIONS.top_k=True: expected a positive integer",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5}'},
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5, "timeout_minutes": 60}'},
             r"JOB_OPTIONS.max_failure_ratio=1.5: expected a number from 0 to 1",
+        ),
+        (
+            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 0}'},
+            r"JOB_OPTIONS.timeout_minutes=0: expected a positive integer",
         ),
         ({"STEP_NAME_PREFIX": "x" * 237}, r"STEP_NAME_PREFIX has 237 characters: at most 236"),
         ({"CLUSTER_MODE": "serverless"}, r"CLUSTER_MODE='serverless': expected one of \['persistent', 'transient'\]"),
@@ -100,6 +107,9 @@ def test_every_missing_variable_is_named_in_one_error():
         ({"MAX_ACTIVE_STEPS": "0"}, r"MAX_ACTIVE_STEPS=0: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "257"}, r"MAX_ACTIVE_STEPS=257: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "many"}, r"MAX_ACTIVE_STEPS='many': expected an integer from 1 to 256"),
+        ({"CLAIMS_TABLE": ""}, r"CLAIMS_TABLE is missing or empty"),
+        ({"CLAIM_RETENTION_DAYS": "a month"}, r"CLAIM_RETENTION_DAYS='a month': expected an integer from 1 to 365"),
+        ({"CLAIM_RETENTION_DAYS": "0"}, r"CLAIM_RETENTION_DAYS=0: expected an integer from 1 to 365"),
     ],
 )
 def test_invalid_persistent_setting_is_named_with_what_is_allowed(overrides, message):

@@ -1,16 +1,17 @@
-"""Which objects count as uploads, how keys are decoded, and how uploads group into batches (pure functions)."""
+"""Which objects count as uploads, how keys are decoded, how uploads group, and how batches are named (pure functions)."""
 
 from __future__ import annotations
 
 import json
-import random
+from datetime import datetime, timezone
 
 import pytest
 
+import runs
 from submitter import UnusableUserManifest, user_manifest_objects
 from trigger_helpers import BUCKET, bodies, load_event, s3_notification
 from trigger_settings import BATCH_ID_LENGTH
-from uploads import MalformedMessage, Upload, UploadKind, batch_id, group_into_batches, parse_message_body, upload_kind
+from uploads import MalformedMessage, Upload, UploadKind, group_uploads, parse_message_body, upload_kind
 
 
 def parse(body) -> list[Upload]:
@@ -20,7 +21,9 @@ def parse(body) -> list[Upload]:
 
 
 def image(key: str, sequencer: str = "0055AED6DCD90281E5") -> Upload:
-    return Upload(key=key, etag="0cc175b9c0f1b6a831c399e269772661", sequencer=sequencer, kind=UploadKind.IMAGE)
+    return Upload(
+        bucket=BUCKET, key=key, etag="0cc175b9c0f1b6a831c399e269772661", sequencer=sequencer, kind=UploadKind.IMAGE
+    )
 
 
 def test_plus_and_percent_escapes_in_keys_are_decoded():
@@ -90,57 +93,58 @@ def test_a_body_that_is_no_s3_notification_is_malformed(body, message):
         parse(body)
 
 
-def test_images_of_an_invocation_form_one_batch_with_all_their_messages():
-    (batch,) = group_into_batches([("m1", [image("incoming/a.png")]), ("m2", [image("incoming/b.png")])])
+def test_images_of_an_invocation_form_one_group_with_the_messages_of_each():
+    a, b = image("incoming/a.png"), image("incoming/b.png")
 
-    assert (batch.kind, batch.object_keys(), batch.message_ids) == (
-        UploadKind.IMAGE,
-        ["incoming/a.png", "incoming/b.png"],
-        {"m1", "m2"},
-    )
+    (group,) = group_uploads([("m1", [a]), ("m2", [b]), ("m3", [a])])
+
+    assert (group.kind, group.uploads) == (UploadKind.IMAGE, (a, b))
+    assert group.message_ids_by_upload == {a: {"m1", "m3"}, b: {"m2"}}
+    assert group.message_ids == {"m1", "m2", "m3"}
 
 
-def test_each_cifar_file_and_manifest_is_a_batch_by_itself():
-    cifar = [Upload(f"incoming/{name}.bin", "e", "01", UploadKind.CIFAR_BATCH) for name in ("a", "b")]
-    manifest = Upload("incoming/run.json", "e", "02", UploadKind.MANIFEST)
+def test_each_cifar_file_and_manifest_is_a_group_by_itself():
+    cifar = [Upload(BUCKET, f"incoming/{name}.bin", "e", "01", UploadKind.CIFAR_BATCH) for name in ("a", "b")]
+    manifest = Upload(BUCKET, "incoming/run.json", "e", "02", UploadKind.MANIFEST)
 
-    batches = group_into_batches([("m1", cifar), ("m2", [manifest])])
+    groups = group_uploads([("m1", cifar), ("m2", [manifest])])
 
-    assert sorted(batch.object_keys() for batch in batches) == [
+    assert [[upload.key for upload in group.uploads] for group in groups] == [
         ["incoming/a.bin"],
         ["incoming/b.bin"],
         ["incoming/run.json"],
     ]
 
 
-def test_batch_id_does_not_depend_on_delivery_order():
-    uploads = [image(f"incoming/{index}.png", f"{index:018X}") for index in range(50)]
-    shuffled = uploads[:]
-    random.Random(7).shuffle(shuffled)
-
-    assert batch_id(uploads) == batch_id(shuffled)
-
-
-def test_duplicate_events_do_not_change_the_batch():
+def test_duplicate_events_in_one_invocation_are_one_upload():
     uploads = [image("incoming/a.png"), image("incoming/b.png")]
 
-    (once,) = group_into_batches([("m1", uploads)])
-    (twice,) = group_into_batches([("m1", uploads), ("m2", uploads)])
+    (group,) = group_uploads([("m1", uploads), ("m2", uploads)])
 
-    assert (twice.batch_id, twice.object_keys()) == (once.batch_id, once.object_keys())
-
-
-def test_a_new_upload_of_the_same_key_is_a_new_batch_id():
-    assert batch_id([image("incoming/a.png", "0055AED6DCD90281E5")]) != batch_id(
-        [image("incoming/a.png", "0055AED6DCD90281F0")]
-    )
+    assert group.uploads == tuple(uploads)
 
 
-def test_batch_id_is_hex_of_the_configured_length():
-    identifier = batch_id([image("incoming/a.png")])
+def test_upload_identity_is_bucket_key_etag_and_sequencer():
+    upload = image("incoming/a.png", "0055AED6DCD90281E5")
+    variants = [
+        Upload("another-bucket", upload.key, upload.etag, upload.sequencer, upload.kind),
+        Upload(upload.bucket, "incoming/b.png", upload.etag, upload.sequencer, upload.kind),
+        Upload(upload.bucket, upload.key, "another-etag", upload.sequencer, upload.kind),
+        image("incoming/a.png", "0055AED6DCD90281F0"),  # the same bytes uploaded again: a new sequencer
+    ]
 
-    assert len(identifier) == BATCH_ID_LENGTH
-    assert set(identifier) <= set("0123456789abcdef")
+    assert image("incoming/a.png", "0055AED6DCD90281E5").identity == upload.identity
+    assert len({upload.identity, *(variant.identity for variant in variants)}) == 5
+
+
+def test_a_new_batch_id_starts_with_its_utc_time_and_has_the_configured_length():
+    now = datetime(2026, 12, 1, 9, 30, 5, tzinfo=timezone.utc)
+
+    first, second = runs.new_batch_id(now), runs.new_batch_id(now)
+
+    assert len(first) == BATCH_ID_LENGTH and first.startswith("20261201093005")
+    assert set(first) <= set("0123456789abcdef")
+    assert first != second
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,14 @@ from types import ModuleType
 FIXTURES = Path(__file__).parent / "fixtures"
 TRIGGER_FUNCTION_DIR = Path(__file__).resolve().parents[2] / "infra" / "trigger_function"
 # The function's modules, imported as top-level names as in the Lambda runtime (its folder is the code root).
-TRIGGER_FUNCTION_MODULES = ("handler", "submitter", "uploads", "trigger_settings", "emr_step")
+TRIGGER_FUNCTION_MODULES = (
+    "handler", "submitter", "claims", "runs", "step_events", "uploads", "trigger_settings", "emr_step"
+)
 # The bucket name AWS reserves for documentation examples: it is nobody's real bucket.
 BUCKET = "amzn-s3-demo-bucket"
 REGION = "us-east-1"
 CLUSTER_TAG = {"Key": "inference-stack", "Value": "trigger-tests"}
+CLAIMS_TABLE = "trigger-claims"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,30 @@ class AwsClients:
     s3: object
     emr: object
     sqs: object
+    dynamodb: object
+
+
+def aws_clients(**client_kwargs) -> AwsClients:
+    """Clients for every service the function uses, plus SQS (uploads reach the function through a queue)."""
+    import boto3
+
+    return AwsClients(
+        **{name: boto3.client(name, **client_kwargs) for name in ("s3", "emr", "sqs", "dynamodb")}
+    )
+
+
+def create_function_resources(aws: AwsClients) -> None:
+    """What the stack creates for the function: the data bucket and the claims table (with its TTL)."""
+    aws.s3.create_bucket(Bucket=BUCKET)
+    aws.dynamodb.create_table(
+        TableName=CLAIMS_TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    aws.dynamodb.update_time_to_live(
+        TableName=CLAIMS_TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
 
 
 @dataclass(frozen=True)
@@ -43,18 +70,20 @@ class FakeLambdaContext:
         return 60_000
 
 
-def import_trigger_handler() -> ModuleType:
+def import_trigger_handler(module_name: str = "handler", *, forget_siblings: bool = True) -> ModuleType:
     """Import the trigger function's handler afresh from its file, as Lambda does at a cold start.
 
     Its module-level settings and clients are built now: set the environment and start moto first. Loading by path keeps
-    another function's ``handler.py`` on sys.path from being picked instead.
+    another function's ``handler.py`` on sys.path from being picked instead. A second ``module_name`` (with
+    ``forget_siblings=False``) gives a second function instance: its own clients, claim store and batch processor.
     """
     if str(TRIGGER_FUNCTION_DIR) not in sys.path:
         sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
-    forget_trigger_modules()
-    spec = importlib.util.spec_from_file_location("handler", TRIGGER_FUNCTION_DIR / "handler.py")
+    if forget_siblings:
+        forget_trigger_modules()
+    spec = importlib.util.spec_from_file_location(module_name, TRIGGER_FUNCTION_DIR / "handler.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["handler"] = module
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -183,10 +212,62 @@ def base_environment(**overrides: str) -> dict[str, str]:
         "MODEL_URI": f"s3://{BUCKET}/models/resnet18/",
         "JOB_PY_FILES_URI": f"s3://{BUCKET}/artifacts/job.zip",
         "JOB_ENTRY_POINT_URI": f"s3://{BUCKET}/artifacts/spark_entry.py",
-        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05}',
+        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05, "timeout_minutes": 60}',
         "STEP_NAME_PREFIX": "mxnet-inference-",
         "CLUSTER_MODE": "persistent",
         "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
+        "CLAIMS_TABLE": CLAIMS_TABLE,
+        "CLAIM_RETENTION_DAYS": "30",
     }
     environment.update(overrides)
     return {name: value for name, value in environment.items() if value is not None}
+
+
+def manifest_objects(s3, step: dict) -> list[str]:
+    """The objects listed by the manifest a step (as ``submitted_steps`` returns it) points at."""
+    import emr_step
+
+    arguments = emr_step.job_arguments(step)
+    manifest_uri = arguments[arguments.index("--manifest") + 1]
+    return read_json(s3, manifest_uri.removeprefix(f"s3://{BUCKET}/"))["objects"]
+
+
+def runs_per_object(aws: AwsClients, *cluster_ids: str) -> dict[str, int]:
+    """How many submitted steps list each object, over the given clusters: exactly once means every value is 1."""
+    counts: dict[str, int] = {}
+    for cluster_id in cluster_ids:
+        for step in submitted_steps(aws.emr, cluster_id):
+            for uri in manifest_objects(aws.s3, step):
+                counts[uri] = counts.get(uri, 0) + 1
+    return counts
+
+
+def claims_table_items(dynamodb) -> list[dict]:
+    items = []
+    for page in dynamodb.get_paginator("scan").paginate(TableName=CLAIMS_TABLE, ConsistentRead=True):
+        items.extend(page["Items"])
+    return items
+
+
+def claimed_by(dynamodb) -> dict[str, str]:
+    """Upload claims: object key -> the batch id that owns it."""
+    return {
+        item["object_key"]["S"]: item["batch_id"]["S"]
+        for item in claims_table_items(dynamodb)
+        if item["pk"]["S"].startswith("upload#")
+    }
+
+
+def batch_records(dynamodb) -> dict[str, dict]:
+    """Batch records: batch id -> {state, step_name, cluster_id, manifest_key}."""
+    return {
+        item["pk"]["S"].removeprefix("batch#"): {
+            "state": item["state"]["S"],
+            "step_name": item["step_name"]["S"],
+            "cluster_id": item["cluster_id"]["S"],
+            "manifest_key": item["manifest_key"]["S"],
+        }
+        for item in claims_table_items(dynamodb)
+        if item["pk"]["S"].startswith("batch#")
+    }
+

@@ -1,0 +1,236 @@
+"""Who owns which upload, and what became of each batch: one DynamoDB item per upload and one per batch.
+
+Why a DynamoDB table, and why one conditional PutItem per upload
+-----------------------------------------------------------------
+Every upload needs an atomic "claim if nobody has" (so two invocations never put one upload in two steps) and, for a
+claim whose invocation died, an atomic "take over if it is still the dead one's and its lease ran out". Prices below are
+us-east-1 list prices (S3 Standard; DynamoDB on demand since November 2024), for 10,000 uploads in one invocation:
+
+- S3 conditional writes, one small object per upload: 10,000 ``PutObject`` with ``If-None-Match: *`` cost $0.05 and take
+  10,000 requests at S3's 20-100 ms each. A takeover needs a ``GetObject`` and a ``PutObject`` with ``If-Match`` (the
+  ETag read), expiry needs a lifecycle rule, and the owner of a refused claim needs a third request to read.
+- DynamoDB ``TransactWriteItems``, 100 conditional puts per request: 100 requests, but 2 write units per item (20,000 WRU,
+  $0.0125), and one duplicate or one concurrent writer on any of the 100 items cancels all of them, so overlapping
+  invocations would cancel each other's transactions over and over. (moto also copies the whole table on each
+  transaction, so it could not be measured.)
+- DynamoDB ``PutItem`` with ``attribute_not_exists(pk)``, one per upload (this module): 10,000 requests of single-digit
+  milliseconds each, sent by CLAIM_THREADS threads; 1 write unit per item under 1 KB: 10,000 WRU = $0.00625. A refused
+  claim returns the existing item in the same response (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), so naming the
+  owning batch costs nothing more; a takeover is one conditional ``UpdateItem``; TTL deletes old items for free; items
+  are independent, so concurrent invocations never block each other. Storage: about 300 bytes per upload for 30 days.
+
+The table also holds one item per batch, written when EMR accepted its step: the batch is then *submitted*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+
+from botocore.exceptions import ClientError
+
+from uploads import Upload
+
+# Lambda's maximum run time (900 s) plus a minute for clock skew: no live invocation can hold a claim older than this.
+CLAIM_LEASE = timedelta(seconds=900 + 60)
+# Concurrent DynamoDB requests per invocation (the client's connection pool is sized to match, see handler.py).
+CLAIM_THREADS = 16
+# The item attribute the table's TTL reads (the stack names the same one: infra/trigger.py, CLAIM_TTL_ATTRIBUTE).
+TTL_ATTRIBUTE = "expires_at"
+UPLOAD_KEY_PREFIX = "upload#"
+BATCH_KEY_PREFIX = "batch#"
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+class BatchState(str, Enum):
+    SUBMITTED = "submitted"  # EMR accepted the batch's step
+
+
+@dataclass(frozen=True)
+class UploadClaim:
+    """An upload's owner: the batch that claimed it, until when the claim is leased, and the messages that carried it."""
+
+    batch_id: str
+    lease_until: datetime
+    message_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    state: BatchState
+    step_name: str
+    cluster_id: str
+    manifest_key: str
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claimed: tuple[Upload, ...]
+    owned_elsewhere: dict[Upload, UploadClaim]
+
+
+class ClaimStore:
+    """The claims table of one function instance (thread-safe; create once, module-level)."""
+
+    def __init__(self, *, table_name: str, dynamodb, retention: timedelta, threads: int = CLAIM_THREADS) -> None:
+        self._table = table_name
+        self._dynamodb = dynamodb
+        self._retention = retention
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="claims")
+
+    # --- uploads ------------------------------------------------------------------------------------------------------
+
+    def claim(
+        self, uploads: Iterable[Upload], *, batch_id: str, message_ids_by_upload: dict[Upload, frozenset[str]], now: datetime
+    ) -> ClaimResult:
+        """Claim every upload nobody owns for ``batch_id``; return the claimed ones and the others' owners.
+
+        If a request fails after retries, the uploads claimed so far are released before the error is raised, so the
+        redelivered messages find them free rather than waiting out a lease.
+        """
+        uploads = list(uploads)
+        condition = {"ConditionExpression": "attribute_not_exists(pk)"}
+        try:
+            results = self._run_all(
+                lambda upload: self._write_claim(upload, batch_id, message_ids_by_upload[upload], now, condition),
+                uploads,
+            )
+        except Exception:
+            self.release(uploads, batch_id=batch_id)
+            raise
+        return _claim_result(results)
+
+    def take_over(
+        self,
+        claims: dict[Upload, UploadClaim],
+        *,
+        batch_id: str,
+        message_ids_by_upload: dict[Upload, frozenset[str]],
+        now: datetime,
+    ) -> ClaimResult:
+        """Take over claims whose lease ended, each only if it still belongs to the batch it was read with (or was
+        deleted meanwhile)."""
+        results = self._run_all(
+            lambda upload: self._write_claim(
+                upload,
+                batch_id,
+                message_ids_by_upload[upload],
+                now,
+                {
+                    "ConditionExpression": (
+                        "attribute_not_exists(pk) OR (batch_id = :previous_owner AND lease_until < :now)"
+                    ),
+                    "ExpressionAttributeValues": {
+                        ":previous_owner": {"S": claims[upload].batch_id},
+                        ":now": {"N": str(_epoch(now))},
+                    },
+                },
+            ),
+            list(claims),
+        )
+        return _claim_result(results)
+
+    def release(self, uploads: Iterable[Upload], *, batch_id: str) -> None:
+        """Delete this batch's claims (EMR refused its step): the redelivered messages can claim the uploads again."""
+
+        def release_one(upload: Upload) -> None:
+            try:
+                self._dynamodb.delete_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": UPLOAD_KEY_PREFIX + upload.identity}},
+                    ConditionExpression="batch_id = :mine",
+                    ExpressionAttributeValues={":mine": {"S": batch_id}},
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] != CONDITION_FAILED:
+                    raise
+
+        self._run_all(release_one, list(uploads))
+
+    def _write_claim(
+        self, upload: Upload, batch_id: str, message_ids: frozenset[str], now: datetime, condition: dict
+    ) -> tuple[Upload, UploadClaim | None]:
+        """Write one claim under ``condition``; return (upload, None) when it was written, else its current owner."""
+        item = {
+            "pk": {"S": UPLOAD_KEY_PREFIX + upload.identity},
+            "batch_id": {"S": batch_id},
+            "lease_until": {"N": str(_epoch(now + CLAIM_LEASE))},
+            "message_ids": {"SS": sorted(message_ids)},
+            "object_key": {"S": upload.key},
+            TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
+        }
+        try:
+            self._dynamodb.put_item(
+                TableName=self._table, Item=item, ReturnValuesOnConditionCheckFailure="ALL_OLD", **condition
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != CONDITION_FAILED:
+                raise
+            # Every condition here holds for a missing item, so a refusal always comes with the existing one.
+            existing = error.response["Item"]
+            return upload, UploadClaim(
+                batch_id=existing["batch_id"]["S"],
+                lease_until=_from_epoch(existing["lease_until"]["N"]),
+                message_ids=frozenset(existing.get("message_ids", {}).get("SS", [])),
+            )
+        return upload, None
+
+    def _run_all(self, function, items: list):
+        """``function`` on every item on the pool; every item is attempted, then the first error (if any) is raised."""
+        futures = [self._pool.submit(function, item) for item in items]
+        errors = [future.exception() for future in futures]
+        first_error = next((error for error in errors if error is not None), None)
+        if first_error is not None:
+            raise first_error
+        return [future.result() for future in futures]
+
+    # --- batches ------------------------------------------------------------------------------------------------------
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        item = self._dynamodb.get_item(
+            TableName=self._table, Key={"pk": {"S": BATCH_KEY_PREFIX + batch_id}}, ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            return None
+        return BatchRecord(
+            batch_id=batch_id,
+            state=BatchState(item["state"]["S"]),
+            step_name=item["step_name"]["S"],
+            cluster_id=item["cluster_id"]["S"],
+            manifest_key=item["manifest_key"]["S"],
+        )
+
+    def record_submission(self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime) -> None:
+        """Mark the batch submitted once EMR accepted its step; a second writer changes nothing."""
+        item = {
+            "pk": {"S": BATCH_KEY_PREFIX + batch_id},
+            "state": {"S": BatchState.SUBMITTED.value},
+            "step_name": {"S": step_name},
+            "cluster_id": {"S": cluster_id},
+            "manifest_key": {"S": manifest_key},
+            TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
+        }
+        try:
+            self._dynamodb.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if error.response["Error"]["Code"] != CONDITION_FAILED:
+                raise
+
+
+def _claim_result(results: list[tuple[Upload, UploadClaim | None]]) -> ClaimResult:
+    return ClaimResult(
+        claimed=tuple(upload for upload, owner in results if owner is None),
+        owned_elsewhere={upload: owner for upload, owner in results if owner is not None},
+    )
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _from_epoch(text: str) -> datetime:
+    return datetime.fromtimestamp(int(text), tz=timezone.utc)
