@@ -1,7 +1,8 @@
 """Upload-triggered runs: incoming/ -> S3 event -> SQS (with DLQ) -> Lambda -> EMR step; step status -> SNS.
 
 The Lambda claims every upload in a DynamoDB table (one item per upload, see trigger_function/claims.py) so that an
-upload runs in exactly one batch however often its event is delivered.
+upload runs in exactly one batch however often its event is delivered; steps that end cancelled or interrupted come
+back through the queue and are submitted again, a bounded number of times.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ CLAIM_TTL_ATTRIBUTE = "expires_at"
 POWERTOOLS_VERSION = "3.37.0"
 POWERTOOLS_LAYER_PARAMETER = f"/aws/service/powertools/python/x86_64/python3.11/{POWERTOOLS_VERSION}"
 SQS_MIN_MAX_CONCURRENCY = 2
-STEP_END_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+# Steps that ran to their own end are announced on the topic. Steps that ended without running to their end (added as a
+# transient cluster shut down, queued on a cluster whose bootstrap failed, interrupted) go back to the queue, and the
+# function submits their batch again (trigger_function/step_events.py, RETRIED_STATES); it reports on the topic a batch
+# whose last allowed attempt ended so too.
+STEP_ANNOUNCED_STATES = ("COMPLETED", "FAILED")
+STEP_RETRIED_STATES = ("CANCELLED", "INTERRUPTED")
+# Attempts per batch, the first included (at most trigger_settings.MAX_STEP_ATTEMPTS_LIMIT).
+MAX_STEP_ATTEMPTS = 3
 
 
 class Trigger(Construct):
@@ -118,6 +126,12 @@ class Trigger(Construct):
             s3.NotificationKeyFilter(prefix=INCOMING_PREFIX),
         )
 
+        self.topic = sns.Topic(self, "StepNotifications", master_key=key, enforce_ssl=True)
+        # EventBridge publishes to an encrypted topic only if the key lets it (the AWS-managed SNS key cannot).
+        key.grant(iam.ServicePrincipal("events.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+        if notification_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(notification_email))
+
         powertools_layer_arn = ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER)
         self.function = lambda_.Function(
             self,
@@ -133,6 +147,8 @@ class Trigger(Construct):
                 **environment,
                 "CLAIMS_TABLE": self.claims_table.table_name,
                 "CLAIM_RETENTION_DAYS": str(CLAIM_RETENTION_DAYS),
+                "NOTIFICATION_TOPIC_ARN": self.topic.topic_arn,
+                "MAX_STEP_ATTEMPTS": str(MAX_STEP_ATTEMPTS),
                 "POWERTOOLS_SERVICE_NAME": "inference-trigger",
             },
             log_group=logs.LogGroup(
@@ -154,6 +170,8 @@ class Trigger(Construct):
         )
         self._grant_data_access(data_bucket, job_flow_definition_key)
         self._grant_claims_access(key)
+        # A batch whose every attempt was cancelled is reported by the function (the grant includes the topic's key).
+        self.topic.grant_publish(self.function)
         for statement in emr_statements:
             self.function.add_to_role_policy(statement)
         acknowledge(
@@ -167,11 +185,6 @@ class Trigger(Construct):
             "Python 3.11 on purpose: the whole project (job, EMR PySpark, tests) is pinned to one Python version.",
         )
 
-        self.topic = sns.Topic(self, "StepNotifications", master_key=key, enforce_ssl=True)
-        # EventBridge publishes to an encrypted topic only if the key lets it (the AWS-managed SNS key cannot).
-        key.grant(iam.ServicePrincipal("events.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
-        if notification_email:
-            self.topic.add_subscription(subscriptions.EmailSubscription(notification_email))
         step_name = events.EventField.from_path("$.detail.name")
         step_id = events.EventField.from_path("$.detail.stepId")
         cluster_id = events.EventField.from_path("$.detail.clusterId")
@@ -179,22 +192,26 @@ class Trigger(Construct):
         self.step_status_rule = events.Rule(
             self,
             "StepStatusRule",
-            description="This stack's EMR steps that ended (completed, failed, cancelled)",
-            event_pattern=events.EventPattern(
-                source=["aws.emr"],
-                detail_type=["EMR Step Status Change"],
-                detail={"state": list(STEP_END_STATES), "name": [{"prefix": step_name_prefix}]},
-            ),
+            description="This stack's EMR steps that ran to their end (completed or failed)",
+            event_pattern=_step_states_pattern(STEP_ANNOUNCED_STATES, step_name_prefix),
             targets=[
                 targets.SnsTopic(
                     self.topic,
                     message=events.RuleTargetInput.from_text(
                         f"EMR step {step_name} ({step_id}) on cluster {cluster_id} ended: {state}. "
-                        f"Results: {results_uri}<batch id>/ where the batch id is the step name after "
+                        f"Results: {results_uri}<run id>/ where the run id is the step name after "
                         f"'{step_name_prefix}'. Step logs: {emr_logs_uri}{cluster_id}/steps/{step_id}/"
                     ),
                 )
             ],
+        )
+        # The whole event goes to the queue: the function reads the step name, state, step and cluster ids from it.
+        self.step_retry_rule = events.Rule(
+            self,
+            "StepRetryRule",
+            description="This stack's EMR steps that ended cancelled or interrupted: their batches are submitted again",
+            event_pattern=_step_states_pattern(STEP_RETRIED_STATES, step_name_prefix),
+            targets=[targets.SqsQueue(self.queue)],
         )
 
     def _grant_claims_access(self, key: kms.IKey) -> None:
@@ -245,3 +262,11 @@ class Trigger(Construct):
             object_wildcard_finding(data_bucket, MANIFESTS_PREFIX),
             "One manifest per batch, named by its batch id; the only prefix the Lambda writes.",
         )
+
+
+def _step_states_pattern(states: tuple[str, ...], step_name_prefix: str) -> events.EventPattern:
+    return events.EventPattern(
+        source=["aws.emr"],
+        detail_type=["EMR Step Status Change"],
+        detail={"state": list(states), "name": [{"prefix": step_name_prefix}]},
+    )

@@ -19,7 +19,8 @@ us-east-1 list prices (S3 Standard; DynamoDB on demand since November 2024), for
   owning batch costs nothing more; a takeover is one conditional ``UpdateItem``; TTL deletes old items for free; items
   are independent, so concurrent invocations never block each other. Storage: about 300 bytes per upload for 30 days.
 
-The table also holds one item per batch, written when EMR accepted its step: the batch is then *submitted*.
+The table also holds one item per batch, written when EMR accepted its step: the batch is then *submitted*, and its
+attempt counter drives the retries of cancelled steps (``submitter.StepSubmitter.retry``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
 class BatchState(str, Enum):
-    SUBMITTED = "submitted"  # EMR accepted the batch's step
+    SUBMITTED = "submitted"  # EMR accepted the step of attempt `attempt`
+    RESUBMITTING = "resubmitting"  # attempt `attempt` is being submitted now, under a lease
+    GAVE_UP = "gave_up"  # the last allowed attempt was cancelled or interrupted; reported, not retried
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,11 @@ class UploadClaim:
 class BatchRecord:
     batch_id: str
     state: BatchState
+    attempt: int
     step_name: str
     cluster_id: str
     manifest_key: str
+    lease_until: datetime
 
 
 @dataclass(frozen=True)
@@ -199,19 +204,23 @@ class ClaimStore:
         return BatchRecord(
             batch_id=batch_id,
             state=BatchState(item["state"]["S"]),
+            attempt=int(item["attempt"]["N"]),
             step_name=item["step_name"]["S"],
             cluster_id=item["cluster_id"]["S"],
             manifest_key=item["manifest_key"]["S"],
+            lease_until=_from_epoch(item["lease_until"]["N"]),
         )
 
     def record_submission(self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime) -> None:
-        """Mark the batch submitted once EMR accepted its step; a second writer changes nothing."""
+        """Mark the batch submitted (attempt 1) once EMR accepted its step; a second writer changes nothing."""
         item = {
             "pk": {"S": BATCH_KEY_PREFIX + batch_id},
             "state": {"S": BatchState.SUBMITTED.value},
+            "attempt": {"N": "1"},
             "step_name": {"S": step_name},
             "cluster_id": {"S": cluster_id},
             "manifest_key": {"S": manifest_key},
+            "lease_until": {"N": "0"},
             TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
         }
         try:
@@ -220,12 +229,90 @@ class ClaimStore:
             if error.response["Error"]["Code"] != CONDITION_FAILED:
                 raise
 
+    def start_retry(self, record: BatchRecord, *, now: datetime) -> bool:
+        """Move a submitted batch to its next attempt, under a lease; False when another invocation did it first."""
+        return self._update_batch(
+            record,
+            set_values={"attempt": record.attempt + 1, "state": BatchState.RESUBMITTING, "lease_until": now + CLAIM_LEASE},
+            condition="attempt = :attempt AND #state = :state",
+            condition_values={":attempt": record.attempt, ":state": BatchState.SUBMITTED},
+        )
+
+    def resume_retry(self, record: BatchRecord, *, now: datetime) -> bool:
+        """Take over a resubmission whose invocation died (its lease ended); False when someone else holds it."""
+        return self._update_batch(
+            record,
+            set_values={"lease_until": now + CLAIM_LEASE},
+            condition="attempt = :attempt AND #state = :state AND lease_until < :now",
+            condition_values={":attempt": record.attempt, ":state": BatchState.RESUBMITTING, ":now": now},
+        )
+
+    def finish_retry(self, record: BatchRecord, *, step_name: str, cluster_id: str) -> bool:
+        return self._update_batch(
+            record,
+            set_values={"state": BatchState.SUBMITTED, "step_name": step_name, "cluster_id": cluster_id},
+            condition="attempt = :attempt AND #state = :state",
+            condition_values={":attempt": record.attempt, ":state": BatchState.RESUBMITTING},
+        )
+
+    def undo_retry(self, record: BatchRecord) -> bool:
+        """EMR refused the retry's step: back to the attempt before, so the redelivered event can try again."""
+        return self._update_batch(
+            record,
+            set_values={"attempt": record.attempt - 1, "state": BatchState.SUBMITTED},
+            condition="attempt = :attempt AND #state = :state",
+            condition_values={":attempt": record.attempt, ":state": BatchState.RESUBMITTING},
+        )
+
+    def give_up(self, record: BatchRecord) -> bool:
+        return self._update_batch(
+            record,
+            set_values={"state": BatchState.GAVE_UP},
+            condition="attempt = :attempt AND #state = :state",
+            condition_values={":attempt": record.attempt, ":state": BatchState.SUBMITTED},
+        )
+
+    def _update_batch(self, record: BatchRecord, *, set_values: dict, condition: str, condition_values: dict) -> bool:
+        names = {"#state": "state"}
+        values = {}
+        assignments = []
+        for name, value in set_values.items():
+            placeholder = f"#{name}"
+            names[placeholder] = name
+            values[f":new_{name}"] = _attribute(value)
+            assignments.append(f"{placeholder} = :new_{name}")
+        values.update({name: _attribute(value) for name, value in condition_values.items()})
+        try:
+            self._dynamodb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": BATCH_KEY_PREFIX + record.batch_id}},
+                UpdateExpression="SET " + ", ".join(assignments),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == CONDITION_FAILED:
+                return False
+            raise
+        return True
+
 
 def _claim_result(results: list[tuple[Upload, UploadClaim | None]]) -> ClaimResult:
     return ClaimResult(
         claimed=tuple(upload for upload, owner in results if owner is None),
         owned_elsewhere={upload: owner for upload, owner in results if owner is not None},
     )
+
+
+def _attribute(value) -> dict:
+    if isinstance(value, datetime):
+        return {"N": str(_epoch(value))}
+    if isinstance(value, Enum):
+        return {"S": value.value}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    return {"S": value}
 
 
 def _epoch(moment: datetime) -> int:

@@ -1,4 +1,5 @@
-"""The trigger Lambda: SQS messages carrying S3 upload events -> one manifest and one EMR step per batch of uploads.
+"""The trigger Lambda: SQS messages carrying S3 upload events -> one manifest and one EMR step per batch of uploads;
+and messages carrying EMR step events -> the batch of a cancelled or interrupted step submitted again.
 
 Entry point: ``handler.lambda_handler``. The function's folder is its code root, so siblings import as top-level modules.
 
@@ -8,7 +9,8 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
   fails, so SQS delivers it again after the visibility timeout, and after the queue's maximum receive count it lands in
   the dead-letter queue;
 - a record carrying only uploads that another batch owns is processed: the duplicates are dropped (see submitter.py);
-- a record that is not an S3 event notification at all is logged (message id and reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
+- a record that is neither an S3 event notification nor one of this stack's step events is logged (message id and
+  reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
   only spend the receive count before it reached the DLQ, taking retries from nothing;
 - an uploaded manifest that is not a usable list of URIs is logged and skipped for the same reason (uploading a fixed
   manifest is a new event);
@@ -30,6 +32,7 @@ from botocore.config import Config
 
 import submitter
 from claims import CLAIM_THREADS, ClaimStore
+from step_events import parse_step_event
 from trigger_settings import TriggerSettings
 from uploads import MalformedMessage, group_uploads, parse_message_body
 
@@ -46,6 +49,7 @@ logger.info("Cold start", extra={"botocore_version": botocore.__version__, "boto
 settings = TriggerSettings.from_environment(os.environ)
 s3_client = boto3.client("s3", config=AWS_CONFIG)
 emr_client = boto3.client("emr", config=AWS_CONFIG)
+sns_client = boto3.client("sns", config=AWS_CONFIG)
 # One connection per claim thread, so the threads never wait for each other's connection.
 dynamodb_client = boto3.client("dynamodb", config=AWS_CONFIG.merge(Config(max_pool_connections=CLAIM_THREADS)))
 claim_store = ClaimStore(
@@ -56,7 +60,7 @@ claim_store = ClaimStore(
 
 
 class RecordNotProcessed(Exception):
-    """The record's uploads were not handled yet; SQS will deliver the record again."""
+    """The record's uploads or step event were not handled yet; SQS will deliver the record again."""
 
 
 class InvocationBatchProcessor(BatchProcessor):
@@ -79,19 +83,24 @@ class InvocationBatchProcessor(BatchProcessor):
 
 
 def submit_invocation(records: list[dict]) -> dict[str, str]:
-    """Parse every record, group the uploads, submit each group's batch; return the reasons of the records that must
-    come back."""
+    """Parse every record, group the uploads, submit each group's batch and retry each cancelled step; return the
+    reasons of the records that must come back."""
     uploads_by_message = []
+    step_events = []
     malformed = 0
     for raw_record in records:
         record = SQSRecord(raw_record)
+        step_event = parse_step_event(record.body, step_name_prefix=settings.step_name_prefix)
+        if step_event is not None:
+            step_events.append((record.message_id, step_event))
+            continue
         try:
             uploads = parse_message_body(
                 record.body, bucket=settings.data_bucket, incoming_prefix=settings.incoming_prefix
             )
         except MalformedMessage as error:
             malformed += 1
-            logger.error("Skipping a message that is not an S3 event notification",
+            logger.error("Skipping a message that is neither an S3 event notification nor a step event of this stack",
                          extra={"message_id": record.message_id, "reason": str(error)})  # fmt: skip
             continue
         uploads_by_message.append((record.message_id, uploads))
@@ -100,6 +109,7 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
         settings=settings,
         s3=s3_client,
         emr=emr_client,
+        sns=sns_client,
         claims=claim_store,
         clock=submitter.utc_now,
         log=logger,
@@ -122,11 +132,20 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
         batches += outcome.batch is not None
         reason = "carries uploads whose claim a live invocation holds; retried after the claim's lease"
         failures_by_message_id.update(dict.fromkeys(outcome.messages_to_retry, reason))
+    for message_id, step_event in step_events:
+        try:
+            step_submitter.retry(step_event)
+        except Exception as error:
+            reason = f"batch {step_event.batch_id} not retried: {type(error).__name__}: {error}"
+            log = logger.warning if isinstance(error, submitter.BatchNotSubmitted) else logger.exception
+            log("Retry not submitted", extra={"batch_id": step_event.batch_id, "reason": reason})
+            failures_by_message_id[message_id] = reason
     logger.info(
         "Invocation handled",
         extra={
             "records": len(records),
             "malformed_records": malformed,
+            "step_events": len(step_events),
             "batches": batches,
             "failed_records": len(failures_by_message_id),
         },

@@ -1,4 +1,4 @@
-"""Turns groups of uploads into batches, manifests and EMR steps: each upload in exactly one batch.
+"""Turns groups of uploads into batches, manifests and EMR steps, and runs a batch again when its step was cancelled.
 
 Exactly once per upload, and why it is built this way
 -----------------------------------------------------
@@ -22,6 +22,15 @@ claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
 
 What it cannot close: in transient mode, an invocation that dies between RunJobFlow and the record, with the cluster it
 launched already gone when the lease ends (the step cannot be found, so the uploads run again).
+
+Retries of cancelled steps
+--------------------------
+A step can end CANCELLED or INTERRUPTED without having failed itself: added to a transient cluster that was already
+shutting down, or queued on a cluster whose bootstrap failed. The stack's EventBridge rule sends those events to the
+queue; :meth:`StepSubmitter.retry` then submits the batch again as attempt n+1 (same manifest, its own results folder,
+see ``runs.py``), at most ``MAX_STEP_ATTEMPTS`` attempts in all, and reports the batch on the SNS topic when the last one
+was cancelled too. The batch record's attempt counter, changed only by conditional writes, makes a duplicated event
+start one retry, not two; a retry whose invocation died is resumed after its lease, after the same search by name.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from botocore.exceptions import ClientError
 
 import emr_step
 import runs
-from claims import ClaimStore, UploadClaim
+from claims import BatchRecord, BatchState, ClaimStore, UploadClaim
+from step_events import StepEnded
 from trigger_settings import ClusterMode, TriggerSettings
 from uploads import Batch, Upload, UploadGroup, UploadKind
 
@@ -56,6 +66,10 @@ class ClusterNotAccepting(BatchNotSubmitted):
 
 
 class ClusterFull(BatchNotSubmitted):
+    pass
+
+
+class BatchInFlight(BatchNotSubmitted):
     pass
 
 
@@ -86,11 +100,12 @@ class StepSubmitter:
     """Submits the batches of one invocation; create one per invocation (it caches cluster state for that long only)."""
 
     def __init__(
-        self, *, settings: TriggerSettings, s3, emr, claims: ClaimStore, clock: Callable[[], datetime], log
+        self, *, settings: TriggerSettings, s3, emr, sns, claims: ClaimStore, clock: Callable[[], datetime], log
     ) -> None:
         self._settings = settings
         self._s3 = s3
         self._emr = emr
+        self._sns = sns
         self._claims = claims
         self._clock = clock
         self._log = log
@@ -145,7 +160,7 @@ class StepSubmitter:
                 Body=json.dumps({"batch_id": batch.batch_id, "objects": objects}).encode(),
                 ContentType="application/json",
             )
-            step = self._build_step(batch.batch_id)
+            step = self._build_step(batch.batch_id, attempt=1)
         except Exception:
             self._claims.release(batch.uploads, batch_id=batch.batch_id)
             raise
@@ -197,7 +212,7 @@ class StepSubmitter:
         for owner, claims in sorted(by_owner.items()):
             record = self._claims.batch(owner)
             if record is not None:
-                self._log_dropped(owner, claims, f"the batch is {record.state.value}")
+                self._log_dropped(owner, claims, f"the batch is {record.state.value} (attempt {record.attempt})")
                 continue
             leased = {upload for upload, claim in claims.items() if now < claim.lease_until}
             # Messages of this invocation that the live claim names: if its invocation died, only they bring the upload
@@ -206,11 +221,11 @@ class StepSubmitter:
             waiting = {upload for upload in leased if named[upload]}
             expired_here = {upload: claim for upload, claim in claims.items() if upload not in leased}
             if waiting or expired_here:
-                owner_step_name = runs.step_name(self._settings.step_name_prefix, owner)
-                if slots is not None and owner_step_name in self._step_names_on(slots.cluster_id):
+                first_step_name = runs.step_name(self._settings.step_name_prefix, owner, 1)
+                if slots is not None and first_step_name in self._step_names_on(slots.cluster_id):
                     self._claims.record_submission(
                         batch_id=owner,
-                        step_name=owner_step_name,
+                        step_name=first_step_name,
                         cluster_id=slots.cluster_id,
                         manifest_key=runs.manifest_key(self._settings.manifests_prefix, owner),
                         now=now,
@@ -259,20 +274,104 @@ class StepSubmitter:
             raise
         return user_manifest_objects(body, key=key)
 
+    # --- cancelled or interrupted steps -----------------------------------------------------------------------------
+
+    def retry(self, event: StepEnded) -> None:
+        """Run the batch of a cancelled or interrupted step again, or report it once it used every attempt.
+
+        Raises :class:`BatchNotSubmitted` or a botocore error when the retry must wait (SQS redelivers the event)."""
+        record = self._claims.batch(event.batch_id)
+        context = {"batch_id": event.batch_id, "attempt": event.attempt, "state": event.state, "step_id": event.step_id}
+        if record is None:
+            self._log.warning("Step event for a batch that is not recorded: nothing to retry", extra=context)
+            return
+        if record.attempt == event.attempt and record.state is BatchState.RESUBMITTING:
+            # The event proves this attempt's step existed: its invocation died before recording it.
+            if self._clock() < record.lease_until:
+                raise BatchInFlight(f"batch {record.batch_id} attempt {record.attempt} is being submitted right now")
+            self._claims.finish_retry(record, step_name=self._step_name(record), cluster_id=event.cluster_id)
+            record = self._claims.batch(event.batch_id)
+        if record.attempt == event.attempt and record.state is BatchState.SUBMITTED:
+            if record.attempt >= self._settings.max_step_attempts:
+                self._report_given_up(record, event)
+                return
+            slots = self._accepting_target()
+            if not self._claims.start_retry(record, now=self._clock()):
+                self._log.info("Retry already started by another invocation", extra=context)
+                return
+            self._submit_retry(self._claims.batch(event.batch_id), slots)
+            return
+        if record.attempt == event.attempt + 1 and record.state is BatchState.RESUBMITTING:
+            if self._clock() < record.lease_until:
+                raise BatchInFlight(f"batch {record.batch_id} attempt {record.attempt} is being submitted right now")
+            slots = self._accepting_target()
+            name = self._step_name(record)
+            if slots is not None and name in self._step_names_on(slots.cluster_id):
+                self._claims.finish_retry(record, step_name=name, cluster_id=slots.cluster_id)
+                return
+            if self._claims.resume_retry(record, now=self._clock()):
+                self._submit_retry(self._claims.batch(event.batch_id), slots)
+            return
+        self._log.info(
+            "Step event already handled", extra={**context, "recorded_attempt": record.attempt, "recorded": record.state}
+        )
+
+    def _submit_retry(self, record: BatchRecord, slots: ClusterSlots | None) -> None:
+        step = self._build_step(record.batch_id, attempt=record.attempt)
+        try:
+            cluster_id = self._add_step(slots, step)
+        except (ClientError, ValueError):
+            self._claims.undo_retry(record)
+            raise
+        self._claims.finish_retry(record, step_name=step["Name"], cluster_id=cluster_id)
+        self._log.warning(
+            "Step submitted again",
+            extra={"batch_id": record.batch_id, "attempt": record.attempt, "step_name": step["Name"],
+                   "cluster_id": cluster_id, "of_attempts": self._settings.max_step_attempts},
+        )  # fmt: skip
+
+    def _report_given_up(self, record: BatchRecord, event: StepEnded) -> None:
+        """Publish first, then mark: a crash between the two repeats the report rather than losing it."""
+        settings = self._settings
+        manifest_uri = f"s3://{settings.data_bucket}/{record.manifest_key}"
+        self._sns.publish(
+            TopicArn=settings.notification_topic_arn,
+            Subject=f"Batch {record.batch_id} not run: its step ended {event.state} {record.attempt} times",
+            Message=(
+                f"EMR step {self._step_name(record)} ({event.step_id}) on cluster {event.cluster_id} ended "
+                f"{event.state}. It was attempt {record.attempt} of {settings.max_step_attempts} for batch "
+                f"{record.batch_id}, so the batch is not submitted again. Its uploads are listed in {manifest_uri}. "
+                "To run them, upload them again (a new upload is a new run), or submit a step with that manifest."
+            ),
+        )
+        self._claims.give_up(record)
+        self._log.error(
+            "Batch given up", extra={"batch_id": record.batch_id, "attempts": record.attempt, "state": event.state}
+        )
+
+    def _step_name(self, record: BatchRecord) -> str:
+        return runs.step_name(self._settings.step_name_prefix, record.batch_id, record.attempt)
+
     # --- the step -----------------------------------------------------------------------------------------------------
 
-    def _build_step(self, batch_id: str) -> dict:
+    def _build_step(self, batch_id: str, *, attempt: int) -> dict:
         settings = self._settings
         return emr_step.build_step(
-            name=runs.step_name(settings.step_name_prefix, batch_id),
+            name=runs.step_name(settings.step_name_prefix, batch_id, attempt),
             artifacts=settings.artifacts,
             manifest_uri=f"s3://{settings.data_bucket}/{runs.manifest_key(settings.manifests_prefix, batch_id)}",
             model_uri=settings.model_uri,
-            output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id)}",
+            output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id, attempt)}",
             options=settings.job_options,
         )
 
     # --- the cluster --------------------------------------------------------------------------------------------------
+
+    def _accepting_target(self) -> ClusterSlots | None:
+        slots = self._target_cluster()
+        if slots is not None:
+            self._check_accepting(slots)
+        return slots
 
     def _target_cluster(self) -> ClusterSlots | None:
         """The cluster the step goes to, or None in transient mode when no cluster of this stack accepts steps."""

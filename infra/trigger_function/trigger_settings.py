@@ -20,6 +20,9 @@ EMR_MAX_ACTIVE_STEPS = 256
 EMR_MAX_STEP_NAME_CHARS = 256
 BATCH_ID_LENGTH = 20
 JOB_DEVICES = ("cpu", "gpu", "auto")
+# A retried attempt's step name ends with "-<attempt>" (runs.py); the stack allows at most this many attempts per batch.
+MAX_STEP_ATTEMPTS_LIMIT = 9
+ATTEMPT_SUFFIX_CHARS = len(f"-{MAX_STEP_ATTEMPTS_LIMIT}")
 # Claims must outlive every message that could repeat an upload (see infra/trigger.py, CLAIM_RETENTION).
 MAX_CLAIM_RETENTION_DAYS = 365
 
@@ -51,6 +54,8 @@ class TriggerSettings:
     max_active_steps: int
     claims_table: str  # DynamoDB table of upload claims and batch records (claims.py)
     claim_retention_days: int
+    notification_topic_arn: str  # where a batch whose step was cancelled MAX_STEP_ATTEMPTS times is reported
+    max_step_attempts: int
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -99,10 +104,12 @@ class TriggerSettings:
         job_options = _job_options(required("JOB_OPTIONS"), problems)
 
         step_name_prefix = required("STEP_NAME_PREFIX")
-        if len(step_name_prefix) + BATCH_ID_LENGTH > EMR_MAX_STEP_NAME_CHARS:
+        run_id_chars = BATCH_ID_LENGTH + ATTEMPT_SUFFIX_CHARS
+        if len(step_name_prefix) + run_id_chars > EMR_MAX_STEP_NAME_CHARS:
             problems.append(
                 f"STEP_NAME_PREFIX has {len(step_name_prefix)} characters: at most "
-                f"{EMR_MAX_STEP_NAME_CHARS - BATCH_ID_LENGTH} leave room for the batch id in EMR's 256-character step name"
+                f"{EMR_MAX_STEP_NAME_CHARS - run_id_chars} leave room for the batch id and attempt in EMR's "
+                "256-character step name"
             )
 
         mode_value = required("CLUSTER_MODE")
@@ -143,8 +150,14 @@ class TriggerSettings:
                 )
 
         claims_table = required("CLAIMS_TABLE")
+        notification_topic_arn = required("NOTIFICATION_TOPIC_ARN")
+        if notification_topic_arn and not notification_topic_arn.startswith("arn:"):
+            problems.append(f"NOTIFICATION_TOPIC_ARN={notification_topic_arn!r}: expected an SNS topic ARN")
         claim_retention_days = _integer_variable(
             problems, "CLAIM_RETENTION_DAYS", upper=MAX_CLAIM_RETENTION_DAYS, required=required
+        )
+        max_step_attempts = _integer_variable(
+            problems, "MAX_STEP_ATTEMPTS", upper=MAX_STEP_ATTEMPTS_LIMIT, required=required
         )
 
         if problems:
@@ -166,6 +179,8 @@ class TriggerSettings:
             max_active_steps=max_active_steps,
             claims_table=claims_table,
             claim_retention_days=claim_retention_days,
+            notification_topic_arn=notification_topic_arn,
+            max_step_attempts=max_step_attempts,
         )
 
 

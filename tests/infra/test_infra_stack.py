@@ -18,7 +18,8 @@ from infra.trigger_function.emr_step import build_step
 COMMON_ENVIRONMENT = {
     "DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
     "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE",
-    "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS",
+    "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
+    "MAX_STEP_ATTEMPTS",
 }  # fmt: skip
 MODE_ENVIRONMENT = {"persistent": {"CLUSTER_ID"}, "transient": {"JOB_FLOW_DEFINITION_KEY"}}
 
@@ -327,14 +328,14 @@ def test_only_uploads_under_incoming_notify_the_queue(variant):
     assert queue_configuration["Events"] == ["s3:ObjectCreated:*"]
 
 
-def test_step_status_rule_matches_only_this_stacks_ended_steps(variant):
+def test_step_status_rule_announces_only_this_stacks_steps_that_ran_to_their_end(variant):
     variant.template.has_resource_properties(
         "AWS::Events::Rule",
         {
             "EventPattern": {
                 "source": ["aws.emr"],
                 "detail-type": ["EMR Step Status Change"],
-                "detail": {"state": ["COMPLETED", "FAILED", "CANCELLED"], "name": [{"prefix": f"{STACK_ID}-batch-"}]},
+                "detail": {"state": ["COMPLETED", "FAILED"], "name": [{"prefix": f"{STACK_ID}-batch-"}]},
             }
         },
     )

@@ -72,7 +72,7 @@ def count_requests(handler) -> dict[str, int]:
         operation = ".".join(event_name.split(".")[1:])
         counts[operation] = counts.get(operation, 0) + 1
 
-    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client):
+    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
         client.meta.events.register("before-call.*.*", count)
     return counts
 

@@ -344,7 +344,7 @@ def count_requests(handler) -> dict[str, int]:
         _, service, operation = event_name.split(".")
         counts[f"{service}.{operation}"] = counts.get(f"{service}.{operation}", 0) + 1
 
-    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client):
+    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
         client.meta.events.register("before-call.*.*", count)
     return counts
 

@@ -204,6 +204,7 @@ def test_a_batch_record_names_the_cluster_step_and_manifest(aws, persistent_clus
     assert batch_records(aws.dynamodb) == {
         manifest["batch_id"]: {
             "state": "submitted",
+            "attempt": 1,
             "step_name": f"mxnet-inference-{manifest['batch_id']}",
             "cluster_id": persistent_cluster,
             "manifest_key": manifest_key,

@@ -7,7 +7,7 @@ from trigger_helpers import base_environment
 
 from emr_step import JobArtifacts, JobOptions
 from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings
-from trigger_helpers import BUCKET, CLAIMS_TABLE
+from trigger_helpers import BUCKET, CLAIMS_TABLE, MAX_STEP_ATTEMPTS, TOPIC_ARN
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
 TRANSIENT = base_environment(
@@ -40,6 +40,8 @@ def test_persistent_environment_is_read_into_typed_settings():
         max_active_steps=EMR_MAX_ACTIVE_STEPS,
         claims_table=CLAIMS_TABLE,
         claim_retention_days=30,
+        notification_topic_arn=TOPIC_ARN,
+        max_step_attempts=MAX_STEP_ATTEMPTS,
     )
 
 
@@ -59,8 +61,8 @@ def test_every_missing_variable_is_named_in_one_error():
         TriggerSettings.from_environment({})
 
     for name in ("DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
-                 "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS", "CLAIMS_TABLE",
-                 "CLAIM_RETENTION_DAYS"):  # fmt: skip
+                 "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS",
+                 "NOTIFICATION_TOPIC_ARN", "MAX_STEP_ATTEMPTS"):  # fmt: skip
         assert f"{name} is missing" in str(raised.value)
 
 
@@ -96,7 +98,7 @@ def test_every_missing_variable_is_named_in_one_error():
             {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 0}'},
             r"JOB_OPTIONS.timeout_minutes=0: expected a positive integer",
         ),
-        ({"STEP_NAME_PREFIX": "x" * 237}, r"STEP_NAME_PREFIX has 237 characters: at most 236"),
+        ({"STEP_NAME_PREFIX": "x" * 235}, r"STEP_NAME_PREFIX has 235 characters: at most 234 leave room for the batch id and"),
         ({"CLUSTER_MODE": "serverless"}, r"CLUSTER_MODE='serverless': expected one of \['persistent', 'transient'\]"),
         ({"CLUSTER_ID": "cluster-1"}, r"CLUSTER_ID='cluster-1': expected an EMR cluster id"),
         ({"CLUSTER_ID": ""}, r"CLUSTER_ID is missing or empty"),
@@ -108,8 +110,11 @@ def test_every_missing_variable_is_named_in_one_error():
         ({"MAX_ACTIVE_STEPS": "257"}, r"MAX_ACTIVE_STEPS=257: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "many"}, r"MAX_ACTIVE_STEPS='many': expected an integer from 1 to 256"),
         ({"CLAIMS_TABLE": ""}, r"CLAIMS_TABLE is missing or empty"),
-        ({"CLAIM_RETENTION_DAYS": "a month"}, r"CLAIM_RETENTION_DAYS='a month': expected an integer from 1 to 365"),
+        ({"NOTIFICATION_TOPIC_ARN": "step-notifications"}, r"NOTIFICATION_TOPIC_ARN='step-notifications': expected an SNS"),
+        ({"MAX_STEP_ATTEMPTS": "10"}, r"MAX_STEP_ATTEMPTS=10: expected an integer from 1 to 9"),
+        ({"MAX_STEP_ATTEMPTS": "twice"}, r"MAX_STEP_ATTEMPTS='twice': expected an integer from 1 to 9"),
         ({"CLAIM_RETENTION_DAYS": "0"}, r"CLAIM_RETENTION_DAYS=0: expected an integer from 1 to 365"),
+        ({"CLAIM_RETENTION_DAYS": "a month"}, r"CLAIM_RETENTION_DAYS='a month': expected an integer from 1 to 365"),
     ],
 )
 def test_invalid_persistent_setting_is_named_with_what_is_allowed(overrides, message):

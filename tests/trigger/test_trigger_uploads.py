@@ -1,4 +1,4 @@
-"""Which objects count as uploads, how keys are decoded, how uploads group, and how batches are named (pure functions)."""
+"""Which objects count as uploads, how keys are decoded, how uploads group, and how runs are named (pure functions)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 import pytest
 
 import runs
+from step_events import StepEnded, parse_step_event
 from submitter import UnusableUserManifest, user_manifest_objects
-from trigger_helpers import BUCKET, bodies, load_event, s3_notification
+from trigger_helpers import BUCKET, bodies, load_event, s3_notification, step_status_event
 from trigger_settings import BATCH_ID_LENGTH
 from uploads import MalformedMessage, Upload, UploadKind, group_uploads, parse_message_body, upload_kind
 
@@ -147,6 +148,22 @@ def test_a_new_batch_id_starts_with_its_utc_time_and_has_the_configured_length()
     assert first != second
 
 
+@pytest.mark.parametrize("attempt", [1, 2, 9])
+def test_run_ids_round_trip_and_give_each_attempt_its_own_output(attempt):
+    batch_id = runs.new_batch_id(datetime(2026, 12, 1, tzinfo=timezone.utc))
+
+    assert runs.parse_run_id(runs.run_id(batch_id, attempt)) == (batch_id, attempt)
+    assert runs.output_key("results/", batch_id, attempt) == (
+        f"results/{batch_id}/" if attempt == 1 else f"results/{batch_id}-{attempt}/"
+    )
+    assert runs.manifest_key("manifests/", batch_id) == f"manifests/{batch_id}.json"
+
+
+@pytest.mark.parametrize("text", ["", "short", "20261201093005abcdef-1", "20261201093005abcdef-02", "20261201093005abc_ef"])
+def test_text_that_is_no_run_id_is_refused(text):
+    assert runs.parse_run_id(text) is None
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -165,3 +182,38 @@ def test_unusable_uploaded_manifest_says_why(body, message):
 @pytest.mark.parametrize("document", [["s3://b/a.png"], {"objects": ["s3://b/a.png"], "note": "ignored"}])
 def test_uploaded_manifest_lists_its_objects(document):
     assert user_manifest_objects(json.dumps(document).encode(), key="incoming/run.json") == ["s3://b/a.png"]
+
+
+# --- step events (the EventBridge rule sends this stack's cancelled and interrupted steps to the queue) ---------------
+
+
+@pytest.mark.parametrize(("suffix", "attempt"), [("", 1), ("-2", 2)])
+def test_a_cancelled_step_event_names_its_batch_and_attempt(suffix, attempt):
+    event = step_status_event(f"mxnet-inference-20261125100000abcdef{suffix}", "CANCELLED", cluster_id="j-1ABC")
+
+    parsed = parse_step_event(json.dumps(event), step_name_prefix="mxnet-inference-")
+
+    assert parsed == StepEnded(
+        batch_id="20261125100000abcdef", attempt=attempt, state="CANCELLED", step_id="s-ZYXWVUTSRQPON", cluster_id="j-1ABC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "state"),
+    [
+        ("mxnet-inference-20261125100000abcdef", "COMPLETED"),
+        ("mxnet-inference-20261125100000abcdef", "FAILED"),
+        ("another-stack-20261125100000abcdef", "CANCELLED"),
+        ("mxnet-inference-not-a-run-id", "CANCELLED"),
+    ],
+)
+def test_step_events_that_are_not_retried_parse_to_nothing(name, state):
+    event = step_status_event(name, state, cluster_id="j-1ABC")
+
+    assert parse_step_event(json.dumps(event), step_name_prefix="mxnet-inference-") is None
+
+
+def test_an_s3_notification_is_no_step_event():
+    (body,) = bodies(load_event("sqs_s3_put_image.json"))
+
+    assert parse_step_event(json.dumps(body), step_name_prefix="mxnet-inference-") is None

@@ -25,6 +25,10 @@ BUCKET = "amzn-s3-demo-bucket"
 REGION = "us-east-1"
 CLUSTER_TAG = {"Key": "inference-stack", "Value": "trigger-tests"}
 CLAIMS_TABLE = "trigger-claims"
+TOPIC_NAME = "trigger-notifications"
+# moto's default account: AWS's documentation example id, nobody's real account.
+TOPIC_ARN = f"arn:aws:sns:{REGION}:123456789012:{TOPIC_NAME}"
+MAX_STEP_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class AwsClients:
     emr: object
     sqs: object
     dynamodb: object
+    sns: object
 
 
 def aws_clients(**client_kwargs) -> AwsClients:
@@ -40,12 +45,12 @@ def aws_clients(**client_kwargs) -> AwsClients:
     import boto3
 
     return AwsClients(
-        **{name: boto3.client(name, **client_kwargs) for name in ("s3", "emr", "sqs", "dynamodb")}
+        **{name: boto3.client(name, **client_kwargs) for name in ("s3", "emr", "sqs", "dynamodb", "sns")}
     )
 
 
 def create_function_resources(aws: AwsClients) -> None:
-    """What the stack creates for the function: the data bucket and the claims table (with its TTL)."""
+    """What the stack creates for the function: the data bucket, the claims table (with its TTL) and the topic."""
     aws.s3.create_bucket(Bucket=BUCKET)
     aws.dynamodb.create_table(
         TableName=CLAIMS_TABLE,
@@ -56,6 +61,7 @@ def create_function_resources(aws: AwsClients) -> None:
     aws.dynamodb.update_time_to_live(
         TableName=CLAIMS_TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
     )
+    assert aws.sns.create_topic(Name=TOPIC_NAME)["TopicArn"] == TOPIC_ARN
 
 
 @dataclass(frozen=True)
@@ -218,9 +224,18 @@ def base_environment(**overrides: str) -> dict[str, str]:
         "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
         "CLAIMS_TABLE": CLAIMS_TABLE,
         "CLAIM_RETENTION_DAYS": "30",
+        "NOTIFICATION_TOPIC_ARN": TOPIC_ARN,
+        "MAX_STEP_ATTEMPTS": str(MAX_STEP_ATTEMPTS),
     }
     environment.update(overrides)
     return {name: value for name, value in environment.items() if value is not None}
+
+
+def step_status_event(step_name: str, state: str, *, cluster_id: str, step_id: str = "s-ZYXWVUTSRQPON") -> dict:
+    """An EventBridge "EMR Step Status Change" event as the stack's rule delivers it to the queue (the fixture's shape)."""
+    event = json.loads((FIXTURES / "eventbridge_emr_step_status.json").read_text())
+    event["detail"].update(name=step_name, state=state, clusterId=cluster_id, stepId=step_id)
+    return event
 
 
 def manifest_objects(s3, step: dict) -> list[str]:
@@ -230,6 +245,13 @@ def manifest_objects(s3, step: dict) -> list[str]:
     arguments = emr_step.job_arguments(step)
     manifest_uri = arguments[arguments.index("--manifest") + 1]
     return read_json(s3, manifest_uri.removeprefix(f"s3://{BUCKET}/"))["objects"]
+
+
+def step_output(step: dict) -> str:
+    import emr_step
+
+    arguments = emr_step.job_arguments(step)
+    return arguments[arguments.index("--output") + 1]
 
 
 def runs_per_object(aws: AwsClients, *cluster_ids: str) -> dict[str, int]:
@@ -259,10 +281,11 @@ def claimed_by(dynamodb) -> dict[str, str]:
 
 
 def batch_records(dynamodb) -> dict[str, dict]:
-    """Batch records: batch id -> {state, step_name, cluster_id, manifest_key}."""
+    """Batch records: batch id -> {state, attempt, step_name, cluster_id, manifest_key}."""
     return {
         item["pk"]["S"].removeprefix("batch#"): {
             "state": item["state"]["S"],
+            "attempt": int(item["attempt"]["N"]),
             "step_name": item["step_name"]["S"],
             "cluster_id": item["cluster_id"]["S"],
             "manifest_key": item["manifest_key"]["S"],
