@@ -1,14 +1,17 @@
-"""A custom resource that, on ``cdk destroy``, terminates this stack's EMR clusters and untangles its security groups."""
+"""A custom resource that, on ``cdk destroy``, terminates this stack's EMR clusters, untangles its security groups and
+turns off the data bucket's access logging before the buckets are emptied."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.nag import acknowledge
@@ -29,6 +32,7 @@ class ClusterCleanup(Construct):
         tag_key: str,
         tag_value: str,
         security_groups: list[ec2.ISecurityGroup],
+        access_logged_bucket: Optional[s3.IBucket],
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -42,7 +46,8 @@ class ClusterCleanup(Construct):
             log_group=logs.LogGroup(
                 self, "FunctionLogs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
             ),
-            description="On stack deletion: terminate the stack's EMR clusters, remove EMR's security-group rules",
+            description="On stack deletion: terminate the stack's EMR clusters, remove EMR's security-group rules, stop "
+            "access logging",
         )
         cluster_arns = stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")
         self.function.add_to_role_policy(
@@ -81,16 +86,26 @@ class ClusterCleanup(Construct):
                 ],
             )
         )
+        properties = {
+            "TagKey": tag_key,
+            "TagValue": tag_value,
+            "SecurityGroupIds": [group.security_group_id for group in security_groups],
+        }
+        if access_logged_bucket is not None:
+            properties["AccessLoggedBucket"] = access_logged_bucket.bucket_name
+            self.function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="StopAccessLoggingBeforeEmptying",
+                    actions=["s3:PutBucketLogging"],
+                    resources=[access_logged_bucket.bucket_arn],
+                )
+            )
         self.resource = CustomResource(
             self,
             "Resource",
             service_token=self.function.function_arn,
             resource_type="Custom::EmrClusterCleanup",
-            properties={
-                "TagKey": tag_key,
-                "TagValue": tag_value,
-                "SecurityGroupIds": [group.security_group_id for group in security_groups],
-            },
+            properties=properties,
         )
         acknowledge(
             self.function,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Optional, Sequence
 
 from aws_cdk import Aws, Duration, RemovalPolicy, Stack
@@ -26,6 +28,7 @@ from infra.storage import (
 EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
 BOOTSTRAP_PREFIX = ARTIFACTS_PREFIX + "bootstrap/"
 KEY_PENDING_WINDOW_DAYS = 7
+SECURITY_CONFIGURATION_HASH_CHARS = 12
 
 
 class Cluster(Construct):
@@ -57,18 +60,22 @@ class Cluster(Construct):
         self.instance_role = self._instance_role(data_bucket, logs_bucket, key)
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.instance_role)
         self.service_role = self._service_role(key)
+        security_configuration = _security_configuration(key.key_arn)
         self.security_configuration = emr.CfnSecurityConfiguration(
             self,
             "SecurityConfiguration",
-            # Named after the stack (names are unique per account and region); cdk-nag matches clusters to it by name.
-            name=f"{Stack.of(self).stack_name}-encryption-imdsv2",
-            security_configuration=_security_configuration(key.key_arn),
+            # Named after the stack (names are unique per account and region; cdk-nag matches clusters to it by name)
+            # and after its content: CloudFormation replaces a security configuration on any change, and cannot replace
+            # a resource whose custom name stays the same.
+            name=f"{Stack.of(self).stack_name}-{_content_hash(Stack.of(self).resolve(security_configuration))}",
+            security_configuration=security_configuration,
         )
         stack = Stack.of(self)
         self.job_flow: dict[str, Any] = build_job_flow(
             ClusterInputs(
                 name=f"{stack.stack_name}-{compute}",
                 release_label=release_label,
+                region=Aws.REGION,
                 compute=compute,
                 instance_groups=tuple(instance_groups),
                 subnet_id=network.subnet_id,
@@ -144,8 +151,9 @@ class Cluster(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="WriteResults",
-                # Spark's committer writes temporary files under the output, deletes them on commit, and uses
-                # multipart uploads for large part files.
+                # Spark's committer writes the output and deletes what it replaces; on emr-7.10.0 and later s3:// is
+                # S3A with EMR's magic committer, which stages files under results/.../__magic/ as multipart uploads
+                # and completes (or aborts and lists) them at commit.
                 actions=["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 resources=[data_bucket.arn_for_objects(RESULTS_PREFIX + "*")],
             )
@@ -211,7 +219,8 @@ class Cluster(Construct):
                 sid="PassInstanceRole",
                 actions=["iam:PassRole"],
                 resources=[self.instance_role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+                # StringLike with a trailing * as in AWS's own EMR policies: the service name ends in .com.cn in aws-cn.
+                conditions={"StringLike": {"iam:PassedToService": "ec2.amazonaws.com*"}},
             )
         )
         # Local-disk encryption with EBS encryption: EMR encrypts the nodes' volumes with the stack key.
@@ -235,8 +244,17 @@ class Cluster(Construct):
         return role
 
 
+def _content_hash(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:SECURITY_CONFIGURATION_HASH_CHARS]
+
+
 def _security_configuration(key_arn: str) -> dict[str, Any]:
-    """At-rest encryption of EMRFS data in S3 and of local disks (incl. EBS), and IMDSv2 only on every node."""
+    """Encryption at rest of S3 data (SSE-S3) and of local disks (incl. EBS) with the stack key; IMDSv2 only.
+
+    ``S3EncryptionConfiguration`` is EMRFS's setting; from emr-7.10.0 on ``s3://`` goes through S3A instead of EMRFS, and
+    what protects the job's objects is then the buckets' own default encryption (SSE-S3, see storage.py), which S3
+    applies to every write whatever the client asks for.
+    """
     return {
         "EncryptionConfiguration": {
             "EnableInTransitEncryption": False,

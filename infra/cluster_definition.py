@@ -10,7 +10,9 @@ Values may be CDK tokens (bucket names, role names): they are resolved at deploy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
+
+from infra.instance_types import gpus, vcpus
 
 PYTHON = "/usr/bin/python3.11"  # EMR 7.1+ ships Python 3.11 beside the default 3.9; the job needs 3.11.
 # Installed on every GPU node by bootstrap/getGpusResources.sh --install (EMR ships Spark's copy under /usr/lib/spark
@@ -36,13 +38,20 @@ CPU_EXECUTOR_SIZING = {
     "spark.executor.memory": "3g",
     "spark.executor.memoryOverhead": "2560m",
 }
+# Even in client mode Spark runs a small YARN ApplicationMaster (the ExecutorLauncher) in a container on a worker, and
+# with the DominantResourceCalculator that GPU scheduling needs, its vcore counts. An executor asking for all 4 vcores of
+# a g4dn.xlarge could never share a node with it: with one core node the step would wait forever, with two one GPU would
+# idle. Three vcores per executor leave room for the ApplicationMaster on whichever node YARN puts it.
+YARN_AM_SIZING = {
+    "spark.yarn.am.cores": "1",
+    "spark.yarn.am.memory": "512m",
+}
 GPU_EXECUTOR_SIZING = {
-    "spark.executor.cores": "4",  # one executor per node: it owns the node's GPU
-    "spark.task.cpus": "4",  # one task at a time on the GPU, with every vCPU for fetch and decode threads
+    "spark.executor.cores": "3",  # one executor per GPU; the node's 4th vcore is left for the ApplicationMaster
+    "spark.task.cpus": "3",  # one task at a time on the GPU, with the executor's vCPUs for fetch and decode threads
     "spark.executor.memory": "4g",
     "spark.executor.memoryOverhead": "6g",
 }
-
 
 @dataclass(frozen=True)
 class InstanceGroup:
@@ -58,6 +67,7 @@ class ClusterInputs:
 
     name: str
     release_label: str
+    region: str  # the stack's region: boto3 and the AWS CLI on the nodes must use its S3 endpoint
     compute: str  # cpu | gpu
     instance_groups: tuple[InstanceGroup, ...]
     subnet_id: str
@@ -75,14 +85,33 @@ class ClusterInputs:
     tags: Mapping[str, str]
 
 
-def spark_configurations(compute: str) -> list[dict[str, Any]]:
-    """EMR ``Configurations`` (classifications) for the inference job on ``compute`` (cpu | gpu)."""
+def task_slots(compute: str, instance_groups: Sequence[InstanceGroup]) -> int:
+    """How many tasks the cluster's workers run at once: their vCPUs (cpu, one vCPU per task), or their GPUs (gpu, one
+    task per GPU). The primary node runs the driver and no executors."""
+    workers = [group for group in instance_groups if group.role != "MASTER"]
+    per_node = gpus if compute == "gpu" else vcpus
+    return sum(group.count * per_node(group.instance_type) for group in workers)
+
+
+def spark_configurations(compute: str, *, task_slots: int, region: str) -> list[dict[str, Any]]:
+    """EMR ``Configurations`` (classifications) for the inference job on ``compute`` (cpu | gpu).
+
+    ``task_slots`` becomes ``spark.default.parallelism``, from which the job plans its tasks. EMR turns on dynamic
+    allocation, so a Spark application starts with no executors and Spark's own default would be 2: two tasks for the
+    whole cluster. With the cluster's real slot count the job plans enough tasks, and dynamic allocation asks YARN for
+    an executor for each of them.
+    """
     spark_defaults = {
         "spark.pyspark.python": PYTHON,
         "spark.pyspark.driver.python": PYTHON,
         "spark.python.worker.reuse": "true",  # keeps each worker's loaded model for the next task
         # A second attempt would find the first attempt's partial output and stop (the job refuses to overwrite).
         "spark.yarn.maxAppAttempts": "1",
+        "spark.default.parallelism": str(task_slots),
+        # boto3 in the executors' Python workers has no region otherwise, and would call the us-east-1 global S3
+        # endpoint, which an S3 gateway endpoint in another region does not route.
+        "spark.executorEnv.AWS_DEFAULT_REGION": region,
+        **YARN_AM_SIZING,
         **(GPU_EXECUTOR_SIZING if compute == "gpu" else CPU_EXECUTOR_SIZING),
     }
     configurations: list[dict[str, Any]] = [
@@ -90,7 +119,15 @@ def spark_configurations(compute: str) -> list[dict[str, Any]]:
             "Classification": "spark-env",
             "Properties": {},
             "Configurations": [
-                {"Classification": "export", "Properties": {"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON}}
+                {
+                    "Classification": "export",
+                    # spark-submit sources spark-env.sh: the driver (client mode, on the primary) gets the region too.
+                    "Properties": {
+                        "PYSPARK_PYTHON": PYTHON,
+                        "PYSPARK_DRIVER_PYTHON": PYTHON,
+                        "AWS_DEFAULT_REGION": region,
+                    },
+                }
             ],
         },
     ]
@@ -172,7 +209,9 @@ def build_job_flow(inputs: ClusterInputs) -> dict[str, Any]:
         "ReleaseLabel": inputs.release_label,
         "LogUri": inputs.log_uri,
         "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
-        "Configurations": spark_configurations(inputs.compute),
+        "Configurations": spark_configurations(
+            inputs.compute, task_slots=task_slots(inputs.compute, inputs.instance_groups), region=inputs.region
+        ),
         "BootstrapActions": bootstrap_actions(inputs.compute, inputs.bootstrap_uri_prefix, inputs.wheelhouse_uri),
         "Instances": {
             "InstanceGroups": [

@@ -39,10 +39,12 @@ class Network(Construct):
                 Tags.of(subnet).add(*EMR_MANAGED_POLICY_TAG)
             # EMR launches instance groups in one subnet; the first private one.
             self.subnet_id = subnets[0].subnet_id
+            self.kms_endpoint = None if nat_gateways else self._kms_endpoint(subnets[0])
         else:
             # No lookup: synth needs no AWS credentials. The subnet must carry EMR_MANAGED_POLICY_TAG (README).
             self.vpc = ec2.Vpc.from_vpc_attributes(self, "Vpc", vpc_id=vpc_id, availability_zones=Fn.get_azs())
             self.subnet_id = subnet_id
+            self.kms_endpoint = None
         self.primary_security_group = self._security_group("PrimarySecurityGroup", "EMR primary node")
         self.worker_security_group = self._security_group("WorkerSecurityGroup", "EMR core and task nodes")
         self.service_access_security_group = self._security_group(
@@ -80,6 +82,22 @@ class Network(Construct):
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
         return vpc
+
+    def _kms_endpoint(self, subnet: ec2.ISubnet) -> ec2.InterfaceVpcEndpoint:
+        """Without NAT the nodes reach AWS only through VPC endpoints. S3 has its gateway endpoint; the only other service
+        a node calls is KMS, at boot, for the data key of its encrypted local disks (security configuration). Private DNS
+        makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet, the cluster's: an interface endpoint bills
+        per availability zone, and the cluster runs in one."""
+        return ec2.InterfaceVpcEndpoint(
+            self,
+            "KmsEndpoint",
+            vpc=self.vpc,
+            service=ec2.InterfaceVpcEndpointAwsService.KMS,
+            subnets=ec2.SubnetSelection(subnets=[subnet]),
+            private_dns_enabled=True,
+            # HTTPS from inside the VPC (the cluster's nodes) only.
+            open=True,
+        )
 
     def _security_group(self, construct_id: str, description: str) -> ec2.SecurityGroup:
         group = ec2.SecurityGroup(self, construct_id, vpc=self.vpc, description=description, allow_all_outbound=True)

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
+from infra.instance_types import GPU_FAMILIES, UnknownInstanceSize, gpus, vcpus
+
 # The cdk.json context key that holds every setting below (one key, so CDK's own feature flags never collide).
 CONTEXT_KEY = "inference"
 
@@ -32,8 +34,6 @@ DEFAULT_PRIMARY_INSTANCE_TYPE = "m5.xlarge"
 DEFAULT_CPU_WORKER_INSTANCE_TYPE = "c5.2xlarge"
 # g4dn.xlarge: one NVIDIA T4 (16 GiB), 4 vCPU / 16 GiB: the cheapest GPU instance EMR supports.
 DEFAULT_GPU_WORKER_INSTANCE_TYPE = "g4dn.xlarge"
-# Instance families with NVIDIA GPUs that EMR supports; a GPU cluster needs one of them for core and task nodes.
-GPU_INSTANCE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p3dn", "p4d", "p4de", "p5")
 INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 VPC_ID_PATTERN = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID_PATTERN = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
@@ -47,6 +47,9 @@ SQS_MAX_BATCH_SIZE = 10_000
 SQS_MAX_BATCHING_WINDOW_SECONDS = 300
 SQS_MAX_BATCH_WITHOUT_WINDOW = 10
 MAX_NAT_GATEWAYS = 3
+# The same default as the step builder's (emr_step.DEFAULT_STEP_TIMEOUT_MINUTES, tested equal); at most a week.
+DEFAULT_STEP_TIMEOUT_MINUTES = 240
+MAX_STEP_TIMEOUT_MINUTES = 7 * 24 * 60
 
 
 class SettingsError(ValueError):
@@ -83,6 +86,8 @@ class Settings:
     job_batch_size: int = 256
     job_top_k: int = 5
     job_max_failure_ratio: float = 0.01
+    # Wall-clock limit of one EMR step (spark-submit runs under `timeout`); a hung step cannot keep a cluster billing.
+    step_timeout_minutes: int = DEFAULT_STEP_TIMEOUT_MINUTES
     trigger_batch_size: int = 1000
     trigger_batching_window_seconds: int = 60
 
@@ -207,6 +212,7 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
     integer("job_batch_size", 1, 65_536)
     integer("job_top_k", 1, 1000)
     number("job_max_failure_ratio", 0.0, 1.0)
+    integer("step_timeout_minutes", 5, MAX_STEP_TIMEOUT_MINUTES)
     integer("trigger_batch_size", 1, SQS_MAX_BATCH_SIZE)
     integer("trigger_batching_window_seconds", 0, SQS_MAX_BATCHING_WINDOW_SECONDS)
 
@@ -223,17 +229,21 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
 def _cross_checks(settings: Settings) -> list[str]:
     """Checks between settings, run only on values that passed their own check."""
     problems = []
-    is_gpu_type = lambda instance_type: instance_type.split(".")[0] in GPU_INSTANCE_FAMILIES  # noqa: E731
     worker_groups = [("core_instance_type", settings.worker_instance_type)]
     if settings.task_instance_count > 0:
         worker_groups.append(("task_instance_type", settings.resolved_task_instance_type))
     for key, instance_type in worker_groups:
-        if settings.compute == "gpu" and not is_gpu_type(instance_type):
+        try:
+            # The cluster's task slots (spark.default.parallelism) are counted from the workers' vCPUs.
+            vcpus(instance_type)
+        except UnknownInstanceSize as error:
+            problems.append(f"{key}: {error}")
+        if settings.compute == "gpu" and not gpus(instance_type):
             problems.append(
                 f"{key}: {instance_type!r} has no GPU but compute is 'gpu'; allowed: a type of the families "
-                f"{', '.join(GPU_INSTANCE_FAMILIES)} (e.g. {DEFAULT_GPU_WORKER_INSTANCE_TYPE}, g5.xlarge)"
+                f"{', '.join(GPU_FAMILIES)} (e.g. {DEFAULT_GPU_WORKER_INSTANCE_TYPE}, g5.xlarge)"
             )
-        if settings.compute == "cpu" and is_gpu_type(instance_type):
+        if settings.compute == "cpu" and gpus(instance_type):
             problems.append(
                 f"{key}: {instance_type!r} is a GPU type but compute is 'cpu' (the GPU would sit idle); "
                 "allowed: a CPU type such as c5.2xlarge, or set compute to 'gpu'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from infra.trigger_function.emr_step import JobArtifacts, JobOptions, build_step
 
 JOB_FLOW_DEFINITION_NAME = "job-flow.json"
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
+EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
+EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
 ARTIFACTS_DEPLOYMENT_MEMORY_MB = 512
 WHEELHOUSE_DIR_NAME = "wheelhouse"
 WHEELHOUSE_PREFIX = WHEELHOUSE_DIR_NAME + "/"  # under artifacts/
@@ -135,6 +138,7 @@ class InferenceStack(Stack):
             batch_size=settings.job_batch_size,
             top_k=settings.job_top_k,
             max_failure_ratio=settings.job_max_failure_ratio,
+            timeout_minutes=settings.step_timeout_minutes,
         )
         self.model_uri = data_bucket.s3_url_for_object(f"{MODELS_PREFIX}{settings.model_name}/")
         environment = {
@@ -145,15 +149,7 @@ class InferenceStack(Stack):
             "MODEL_URI": self.model_uri,
             "JOB_PY_FILES_URI": self.job_artifacts.py_files_uri,
             "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
-            "JOB_OPTIONS": json.dumps(
-                {
-                    "device": self.job_options.device,
-                    "batch_size": self.job_options.batch_size,
-                    "top_k": self.job_options.top_k,
-                    "max_failure_ratio": self.job_options.max_failure_ratio,
-                },
-                sort_keys=True,
-            ),
+            "JOB_OPTIONS": json.dumps(dataclasses.asdict(self.job_options), sort_keys=True),
             "STEP_NAME_PREFIX": self.step_name_prefix,
             "CLUSTER_MODE": settings.cluster_mode,
             "CLUSTER_TAG_KEY": CLUSTER_TAG_KEY,
@@ -191,6 +187,7 @@ class InferenceStack(Stack):
                 network.worker_security_group,
                 network.service_access_security_group,
             ],
+            access_logged_bucket=None if settings.retain_data_on_destroy else data_bucket,
         )
         # On destroy the cleanup runs after the clusters stopped being fed (the trigger and the persistent cluster go
         # first) and before everything a cluster uses: roles, security configuration, network, buckets, key.
@@ -257,8 +254,27 @@ class InferenceStack(Stack):
                 sid="PassOnlyThisStacksRoles",
                 actions=["iam:PassRole"],
                 resources=[self.cluster.service_role.role_arn, self.cluster.instance_role.role_arn],
+                # StringLike with a trailing * as in AWS's own EMR policies: service names end in .com.cn in aws-cn.
                 conditions={
-                    "StringEquals": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com", "ec2.amazonaws.com"]}
+                    "StringLike": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com*", "ec2.amazonaws.com*"]}
+                },
+            ),
+            # EMR creates its cleanup service-linked role at the first cluster of an account, as the caller of
+            # RunJobFlow; without this the first transient cluster in a fresh account fails. Scoped as in AWS's
+            # AmazonEMRFullAccessPolicy_v2 (statement ElasticMapReduceServiceLinkedRole).
+            iam.PolicyStatement(
+                sid="CreateEmrCleanupServiceLinkedRole",
+                actions=["iam:CreateServiceLinkedRole"],
+                resources=[
+                    self.format_arn(
+                        service="iam",
+                        region="",
+                        resource="role",
+                        resource_name=f"aws-service-role/{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*",
+                    )
+                ],
+                conditions={
+                    "StringEquals": {"iam:AWSServiceName": [EMR_SERVICE_PRINCIPAL, EMR_SERVICE_PRINCIPAL + ".cn"]}
                 },
             ),
         ]

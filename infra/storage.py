@@ -69,6 +69,13 @@ class Storage(Construct):
             auto_delete_objects=not retain_data,
             **_secure_bucket_properties(),
         )
+        if not retain_data:
+            # On destroy, emptying the data bucket writes access-log records into the logs bucket, best effort and
+            # minutes later (aws-cdk#21776). The stack's cleanup resource turns the data bucket's access logging off
+            # before it is emptied (cleanup_function/handler.py), and the logs bucket is emptied only after the data
+            # bucket was (CloudFormation deletes a dependent first), so no record of that emptying comes too late.
+            logs_emptying = self.logs_bucket.node.find_child("AutoDeleteObjectsCustomResource")
+            self.data_bucket.node.find_child("AutoDeleteObjectsCustomResource").node.add_dependency(logs_emptying)
 
 
 def _secure_bucket_properties() -> dict:

@@ -87,6 +87,23 @@ def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, Listing, float]:
     return storage, package, listing, time.perf_counter() - started
 
 
+def task_slots(spark_context) -> tuple[int, Optional[str]]:
+    """How many tasks the cluster runs at once, and a note when that number cannot be trusted.
+
+    Spark's ``defaultParallelism`` is ``spark.default.parallelism`` when set (the stack sets it to the cluster's task
+    slots), else the cores of the executors registered so far, at least 2. Under dynamic allocation (EMR's default) an
+    application starts with no executors, so without the setting the job would plan 2 tasks for a whole cluster.
+    """
+    conf = spark_context.getConf()
+    slots = spark_context.defaultParallelism
+    if conf.get("spark.default.parallelism", None) is None and conf.get(
+            "spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return slots, (f"dynamic allocation is on and spark.default.parallelism is not set, so tasks were planned for "
+                       f"{slots} slots (the executors registered at start); set spark.default.parallelism to the "
+                       "cluster's task slots (the stack does) to use the whole cluster")
+    return slots, None
+
+
 def spark_session(master: Optional[str]):
     from pyspark.sql import SparkSession
 
@@ -159,7 +176,9 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     session_s = time.perf_counter() - session_started
     check_device_request(config, spark.sparkContext.getConf())
 
-    slots = spark.sparkContext.defaultParallelism
+    slots, slots_note = task_slots(spark.sparkContext)
+    if slots_note:
+        print(f"warning: {slots_note}", file=sys.stderr)
     tasks = plan_tasks(listing.items, slots=slots, max_images_per_task=config.max_images_per_task)
     settings = WorkerSettings(
         package=package, device=config.device, batch_size=config.batch_size, top_k=config.top_k,
@@ -211,6 +230,8 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "accuracy": counts["accuracy"],
         "images_per_s": counts["total"] / processing_s if processing_s else None,
         "tasks": len(tasks),
+        "task_slots": slots,
+        "planning_notes": [slots_note] if slots_note else [],
         "batch_size": config.batch_size,
         "top_k": config.top_k,
         "seconds": {"listing": listing_s, "session_start": session_s, "processing": processing_s},

@@ -1,9 +1,12 @@
-"""Custom resource run by `cdk destroy`: terminate this stack's EMR clusters and untangle its security groups.
+"""Custom resource run by `cdk destroy`: terminate this stack's EMR clusters, untangle its security groups, and stop
+the data bucket's access logging.
 
 Transient clusters are launched by the trigger Lambda, outside CloudFormation, so the stack cannot delete them itself.
 When this resource is deleted (before the buckets, roles, security groups and subnets those clusters use), it
 terminates every cluster carrying the stack's tag, waits until they are gone, then removes the rules EMR added to the
 stack's security groups: EMR makes those groups reference each other, which would otherwise block their deletion.
+Last, it turns off the data bucket's server access logging: emptying that bucket would otherwise deliver log records
+into the logs bucket after the logs bucket was emptied, and its deletion would fail with BucketNotEmpty (aws-cdk#21776).
 Standard library and boto3 only (the Lambda runtime's).
 """
 
@@ -69,7 +72,14 @@ def revoke_rules(ec2: Any, security_group_ids: list[str]) -> int:
     return removed
 
 
-def handle(event: dict, emr: Any, ec2: Any, remaining_ms: Callable[[], int], sleep=time.sleep) -> tuple[str, str]:
+def stop_access_logging(s3: Any, bucket: str) -> None:
+    """Turn off the bucket's server access logging (an empty logging status)."""
+    s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})
+
+
+def handle(
+    event: dict, emr: Any, ec2: Any, s3: Any, remaining_ms: Callable[[], int], sleep=time.sleep
+) -> tuple[str, str]:
     """Return (status, reason) for CloudFormation; only Delete does any work."""
     if event["RequestType"] != "Delete":
         return "SUCCESS", "nothing to do until the stack is deleted"
@@ -79,7 +89,11 @@ def handle(event: dict, emr: Any, ec2: Any, remaining_ms: Callable[[], int], sle
     if still_running:
         return "FAILED", f"clusters still terminating: {', '.join(still_running)}; run the destroy again"
     removed = revoke_rules(ec2, list(properties["SecurityGroupIds"]))
-    return "SUCCESS", f"terminated {len(cluster_ids)} cluster(s); removed {removed} security-group rule(s)"
+    reason = f"terminated {len(cluster_ids)} cluster(s); removed {removed} security-group rule(s)"
+    if properties.get("AccessLoggedBucket"):
+        stop_access_logging(s3, properties["AccessLoggedBucket"])
+        reason += f"; stopped access logging of {properties['AccessLoggedBucket']}"
+    return "SUCCESS", reason
 
 
 def send_response(event: dict, status: str, reason: str, physical_id: str) -> None:
@@ -101,7 +115,13 @@ def send_response(event: dict, status: str, reason: str, physical_id: str) -> No
 def lambda_handler(event: dict, context: Any) -> None:
     physical_id = event.get("PhysicalResourceId") or f"cleanup-{os.environ.get('AWS_LAMBDA_FUNCTION_NAME', 'local')}"
     try:
-        status, reason = handle(event, boto3.client("emr"), boto3.client("ec2"), context.get_remaining_time_in_millis)
+        status, reason = handle(
+            event,
+            boto3.client("emr"),
+            boto3.client("ec2"),
+            boto3.client("s3"),
+            context.get_remaining_time_in_millis,
+        )
     except Exception as error:  # noqa: BLE001 - CloudFormation must always get an answer, or it waits an hour
         status, reason = "FAILED", f"{type(error).__name__}: {error}"
     print(json.dumps({"request": event["RequestType"], "status": status, "reason": reason}))

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 COMMAND_RUNNER_JAR = "command-runner.jar"
 # EMR rejects a step whose strings add up to more than this many characters; a manifest URI keeps us far below it.
 MAX_STEP_STRING_CHARS = 10_240
+DEFAULT_STEP_TIMEOUT_MINUTES = 240
+# After the time limit, `timeout` sends SIGTERM (Spark stops its context and releases its YARN containers); a driver
+# still alive this long after that is killed.
+STEP_KILL_GRACE_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class JobOptions:
     batch_size: int = 256
     top_k: int = 5
     max_failure_ratio: float = 0.01
+    # Wall-clock limit of the whole step: a hung step cannot keep a cluster (and a transient cluster's bill) alive.
+    timeout_minutes: int = DEFAULT_STEP_TIMEOUT_MINUTES
 
 
 def build_step(
@@ -45,11 +51,23 @@ def build_step(
     """Return an EMR ``StepConfig`` (the shape ``AddJobFlowSteps`` and ``RunJobFlow`` take) that runs the job on a manifest.
 
     The step points at a manifest instead of listing objects because EMR limits a step's strings to 10,240 characters.
+
+    - ``--deploy-mode client``: the driver runs on the primary node, which runs no executors. In cluster mode it would
+      take a YARN container on a worker: with the GPU sizing (an executor asks for the vcores a GPU node can spare) that
+      node could host no executor, and with one core node the step would wait forever. Client mode also puts the
+      driver's output (the job's traceback on failure) in the step's own stderr log.
+    - ``timeout``: EMR steps have no time limit of their own. coreutils' ``timeout`` (on every EMR node) ends
+      spark-submit after ``options.timeout_minutes`` (exit code 124, so the step is FAILED), which stops the Spark
+      application, and a transient cluster can then end.
     """
     args = [
+        "timeout",
+        "--kill-after",
+        f"{STEP_KILL_GRACE_SECONDS}s",
+        f"{options.timeout_minutes}m",
         "spark-submit",
         "--deploy-mode",
-        "cluster",
+        "client",
         "--py-files",
         artifacts.py_files_uri,
         artifacts.entry_point_uri,

@@ -206,7 +206,7 @@ def _job_options(text: str, problems: list[str]) -> JobOptions:
     except json.JSONDecodeError as error:
         problems.append(f"JOB_OPTIONS is not valid JSON ({error.msg} at character {error.pos})")
         return defaults
-    expected_keys = {"device", "batch_size", "top_k", "max_failure_ratio"}
+    expected_keys = {"device", "batch_size", "top_k", "max_failure_ratio", "timeout_minutes"}
     if not isinstance(raw, dict) or set(raw) != expected_keys:
         received = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         problems.append(f"JOB_OPTIONS has keys {received}: expected exactly {sorted(expected_keys)}")
@@ -223,6 +223,7 @@ def _job_options(text: str, problems: list[str]) -> JobOptions:
         batch_size=_positive_int(problems, "JOB_OPTIONS.batch_size", raw["batch_size"]),
         top_k=_positive_int(problems, "JOB_OPTIONS.top_k", raw["top_k"]),
         max_failure_ratio=float(ratio),
+        timeout_minutes=_positive_int(problems, "JOB_OPTIONS.timeout_minutes", raw["timeout_minutes"]),
     )
 
 

@@ -1,7 +1,8 @@
-"""The destroy-time cleanup function, against moto (EMR, EC2), botocore's Stubber, and a loopback HTTP server.
+"""The destroy-time cleanup function, against moto (EMR, EC2, S3), botocore's Stubber, and a loopback HTTP server.
 
 What the mocks cannot prove: that real EMR adds the cross-referencing rules this function removes (moto adds none by
-itself, so the test adds them), how long real clusters take to terminate, and that CloudFormation accepts the response.
+itself, so the test adds them), how long real clusters take to terminate, that CloudFormation accepts the response, and
+that S3 stops delivering access-log records once logging is off (moto records the setting; delivery is S3's).
 """
 
 from __future__ import annotations
@@ -49,6 +50,39 @@ def aws():
         yield boto3.client("emr", region_name=REGION), boto3.client("ec2", region_name=REGION)
 
 
+@pytest.fixture
+def s3(aws):
+    """S3 inside the same moto mock as EMR and EC2."""
+    return boto3.client("s3", region_name=REGION)
+
+
+def access_logged_bucket(s3) -> str:
+    # (A bucket named just "logs" would reach moto's CloudWatch Logs backend: its host starts like that service's.)
+    s3.create_bucket(Bucket="example-logs-bucket")
+    s3.put_bucket_policy(
+        Bucket="example-logs-bucket",
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "logging.s3.amazonaws.com"},
+                        "Action": "s3:PutObject",
+                        "Resource": "arn:aws:s3:::example-logs-bucket/access/*",
+                    }
+                ],
+            }
+        ),
+    )
+    s3.create_bucket(Bucket="example-data-bucket")
+    s3.put_bucket_logging(
+        Bucket="example-data-bucket",
+        BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": "example-logs-bucket", "TargetPrefix": "access/"}},
+    )
+    return "example-data-bucket"
+
+
 def run_cluster(emr, tags: list[dict]) -> str:
     return emr.run_job_flow(
         Name="cluster",
@@ -73,11 +107,11 @@ def cross_referencing_groups(ec2) -> list[str]:
     return ids
 
 
-def delete_event(security_group_ids: list[str]) -> dict:
-    return {
-        "RequestType": "Delete",
-        "ResourceProperties": {"TagKey": TAG["Key"], "TagValue": TAG["Value"], "SecurityGroupIds": security_group_ids},
-    }
+def delete_event(security_group_ids: list[str], access_logged_bucket: str | None = None) -> dict:
+    properties = {"TagKey": TAG["Key"], "TagValue": TAG["Value"], "SecurityGroupIds": security_group_ids}
+    if access_logged_bucket:
+        properties["AccessLoggedBucket"] = access_logged_bucket
+    return {"RequestType": "Delete", "ResourceProperties": properties}
 
 
 def state(emr, cluster_id: str) -> str:
@@ -87,7 +121,9 @@ def state(emr, cluster_id: str) -> str:
 def test_delete_terminates_only_the_stacks_clusters(aws):
     emr, ec2 = aws
     ours, other = run_cluster(emr, [TAG]), run_cluster(emr, [{"Key": TAG["Key"], "Value": "AnotherStack"}])
-    status, reason = cleanup.handle(delete_event(cross_referencing_groups(ec2)), emr, ec2, lambda: PLENTY_OF_TIME_MS)
+    status, reason = cleanup.handle(
+        delete_event(cross_referencing_groups(ec2)), emr, ec2, None, lambda: PLENTY_OF_TIME_MS
+    )
     assert (status, state(emr, ours), state(emr, other)) == ("SUCCESS", "TERMINATED", "WAITING")
     assert reason.startswith("terminated 1 cluster(s)")
 
@@ -95,7 +131,7 @@ def test_delete_terminates_only_the_stacks_clusters(aws):
 def test_delete_removes_the_rules_that_tie_the_groups_together(aws):
     emr, ec2 = aws
     group_ids = cross_referencing_groups(ec2)
-    cleanup.handle(delete_event(group_ids), emr, ec2, lambda: PLENTY_OF_TIME_MS)
+    cleanup.handle(delete_event(group_ids), emr, ec2, None, lambda: PLENTY_OF_TIME_MS)
     groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
     assert [(g["IpPermissions"], g["IpPermissionsEgress"]) for g in groups] == [([], []), ([], [])]
     for group_id in group_ids:
@@ -103,12 +139,33 @@ def test_delete_removes_the_rules_that_tie_the_groups_together(aws):
 
 
 @pytest.mark.parametrize("request_type", ["Create", "Update"])
-def test_create_and_update_touch_nothing(aws, request_type):
+def test_create_and_update_touch_nothing(aws, s3, request_type):
     emr, ec2 = aws
     cluster_id = run_cluster(emr, [TAG])
-    event = {**delete_event([]), "RequestType": request_type}
-    assert cleanup.handle(event, emr, ec2, lambda: PLENTY_OF_TIME_MS)[0] == "SUCCESS"
+    bucket = access_logged_bucket(s3)
+    event = {**delete_event([], access_logged_bucket=bucket), "RequestType": request_type}
+    assert cleanup.handle(event, emr, ec2, s3, lambda: PLENTY_OF_TIME_MS)[0] == "SUCCESS"
     assert state(emr, cluster_id) == "WAITING"
+    assert "LoggingEnabled" in s3.get_bucket_logging(Bucket=bucket)
+
+
+def test_delete_turns_off_access_logging_after_the_clusters_are_gone(aws, s3):
+    """Emptying the data bucket must not produce log records that land after the logs bucket was emptied."""
+    emr, ec2 = aws
+    bucket = access_logged_bucket(s3)
+    status, reason = cleanup.handle(
+        delete_event([], access_logged_bucket=bucket), emr, ec2, s3, lambda: PLENTY_OF_TIME_MS
+    )
+    assert (status, "LoggingEnabled" in s3.get_bucket_logging(Bucket=bucket)) == ("SUCCESS", False)
+    assert reason.endswith("stopped access logging of example-data-bucket")
+
+
+def test_delete_without_an_access_logged_bucket_leaves_logging_alone(aws, s3):
+    """With retain_data_on_destroy the stack passes no bucket: a retained bucket keeps its logging."""
+    emr, ec2 = aws
+    bucket = access_logged_bucket(s3)
+    assert cleanup.handle(delete_event([]), emr, ec2, s3, lambda: PLENTY_OF_TIME_MS)[0] == "SUCCESS"
+    assert "LoggingEnabled" in s3.get_bucket_logging(Bucket=bucket)
 
 
 def test_clusters_still_terminating_when_time_runs_out_fail_the_delete():
@@ -121,7 +178,9 @@ def test_clusters_still_terminating_when_time_runs_out_fail_the_delete():
         stub.add_response("describe_cluster", running, {"ClusterId": "j-1"})
         stub.add_response("terminate_job_flows", {}, {"JobFlowIds": ["j-1"]})
         stub.add_response("describe_cluster", running, {"ClusterId": "j-1"})
-        status, reason = cleanup.handle(delete_event(["sg-1"]), emr, ec2, lambda: cleanup.SAFETY_MARGIN_MS - 1)
+        status, reason = cleanup.handle(
+            delete_event(["sg-1"]), emr, ec2, None, lambda: cleanup.SAFETY_MARGIN_MS - 1
+        )
     assert (status, reason) == ("FAILED", "clusters still terminating: j-1; run the destroy again")
 
 

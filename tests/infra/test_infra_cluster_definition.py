@@ -13,11 +13,15 @@ from infra.cluster_definition import (
     GPU_DISCOVERY_SCRIPT,
     GPU_DISCOVERY_SCRIPT_NAME,
     MXNET_BOOTSTRAP_SCRIPT_NAME,
+    GPU_EXECUTOR_SIZING,
+    YARN_AM_SIZING,
     ClusterInputs,
     InstanceGroup,
     build_job_flow,
+    task_slots,
     to_cfn_cluster_properties,
 )
+from infra.instance_types import vcpus
 
 BOOTSTRAP_PREFIX = "s3://data-bucket/artifacts/bootstrap/"
 
@@ -25,12 +29,14 @@ BOOTSTRAP_PREFIX = "s3://data-bucket/artifacts/bootstrap/"
 def inputs(
     compute: str = "cpu", *, keep_alive: bool = False, wheelhouse_uri=None, task_count: int = 0
 ) -> ClusterInputs:
-    groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", "c5.2xlarge", 2)]
+    worker_type = "g4dn.xlarge" if compute == "gpu" else "c5.2xlarge"
+    groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", worker_type, 2)]
     if task_count:
-        groups.append(InstanceGroup("TASK", "Task", "c5.2xlarge", task_count))
+        groups.append(InstanceGroup("TASK", "Task", worker_type, task_count))
     return ClusterInputs(
         name="stack-cpu",
         release_label="emr-7.13.0",
+        region="eu-west-1",
         compute=compute,
         instance_groups=tuple(groups),
         subnet_id="subnet-1",
@@ -167,3 +173,48 @@ def test_cfn_rendering_keeps_groups_configurations_and_bootstrap_actions():
         a["ScriptBootstrapAction"]["Path"] for a in job_flow["BootstrapActions"]
     ]
     assert (cfn["step_concurrency_level"], cfn["security_configuration"]) == (3, "security-configuration")
+
+
+@pytest.mark.parametrize(
+    ("compute", "task_count", "slots"),
+    [
+        ("cpu", 0, 16),  # 2 x c5.2xlarge: 8 vCPUs each, one task per vCPU
+        ("cpu", 3, 40),
+        ("gpu", 0, 2),  # 2 x g4dn.xlarge: one T4 each, one task per GPU
+        ("gpu", 1, 3),
+    ],
+)
+def test_spark_plans_for_every_slot_of_the_workers_not_for_an_empty_start(compute, task_count, slots):
+    """EMR starts an application under dynamic allocation with no executors, where Spark's defaultParallelism is 2; the
+    job plans its tasks from spark.default.parallelism, so it must hold the workers' slots (the primary has none)."""
+    job_flow = build_job_flow(inputs(compute, task_count=task_count))
+    assert classification(job_flow, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(slots)
+
+
+def test_multi_gpu_nodes_count_one_slot_per_gpu():
+    groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", "g5.12xlarge", 2)]
+    assert task_slots("gpu", groups) == 8
+
+
+def test_gpu_executor_and_the_yarn_application_master_fit_on_one_g4dn_xlarge():
+    """In client mode the driver runs on the primary, but Spark still puts a YARN ApplicationMaster on a worker; with
+    the DominantResourceCalculator (GPU scheduling) its vcores count. An executor that asked for all of a g4dn.xlarge's
+    4 vcores could never run on that node: with one core node no executor would ever start. What YARN does with real
+    NodeManagers is not run here; this checks the arithmetic the sizing relies on (YARN vcores = the type's vCPUs)."""
+    node_vcores = vcpus("g4dn.xlarge")
+    spark_defaults = classification(build_job_flow(inputs("gpu")), "spark-defaults")["Properties"]
+    executor_cores = int(spark_defaults["spark.executor.cores"])
+    assert executor_cores + int(spark_defaults["spark.yarn.am.cores"]) <= node_vcores
+    assert spark_defaults["spark.task.cpus"] == GPU_EXECUTOR_SIZING["spark.task.cpus"] == str(executor_cores)
+    assert spark_defaults["spark.yarn.am.cores"] == YARN_AM_SIZING["spark.yarn.am.cores"]
+
+
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_driver_and_executors_use_the_stacks_region_for_aws_calls(compute):
+    """Without a region boto3 calls the us-east-1 global S3 endpoint, which an S3 gateway endpoint in another region
+    does not route. The driver (client mode) reads spark-env.sh; executors get spark.executorEnv.*. That the node's
+    boto3 then resolves eu-west-1's endpoint is botocore's documented behaviour, not run here."""
+    job_flow = build_job_flow(inputs(compute))
+    export = classification(job_flow, "spark-env")["Configurations"][0]["Properties"]
+    spark_defaults = classification(job_flow, "spark-defaults")["Properties"]
+    assert export["AWS_DEFAULT_REGION"] == spark_defaults["spark.executorEnv.AWS_DEFAULT_REGION"] == "eu-west-1"

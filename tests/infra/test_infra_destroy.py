@@ -107,3 +107,19 @@ def test_cleanup_is_told_the_stacks_tag_and_security_groups(variant):
     assert cleanup["Properties"]["SecurityGroupIds"] == [
         {"Fn::GetAtt": [logical_id(variant, group), "GroupId"]} for group in groups
     ]
+
+
+def test_logs_bucket_is_emptied_only_after_the_data_bucket_was(variant):
+    """Emptying the data bucket writes access-log records into the logs bucket (aws-cdk#21776): the logs bucket's
+    emptying must come after the data bucket's, which CloudFormation orders by DependsOn (dependents go first)."""
+    storage = variant.stack.storage
+    data_emptying = auto_delete_of(variant, storage.data_bucket)
+    assert auto_delete_of(variant, storage.logs_bucket) in depends_on(variant, data_emptying)
+
+
+def test_cleanup_stops_the_data_buckets_access_logging_before_it_is_emptied(variant):
+    storage = variant.stack.storage
+    (cleanup_id, cleanup_body), = variant.resources_of_type(CLEANUP_TYPE).items()
+    assert cleanup_body["Properties"]["AccessLoggedBucket"] == {"Ref": logical_id(variant, storage.data_bucket)}
+    # Deleted before the data bucket's emptying: the cleanup depends on it.
+    assert auto_delete_of(variant, storage.data_bucket) in depends_on(variant, cleanup_id)

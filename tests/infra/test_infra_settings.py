@@ -102,6 +102,18 @@ def test_every_problem_is_reported_at_once():
             r"job_max_failure_ratio: 1.5 is not allowed; allowed: a number from 0.0 to 1.0",
         ),
         (
+            {"step_timeout_minutes": 1},
+            r"step_timeout_minutes: 1 is not allowed; allowed: an integer from 5 to 10080",
+        ),
+        (
+            {"core_instance_type": "c5.metal"},
+            r"core_instance_type: 'c5.metal': the size 'metal' does not tell its vCPUs",
+        ),
+        (
+            {"task_instance_count": 1, "task_instance_type": "m5.huge"},
+            r"task_instance_type: 'm5.huge': the size 'huge' does not tell its vCPUs",
+        ),
+        (
             {"trigger_batch_size": 10_001},
             r"trigger_batch_size: 10001 is not allowed; allowed: an integer from 1 to 10000",
         ),

@@ -87,7 +87,7 @@ def test_persistent_mode_owns_one_long_running_cluster_and_transient_mode_none(v
 def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
     variant = synth(compute="gpu", cluster_mode="persistent")
     _, cluster = variant.only("AWS::EMR::Cluster")
-    definition = variant.stack.cluster.job_flow
+    definition = variant.stack.resolve(variant.stack.cluster.job_flow)
     assert cluster["Properties"]["ReleaseLabel"] == definition["ReleaseLabel"] == "emr-7.13.0"
     assert [(c["Classification"], c["ConfigurationProperties"]) for c in cluster["Properties"]["Configurations"]] == [
         (c["Classification"], c["Properties"]) for c in definition["Configurations"]
@@ -113,6 +113,18 @@ def test_task_group_exists_only_when_counted(synth):
     ]
 
 
+def deploy_time_values_as_placeholders(resolved):
+    """A resolved template fragment with each CloudFormation intrinsic ({"Ref": ...}, {"Fn::...": ...}) replaced by the
+    placeholder the shipped JSON's markers are replaced with above."""
+    if isinstance(resolved, dict):
+        if len(resolved) == 1 and next(iter(resolved)).startswith(("Ref", "Fn::")):
+            return "deploy-time value"
+        return {key: deploy_time_values_as_placeholders(value) for key, value in resolved.items()}
+    if isinstance(resolved, list):
+        return [deploy_time_values_as_placeholders(value) for value in resolved]
+    return resolved
+
+
 def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     variant = synth(cluster_mode="transient")
     assembly = variant.app.synth()
@@ -128,7 +140,9 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     # Deploy-time values (bucket names, role names...) are markers the deployment replaces with quoted strings.
     shipped = json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', text))
     assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
-    assert shipped["Configurations"] == variant.stack.cluster.job_flow["Configurations"]
+    assert shipped["Configurations"] == deploy_time_values_as_placeholders(
+        variant.stack.resolve(variant.stack.cluster.job_flow["Configurations"])
+    )
     assert "Steps" not in shipped
 
 
@@ -167,6 +181,19 @@ def test_service_role_passes_only_the_instance_role(variant):
     ]
     instance_role_arn = {"Fn::GetAtt": [logical_id(variant, variant.stack.cluster.instance_role), "Arn"]}
     assert [s["Resource"] for s in statements] == [instance_role_arn]
+    # StringLike with a trailing *, as AWS's own EMR policies: the service name is ec2.amazonaws.com.cn in aws-cn.
+    assert [s["Condition"] for s in statements] == [{"StringLike": {"iam:PassedToService": "ec2.amazonaws.com*"}}]
+
+
+def test_security_configuration_is_named_after_its_content(variant):
+    """CloudFormation replaces a security configuration on any change and cannot replace a custom-named resource whose
+    name stays the same: the name carries a hash of the content as deployed (resolved)."""
+    from infra.cluster import _content_hash
+
+    _, configuration = variant.only("AWS::EMR::SecurityConfiguration")
+    properties = configuration["Properties"]
+    assert properties["Name"] == f"{STACK_ID}-{_content_hash(properties['SecurityConfiguration'])}"
+    assert _content_hash({"a": 1}) != _content_hash({"a": 2})
 
 
 def test_subnets_and_security_groups_carry_the_emr_managed_policy_tag(variant):
@@ -191,6 +218,31 @@ def test_new_vpc_reaches_s3_through_a_gateway_endpoint(variant):
 def test_no_nat_gateway_means_isolated_private_subnets(offline_wheelhouse_variant):
     assert offline_wheelhouse_variant.resources_of_type("AWS::EC2::NatGateway") == {}
     assert offline_wheelhouse_variant.resources_of_type("AWS::EC2::VPCEndpoint")
+
+
+def endpoint_services(variant) -> dict[str, dict]:
+    """VPC endpoints by the service name's last part (s3, kms)."""
+    return {
+        json.dumps(body["Properties"]["ServiceName"]).rsplit(".", 1)[-1].strip('"]}'): body
+        for body in variant.resources_of_type("AWS::EC2::VPCEndpoint").values()
+    }
+
+
+def test_without_nat_the_nodes_reach_kms_through_an_interface_endpoint_in_the_clusters_subnet(
+    offline_wheelhouse_variant,
+):
+    """Local-disk encryption makes every node call KMS at boot; without NAT only a VPC endpoint reaches it. What only a
+    real deployment shows: that EMR's nodes need nothing else outside S3 and KMS (per the EMR private-subnet docs)."""
+    variant = offline_wheelhouse_variant
+    endpoints = endpoint_services(variant)
+    assert set(endpoints) == {"s3", "kms"}
+    kms = endpoints["kms"]["Properties"]
+    assert (kms["VpcEndpointType"], kms["PrivateDnsEnabled"]) == ("Interface", True)
+    assert kms["SubnetIds"] == [variant.stack.resolve(variant.stack.network.subnet_id)]
+
+
+def test_with_nat_there_is_no_kms_endpoint(variant):
+    assert set(endpoint_services(variant)) == {"s3"}
 
 
 def test_missing_wheelhouse_is_named_with_the_command_that_builds_it(tmp_path):
@@ -262,9 +314,18 @@ def test_lambda_environment_has_exactly_the_agreed_names(variant):
 
 
 def test_lambda_environment_values_follow_the_settings(synth):
-    variant = synth(job_top_k=3, job_batch_size=64, job_device="cpu", job_max_failure_ratio=0.5, max_active_steps=17)
+    variant = synth(
+        job_top_k=3,
+        job_batch_size=64,
+        job_device="cpu",
+        job_max_failure_ratio=0.5,
+        max_active_steps=17,
+        step_timeout_minutes=30,
+    )
     env = environment(variant)
-    assert json.loads(env["JOB_OPTIONS"]) == {"device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5}
+    assert json.loads(env["JOB_OPTIONS"]) == {
+        "device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5, "timeout_minutes": 30,
+    }  # fmt: skip
     assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == (
         "17",
         "transient",
@@ -387,6 +448,30 @@ def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_rol
         json.dumps({"Fn::GetAtt": [logical_id(variant, role), "Arn"]})
         for role in (variant.stack.cluster.service_role, variant.stack.cluster.instance_role)
     )
+    assert pass_role["Condition"] == {
+        "StringLike": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com*", "ec2.amazonaws.com*"]}
+    }
+
+
+def test_transient_lambda_may_create_emrs_cleanup_role_in_a_fresh_account(synth):
+    """EMR creates AWSServiceRoleForEMRCleanup at an account's first cluster, as the RunJobFlow caller: without this
+    the first transient cluster fails. Scoped as AmazonEMRFullAccessPolicy_v2's ElasticMapReduceServiceLinkedRole.
+    IAM's evaluation of it is not run here (no account); the statement's shape is what is checked."""
+    variant = synth(cluster_mode="transient")
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    (create,) = [s for s in statements if "iam:CreateServiceLinkedRole" in as_list(s["Action"])]
+    resource = json.dumps(create["Resource"])
+    assert "role/aws-service-role/elasticmapreduce.amazonaws.com*/AWSServiceRoleForEMRCleanup*" in resource
+    assert create["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": ["elasticmapreduce.amazonaws.com", "elasticmapreduce.amazonaws.com.cn"]}
+    }
+
+
+def test_persistent_lambda_creates_no_service_linked_role(synth):
+    """In persistent mode CloudFormation launches the one cluster (and so creates the role) with the deployer's rights."""
+    variant = synth(cluster_mode="persistent")
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    assert not [s for s in statements if "iam:CreateServiceLinkedRole" in as_list(s["Action"])]
 
 
 def test_lambda_writes_only_manifests(variant):

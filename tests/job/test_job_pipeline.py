@@ -250,3 +250,49 @@ def test_spark_submit_with_the_packaged_zip_from_another_directory(tmp_path, mix
         cwd=str(tmp_path), capture_output=True, text=True, timeout=300, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(_rows(str(output))) == 60
+
+
+class _ContextAtStart:
+    """What the driver sees of a SparkContext right after it started: its conf and defaultParallelism. Under dynamic
+    allocation with no executors yet, Spark reports max(cores of registered executors, 2) = 2 unless
+    spark.default.parallelism is set (then that). A real YARN start is not run here; tests/cluster runs a standalone
+    cluster with dynamic allocation."""
+
+    def __init__(self, conf, default_parallelism):
+        self._conf, self.defaultParallelism = conf, default_parallelism
+
+    def getConf(self):  # noqa: N802 - SparkContext's naming
+        return self._conf
+
+
+def test_planning_under_dynamic_allocation_without_the_slot_count_is_flagged():
+    from pyspark import SparkConf
+
+    from job.pipeline import task_slots
+
+    conf = SparkConf(loadDefaults=False).set("spark.dynamicAllocation.enabled", "true")
+    slots, note = task_slots(_ContextAtStart(conf, 2))
+    assert slots == 2
+    assert "spark.default.parallelism is not set" in note
+
+
+def test_planning_uses_the_configured_slot_count_silently():
+    from pyspark import SparkConf
+
+    from job.pipeline import task_slots
+
+    conf = (SparkConf(loadDefaults=False).set("spark.dynamicAllocation.enabled", "true")
+            .set("spark.default.parallelism", "16"))
+    assert task_slots(_ContextAtStart(conf, 16)) == (16, None)
+
+
+def test_summary_records_the_slots_tasks_were_planned_for(spark, tmp_path, cifar_samples, untrained_package):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for name, data, _ in cifar_samples:
+        (image_dir / name).write_bytes(data)
+    summary = run(parse_args(["--input", str(image_dir), "--model", untrained_package,
+                              "--output", str(tmp_path / "out")]), master=None)
+    assert summary["task_slots"] == spark.sparkContext.defaultParallelism
+    assert summary["planning_notes"] == []
+    assert summary["tasks"] >= min(summary["task_slots"], len(cifar_samples))

@@ -1,0 +1,84 @@
+"""The EMR step the stack and the trigger submit: client deploy mode, and a wall-clock limit that a setting controls.
+
+The standalone-cluster test (tests/cluster) runs these exact arguments through spark-submit; here the shape of the step
+and the `timeout` wrapper are checked on their own. What cannot run here: command-runner.jar and YARN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from infra_helpers import logical_id
+
+from infra.trigger_function.emr_step import (
+    DEFAULT_STEP_TIMEOUT_MINUTES,
+    JobArtifacts,
+    JobOptions,
+    build_step,
+    job_arguments,
+)
+from infra.settings import DEFAULT_STEP_TIMEOUT_MINUTES as SETTINGS_DEFAULT_STEP_TIMEOUT_MINUTES
+
+ARTIFACTS = JobArtifacts(py_files_uri="s3://bucket/artifacts/job.zip", entry_point_uri="s3://bucket/artifacts/entry.py")
+
+
+def step(**options) -> dict:
+    return build_step(
+        name="stack-batch-1",
+        artifacts=ARTIFACTS,
+        manifest_uri="s3://bucket/manifests/1.json",
+        model_uri="s3://bucket/models/default/",
+        output_uri="s3://bucket/results/1/",
+        options=JobOptions(**options),
+    )
+
+
+def spark_submit_arguments(args: list[str]) -> list[str]:
+    return args[args.index("spark-submit") :]
+
+
+def test_driver_runs_in_client_mode_on_the_primary():
+    """Cluster mode would put the driver in a YARN container on a worker: on a GPU node it takes the vcore an executor
+    needs, and with one core node the step would wait forever."""
+    submit = spark_submit_arguments(step()["HadoopJarStep"]["Args"])
+    assert submit[1:3] == ["--deploy-mode", "client"]
+    assert "cluster" not in submit
+
+
+def test_the_whole_step_runs_under_a_time_limit_from_the_options():
+    args = step(timeout_minutes=90)["HadoopJarStep"]["Args"]
+    assert args[: args.index("spark-submit")] == ["timeout", "--kill-after", "120s", "90m"]
+
+
+def test_the_stack_and_the_step_builder_share_one_default_limit():
+    assert DEFAULT_STEP_TIMEOUT_MINUTES == SETTINGS_DEFAULT_STEP_TIMEOUT_MINUTES == JobOptions().timeout_minutes
+
+
+def test_job_arguments_are_what_follows_the_entry_point():
+    args = job_arguments(step())
+    assert args[:2] == ["--manifest", "s3://bucket/manifests/1.json"]
+    assert ARTIFACTS.entry_point_uri not in args
+
+
+def test_coreutils_timeout_accepts_the_wrapper_and_passes_the_commands_exit_code_on(tmp_path):
+    """The wrapper runs the real coreutils `timeout` (EMR nodes have the same) around a stand-in spark-submit: the
+    arguments parse, the command runs, and its exit code (a failed job's 1) becomes the step's."""
+    fake = tmp_path / "spark-submit"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/called"\nexit 1\n')
+    fake.chmod(0o755)
+    args = step(timeout_minutes=5)["HadoopJarStep"]["Args"]
+    environment = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    completed = subprocess.run(args, env=environment, timeout=60)
+    assert completed.returncode == 1
+    assert (tmp_path / "called").read_text().split() == args[args.index("spark-submit") + 1 :]
+
+
+def test_step_timeout_setting_reaches_the_lambda_and_the_example_step(synth):
+    variant = synth(step_timeout_minutes=45)
+    function = variant.resources[logical_id(variant, variant.stack.trigger.function)]
+    job_options = json.loads(function["Properties"]["Environment"]["Variables"]["JOB_OPTIONS"])
+    assert job_options["timeout_minutes"] == 45
+    example = variant.stack.resolve(variant.template.to_json()["Outputs"]["ExampleStep"]["Value"])
+    assert '\\"45m\\"' in json.dumps(example) or '"45m"' in json.dumps(example)
