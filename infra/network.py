@@ -39,17 +39,18 @@ class Network(Construct):
                 Tags.of(subnet).add(*EMR_MANAGED_POLICY_TAG)
             # EMR launches instance groups in one subnet; the first private one.
             self.subnet_id = subnets[0].subnet_id
-            self.kms_endpoint = None if nat_gateways else self._kms_endpoint(subnets[0])
         else:
             # No lookup: synth needs no AWS credentials. The subnet must carry EMR_MANAGED_POLICY_TAG (README).
             self.vpc = ec2.Vpc.from_vpc_attributes(self, "Vpc", vpc_id=vpc_id, availability_zones=Fn.get_azs())
             self.subnet_id = subnet_id
-            self.kms_endpoint = None
         self.primary_security_group = self._security_group("PrimarySecurityGroup", "EMR primary node")
         self.worker_security_group = self._security_group("WorkerSecurityGroup", "EMR core and task nodes")
         self.service_access_security_group = self._security_group(
             "ServiceAccessSecurityGroup", "EMR service access to the nodes in a private subnet"
         )
+        self.kms_endpoint: Optional[ec2.InterfaceVpcEndpoint] = None
+        if vpc_id is None and not nat_gateways:
+            self.kms_endpoint = self._kms_endpoint(subnets[0])
 
     def _new_vpc(self, nat_gateways: int) -> ec2.Vpc:
         private_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateways else ec2.SubnetType.PRIVATE_ISOLATED
@@ -88,16 +89,19 @@ class Network(Construct):
         a node calls is KMS, at boot, for the data key of its encrypted local disks (security configuration). Private DNS
         makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet, the cluster's: an interface endpoint bills
         per availability zone, and the cluster runs in one."""
-        return ec2.InterfaceVpcEndpoint(
+        endpoint = ec2.InterfaceVpcEndpoint(
             self,
             "KmsEndpoint",
             vpc=self.vpc,
             service=ec2.InterfaceVpcEndpointAwsService.KMS,
             subnets=ec2.SubnetSelection(subnets=[subnet]),
             private_dns_enabled=True,
-            # HTTPS from inside the VPC (the cluster's nodes) only.
-            open=True,
+            open=False,
         )
+        # HTTPS from the cluster's nodes only.
+        for group in (self.primary_security_group, self.worker_security_group):
+            endpoint.connections.allow_from(group, ec2.Port.tcp(443), "KMS calls of the EMR nodes")
+        return endpoint
 
     def _security_group(self, construct_id: str, description: str) -> ec2.SecurityGroup:
         group = ec2.SecurityGroup(self, construct_id, vpc=self.vpc, description=description, allow_all_outbound=True)

@@ -39,7 +39,8 @@ ARTIFACTS_DEPLOYMENT_MEMORY_MB = 512
 WHEELHOUSE_DIR_NAME = "wheelhouse"
 WHEELHOUSE_PREFIX = WHEELHOUSE_DIR_NAME + "/"  # under artifacts/
 WHEELHOUSE_DEPLOYMENT_MEMORY_MB = 2048
-WHEELHOUSE_DEPLOYMENT_STORAGE_GIB = 8
+# The GPU wheelhouse is ~3.9 GB zipped and as much unpacked in the deployment function's /tmp: Lambda's maximum.
+WHEELHOUSE_DEPLOYMENT_STORAGE_GIB = 10
 
 
 class InferenceStack(Stack):
@@ -294,6 +295,13 @@ class InferenceStack(Stack):
                 "AwsSolutions-IAM5[Resource::*]",
                 "elasticmapreduce:ListClusters supports no resource-level permission, nor does RunJobFlow, which is "
                 "allowed only for requests carrying this stack's cluster tag.",
+            )
+            acknowledge(
+                self.trigger.function,
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:role/aws-service-role/"
+                f"{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*]",
+                "EMR's cleanup service-linked role only, created once per account at the first cluster; the pattern "
+                "and the iam:AWSServiceName condition are AWS's own (AmazonEMRFullAccessPolicy_v2).",
             )
         for child in self.node.children:
             if child.node.id.startswith("Custom::CDKBucketDeployment"):
