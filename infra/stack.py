@@ -176,6 +176,8 @@ class InferenceStack(Stack):
             notification_email=settings.notification_email,
             emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
             results_uri=data_bucket.s3_url_for_object(RESULTS_PREFIX),
+            # Beside the artifacts' staging folder (which is emptied at every synth), shared by this machine's synths.
+            function_zip_path=staging_dir.parent / "trigger-function" / "trigger-function.zip",
         )
         network = self.network
         self.cleanup = ClusterCleanup(

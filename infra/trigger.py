@@ -24,13 +24,15 @@ from aws_cdk import aws_s3_notifications as s3_notifications
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from infra.function_asset import build_function_zip
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.storage import INCOMING_PREFIX, MANIFESTS_PREFIX
 
 FUNCTION_DIR = Path(__file__).resolve().parent / "trigger_function"
+# The lock of the environment the stack is synthesized from: the function ships the SDK and Powertools pinned there.
+REQUIREMENTS_LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 HANDLER = "handler.lambda_handler"
 FUNCTION_TIMEOUT = Duration.minutes(2)
 # Lambda gives a function one vCPU at 1,769 MB (CPU grows with memory). Claiming 10,000 uploads is 10,000 DynamoDB
@@ -49,10 +51,6 @@ DLQ_RETENTION = Duration.days(14)
 # redrive from the dead-letter queue can give a message that long again. Twice that and a margin; TTL then deletes it.
 CLAIM_RETENTION_DAYS = 2 * int(DLQ_RETENTION.to_days()) + 2
 CLAIM_TTL_ATTRIBUTE = "expires_at"
-# Powertools for AWS Lambda publishes each release's layer ARN per region as a public SSM parameter; this is the
-# version pinned in requirements.in, so the Lambda runs the same Powertools as the tests.
-POWERTOOLS_VERSION = "3.37.0"
-POWERTOOLS_LAYER_PARAMETER = f"/aws/service/powertools/python/x86_64/python3.11/{POWERTOOLS_VERSION}"
 SQS_MIN_MAX_CONCURRENCY = 2
 # Steps that ran to their own end are announced on the topic. Steps that ended without running to their end (added as a
 # transient cluster shut down, queued on a cluster whose bootstrap failed, interrupted) go back to the queue, and the
@@ -83,6 +81,7 @@ class Trigger(Construct):
         notification_email: Optional[str],
         emr_logs_uri: str,
         results_uri: str,
+        function_zip_path: Path,
     ) -> None:
         super().__init__(scope, construct_id)
         self.claims_table = dynamodb.Table(
@@ -132,15 +131,14 @@ class Trigger(Construct):
         if notification_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(notification_email))
 
-        powertools_layer_arn = ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER)
         self.function = lambda_.Function(
             self,
             "Function",
             runtime=lambda_.Runtime.PYTHON_3_11,
             architecture=lambda_.Architecture.X86_64,
             handler=HANDLER,
-            code=lambda_.Code.from_asset(str(FUNCTION_DIR), exclude=["__pycache__", "*.pyc", "tests"]),
-            layers=[lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", powertools_layer_arn)],
+            # The function's modules with boto3, botocore and Powertools as pinned in requirements.lock (no layer).
+            code=lambda_.Code.from_asset(str(build_function_zip(FUNCTION_DIR, function_zip_path, REQUIREMENTS_LOCK))),
             timeout=FUNCTION_TIMEOUT,
             memory_size=FUNCTION_MEMORY_MB,
             environment={

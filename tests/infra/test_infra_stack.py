@@ -12,7 +12,7 @@ from infra_helpers import REPO_ROOT, STACK_ID, as_list, deployment_resource, log
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
 from infra.stack import CLUSTER_TAG_KEY, JOB_FLOW_DEFINITION_NAME
-from infra.trigger import FUNCTION_TIMEOUT, MAX_RECEIVE_COUNT, POWERTOOLS_LAYER_PARAMETER, POWERTOOLS_VERSION
+from infra.trigger import FUNCTION_TIMEOUT, MAX_RECEIVE_COUNT
 from infra.trigger_function.emr_step import build_step
 
 COMMON_ENVIRONMENT = {
@@ -340,25 +340,10 @@ def test_persistent_lambda_targets_the_stacks_cluster(synth):
     assert environment(variant)["CLUSTER_ID"] == {"Ref": cluster_id}
 
 
-def test_lambda_runs_python_3_11_with_the_pinned_powertools_layer(variant):
+def test_lambda_runs_python_3_11_without_layers(variant):
     properties = trigger_function(variant)["Properties"]
     assert (properties["Runtime"], properties["Handler"]) == ("python3.11", "handler.lambda_handler")
-    parameters = variant.template.to_json()["Parameters"]
-    (layer,) = properties["Layers"]
-    assert parameters[layer["Ref"]]["Default"] == POWERTOOLS_LAYER_PARAMETER
-    lock = (REPO_ROOT / "requirements.lock").read_text()
-    assert re.search(
-        rf"^aws[-_]lambda[-_]powertools=={re.escape(POWERTOOLS_VERSION)}$", lock, re.MULTILINE | re.IGNORECASE
-    )
-
-
-def test_lambda_code_is_the_trigger_function_folder_with_the_step_builder(synth):
-    variant = synth()
-    code_key = trigger_function(variant)["Properties"]["Code"]["S3Key"]
-    asset_dir = Path(variant.app.synth().directory) / f"asset.{code_key.removesuffix('.zip')}"
-    shipped = sorted(path.name for path in asset_dir.iterdir() if path.suffix == ".py")
-    expected = sorted(path.name for path in (REPO_ROOT / "infra" / "trigger_function").glob("*.py"))
-    assert shipped == expected and {"handler.py", "emr_step.py"} <= set(shipped)
+    assert "Layers" not in properties  # the SDK and Powertools are in its asset (tests/infra/test_infra_trigger.py)
 
 
 def test_queue_feeds_the_lambda_in_batches_with_partial_failures(synth):

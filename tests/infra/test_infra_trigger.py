@@ -1,4 +1,5 @@
-"""CDK assertions on the trigger's claims table, its retries of cancelled steps, and the function's access to both.
+"""CDK assertions on the trigger's claims table, its retries of cancelled steps, the function's access to both, and the
+function's asset (its modules with the SDK and Powertools pinned in requirements.lock).
 
 What synthesis cannot show: that DynamoDB enforces the conditional writes and deletes items after their TTL, and that
 EventBridge delivers the step events to the queue (the handler's behaviour with both is tested in tests/trigger).
@@ -6,17 +7,39 @@ EventBridge delivers the step events to the queue (the handler's behaviour with 
 
 from __future__ import annotations
 
+import dataclasses
+import email
+import json
+import os
+import re
+import subprocess
 import sys
+import zipfile
+from importlib.metadata import distribution
+from pathlib import Path
 
+import pytest
 from infra_helpers import REPO_ROOT, STACK_ID, as_list, logical_id, role_statements
+from packaging.utils import canonicalize_name
+
+import infra.function_asset as function_asset_module
+from infra.function_asset import (
+    LAMBDA_UNZIPPED_LIMIT_BYTES,
+    FunctionAssetError,
+    build_function_zip,
+    locked_versions,
+    runtime_distributions,
+)
 
 from infra.trigger import (
     CLAIM_RETENTION_DAYS,
     CLAIM_TTL_ATTRIBUTE,
     DLQ_RETENTION,
+    FUNCTION_DIR,
     MAX_STEP_ATTEMPTS,
     STEP_RETRIED_STATES,
 )
+from infra.trigger_function.emr_step import JobOptions
 
 
 def trigger_function_module(name: str):
@@ -113,3 +136,109 @@ def test_the_function_retries_exactly_the_states_the_rule_sends_within_its_attem
     assert step_events.RETRIED_STATES == STEP_RETRIED_STATES
     assert 1 <= MAX_STEP_ATTEMPTS <= trigger_settings.MAX_STEP_ATTEMPTS_LIMIT
     assert environment(variant)["MAX_STEP_ATTEMPTS"] == str(MAX_STEP_ATTEMPTS)
+
+
+# --- the function's asset: its modules with the SDK and Powertools of requirements.lock ---------------------------------
+
+
+def function_asset(synthesized) -> zipfile.ZipFile:
+    """The trigger function's code as CDK staged it in the cloud assembly."""
+    code_key = synthesized.resources[logical_id(synthesized, synthesized.stack.trigger.function)]["Properties"]["Code"][
+        "S3Key"
+    ]
+    return zipfile.ZipFile(Path(synthesized.app.synth().directory) / f"asset.{code_key}")
+
+
+def bundled_versions(asset: zipfile.ZipFile) -> dict[str, str]:
+    """Name -> version of every distribution in the asset, read from its METADATA as importlib.metadata would."""
+    versions = {}
+    for name in asset.namelist():
+        if name.endswith(".dist-info/METADATA"):
+            metadata = email.message_from_bytes(asset.read(name))
+            versions[canonicalize_name(metadata["Name"])] = metadata["Version"]
+    return versions
+
+
+def test_function_asset_holds_exactly_the_locked_sdk_and_powertools_and_the_functions_modules(synth):
+    asset = function_asset(synth())
+    names = asset.namelist()
+    locked = locked_versions(REPO_ROOT / "requirements.lock")
+
+    bundled = bundled_versions(asset)
+
+    assert {"boto3", "botocore", "aws-lambda-powertools"} <= set(bundled)
+    assert bundled == {name: locked[name] for name in bundled}
+    assert {path.name for path in FUNCTION_DIR.glob("*.py")} <= set(names)  # at the root: Lambda's code root
+    assert not [name for name in names if name.endswith(".pyc") or "__pycache__" in name]
+    assert sum(info.file_size for info in asset.infolist()) < LAMBDA_UNZIPPED_LIMIT_BYTES
+
+
+def test_function_asset_bundles_no_optional_extra():
+    """Powertools' and botocore's extras (pydantic, awscrt, ...) are not what the function imports."""
+    names = {canonicalize_name(dist.metadata["Name"]) for dist in runtime_distributions()}
+
+    assert names == {
+        "aws-lambda-powertools", "boto3", "botocore", "jmespath", "python-dateutil", "s3transfer", "six",
+        "typing-extensions", "urllib3",
+    }  # fmt: skip
+
+
+def test_function_asset_is_the_same_zip_for_the_same_inputs(tmp_path):
+    first = build_function_zip(FUNCTION_DIR, tmp_path / "a" / "function.zip", REPO_ROOT / "requirements.lock")
+    second = build_function_zip(FUNCTION_DIR, tmp_path / "b" / "function.zip", REPO_ROOT / "requirements.lock")
+
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_the_handler_imports_from_the_asset_alone_and_logs_botocores_version_at_cold_start(synth, tmp_path):
+    """Without site-packages (python -S), only the standard library and the asset are importable: the handler imports
+    and logs the botocore it runs with, the locked one. What this cannot show: Lambda's own runtime placing the code
+    root first on sys.path (documented by AWS), on Amazon Linux."""
+    function_asset(synth()).extractall(tmp_path / "asset")
+    environment = {
+        "PATH": os.environ["PATH"], "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "DATA_BUCKET": "amzn-s3-demo-bucket", "INCOMING_PREFIX": "incoming/",
+        "MANIFESTS_PREFIX": "manifests/", "RESULTS_PREFIX": "results/", "MODEL_URI": "s3://amzn-s3-demo-bucket/models/m/",
+        "JOB_PY_FILES_URI": "s3://amzn-s3-demo-bucket/artifacts/job.zip",
+        "JOB_ENTRY_POINT_URI": "s3://amzn-s3-demo-bucket/artifacts/spark_entry.py",
+        "JOB_OPTIONS": json.dumps(dataclasses.asdict(JobOptions())), "STEP_NAME_PREFIX": "stack-batch-",
+        "CLUSTER_MODE": "persistent", "CLUSTER_ID": "j-2AXXXXXXGAPLF", "MAX_ACTIVE_STEPS": "200",
+        "CLAIMS_TABLE": "claims", "CLAIM_RETENTION_DAYS": "30", "MAX_STEP_ATTEMPTS": "3",
+        "NOTIFICATION_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:topic", "POWERTOOLS_SERVICE_NAME": "trigger",
+    }  # fmt: skip
+    code = f"import sys; sys.path.insert(0, {str(tmp_path / 'asset')!r}); import handler, botocore; print(botocore.__file__)"
+
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=environment, capture_output=True, text=True, timeout=120, check=True
+    )
+
+    (cold_start,) = [json.loads(line) for line in result.stdout.splitlines() if '"Cold start"' in line]
+    locked = locked_versions(REPO_ROOT / "requirements.lock")
+    assert (cold_start["botocore_version"], cold_start["boto3_version"]) == (locked["botocore"], locked["boto3"])
+    assert result.stdout.splitlines()[-1].startswith(str(tmp_path / "asset"))
+
+
+def test_a_distribution_installed_at_another_version_than_locked_stops_the_synth(tmp_path):
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    installed = distribution("botocore").version
+    stale_lock = tmp_path / "requirements.lock"
+    stale_lock.write_text(re.sub(r"(?m)^botocore==.*$", "botocore==1.0.0", lock))
+
+    with pytest.raises(FunctionAssetError, match=rf"botocore {re.escape(installed)} is installed, but requirements.lock pins 1.0.0"):
+        build_function_zip(FUNCTION_DIR, tmp_path / "function.zip", stale_lock)
+
+
+def test_a_distribution_missing_from_the_lock_stops_the_synth(tmp_path):
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    without_six = tmp_path / "requirements.lock"
+    without_six.write_text(re.sub(r"(?m)^six==.*\n", "", lock))
+
+    with pytest.raises(FunctionAssetError, match=r"six .* requirements.lock pins nothing.*add(ing)? six to requirements.in"):
+        build_function_zip(FUNCTION_DIR, tmp_path / "function.zip", without_six)
+
+
+def test_an_asset_over_lambdas_unzipped_limit_stops_the_synth(tmp_path, monkeypatch):
+    monkeypatch.setattr(function_asset_module, "LAMBDA_UNZIPPED_LIMIT_BYTES", 1024 * 1024)
+
+    with pytest.raises(FunctionAssetError, match=r"the trigger function's code is \d+ MiB unzipped; Lambda accepts at most 1 MiB"):
+        build_function_zip(FUNCTION_DIR, tmp_path / "function.zip", REPO_ROOT / "requirements.lock")

@@ -22,26 +22,13 @@ from trigger_helpers import (
     create_cluster,
     failed_message_ids,
     object_keys,
+    stack_definition,
     sqs_event,
     submitted_steps,
     upload,
 )
 
 DEFINITION_KEY = "artifacts/cluster/run-job-flow.json"
-
-
-def stack_definition(**changes) -> dict:
-    """The stack's RunJobFlow request, without Steps, as the stack uploads it."""
-    definition = {
-        "Name": "mxnet-inference-transient",
-        "ReleaseLabel": "emr-7.5.0",
-        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
-        "JobFlowRole": "EMR_EC2_DefaultRole",
-        "ServiceRole": "EMR_DefaultRole",
-        "Tags": [CLUSTER_TAG],
-    }
-    definition.update(changes)
-    return definition
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from trigger_helpers import (
     manifest_objects,
     object_keys,
     sqs_event,
+    stack_definition,
     step_output,
     step_status_event,
     submitted_steps,
@@ -252,15 +253,7 @@ def test_a_retry_emr_took_before_its_invocation_died_is_found_by_name_not_added_
 
 def test_transient_a_step_cancelled_by_its_ended_cluster_runs_on_a_new_cluster(aws, load_handler):
     definition_key = "artifacts/job-flow.json"
-    definition = {
-        "Name": "mxnet-inference-transient",
-        "ReleaseLabel": "emr-7.5.0",
-        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
-        "JobFlowRole": "EMR_EC2_DefaultRole",
-        "ServiceRole": "EMR_DefaultRole",
-        "Tags": [CLUSTER_TAG],
-    }
-    aws.s3.put_object(Bucket=BUCKET, Key=definition_key, Body=json.dumps(definition).encode())
+    aws.s3.put_object(Bucket=BUCKET, Key=definition_key, Body=json.dumps(stack_definition()).encode())
     handler = load_handler(
         base_environment(
             CLUSTER_MODE="transient",

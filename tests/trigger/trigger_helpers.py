@@ -146,6 +146,20 @@ def object_keys(s3, prefix: str) -> list[str]:
     return sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
+def stack_definition(**changes) -> dict:
+    """The stack's transient RunJobFlow request, without Steps, as the stack uploads it (``changes`` replace keys)."""
+    definition = {
+        "Name": "mxnet-inference-transient",
+        "ReleaseLabel": "emr-7.5.0",
+        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
+        "JobFlowRole": "EMR_EC2_DefaultRole",
+        "ServiceRole": "EMR_DefaultRole",
+        "Tags": [CLUSTER_TAG],
+    }
+    definition.update(changes)
+    return definition
+
+
 def create_cluster(emr, *, keep_alive: bool, tags: list[dict] | None = None) -> str:
     """A cluster in moto's EMR (moto starts it WAITING)."""
     return emr.run_job_flow(
