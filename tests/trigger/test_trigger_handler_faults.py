@@ -220,6 +220,7 @@ def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim
         stubber.assert_no_pending_responses()
     assert failed_message_ids(response) == all_failed(event)
     assert claims_table_items(aws.dynamodb) == []  # the claims are released so the redelivery can submit
+    assert object_keys(aws.s3, "manifests/") == []  # and the manifest of the batch that was never submitted removed
 
 
 def test_add_step_timing_out_keeps_the_claims_because_emr_may_have_accepted_it(
