@@ -34,5 +34,5 @@ def main(argv: Optional[Sequence[str]] = None, use_spark_submit_master: bool = F
         return EXIT_FAILED
     counts = summary["counts"]
     print(json.dumps({"status": summary["status"], "counts": counts, "images_per_s": round(summary["images_per_s"], 1),
-                      "output": summary["output"]}))
+                      "output": summary["output"], "report": summary["report"]["uri"]}))
     return EXIT_OK

@@ -14,6 +14,9 @@ DEFAULT_MAX_FAILURE_RATIO = 0.01
 DEFAULT_FETCH_THREADS = 16
 # A task holds this many images at most; with fewer images the inputs are spread over every core instead.
 DEFAULT_MAX_IMAGES_PER_TASK = 20_000
+# The run report's grid of lowest-confidence images: each costs one object read on the driver and ~2 KB of page.
+DEFAULT_REPORT_THUMBNAILS = 48
+MAX_REPORT_THUMBNAILS = 500
 URI_SCHEMES = ("s3://", "file://", "/", "./", "../")
 
 
@@ -35,6 +38,7 @@ class JobConfig:
     s3_endpoint_url: Optional[str] = None
     fetch_threads: int = DEFAULT_FETCH_THREADS
     max_images_per_task: int = DEFAULT_MAX_IMAGES_PER_TASK
+    report_thumbnails: int = DEFAULT_REPORT_THUMBNAILS
     master: Optional[str] = None
     # Test-only fault injection: the first Python worker to reach this many images kills itself (once per marker file).
     kill_worker_once_marker: Optional[str] = field(default=None, repr=False)
@@ -67,6 +71,9 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help=f"concurrent object reads per Python worker (default {DEFAULT_FETCH_THREADS})")
     parser.add_argument("--max-images-per-task", type=int, default=DEFAULT_MAX_IMAGES_PER_TASK, metavar="N",
                         help=f"upper bound on images per Spark task (default {DEFAULT_MAX_IMAGES_PER_TASK})")
+    parser.add_argument("--report-thumbnails", type=int, default=DEFAULT_REPORT_THUMBNAILS, metavar="N",
+                        help=f"lowest-confidence images shown in OUTPUT/report.html, 0 to {MAX_REPORT_THUMBNAILS} "
+                             f"(default {DEFAULT_REPORT_THUMBNAILS}; 0: none)")
     parser.add_argument("--master", metavar="URL",
                         help="Spark master for `python -m job` (default: local[*]); ignored under spark-submit")
     parser.add_argument("--test-kill-worker-once", dest="kill_worker_once_marker", help=argparse.SUPPRESS)
@@ -93,6 +100,9 @@ def _problems(config: JobConfig) -> list[str]:
         problems.append(f"--fetch-threads must be a positive integer; got {config.fetch_threads}")
     if config.max_images_per_task < 1:
         problems.append(f"--max-images-per-task must be a positive integer; got {config.max_images_per_task}")
+    if not 0 <= config.report_thumbnails <= MAX_REPORT_THUMBNAILS:
+        problems.append(f"--report-thumbnails must be an integer from 0 (no thumbnails) to {MAX_REPORT_THUMBNAILS}; "
+                        f"got {config.report_thumbnails}")
     named_uris = [("--input", uri) for uri in config.inputs] + [
         (flag, uri) for flag, uri in (("--manifest", config.manifest), ("--model", config.model), ("--output", config.output))
         if uri is not None
@@ -121,6 +131,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
         s3_endpoint_url=args.s3_endpoint_url,
         fetch_threads=args.fetch_threads,
         max_images_per_task=args.max_images_per_task,
+        report_thumbnails=args.report_thumbnails,
         master=args.master,
         kill_worker_once_marker=args.kill_worker_once_marker,
         kill_worker_after_images=args.kill_worker_after_images,

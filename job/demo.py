@@ -3,7 +3,8 @@
 1. Trains the model-zoo ResNet-18 on scikit-learn's digits (held-out 20% never seen) and exports an mxnet package.
 2. Writes the held-out digits as PNG and JPEG files and as one CIFAR-10 binary batch (whose records carry the true
    labels), plus one corrupt file, so every input path and the failure path are visible in one run.
-3. Runs ``python -m job`` on them (real local Spark) and prints predictions, accuracy and throughput from the output.
+3. Runs ``python -m job`` on them (real local Spark) and prints predictions, accuracy and throughput from the output,
+   and where the run report (``report.html``) is.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def show(output: str) -> None:
           f"(session start {seconds['session_start']:.1f} s; a few hundred images are too few to amortise the model "
           "load: see `make bench` for steady-state numbers)")
     print(f"output: {os.path.join(output, 'predictions')} (Parquet) and {os.path.join(output, 'summary.json')}")
+    report = summary["report"]
+    if report["uri"]:
+        print(f"report: {report['uri']} (open it in a browser: one self-contained page)")
+    else:
+        print(f"report: not written ({report['error']})")
 
 
 def main(argv=None) -> int:

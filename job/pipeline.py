@@ -2,7 +2,8 @@
 
 Data path: listing (driver) -> one Spark task per planned group of items -> ``mapInArrow`` runs
 :func:`job.worker.classify_items` -> Spark's Parquet writer under ``OUTPUT/predictions/`` -> ``OUTPUT/summary.json``
-computed from what was written. The driver never loads the model and never collects predictions.
+computed from what was written, and ``OUTPUT/report.html`` (:mod:`job.report`) from the summary and the Parquet.
+The driver never loads the model and never collects predictions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pyspark import AccumulatorParam
 from job import __version__
 from job.config import ConfigError, JobConfig
 from job.model_package import ModelPackage, read_package
+from job.report import REPORT_NAME, write_report
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, join
 from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow
@@ -243,6 +245,10 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     summary["seconds"]["summary"] = time.perf_counter() - summary_started
+    report_started = time.perf_counter()
+    summary["report"] = write_report(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
+                                     report_uri=join(config.output, REPORT_NAME), thumbnails=config.report_thumbnails)
+    summary["seconds"]["report"] = time.perf_counter() - report_started
     storage.write(join(config.output, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
     if failed:
         raise JobFailed(summary["message"])
