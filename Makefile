@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := build/data
 FOOLBOX_WHEEL := $(DATA)/foolbox-3.3.4-py3-none-any.whl
+# Debian's Chromium: the report tests render OUTPUT/report.html in it (Playwright drives it and never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 # jsii prints a banner on every synth under Node 20; the version is checked in `prereqs` instead.
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
@@ -43,8 +46,14 @@ data: $(FOOLBOX_WHEEL)
 demo: venv
 	$(PY) -m job.demo --work-dir build/demo
 
-test: venv data
+test: venv data $(CHROMIUM)
 	$(PY) -m pytest
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "error: $(CHROMIUM) not found and no apt-get: install Chromium, or run make CHROMIUM=/path/to/chromium"; exit 1; }
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 bench: venv data
 	$(PY) -m tests.benchmark.run --foolbox-wheel $(FOOLBOX_WHEEL) --results benchmarks/results.json

@@ -230,12 +230,13 @@ def test_bad_start_up_input_fails_before_spark_with_a_message(tmp_path, untraine
 
 
 def test_spark_submit_with_the_packaged_zip_from_another_directory(tmp_path, mixed_inputs, untrained_package):
-    """How EMR runs the job: spark-submit, the `job` package only from --py-files, entry script outside the repo."""
+    """How EMR runs the job: spark-submit, the `job` package only from --py-files, entry script outside the repo; the
+    report's template is read from inside the zip."""
     archive = tmp_path / "job.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
         for directory, _, names in os.walk(os.path.join(REPO, "job")):
             for name in names:
-                if name.endswith(".py"):
+                if "__pycache__" not in directory:  # what infra/packaging.py ships: every file but bytecode
                     path = os.path.join(directory, name)
                     bundle.write(path, os.path.relpath(path, REPO))
     entry = tmp_path / "spark_entry.py"
@@ -250,6 +251,7 @@ def test_spark_submit_with_the_packaged_zip_from_another_directory(tmp_path, mix
         cwd=str(tmp_path), capture_output=True, text=True, timeout=300, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(_rows(str(output))) == 60
+    assert _summary(str(output))["report"]["error"] is None and (output / "report.html").stat().st_size > 0
 
 
 class _ContextAtStart:

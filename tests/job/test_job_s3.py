@@ -14,8 +14,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from job.config import parse_args
+from job.model_package import read_package
 from job.pipeline import run
+from job.report import write_report
 from job.sample_data import cifar_batch_bytes
+from job.storage import Storage
 
 pytestmark = pytest.mark.spark
 BUCKET = "test-inference-data"
@@ -53,12 +56,18 @@ def _rows(output):
     return pq.read_table(os.path.join(output, "predictions")).to_pylist()
 
 
-def test_manifest_and_model_from_s3(spark, tmp_path, s3_endpoint, s3_data):
-    output = str(tmp_path / "out")
-    summary = run(parse_args([
+@pytest.fixture(scope="module")
+def manifest_run(spark, tmp_path_factory, s3_endpoint, s3_data):
+    """The manifest's objects and the model from S3: (output directory, config, summary)."""
+    output = tmp_path_factory.mktemp("s3-manifest") / "out"
+    config = parse_args([
         "--manifest", f"s3://{BUCKET}/manifests/b1.json", "--model", f"s3://{BUCKET}/models/resnet/",
-        "--output", output, "--s3-endpoint-url", s3_endpoint, "--max-failure-ratio", "0.2", "--batch-size", "4"]),
-        master="local[2,4]")
+        "--output", str(output), "--s3-endpoint-url", s3_endpoint, "--max-failure-ratio", "0.2", "--batch-size", "4"])
+    return output, config, run(config, master="local[2,4]")
+
+
+def test_manifest_and_model_from_s3(manifest_run, s3_data):
+    output, _, summary = manifest_run
     rows = _rows(output)
     assert sorted((row["source"], row["index"]) for row in rows) == sorted(
         [(uri, 0) for uri in s3_data if not uri.endswith(".bin")] + [(s3_data[-2], index) for index in range(5)])
@@ -66,6 +75,21 @@ def test_manifest_and_model_from_s3(spark, tmp_path, s3_endpoint, s3_data):
     assert list(failed) == [f"s3://{BUCKET}/incoming/deleted.png"]
     assert failed[f"s3://{BUCKET}/incoming/deleted.png"].startswith("not_found:")
     assert summary["counts"]["ok"] == 11
+    # The report's thumbnails are read from S3 again: the images whole, the CIFAR-10 records by ranged reads.
+    assert summary["report"]["thumbnails"] == 11
+    assert (output / "report.html").read_text().count('<img class="thumbnail" src="data:image/png') == 11
+
+
+def test_report_written_to_s3(spark, manifest_run, s3_endpoint):
+    """The report goes through the job's storage, so an s3:// output gets it (Spark's own s3:// write is EMR's)."""
+    _, config, summary = manifest_run
+    storage = Storage(s3_endpoint)
+    report_uri = f"s3://{BUCKET}/results/b1/report.html"
+    recorded = write_report(spark, summary, predictions_uri=summary["output"], package=read_package(config.model, storage),
+                            storage=storage, report_uri=report_uri, thumbnails=4)
+    assert recorded == {"uri": report_uri, "thumbnails": 4, "error": None}
+    page = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=BUCKET, Key="results/b1/report.html")
+    assert page["Body"].read().decode().count('<img class="thumbnail"') == 4
 
 
 def test_input_prefix_listing_on_s3(spark, tmp_path, s3_endpoint, s3_data):
