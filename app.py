@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""CDK app entry: read the settings once, build the stack, check it with cdk-nag, synthesize. No logic here."""
+"""CDK app entry: read the settings once (the `inference` object, and any setting given alone: `-c compute=gpu`), build
+the stack, check it with cdk-nag, synthesize. No logic here."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from infra.settings import CONTEXT_KEY, Settings, SettingsError
+from infra.settings import Settings, SettingsError
 from infra.stack import InferenceStack
 
 ROOT = Path(__file__).resolve().parent
@@ -15,7 +16,7 @@ STACK_ID = "MxnetSparkInference"
 
 app = cdk.App()
 try:
-    settings = Settings.from_context(app.node.try_get_context(CONTEXT_KEY))
+    settings = Settings.from_cdk_context(app.node.get_all_context())
 except SettingsError as error:
     sys.exit(f"error: {error}")
 InferenceStack(app, STACK_ID, settings=settings, source_root=ROOT, staging_dir=ROOT / "build" / "stack-artifacts")

@@ -4,16 +4,19 @@
 #
 # Usage:
 #   install-mxnet.sh cpu|gpu [WHEELHOUSE]                    # on an EMR node (the bootstrap action)
-#   install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY     # anywhere with pip and PyPI: fills a wheelhouse
+#   install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY [x86_64|aarch64]
+#                                                             # anywhere with pip and PyPI: fills DIRECTORY/<machine>/
 #   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
 #   install-mxnet.sh --print-cuda-library-dirs                # where the installed CUDA wheels keep their libraries
 #
 #   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice). With
 #               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
-#   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory holding a wheel for every pinned requirement
-#               (what --build-wheelhouse downloads, for EMR nodes' platform, whatever machine it runs on). With it pip
-#               runs with --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no NAT) need no
-#               internet. Without it pip downloads from PyPI.
+#   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory with one folder per machine architecture
+#               (x86_64/, aarch64/: what `uname -m` says), each holding a wheel for every pinned requirement (what
+#               --build-wheelhouse downloads for EMR nodes of that architecture, whatever machine it runs on). A node
+#               installs from its own machine's folder with pip --no-index --find-links, so nodes in private subnets
+#               (S3 gateway endpoint, no NAT) need no internet. Without it pip downloads from PyPI, and picks the
+#               node's architecture's wheels by itself.
 #
 # Environment:
 #   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON);
@@ -23,7 +26,7 @@
 #                                        the NVIDIA driver runs past it.
 #   For the tests only (defaults are the real locations): MXNET_BOOTSTRAP_IMDS_ENDPOINT (the instance metadata
 #   service), MXNET_BOOTSTRAP_PCI_DEVICES_DIR (/sys/bus/pci/devices), MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE
-#   (/proc/driver/nvidia/version).
+#   (/proc/driver/nvidia/version), MXNET_BOOTSTRAP_MACHINE (`uname -m`), MXNET_BOOTSTRAP_LDCONFIG (/sbin/ldconfig).
 #
 # Re-running is safe: when every pin is already installed nothing is downloaded or installed; the check still runs.
 set -euo pipefail
@@ -31,12 +34,11 @@ set -euo pipefail
 readonly SCRIPT_NAME="install-mxnet.sh"
 readonly DEFAULT_PYTHON="python3.11"
 readonly REQUIRED_PYTHON_VERSION="3.11"
-# What EMR 7 nodes are, for pip download on another machine: x86_64 Amazon Linux 2023 (glibc 2.34) with CPython 3.11.
-# Both manylinux tags are needed: most wheels here are manylinux2014, onnxruntime's are manylinux_2_28.
-readonly EMR_NODE_PLATFORM_OPTIONS=(
-  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
-  --python-version "$REQUIRED_PYTHON_VERSION" --implementation cp --abi cp311 --abi abi3 --abi none
-)
+# The machine architectures EMR 7 nodes have: x86_64, and aarch64 on Graviton instance types (uname -m's names).
+readonly MACHINES=("x86_64" "aarch64")
+readonly DEFAULT_MACHINE="x86_64"
+# This node's machine, for the wheelhouse folder and the loader's cache.
+readonly MACHINE=${MXNET_BOOTSTRAP_MACHINE:-$(uname -m)}
 readonly PIP_SOCKET_TIMEOUT_SECONDS=60
 readonly PIP_RETRIES=5
 # Wall-clock bounds: each attempt of a network step, and the whole script. A hung mirror fails the bootstrap action
@@ -61,7 +63,7 @@ readonly MINIMUM_DRIVER_VERSION="525.60.13"
 # libquadmath, libmxnet.so and OpenBLAS need libgomp (their licences keep them out of the wheel, apache/mxnet#20068),
 # and cuDNN needs zlib. Bootstrap actions run before EMR installs applications, so nothing else brings them yet.
 readonly SYSTEM_LIBRARIES=("libgomp.so.1:libgomp" "libquadmath.so.0:libquadmath" "libz.so.1:zlib")
-readonly LDCONFIG="/sbin/ldconfig"
+readonly LDCONFIG=${MXNET_BOOTSTRAP_LDCONFIG:-/sbin/ldconfig}
 # Where the gpu build's CUDA library directories are made known to the dynamic loader (see configure_cuda_libraries).
 readonly LOADER_CONFIG_FILE="/etc/ld.so.conf.d/mxnet-inference-cuda-wheels.conf"
 
@@ -159,7 +161,8 @@ fail() {
 
 usage_error() {
   log "error: $*"
-  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY | --print-requirements cpu|gpu" \
+  log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY [x86_64|aarch64]" \
+    "| --print-requirements cpu|gpu" \
     "| --print-cuda-library-dirs"
   exit 2
 }
@@ -198,6 +201,31 @@ retry() {
     attempt=$((attempt + 1))
     delay_seconds=$((delay_seconds * 2))
   done
+}
+
+# Prints pip's options for EMR 7 nodes of machine $1, one per line, for pip download on another machine: Amazon Linux
+# 2023 (glibc 2.34) with CPython 3.11. Both manylinux tags are needed: most wheels here are manylinux2014 (glibc 2.17),
+# onnxruntime's and matplotlib's are manylinux_2_27/2_28, which pip accepts under manylinux_2_28.
+emr_node_platform_options() {
+  local machine=$1
+  printf '%s\n' --platform "manylinux2014_$machine" --platform "manylinux_2_28_$machine" \
+    --python-version "$REQUIRED_PYTHON_VERSION" --implementation cp --abi cp311 --abi abi3 --abi none
+}
+
+validate_machine() {
+  local machine=$1
+  if [[ $machine != "x86_64" && $machine != "aarch64" ]]; then
+    usage_error "machine must be one of ${MACHINES[*]}, got '${machine}'"
+  fi
+}
+
+# MXNet's CUDA build and NVIDIA's library wheels exist for x86_64 only.
+refuse_gpu_on() {
+  local machine=$1
+  if [[ $machine != "x86_64" ]]; then
+    fail "compute=gpu needs an x86_64 node: mxnet-cu117 and NVIDIA's CUDA library wheels have no $machine build" \
+      "(a Graviton cluster runs compute=cpu)"
+  fi
 }
 
 requirements_for() {
@@ -315,26 +343,30 @@ export_instance_region() {
   log "region $region (from the instance metadata service): S3 requests go to this region's endpoint"
 }
 
+# Sets WHEELHOUSE_DIR to a local directory holding this node's machine's wheels of the wheelhouse $1.
 fetch_wheelhouse() {
-  local source=$1
+  local source="${1%/}/$MACHINE"
   if [[ $source == s3://* ]]; then
     WHEELHOUSE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/mxnet-wheelhouse.XXXXXX")
     # Removed on exit: the CUDA wheels alone are 3.7 GB on the root volume.
     trap 'rm -rf "$WHEELHOUSE_DIR"' EXIT
     export_instance_region
-    log "step: downloading wheelhouse $source to $WHEELHOUSE_DIR"
+    log "step: downloading wheelhouse $source/ to $WHEELHOUSE_DIR"
     # The CLI retries each request itself (standard mode, 5 attempts); retry() repeats the whole copy.
     retry env AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=5 \
       aws s3 cp --recursive --only-show-errors --cli-connect-timeout 20 --cli-read-timeout 120 \
-      "$source" "$WHEELHOUSE_DIR"
+      "$source/" "$WHEELHOUSE_DIR"
   else
     WHEELHOUSE_DIR=$source
     log "step: using local wheelhouse $WHEELHOUSE_DIR"
   fi
-  local wheel_count
-  wheel_count=$(find "$WHEELHOUSE_DIR" -maxdepth 1 -name '*.whl' | wc -l)
+  local wheel_count=0
+  if [[ -d $WHEELHOUSE_DIR ]]; then
+    wheel_count=$(find "$WHEELHOUSE_DIR" -maxdepth 1 -name '*.whl' | wc -l)
+  fi
   if ((wheel_count == 0)); then
-    fail "wheelhouse '$source' holds no .whl files; fill one with: $SCRIPT_NAME --build-wheelhouse cpu|gpu DIRECTORY"
+    fail "wheelhouse '$source' holds no .whl files for this $MACHINE node; fill one with:" \
+      "$SCRIPT_NAME --build-wheelhouse cpu|gpu DIRECTORY $MACHINE (it writes DIRECTORY/$MACHINE/)"
   fi
   log "wheelhouse holds $wheel_count wheels"
 }
@@ -491,9 +523,15 @@ ensure_pip() {
   has_pip || fail "$PYTHON still has no pip after installing $package"
 }
 
-# Whether the dynamic loader's cache knows an x86-64 library with this soname.
+# Whether the dynamic loader's cache knows a library of this node's machine with this soname (ldconfig -p names the
+# architecture of each entry: "(libc6,x86-64)" or "(libc6,AArch64)").
 loader_knows() {
-  "$LDCONFIG" -p | awk -v soname="$1" '$1 == soname && /x86-64/ { found = 1 } END { exit !found }'
+  local cache_architecture="x86-64"
+  if [[ $MACHINE == "aarch64" ]]; then
+    cache_architecture="AArch64"
+  fi
+  "$LDCONFIG" -p | awk -v soname="$1" -v arch="$cache_architecture" \
+    '$1 == soname && index($0, "," arch ")") { found = 1 } END { exit !found }'
 }
 
 # Installs with dnf the SYSTEM_LIBRARIES the loader does not know yet; does nothing (and needs no network) when all
@@ -608,19 +646,26 @@ validate_whole_number() {
 
 build_wheelhouse() {
   local compute=$1
-  local destination=$2
-  local -a requirements
+  local destination="${2%/}/$3"
+  local machine=$3
+  if [[ $compute == "gpu" ]]; then
+    refuse_gpu_on "$machine"
+  fi
+  local -a requirements platform_options
   mapfile -t requirements < <(requirements_for "$compute")
+  mapfile -t platform_options < <(emr_node_platform_options "$machine")
   resolve_python
   has_pip || fail "$PYTHON has no pip (set MXNET_BOOTSTRAP_PYTHON to a Python with pip)"
-  log "step: downloading ${#requirements[@]} $compute wheels for EMR 7 nodes into $destination (pip of $PYTHON)"
+  log "step: downloading ${#requirements[@]} $compute wheels for $machine EMR 7 nodes into $destination" \
+    "(pip of $PYTHON)"
   mkdir -p "$destination"
   # --no-deps: the list is already the whole dependency closure, and pip cannot resolve dependencies for a
   # platform other than its own.
   retry "$PYTHON" -m pip download --disable-pip-version-check --no-input \
     --timeout "$PIP_SOCKET_TIMEOUT_SECONDS" --retries "$PIP_RETRIES" \
-    --no-deps --only-binary=:all: "${EMR_NODE_PLATFORM_OPTIONS[@]}" --dest "$destination" "${requirements[@]}"
-  log "done: $destination holds a wheel for each of the ${#requirements[@]} pins; upload it and pass its s3:// URI"
+    --no-deps --only-binary=:all: "${platform_options[@]}" --dest "$destination" "${requirements[@]}"
+  log "done: $destination holds a wheel for each of the ${#requirements[@]} pins; upload ${2%/}/ and pass its" \
+    "s3:// URI (each node reads its own machine's folder)"
 }
 
 install_runtime() {
@@ -648,6 +693,7 @@ install_runtime() {
   fi
   log "installing the $compute build"
   if [[ $compute == "gpu" ]]; then
+    refuse_gpu_on "$MACHINE"
     log "step: waiting for the NVIDIA driver"
     wait_for_nvidia_driver
   fi
@@ -717,9 +763,11 @@ main() {
       cuda_library_dirs
       ;;
     --build-wheelhouse)
-      (($# == 3)) || usage_error "--build-wheelhouse takes two arguments (cpu|gpu DIRECTORY), got $(($# - 1))"
+      (($# == 3 || $# == 4)) || usage_error "--build-wheelhouse takes two or three arguments" \
+        "(cpu|gpu DIRECTORY [x86_64|aarch64]), got $(($# - 1))"
       validate_compute "$2"
-      build_wheelhouse "$2" "$3"
+      validate_machine "${4:-$DEFAULT_MACHINE}"
+      build_wheelhouse "$2" "$3" "${4:-$DEFAULT_MACHINE}"
       ;;
     *)
       (($# == 1 || $# == 2)) || usage_error "expected 1 or 2 arguments, got $#"

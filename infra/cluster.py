@@ -13,7 +13,13 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra.cluster_definition import ClusterInputs, InstanceGroup, build_job_flow, to_cfn_cluster_properties
+from infra.cluster_definition import (
+    ClusterInputs,
+    InstanceFleet,
+    ManagedScaling,
+    build_job_flow,
+    to_cfn_cluster_properties,
+)
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.network import EMR_MANAGED_POLICY_TAG, Network
 from infra.storage import (
@@ -34,8 +40,9 @@ SECURITY_CONFIGURATION_HASH_CHARS = 12
 class Cluster(Construct):
     """Everything an inference cluster needs, and (``persistent``) the cluster itself.
 
-    ``job_flow`` is the single ``RunJobFlow`` definition: the ``persistent`` cluster is rendered from it, and in
-    ``transient`` mode the stack ships it as JSON for the trigger Lambda to launch clusters from.
+    ``job_flow`` is the single ``RunJobFlow`` definition: the ``persistent`` cluster is rendered from it, and the stack
+    ships it as JSON for the trigger Lambda to launch clusters from (transient mode, or a persistent cluster with an
+    idle timeout, which the next batch may find gone).
     """
 
     def __init__(
@@ -45,7 +52,10 @@ class Cluster(Construct):
         *,
         compute: str,
         release_label: str,
-        instance_groups: Sequence[InstanceGroup],
+        fleets: Sequence[InstanceFleet],
+        spot_timeout_minutes: int,
+        managed_scaling: Optional[ManagedScaling],
+        idle_timeout_minutes: Optional[int],
         step_concurrency_level: int,
         persistent: bool,
         network: Network,
@@ -77,8 +87,11 @@ class Cluster(Construct):
                 release_label=release_label,
                 region=Aws.REGION,
                 compute=compute,
-                instance_groups=tuple(instance_groups),
-                subnet_id=network.subnet_id,
+                fleets=tuple(fleets),
+                spot_timeout_minutes=spot_timeout_minutes,
+                managed_scaling=managed_scaling,
+                idle_timeout_minutes=idle_timeout_minutes,
+                subnet_ids=network.subnet_ids,
                 primary_security_group_id=network.primary_security_group.security_group_id,
                 worker_security_group_id=network.worker_security_group.security_group_id,
                 service_access_security_group_id=network.service_access_security_group.security_group_id,
@@ -89,8 +102,6 @@ class Cluster(Construct):
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
                 wheelhouse_uri=wheelhouse_uri,
                 step_concurrency_level=step_concurrency_level,
-                # A persistent cluster waits for the next batch; a transient one ends when its steps end.
-                keep_alive_when_no_steps=persistent,
                 # The v2 service policy acts only on resources with this tag; EMR copies cluster tags to its instances.
                 tags={tag_key: tag_value, EMR_MANAGED_POLICY_TAG[0]: EMR_MANAGED_POLICY_TAG[1]},
             )

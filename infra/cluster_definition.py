@@ -2,9 +2,15 @@
 
 :func:`build_job_flow` returns the ``RunJobFlow`` request (boto3's shape). The stack uses it twice:
 - ``persistent`` mode: :func:`to_cfn_cluster_properties` maps it onto ``AWS::EMR::Cluster`` (a long-running cluster);
-- ``transient`` mode: it is written as JSON to the data bucket, and the trigger Lambda calls ``RunJobFlow`` with it
-  (plus its steps), so every transient cluster is exactly the cluster the stack would have created.
-Values may be CDK tokens (bucket names, role names): they are resolved at deploy time in both paths.
+- ``transient`` mode (and a persistent cluster that can end idle): it is written as JSON to the data bucket, and the
+  trigger Lambda calls ``RunJobFlow`` with it (plus its steps), so every cluster it launches is exactly the cluster the
+  stack would have created.
+Values may be CDK tokens (bucket names, role names, subnet ids): they are resolved at deploy time in both paths.
+
+The nodes come in instance fleets (README, "Instance fleets"): an on-demand primary, an on-demand core and a Spot task
+fleet, each a list of instance types of one shape, in every subnet given. Each worker type counts its task slots in its
+fleet (``WeightedCapacity``: vCPUs for cpu, GPUs for gpu), so fleet capacities, managed-scaling limits and Spark's
+``spark.default.parallelism`` are all counted in task slots.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from infra.instance_types import gpus, vcpus
+from infra.instance_types import task_slots_per_node
 
 PYTHON = "/usr/bin/python3.11"  # EMR 7.1+ ships Python 3.11 beside the default 3.9; the job needs 3.11.
 # Installed on every GPU node by bootstrap/getGpusResources.sh --install (EMR ships Spark's copy under /usr/lib/spark
@@ -52,13 +58,60 @@ GPU_EXECUTOR_SIZING = {
     "spark.executor.memory": "4g",
     "spark.executor.memoryOverhead": "6g",
 }
+# With Spot task nodes, Spark's YARN ApplicationMaster (the ExecutorLauncher of client mode) must not run on one: if its
+# node is reclaimed the whole application ends, and with spark.yarn.maxAppAttempts=1 the step fails. EMR 6 and 7 place
+# it on any node unless YARN node labels say otherwise; from emr-7.2.0 EMR labels nodes by market and this places the
+# ApplicationMaster on on-demand nodes (the core fleet) only ("AM label awareness": AWS EMR best practices guide,
+# "Optimizing resource utilization", and the AWS Big Data Blog "Enhance Amazon EMR scaling capabilities with
+# Application Master Placement").
+SPOT_SAFE_YARN_SITE = {
+    "yarn.node-labels.enabled": "true",
+    "yarn.node-labels.am.default-node-label-expression": "ON_DEMAND",
+}
+# How Spark on EMR lives through a lost or removed node, pinned to EMR's documented defaults so that what the README
+# promises cannot change with a release (EMR Release Guide, "Configure Spark", node decommissioning): no new task goes
+# to a node in YARN's decommissioning state (a Spot interruption notice or a managed-scaling scale-in), a node that
+# decommissions within 20 s (Spot) has its executors' state dropped at once, and shuffle fetch failures from a
+# decommissioned node do not fail the stage. The tasks that were running there are run again elsewhere; Spark does not
+# count those attempts against spark.task.maxFailures (ExecutorLostFailure with exitCausedByApp false, Spark's
+# TaskEndReason.scala), so losing nodes never fails the job by itself.
+SPOT_TOLERANT_SPARK_DEFAULTS = {
+    "spark.blacklist.decommissioning.enabled": "true",
+    "spark.blacklist.decommissioning.timeout": "1h",
+    "spark.decommissioning.timeout.threshold": "20",
+    "spark.resourceManager.cleanupExpiredHost": "true",
+    "spark.stage.attempt.ignoreOnDecommissionFetchFailure": "true",
+}
+# Both modes keep the cluster alive between steps: a persistent cluster waits for the next batch, and a transient one
+# ends through its auto-termination policy after idle_timeout minutes instead of with its last step, so a step added a
+# moment after the last one ended never meets a cluster that is already shutting down (review finding 12).
+KEEP_ALIVE_WHEN_NO_STEPS = True
+# Scale-in waits for the YARN containers on a node to finish before it removes the node (EMR's default from 5.1.0, set
+# explicitly): managed scaling never cuts a running step short.
+SCALE_DOWN_BEHAVIOR = "TERMINATE_AT_TASK_COMPLETION"
+SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
+ON_DEMAND_ALLOCATION_STRATEGY = "lowest-price"
+SPOT_TIMEOUT_ACTION = "SWITCH_TO_ON_DEMAND"
+
 
 @dataclass(frozen=True)
-class InstanceGroup:
+class InstanceFleet:
+    """One instance fleet: ``instance_count`` nodes of the size of the first type, from any of ``instance_types``."""
+
     role: str  # MASTER | CORE | TASK
     name: str
-    instance_type: str
-    count: int
+    instance_types: tuple[str, ...]
+    instance_count: int
+    spot: bool = False  # Spot capacity (task fleet), on-demand after the Spot timeout
+
+
+@dataclass(frozen=True)
+class ManagedScaling:
+    """EMR managed scaling between ``min_instance_count`` and ``max_instance_count`` worker nodes, counted in nodes of
+    the first core type (up to the core) and of the first task type (above it)."""
+
+    min_instance_count: int
+    max_instance_count: int
 
 
 @dataclass(frozen=True)
@@ -69,8 +122,11 @@ class ClusterInputs:
     release_label: str
     region: str  # the stack's region: boto3 and the AWS CLI on the nodes must use its S3 endpoint
     compute: str  # cpu | gpu
-    instance_groups: tuple[InstanceGroup, ...]
-    subnet_id: str
+    fleets: tuple[InstanceFleet, ...]
+    spot_timeout_minutes: int
+    managed_scaling: Optional[ManagedScaling]
+    idle_timeout_minutes: Optional[int]  # None: the cluster runs until it is terminated
+    subnet_ids: tuple[str, ...]  # EMR launches the cluster in one of them, where the fleets find capacity
     primary_security_group_id: str
     worker_security_group_id: str
     service_access_security_group_id: str
@@ -81,25 +137,83 @@ class ClusterInputs:
     bootstrap_uri_prefix: str  # s3://bucket/artifacts/bootstrap/ (ends with '/')
     wheelhouse_uri: Optional[str]  # s3://.../wheelhouse/<compute>/: nodes install MXNet from it, not from PyPI
     step_concurrency_level: int
-    keep_alive_when_no_steps: bool
     tags: Mapping[str, str]
 
 
-def task_slots(compute: str, instance_groups: Sequence[InstanceGroup]) -> int:
-    """How many tasks the cluster's workers run at once: their vCPUs (cpu, one vCPU per task), or their GPUs (gpu, one
-    task per GPU). The primary node runs the driver and no executors."""
-    workers = [group for group in instance_groups if group.role != "MASTER"]
-    per_node = gpus if compute == "gpu" else vcpus
-    return sum(group.count * per_node(group.instance_type) for group in workers)
+def _fleet(fleets: Sequence[InstanceFleet], role: str) -> Optional[InstanceFleet]:
+    return next((fleet for fleet in fleets if fleet.role == role), None)
 
 
-def spark_configurations(compute: str, *, task_slots: int, region: str) -> list[dict[str, Any]]:
+def fleet_weights(compute: str, fleet: InstanceFleet) -> list[int]:
+    """Each type's ``WeightedCapacity``: its task slots for a worker fleet; 1 for the primary (EMR's rule)."""
+    if fleet.role == "MASTER":
+        return [1 for _ in fleet.instance_types]
+    return [task_slots_per_node(compute, instance_type) for instance_type in fleet.instance_types]
+
+
+def fleet_target(compute: str, fleet: InstanceFleet) -> int:
+    """The fleet's target capacity in units: its node count times the weight of its first type."""
+    return fleet.instance_count * fleet_weights(compute, fleet)[0]
+
+
+def most_capacity_provisioned(target: int, weights: Sequence[int]) -> int:
+    """The most capacity EMR can provision for a fleet ``target`` with these type weights.
+
+    EC2 Fleet keeps launching while the fleet is below its target, so the last instance can overshoot it: the worst
+    case is the largest sum of weights still below the target, plus the largest weight. With equal weights that divide
+    the target (the defaults) it is the target itself.
+    """
+    if target <= 0:
+        return 0
+    reachable = [False] * target
+    reachable[0] = True
+    for capacity in range(target):
+        if reachable[capacity]:
+            for weight in weights:
+                if capacity + weight < target:
+                    reachable[capacity + weight] = True
+    return max(capacity for capacity in range(target) if reachable[capacity]) + max(weights)
+
+
+def compute_limits(compute: str, fleets: Sequence[InstanceFleet], scaling: ManagedScaling) -> dict[str, Any]:
+    """Managed scaling's ``ComputeLimits`` in fleet units (task slots). Core units never grow (the core is the
+    on-demand floor that holds the ApplicationMaster); everything added above it is Spot task capacity."""
+    core, task = _fleet(fleets, "CORE"), _fleet(fleets, "TASK")
+    core_units = fleet_target(compute, core)
+    task_node_units = fleet_weights(compute, task)[0]
+    core_node_units = fleet_weights(compute, core)[0]
+    return {
+        "UnitType": "InstanceFleetUnits",
+        "MinimumCapacityUnits": scaling.min_instance_count * core_node_units,
+        "MaximumCapacityUnits": core_units + (scaling.max_instance_count - core.instance_count) * task_node_units,
+        "MaximumCoreCapacityUnits": core_units,
+        "MaximumOnDemandCapacityUnits": core_units,
+    }
+
+
+def task_slots(compute: str, fleets: Sequence[InstanceFleet], scaling: Optional[ManagedScaling] = None) -> int:
+    """The most tasks the cluster's workers can run at once: every slot of the largest capacity its core and task
+    fleets can reach (their targets, or managed scaling's maximum), overshoot included. The primary node runs the
+    driver and no executors. Counting more slots than exist only adds a round of tasks; counting fewer would leave
+    nodes idle."""
+    core, task = _fleet(fleets, "CORE"), _fleet(fleets, "TASK")
+    slots = most_capacity_provisioned(fleet_target(compute, core), fleet_weights(compute, core))
+    if task is not None:
+        task_units = fleet_target(compute, task)
+        if scaling is not None:
+            limits = compute_limits(compute, fleets, scaling)
+            task_units = max(task_units, limits["MaximumCapacityUnits"] - limits["MaximumCoreCapacityUnits"])
+        slots += most_capacity_provisioned(task_units, fleet_weights(compute, task))
+    return slots
+
+
+def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bool = False) -> list[dict[str, Any]]:
     """EMR ``Configurations`` (classifications) for the inference job on ``compute`` (cpu | gpu).
 
     ``task_slots`` becomes ``spark.default.parallelism``, from which the job plans its tasks. EMR turns on dynamic
     allocation, so a Spark application starts with no executors and Spark's own default would be 2: two tasks for the
     whole cluster. With the cluster's real slot count the job plans enough tasks, and dynamic allocation asks YARN for
-    an executor for each of them.
+    an executor for each of them. ``spot``: the cluster has Spot nodes (see SPOT_SAFE_YARN_SITE).
     """
     spark_defaults = {
         "spark.pyspark.python": PYTHON,
@@ -113,7 +227,9 @@ def spark_configurations(compute: str, *, task_slots: int, region: str) -> list[
         "spark.executorEnv.AWS_DEFAULT_REGION": region,
         **YARN_AM_SIZING,
         **(GPU_EXECUTOR_SIZING if compute == "gpu" else CPU_EXECUTOR_SIZING),
+        **SPOT_TOLERANT_SPARK_DEFAULTS,
     }
+    yarn_site: dict[str, str] = dict(SPOT_SAFE_YARN_SITE) if spot else {}
     configurations: list[dict[str, Any]] = [
         {
             "Classification": "spark-env",
@@ -139,20 +255,22 @@ def spark_configurations(compute: str, *, task_slots: int, region: str) -> list[
                 "spark.task.resource.gpu.amount": "1",
             }
         )
-        configurations += [
+        yarn_site.update(
             {
-                "Classification": "yarn-site",
-                "Properties": {
-                    "yarn.nodemanager.resource-plugins": "yarn.io/gpu",
-                    "yarn.resource-types": "yarn.io/gpu",
-                    "yarn.nodemanager.resource-plugins.gpu.allowed-gpu-devices": "auto",
-                    "yarn.nodemanager.resource-plugins.gpu.path-to-discovery-executables": "/usr/bin",
-                    "yarn.nodemanager.linux-container-executor.cgroups.mount": "true",
-                    "yarn.nodemanager.linux-container-executor.cgroups.mount-path": GPU_CGROUP_ROOT,
-                    "yarn.nodemanager.linux-container-executor.cgroups.hierarchy": "yarn",
-                    "yarn.nodemanager.container-executor.class": LINUX_CONTAINER_EXECUTOR,
-                },
-            },
+                "yarn.nodemanager.resource-plugins": "yarn.io/gpu",
+                "yarn.resource-types": "yarn.io/gpu",
+                "yarn.nodemanager.resource-plugins.gpu.allowed-gpu-devices": "auto",
+                "yarn.nodemanager.resource-plugins.gpu.path-to-discovery-executables": "/usr/bin",
+                "yarn.nodemanager.linux-container-executor.cgroups.mount": "true",
+                "yarn.nodemanager.linux-container-executor.cgroups.mount-path": GPU_CGROUP_ROOT,
+                "yarn.nodemanager.linux-container-executor.cgroups.hierarchy": "yarn",
+                "yarn.nodemanager.container-executor.class": LINUX_CONTAINER_EXECUTOR,
+            }
+        )
+    if yarn_site:
+        configurations.append({"Classification": "yarn-site", "Properties": yarn_site})
+    if compute == "gpu":
+        configurations += [
             {
                 "Classification": "container-executor",
                 "Properties": {},
@@ -202,33 +320,52 @@ def bootstrap_actions(compute: str, bootstrap_uri_prefix: str, wheelhouse_uri: O
     return actions
 
 
+def _fleet_request(compute: str, fleet: InstanceFleet, spot_timeout_minutes: int) -> dict[str, Any]:
+    target = fleet_target(compute, fleet)
+    request: dict[str, Any] = {
+        "Name": fleet.name,
+        "InstanceFleetType": fleet.role,
+        "TargetOnDemandCapacity": 0 if fleet.spot else target,
+        "TargetSpotCapacity": target if fleet.spot else 0,
+        "InstanceTypeConfigs": [
+            {"InstanceType": instance_type, "WeightedCapacity": weight}
+            for instance_type, weight in zip(fleet.instance_types, fleet_weights(compute, fleet))
+        ],
+        "LaunchSpecifications": {"OnDemandSpecification": {"AllocationStrategy": ON_DEMAND_ALLOCATION_STRATEGY}},
+    }
+    if fleet.spot:
+        request["LaunchSpecifications"]["SpotSpecification"] = {
+            "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+            "TimeoutDurationMinutes": spot_timeout_minutes,
+            "TimeoutAction": SPOT_TIMEOUT_ACTION,
+        }
+    return request
+
+
 def build_job_flow(inputs: ClusterInputs) -> dict[str, Any]:
     """The ``RunJobFlow`` request for the inference cluster (no steps: they are added per batch)."""
-    return {
+    spot = any(fleet.spot for fleet in inputs.fleets)
+    job_flow: dict[str, Any] = {
         "Name": inputs.name,
         "ReleaseLabel": inputs.release_label,
         "LogUri": inputs.log_uri,
         "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
         "Configurations": spark_configurations(
-            inputs.compute, task_slots=task_slots(inputs.compute, inputs.instance_groups), region=inputs.region
+            inputs.compute,
+            task_slots=task_slots(inputs.compute, inputs.fleets, inputs.managed_scaling),
+            region=inputs.region,
+            spot=spot,
         ),
         "BootstrapActions": bootstrap_actions(inputs.compute, inputs.bootstrap_uri_prefix, inputs.wheelhouse_uri),
         "Instances": {
-            "InstanceGroups": [
-                {
-                    "Name": group.name,
-                    "InstanceRole": group.role,
-                    "Market": "ON_DEMAND",
-                    "InstanceType": group.instance_type,
-                    "InstanceCount": group.count,
-                }
-                for group in inputs.instance_groups
+            "InstanceFleets": [
+                _fleet_request(inputs.compute, fleet, inputs.spot_timeout_minutes) for fleet in inputs.fleets
             ],
-            "Ec2SubnetId": inputs.subnet_id,
+            "Ec2SubnetIds": list(inputs.subnet_ids),
             "EmrManagedMasterSecurityGroup": inputs.primary_security_group_id,
             "EmrManagedSlaveSecurityGroup": inputs.worker_security_group_id,
             "ServiceAccessSecurityGroup": inputs.service_access_security_group_id,
-            "KeepJobFlowAliveWhenNoSteps": inputs.keep_alive_when_no_steps,
+            "KeepJobFlowAliveWhenNoSteps": KEEP_ALIVE_WHEN_NO_STEPS,
             "TerminationProtected": False,
         },
         "ServiceRole": inputs.service_role_name,
@@ -236,9 +373,17 @@ def build_job_flow(inputs: ClusterInputs) -> dict[str, Any]:
         "SecurityConfiguration": inputs.security_configuration_name,
         "StepConcurrencyLevel": inputs.step_concurrency_level,
         "EbsRootVolumeSize": EBS_ROOT_VOLUME_GIB,
+        "ScaleDownBehavior": SCALE_DOWN_BEHAVIOR,
         "VisibleToAllUsers": True,
         "Tags": [{"Key": key, "Value": value} for key, value in inputs.tags.items()],
     }
+    if inputs.managed_scaling is not None:
+        job_flow["ManagedScalingPolicy"] = {
+            "ComputeLimits": compute_limits(inputs.compute, inputs.fleets, inputs.managed_scaling)
+        }
+    if inputs.idle_timeout_minutes is not None:
+        job_flow["AutoTerminationPolicy"] = {"IdleTimeout": inputs.idle_timeout_minutes * 60}
+    return job_flow
 
 
 def _cfn_configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,12 +396,25 @@ def _cfn_configuration(configuration: Mapping[str, Any]) -> dict[str, Any]:
     return cfn
 
 
-def _cfn_instance_group(group: Mapping[str, Any]) -> dict[str, Any]:
+def _camel(name: str) -> str:
+    return name[0].lower() + name[1:]
+
+
+def _cfn_fleet(fleet: Mapping[str, Any]) -> dict[str, Any]:
+    """An InstanceFleetConfig: CloudFormation has the API's field names, camelCased for jsii, without the fleet type
+    (the fleet's place in ``instances`` says it)."""
     return {
-        "name": group["Name"],
-        "instanceType": group["InstanceType"],
-        "instanceCount": group["InstanceCount"],
-        "market": group["Market"],
+        "name": fleet["Name"],
+        "targetOnDemandCapacity": fleet["TargetOnDemandCapacity"],
+        "targetSpotCapacity": fleet["TargetSpotCapacity"],
+        "instanceTypeConfigs": [
+            {"instanceType": config["InstanceType"], "weightedCapacity": config["WeightedCapacity"]}
+            for config in fleet["InstanceTypeConfigs"]
+        ],
+        "launchSpecifications": {
+            _camel(kind): {_camel(key): value for key, value in specification.items()}
+            for kind, specification in fleet["LaunchSpecifications"].items()
+        },
     }
 
 
@@ -267,23 +425,22 @@ def to_cfn_cluster_properties(job_flow: Mapping[str, Any]) -> dict[str, Any]:
     CloudFormation property names in camelCase.
     """
     instances = job_flow["Instances"]
-    groups_by_role: dict[str, list[Mapping[str, Any]]] = {}
-    for group in instances["InstanceGroups"]:
-        groups_by_role.setdefault(group["InstanceRole"], []).append(group)
+    fleets_by_role: dict[str, list[Mapping[str, Any]]] = {}
+    for fleet in instances["InstanceFleets"]:
+        fleets_by_role.setdefault(fleet["InstanceFleetType"], []).append(fleet)
     cfn_instances: dict[str, Any] = {
-        "masterInstanceGroup": _cfn_instance_group(groups_by_role["MASTER"][0]),
-        "coreInstanceGroup": _cfn_instance_group(groups_by_role["CORE"][0]),
-        "ec2SubnetId": instances["Ec2SubnetId"],
+        "masterInstanceFleet": _cfn_fleet(fleets_by_role["MASTER"][0]),
+        "coreInstanceFleet": _cfn_fleet(fleets_by_role["CORE"][0]),
+        "ec2SubnetIds": list(instances["Ec2SubnetIds"]),
         "emrManagedMasterSecurityGroup": instances["EmrManagedMasterSecurityGroup"],
         "emrManagedSlaveSecurityGroup": instances["EmrManagedSlaveSecurityGroup"],
         "serviceAccessSecurityGroup": instances["ServiceAccessSecurityGroup"],
         "keepJobFlowAliveWhenNoSteps": instances["KeepJobFlowAliveWhenNoSteps"],
         "terminationProtected": instances["TerminationProtected"],
     }
-    task_groups: Optional[list] = groups_by_role.get("TASK")
-    if task_groups:
-        cfn_instances["taskInstanceGroups"] = [_cfn_instance_group(group) for group in task_groups]
-    return {
+    if fleets_by_role.get("TASK"):
+        cfn_instances["taskInstanceFleets"] = [_cfn_fleet(fleet) for fleet in fleets_by_role["TASK"]]
+    properties: dict[str, Any] = {
         "name": job_flow["Name"],
         "release_label": job_flow["ReleaseLabel"],
         "log_uri": job_flow["LogUri"],
@@ -305,6 +462,13 @@ def to_cfn_cluster_properties(job_flow: Mapping[str, Any]) -> dict[str, Any]:
         "security_configuration": job_flow["SecurityConfiguration"],
         "step_concurrency_level": job_flow["StepConcurrencyLevel"],
         "ebs_root_volume_size": job_flow["EbsRootVolumeSize"],
+        "scale_down_behavior": job_flow["ScaleDownBehavior"],
         "visible_to_all_users": job_flow["VisibleToAllUsers"],
         "tags": [{"key": tag["Key"], "value": tag["Value"]} for tag in job_flow["Tags"]],
     }
+    if "ManagedScalingPolicy" in job_flow:
+        limits = job_flow["ManagedScalingPolicy"]["ComputeLimits"]
+        properties["managed_scaling_policy"] = {"computeLimits": {_camel(key): value for key, value in limits.items()}}
+    if "AutoTerminationPolicy" in job_flow:
+        properties["auto_termination_policy"] = {"idleTimeout": job_flow["AutoTerminationPolicy"]["IdleTimeout"]}
+    return properties

@@ -1,13 +1,18 @@
-"""What the stack needs to know about an EC2 instance type: its vCPUs (EMR's YARN vcores) and its NVIDIA GPUs.
+"""What the stack needs to know about an EC2 instance type: its vCPUs (EMR's YARN vcores), its NVIDIA GPUs, its CPU
+architecture, and so how many of the job's tasks it runs at once.
 
 No AWS call: synth needs no credentials. vCPUs follow EC2's size naming, which holds for every family EMR runs on
 (medium 1, large 2, xlarge 4, Nxlarge 4N); ``metal`` sizes differ per family, so they are refused with a message.
-GPU counts come from the table below (EC2's accelerated-computing pages), for the GPU families EMR supports.
+GPU counts come from the table below (EC2's accelerated-computing pages), for the GPU families EMR supports. The
+architecture is aws-cdk-lib's reading of the name (``ec2.InstanceType(...).architecture``: family ``a``, or a ``g`` among
+the letters after the generation, as in c7g, c6gn, m7gd, is Graviton).
 """
 
 from __future__ import annotations
 
 import re
+
+from aws_cdk import aws_ec2 as ec2
 
 SIZE_PATTERN = re.compile(r"^(?:(\d+)xlarge|xlarge|large|medium)$")
 VCPUS_PER_XLARGE = 4
@@ -27,8 +32,20 @@ GPU_FAMILIES_MULTI_GPU_SIZES: dict[str, dict[str, int]] = {
 GPU_FAMILIES = tuple(GPU_FAMILIES_MULTI_GPU_SIZES)
 
 
+# The `architecture` setting's values (AWS's names); a node's `uname -m` says aarch64 for arm64.
+X86_64 = "x86_64"
+ARM64 = "arm64"
+ARCHITECTURES = (X86_64, ARM64)
+# What `uname -m` says on a node of each architecture: the offline wheelhouse holds one folder per machine name.
+MACHINE_NAMES = {X86_64: "x86_64", ARM64: "aarch64"}
+
+
 class UnknownInstanceSize(ValueError):
     """The instance type's size does not tell its vCPUs."""
+
+
+class UnknownArchitecture(ValueError):
+    """aws-cdk-lib cannot read an architecture from the instance type's name."""
 
 
 def family(instance_type: str) -> str:
@@ -57,3 +74,19 @@ def gpus(instance_type: str) -> int:
     if sizes is None:
         return 0
     return sizes.get(instance_type.split(".", 1)[1], 1)
+
+
+def architecture(instance_type: str) -> str:
+    """:data:`ARM64` for Graviton types, :data:`X86_64` for the others; raises :class:`UnknownArchitecture` for a name
+    aws-cdk-lib cannot parse."""
+    try:
+        arm = ec2.InstanceType(instance_type).architecture == ec2.InstanceArchitecture.ARM_64
+    except RuntimeError as error:  # jsii re-raises the TypeScript library's error
+        raise UnknownArchitecture(f"{instance_type!r}: aws-cdk-lib cannot tell its architecture ({error})") from None
+    return ARM64 if arm else X86_64
+
+
+def task_slots_per_node(compute: str, instance_type: str) -> int:
+    """How many of the job's tasks one node of ``instance_type`` runs at once: one per vCPU (cpu), one per GPU (gpu).
+    It is also the node's weight in its instance fleet, so that fleet capacity counts task slots."""
+    return gpus(instance_type) if compute == "gpu" else vcpus(instance_type)

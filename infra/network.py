@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from aws_cdk import Fn, RemovalPolicy, Tags
 from aws_cdk import aws_ec2 as ec2
@@ -15,7 +15,11 @@ MAX_AZS = 2
 
 
 class Network(Construct):
-    """The cluster's subnet and the three security groups EMR manages the rules of (primary, workers, service access).
+    """The cluster's subnets and the three security groups EMR manages the rules of (primary, workers, service access).
+
+    Several subnets: EMR launches instance fleets in the one subnet (availability zone) where the fleets' instance
+    types have capacity, so each subnet in another zone is one more chance at launch (a whole cluster still runs in one
+    zone).
 
     Our own security groups instead of EMR's defaults: EMR creates its default groups outside CloudFormation, and they
     would be left behind by ``cdk destroy`` and block deleting the VPC.
@@ -27,7 +31,7 @@ class Network(Construct):
         construct_id: str,
         *,
         vpc_id: Optional[str],
-        subnet_id: Optional[str],
+        subnet_ids: Optional[Sequence[str]],
         nat_gateways: int,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -37,12 +41,12 @@ class Network(Construct):
             subnets = self.vpc.select_subnets(subnet_type=subnet_type).subnets
             for subnet in subnets:
                 Tags.of(subnet).add(*EMR_MANAGED_POLICY_TAG)
-            # EMR launches instance groups in one subnet; the first private one.
-            self.subnet_id = subnets[0].subnet_id
+            # Every private subnet, one per availability zone.
+            self.subnet_ids: tuple[str, ...] = tuple(subnet.subnet_id for subnet in subnets)
         else:
-            # No lookup: synth needs no AWS credentials. The subnet must carry EMR_MANAGED_POLICY_TAG (README).
+            # No lookup: synth needs no AWS credentials. The subnets must carry EMR_MANAGED_POLICY_TAG (README).
             self.vpc = ec2.Vpc.from_vpc_attributes(self, "Vpc", vpc_id=vpc_id, availability_zones=Fn.get_azs())
-            self.subnet_id = subnet_id
+            self.subnet_ids = tuple(subnet_ids)
         self.primary_security_group = self._security_group("PrimarySecurityGroup", "EMR primary node")
         self.worker_security_group = self._security_group("WorkerSecurityGroup", "EMR core and task nodes")
         self.service_access_security_group = self._security_group(
@@ -87,8 +91,9 @@ class Network(Construct):
     def _kms_endpoint(self, subnet: ec2.ISubnet) -> ec2.InterfaceVpcEndpoint:
         """Without NAT the nodes reach AWS only through VPC endpoints. S3 has its gateway endpoint; the only other service
         a node calls is KMS, at boot, for the data key of its encrypted local disks (security configuration). Private DNS
-        makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet, the cluster's: an interface endpoint bills
-        per availability zone, and the cluster runs in one."""
+        makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet: an interface endpoint bills per
+        availability zone, and its address is reachable from every subnet of the VPC (the cluster may start in any of
+        them), at the price of cross-zone traffic for a few key requests at boot."""
         endpoint = ec2.InterfaceVpcEndpoint(
             self,
             "KmsEndpoint",

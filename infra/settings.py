@@ -3,6 +3,12 @@
 Every setting is read here and nowhere else; constructs receive plain keyword arguments. Validation collects every
 problem before failing, so a user fixes all typos in one round: each message names the key, the value received and
 what is allowed.
+
+Settings come from the ``inference`` context object (``cdk.json``, or ``-c 'inference={...}'`` for a whole object), and
+any one of them can also be given on its own the CDK way, ``cdk synth -c compute=gpu``: such a top-level context key
+overrides the object's key. The CDK CLI passes every ``-c`` value as a string, so each is read as its setting's type
+(``-c core_instance_count=3``, ``-c offline_wheelhouse=true``, ``-c core_instance_types=c5.2xlarge,c6i.2xlarge``,
+``-c idle_timeout_minutes=null``). A top-level key that looks like a setting but is none fails, like a typo in the object.
 """
 
 from __future__ import annotations
@@ -10,9 +16,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, get_type_hints
 
-from infra.instance_types import GPU_FAMILIES, UnknownInstanceSize, gpus, vcpus
+from infra.instance_types import (
+    ARCHITECTURES,
+    ARM64,
+    GPU_FAMILIES,
+    X86_64,
+    UnknownArchitecture,
+    UnknownInstanceSize,
+    architecture,
+    gpus,
+    vcpus,
+)
 
 # The cdk.json context key that holds every setting below (one key, so CDK's own feature flags never collide).
 CONTEXT_KEY = "inference"
@@ -25,20 +41,58 @@ JOB_DEVICES = ("cpu", "gpu", "auto")
 # job's pinned pyspark==3.5.6, and it ships Python 3.9 and 3.11 (3.11 from emr-7.1.0 on). Sources: the EMR Release
 # Guide pages "Spark release history" and "Application versions in Amazon EMR 7.x releases".
 DEFAULT_RELEASE_LABEL = "emr-7.13.0"
-# PYSPARK_PYTHON=python3.11 needs a release that ships Python 3.11: emr-7.1.0 and later.
-MIN_RELEASE_MINOR = 1
+# emr-7.2.0 and later: PYSPARK_PYTHON=python3.11 needs 7.1, and Spot task nodes need 7.2's "application master label
+# awareness", which keeps Spark's YARN ApplicationMaster on on-demand nodes (cluster_definition.py, SPOT_SAFE_YARN_SITE).
+MIN_RELEASE_MINOR = 2
 RELEASE_LABEL_PATTERN = re.compile(r"^emr-7\.(\d+)\.(\d+)$")
 
-DEFAULT_PRIMARY_INSTANCE_TYPE = "m5.xlarge"
-# c5.2xlarge: 8 vCPU / 16 GiB, compute-optimised for the CPU-bound MXNet forward pass and JPEG/PNG decoding.
-DEFAULT_CPU_WORKER_INSTANCE_TYPE = "c5.2xlarge"
-# g4dn.xlarge: one NVIDIA T4 (16 GiB), 4 vCPU / 16 GiB: the cheapest GPU instance EMR supports.
-DEFAULT_GPU_WORKER_INSTANCE_TYPE = "g4dn.xlarge"
+# Instance types per fleet. Each list holds types of a similar shape (as much memory and as many vCPUs per task slot or
+# more), so the executors sized in cluster_definition.py fit each; the first is the reference: instance counts are in
+# nodes of its size (other sizes count by their task slots), and the
+# cost model (infra/cost.py) prices it. EMR picks among the others by price (on-demand) or by price and spare capacity
+# (Spot), in any of the cluster's subnets: the more types and subnets, the less often a launch finds no capacity.
+# Every one is an EMR-supported type in emr-7.2.0 to emr-7.13.0 (a test checks moto's copy of
+# ListSupportedInstanceTypes) and in the regions cfn-lint checks the template for (us-east-1, eu-west-1); other
+# regions may lack some: set the lists there.
+DEFAULT_PRIMARY_INSTANCE_TYPES = {
+    # 4 vCPU / 16 GiB general purpose: the driver (client mode) plans tasks and writes the summary; it loads no model.
+    X86_64: ("m5.xlarge", "m5a.xlarge", "m6i.xlarge", "m6a.xlarge"),
+    ARM64: ("m7g.xlarge", "m6g.xlarge"),
+}
+DEFAULT_WORKER_INSTANCE_TYPES = {
+    # 8 vCPU / 16 GiB compute-optimised, for the CPU-bound forward pass and image decoding: Intel and AMD generations.
+    ("cpu", X86_64): ("c5.2xlarge", "c5a.2xlarge", "c6i.2xlarge", "c6a.2xlarge", "c7i.2xlarge"),
+    # The same shape on Graviton 2 and 3.
+    ("cpu", ARM64): ("c7g.2xlarge", "c6g.2xlarge", "c6gd.2xlarge", "c7gd.2xlarge"),
+    # One GPU per node: T4 (the cheapest GPU EMR supports) and A10G, at 4 vCPU / 16 GiB and, as further Spot pools,
+    # 8 vCPU / 32 GiB (one executor per GPU either way; the larger ones cost more and are chosen only for capacity).
+    # Not g6 (L4): EMR does not offer it in every region (e.g. eu-west-1 in cfn-lint's data of supported types).
+    ("gpu", X86_64): ("g4dn.xlarge", "g5.xlarge", "g4dn.2xlarge", "g5.2xlarge"),
+}
+# EMR accepts at most 30 instance types per fleet when an allocation strategy is set (InstanceTypeConfig, API reference).
+MAX_INSTANCE_TYPES_PER_FLEET = 30
+# A Spot provisioning timeout is 5 to 1440 minutes (SpotProvisioningSpecification); after it the task fleet launches
+# on-demand instead. Ten minutes: about one cluster boot, after which waiting longer for Spot costs more in delay than
+# the discount saves on a small cluster.
+DEFAULT_SPOT_TIMEOUT_MINUTES = 10
+MIN_SPOT_TIMEOUT_MINUTES = 5
+MAX_SPOT_TIMEOUT_MINUTES = 1440
+# EMR's auto-termination idle timeout is 60 s to 7 days (AutoTerminationPolicy). A transient cluster is kept alive
+# between batches and ends after this long without work: about the cluster's boot time (the ski-rental rule: wait as
+# long as a restart costs, and never pay more than twice the best choice made in hindsight). README, "Idle clusters".
+DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES = 10
+MAX_IDLE_TIMEOUT_MINUTES = 7 * 24 * 60
+MAX_INSTANCE_COUNT = 100
+MAX_SCALING_INSTANCE_COUNT = 1000
+
 INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 VPC_ID_PATTERN = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID_PATTERN = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Top-level context keys of this shape are taken for settings given with -c; CDK's own keys never have it (feature
+# flags start with '@', its internal keys with 'aws:', lookups hold ':' or '=', and its other keys use '-').
+SETTING_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 # EMR refuses more than 256 pending + running steps per cluster; StepConcurrencyLevel is limited to 1..256.
 EMR_MAX_ACTIVE_STEPS = 256
@@ -63,19 +117,35 @@ class Settings:
     compute: str = "cpu"
     cluster_mode: str = "transient"
     release_label: str = DEFAULT_RELEASE_LABEL
-    primary_instance_type: str = DEFAULT_PRIMARY_INSTANCE_TYPE
-    # None: the default worker type for `compute` (DEFAULT_CPU_WORKER_INSTANCE_TYPE / DEFAULT_GPU_WORKER_INSTANCE_TYPE).
-    core_instance_type: Optional[str] = None
-    core_instance_count: int = 2
-    task_instance_type: Optional[str] = None
-    task_instance_count: int = 0
+    # x86_64, or arm64 (Graviton; compute cpu only): every instance type of the cluster must be of this architecture.
+    architecture: str = X86_64
+    # None: the defaults above for `architecture` (and `compute`). Lists of types of one shape, the first the reference.
+    primary_instance_types: Optional[tuple[str, ...]] = None
+    core_instance_types: Optional[tuple[str, ...]] = None
+    # On-demand core nodes, counted in nodes of the first core type (the fleet's capacity counts task slots).
+    core_instance_count: int = 1
+    # None: the core types.
+    task_instance_types: Optional[tuple[str, ...]] = None
+    # Spot task nodes (on-demand after spot_timeout_minutes without Spot capacity), in nodes of the first task type.
+    task_instance_count: int = 2
+    spot_timeout_minutes: int = DEFAULT_SPOT_TIMEOUT_MINUTES
+    # EMR managed scaling: None = off; otherwise the most worker nodes (core + task, in nodes of the first core and task
+    # types) the cluster may grow to. Only Spot task nodes are added and removed.
+    managed_scaling_max_instance_count: Optional[int] = None
+    # The fewest worker nodes managed scaling shrinks to; None: core_instance_count (only task nodes come and go).
+    # Below core_instance_count, scale-in removes core nodes too (slower: EMR first moves their HDFS blocks).
+    managed_scaling_min_instance_count: Optional[int] = None
+    # EMR auto-termination after this many idle minutes; None: DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES in transient mode,
+    # never in persistent mode.
+    idle_timeout_minutes: Optional[int] = None
     step_concurrency_level: int = 1
     max_active_steps: int = 200
-    # None: a new VPC (private subnets, S3 gateway endpoint). Otherwise both ids of an existing VPC and private subnet.
+    # None: a new VPC (private subnets, S3 gateway endpoint). Otherwise an existing VPC and one or more of its private
+    # subnets: EMR launches the cluster in whichever of them has capacity for the fleets.
     vpc_id: Optional[str] = None
-    subnet_id: Optional[str] = None
+    subnet_ids: Optional[tuple[str, ...]] = None
     nat_gateways: int = 1
-    # True: nodes install MXNet from a wheelhouse the stack uploads (build/wheelhouse/<compute>/, built by
+    # True: nodes install MXNet from a wheelhouse the stack uploads (build/wheelhouse/<compute>/<machine>/, built by
     # `bootstrap/install-mxnet.sh --build-wheelhouse`), so they need no internet; False: from PyPI, through the NAT.
     offline_wheelhouse: bool = False
     retain_data_on_destroy: bool = False
@@ -92,40 +162,120 @@ class Settings:
     trigger_batching_window_seconds: int = 60
 
     @property
-    def worker_instance_type(self) -> str:
-        """The core group's instance type, resolved from `compute` when not set."""
-        if self.core_instance_type is not None:
-            return self.core_instance_type
-        return DEFAULT_GPU_WORKER_INSTANCE_TYPE if self.compute == "gpu" else DEFAULT_CPU_WORKER_INSTANCE_TYPE
+    def resolved_primary_instance_types(self) -> tuple[str, ...]:
+        return self.primary_instance_types or DEFAULT_PRIMARY_INSTANCE_TYPES[self.architecture]
 
     @property
-    def resolved_task_instance_type(self) -> str:
-        """The task group's instance type: the core type unless set."""
-        return self.task_instance_type or self.worker_instance_type
+    def resolved_core_instance_types(self) -> tuple[str, ...]:
+        if self.core_instance_types:
+            return self.core_instance_types
+        # An arm64 gpu cluster is refused by validation; its defaults fall back so that validation can name the problem.
+        return DEFAULT_WORKER_INSTANCE_TYPES.get(
+            (self.compute, self.architecture), DEFAULT_WORKER_INSTANCE_TYPES[(self.compute, X86_64)]
+        )
+
+    @property
+    def resolved_task_instance_types(self) -> tuple[str, ...]:
+        return self.task_instance_types or self.resolved_core_instance_types
+
+    @property
+    def resolved_idle_timeout_minutes(self) -> Optional[int]:
+        if self.idle_timeout_minutes is not None:
+            return self.idle_timeout_minutes
+        return DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES if self.cluster_mode == "transient" else None
+
+    @property
+    def managed_scaling(self) -> bool:
+        return self.managed_scaling_max_instance_count is not None
+
+    @property
+    def has_task_fleet(self) -> bool:
+        return self.task_instance_count > 0
 
     @property
     def uses_new_vpc(self) -> bool:
         return self.vpc_id is None
 
+    @property
+    def launches_clusters(self) -> bool:
+        """Whether the trigger may have to launch a cluster: always in transient mode, and in persistent mode when the
+        stack's cluster can end by itself (auto-termination), so that the next batch finds it gone."""
+        return self.cluster_mode == "transient" or self.resolved_idle_timeout_minutes is not None
+
     @classmethod
     def from_context(cls, raw: Any) -> "Settings":
         """Build settings from the ``inference`` context value (a dict, or a JSON string as given by ``cdk -c``)."""
-        if raw is None:
-            raw = {}
-        if isinstance(raw, str):
+        return _validate(_context_object(raw), [])
+
+    @classmethod
+    def from_cdk_context(cls, context: Mapping[str, Any]) -> "Settings":
+        """Build settings from the app's whole context: the ``inference`` object, with each setting given as its own
+        top-level key (``cdk synth -c compute=gpu``) replacing the object's value."""
+        raw = dict(_context_object(context.get(CONTEXT_KEY)))
+        problems: list[str] = []
+        types = _setting_types()
+        for key, value in context.items():
+            if key in types:
+                raw[key] = _from_command_line(value, types[key]) if isinstance(value, str) else value
+            elif key != CONTEXT_KEY and SETTING_NAME_PATTERN.match(key):
+                problems.append(
+                    f"{key}: unknown setting (given on its own, as with -c {key}=...); known settings: "
+                    f"{', '.join(sorted(types))}"
+                )
+        return _validate(raw, problems)
+
+
+def _context_object(raw: Any) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(
+                f"context {CONTEXT_KEY!r}: not valid JSON ({error}); expected a JSON object, such as "
+                f"-c '{CONTEXT_KEY}={{\"compute\": \"gpu\"}}', or give one setting the CDK way: -c compute=gpu"
+            ) from None
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"context {CONTEXT_KEY!r}: expected an object of settings, got {type(raw).__name__}")
+    return raw
+
+
+def _setting_types() -> dict[str, Any]:
+    hints = get_type_hints(Settings)
+    return {field.name: hints[field.name] for field in fields(Settings)}
+
+
+def _from_command_line(text: str, setting_type: Any) -> Any:
+    """A ``-c KEY=VALUE`` string as the setting's type. Text that does not convert is passed on as it is, so that
+    validation reports it with the setting's allowed values."""
+    optional = setting_type in (Optional[str], Optional[int], Optional[tuple[str, ...]])
+    if optional and text == "null":
+        return None
+    if setting_type in (int, Optional[int]):
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if setting_type is float:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if setting_type is bool:
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if setting_type == Optional[tuple[str, ...]]:
+        if text.startswith("["):
             try:
-                raw = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise SettingsError(
-                    f"context {CONTEXT_KEY!r}: not valid JSON ({error}); expected a JSON object"
-                ) from None
-        if not isinstance(raw, Mapping):
-            raise SettingsError(f"context {CONTEXT_KEY!r}: expected an object of settings, got {type(raw).__name__}")
-        return _validate(raw)
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        return [item.strip() for item in text.split(",")]
+    return text
 
 
-def _validate(raw: Mapping[str, Any]) -> Settings:
-    problems: list[str] = []
+def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
+    problems = list(problems)
     known = {field.name for field in fields(Settings)}
     for key in sorted(set(raw) - set(known)):
         problems.append(f"{key}: unknown setting (value {raw[key]!r}); known settings: {', '.join(sorted(known))}")
@@ -139,11 +289,14 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
             else:
                 checked[key] = values[key]
 
-    def integer(key: str, low: int, high: int) -> None:
+    def integer(key: str, low: int, high: int, optional: bool = False) -> None:
         if key in values:
             value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                problems.append(f"{key}: {value!r} is not allowed; allowed: an integer from {low} to {high}")
+            if value is None and optional:
+                checked[key] = None
+            elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                allowed = f"an integer from {low} to {high}" + (" (or null)" if optional else "")
+                problems.append(f"{key}: {value!r} is not allowed; allowed: {allowed}")
             else:
                 checked[key] = value
 
@@ -172,8 +325,26 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
             else:
                 checked[key] = value
 
+    def string_list(key: str, regex: re.Pattern[str], allowed: str, most: int) -> None:
+        """null, or a list of 1 to `most` distinct strings matching `regex` (a tuple once checked)."""
+        if key in values:
+            value = values[key]
+            if value is None:
+                checked[key] = None
+                return
+            text = f"null or a list of 1 to {most} distinct {allowed}"
+            if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= most:
+                problems.append(f"{key}: {value!r} is not allowed; allowed: {text}")
+            elif bad := [item for item in value if not isinstance(item, str) or not regex.match(item)]:
+                problems.append(f"{key}: {bad[0]!r} (in {list(value)!r}) is not allowed; allowed: {text}")
+            elif len(set(value)) != len(value):
+                problems.append(f"{key}: {list(value)!r} names a type twice; allowed: {text}")
+            else:
+                checked[key] = tuple(value)
+
     choice("compute", COMPUTE_CHOICES)
     choice("cluster_mode", CLUSTER_MODES)
+    choice("architecture", ARCHITECTURES)
     choice("job_device", JOB_DEVICES)
     pattern(
         "release_label",
@@ -185,24 +356,22 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
         if minor < MIN_RELEASE_MINOR:
             problems.append(
                 f"release_label: {checked['release_label']!r} is not allowed; allowed: emr-7.{MIN_RELEASE_MINOR}.0 or "
-                "later (the job runs on Python 3.11, which EMR ships from emr-7.1.0)"
+                "later (the job runs on Python 3.11, which EMR ships from emr-7.1.0, and Spot task nodes need "
+                "emr-7.2.0's ApplicationMaster placement on on-demand nodes)"
             )
-    instance_type_text = "an EC2 instance type such as m5.xlarge"
-    pattern("primary_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text)
-    pattern(
-        "core_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the default)", optional=True
-    )
-    pattern(
-        "task_instance_type", INSTANCE_TYPE_PATTERN, instance_type_text + " (or null for the core type)", optional=True
-    )
-    integer("core_instance_count", 1, 100)
-    integer("task_instance_count", 0, 100)
+    instance_types_text = "EC2 instance types such as c5.2xlarge"
+    for key in ("primary_instance_types", "core_instance_types", "task_instance_types"):
+        string_list(key, INSTANCE_TYPE_PATTERN, instance_types_text, MAX_INSTANCE_TYPES_PER_FLEET)
+    integer("core_instance_count", 1, MAX_INSTANCE_COUNT)
+    integer("task_instance_count", 0, MAX_INSTANCE_COUNT)
+    integer("spot_timeout_minutes", MIN_SPOT_TIMEOUT_MINUTES, MAX_SPOT_TIMEOUT_MINUTES)
+    integer("managed_scaling_max_instance_count", 1, MAX_SCALING_INSTANCE_COUNT, optional=True)
+    integer("managed_scaling_min_instance_count", 1, MAX_SCALING_INSTANCE_COUNT, optional=True)
+    integer("idle_timeout_minutes", 1, MAX_IDLE_TIMEOUT_MINUTES, optional=True)
     integer("step_concurrency_level", 1, EMR_MAX_ACTIVE_STEPS)
     integer("max_active_steps", 1, EMR_MAX_ACTIVE_STEPS)
     pattern("vpc_id", VPC_ID_PATTERN, "null (a new VPC) or an id such as vpc-0123456789abcdef0", optional=True)
-    pattern(
-        "subnet_id", SUBNET_ID_PATTERN, "null or a private subnet id such as subnet-0123456789abcdef0", optional=True
-    )
+    string_list("subnet_ids", SUBNET_ID_PATTERN, "private subnet ids such as subnet-0123456789abcdef0", 16)
     integer("nat_gateways", 0, MAX_NAT_GATEWAYS)
     boolean("retain_data_on_destroy")
     boolean("offline_wheelhouse")
@@ -229,31 +398,30 @@ def _validate(raw: Mapping[str, Any]) -> Settings:
 def _cross_checks(settings: Settings) -> list[str]:
     """Checks between settings, run only on values that passed their own check."""
     problems = []
-    worker_groups = [("core_instance_type", settings.worker_instance_type)]
-    if settings.task_instance_count > 0:
-        worker_groups.append(("task_instance_type", settings.resolved_task_instance_type))
-    for key, instance_type in worker_groups:
-        try:
-            # The cluster's task slots (spark.default.parallelism) are counted from the workers' vCPUs.
-            vcpus(instance_type)
-        except UnknownInstanceSize as error:
-            problems.append(f"{key}: {error}")
-        if settings.compute == "gpu" and not gpus(instance_type):
-            problems.append(
-                f"{key}: {instance_type!r} has no GPU but compute is 'gpu'; allowed: a type of the families "
-                f"{', '.join(GPU_FAMILIES)} (e.g. {DEFAULT_GPU_WORKER_INSTANCE_TYPE}, g5.xlarge)"
-            )
-        if settings.compute == "cpu" and gpus(instance_type):
-            problems.append(
-                f"{key}: {instance_type!r} is a GPU type but compute is 'cpu' (the GPU would sit idle); "
-                "allowed: a CPU type such as c5.2xlarge, or set compute to 'gpu'"
-            )
+    if settings.compute == "gpu" and settings.architecture == ARM64:
+        problems.append(
+            "architecture: 'arm64' is not allowed when compute is 'gpu': MXNet's CUDA build (mxnet-cu117) has x86_64 "
+            "wheels only; allowed: x86_64, or compute 'cpu'"
+        )
+    fleets = [("primary_instance_types", settings.resolved_primary_instance_types, False)]
+    fleets.append(("core_instance_types", settings.resolved_core_instance_types, True))
+    if settings.has_task_fleet:
+        fleets.append(("task_instance_types", settings.resolved_task_instance_types, True))
+    for key, instance_types, runs_tasks in fleets:
+        for instance_type in instance_types:
+            problems.extend(_instance_type_problems(settings, key, instance_type, runs_tasks))
+    problems.extend(_capacity_problems(settings))
     if settings.compute == "cpu" and settings.job_device == "gpu":
         problems.append("job_device: 'gpu' is not allowed when compute is 'cpu'; allowed: cpu, auto")
-    if (settings.vpc_id is None) != (settings.subnet_id is None):
+    if (settings.vpc_id is None) != (settings.subnet_ids is None):
         problems.append(
-            f"vpc_id/subnet_id: got vpc_id={settings.vpc_id!r}, subnet_id={settings.subnet_id!r}; allowed: both null "
-            "(a new VPC) or both set (an existing VPC and one of its private subnets)"
+            f"vpc_id/subnet_ids: got vpc_id={settings.vpc_id!r}, subnet_ids={settings.subnet_ids!r}; allowed: both "
+            "null (a new VPC) or both set (an existing VPC and one or more of its private subnets)"
+        )
+    if not settings.uses_new_vpc and settings.nat_gateways != Settings.nat_gateways:
+        problems.append(
+            f"nat_gateways: {settings.nat_gateways} has no effect with an existing VPC (vpc_id {settings.vpc_id!r}); "
+            f"allowed: the default {Settings.nat_gateways}, or vpc_id null for a new VPC with NAT gateways"
         )
     if settings.max_active_steps < settings.step_concurrency_level:
         problems.append(
@@ -270,5 +438,84 @@ def _cross_checks(settings: Settings) -> list[str]:
             f"trigger_batching_window_seconds: 0 is not allowed with trigger_batch_size {settings.trigger_batch_size}; "
             f"allowed: at least 1 second (SQS event sources need a batching window above {SQS_MAX_BATCH_WITHOUT_WINDOW} "
             "messages per batch), or a trigger_batch_size of at most 10"
+        )
+    return problems
+
+
+def _instance_type_problems(settings: Settings, key: str, instance_type: str, runs_tasks: bool) -> list[str]:
+    problems = []
+    try:
+        type_architecture = architecture(instance_type)
+    except UnknownArchitecture as error:
+        return [f"{key}: {error}"]
+    if type_architecture != settings.architecture:
+        example = DEFAULT_WORKER_INSTANCE_TYPES[("cpu", settings.architecture)][0]
+        problems.append(
+            f"{key}: {instance_type!r} is an {type_architecture} type but architecture is {settings.architecture!r}; "
+            f"allowed: {settings.architecture} types such as {example}, or set architecture to {type_architecture!r} "
+            "for every type of the cluster"
+        )
+    if not runs_tasks:
+        return problems
+    try:
+        # The fleet's capacity and the cluster's task slots (spark.default.parallelism) count the workers' vCPUs.
+        vcpus(instance_type)
+    except UnknownInstanceSize as error:
+        problems.append(f"{key}: {error}")
+    if settings.compute == "gpu" and not gpus(instance_type):
+        problems.append(
+            f"{key}: {instance_type!r} has no GPU but compute is 'gpu'; allowed: types of the families "
+            f"{', '.join(GPU_FAMILIES)} (e.g. g4dn.xlarge, g5.xlarge)"
+        )
+    if settings.compute == "cpu" and gpus(instance_type):
+        problems.append(
+            f"{key}: {instance_type!r} is a GPU type but compute is 'cpu' (the GPU would sit idle); "
+            "allowed: a CPU type such as c5.2xlarge, or set compute to 'gpu'"
+        )
+    return problems
+
+
+def _capacity_problems(settings: Settings) -> list[str]:
+    """Task fleet, Spot and managed-scaling settings that contradict each other or would have no effect."""
+    problems = []
+    if not settings.has_task_fleet:
+        # A value that cannot apply is an error, not a silent no-op (a default value is harmless and allowed).
+        if settings.task_instance_types is not None:
+            problems.append(
+                f"task_instance_types: {list(settings.task_instance_types)!r} has no effect with task_instance_count 0; "
+                "allowed: null, or a task_instance_count of 1 or more"
+            )
+        if settings.spot_timeout_minutes != DEFAULT_SPOT_TIMEOUT_MINUTES:
+            problems.append(
+                f"spot_timeout_minutes: {settings.spot_timeout_minutes} has no effect with task_instance_count 0 (only "
+                f"task nodes run on Spot); allowed: the default {DEFAULT_SPOT_TIMEOUT_MINUTES}, or a task_instance_count "
+                "of 1 or more"
+            )
+    maximum = settings.managed_scaling_max_instance_count
+    minimum = settings.managed_scaling_min_instance_count
+    if maximum is None:
+        if minimum is not None:
+            problems.append(
+                f"managed_scaling_min_instance_count: {minimum} has no effect while managed_scaling_max_instance_count "
+                "is null (managed scaling off); allowed: null, or set managed_scaling_max_instance_count too"
+            )
+        return problems
+    workers = settings.core_instance_count + settings.task_instance_count
+    if not settings.has_task_fleet:
+        problems.append(
+            f"managed_scaling_max_instance_count: {maximum} needs a task fleet to scale (managed scaling adds and "
+            "removes Spot task nodes only, the core stays fixed); allowed: null, or a task_instance_count of 1 or more"
+        )
+    if maximum < workers:
+        problems.append(
+            f"managed_scaling_max_instance_count: {maximum} is below the {workers} worker nodes the cluster starts with "
+            f"(core_instance_count {settings.core_instance_count} + task_instance_count "
+            f"{settings.task_instance_count}); allowed: at least {workers}"
+        )
+    if minimum is not None and minimum > settings.core_instance_count:
+        problems.append(
+            f"managed_scaling_min_instance_count: {minimum} is above core_instance_count "
+            f"{settings.core_instance_count}; allowed: 1 to {settings.core_instance_count} (scaling never adds core "
+            "nodes, so the floor is at most the core)"
         )
     return problems

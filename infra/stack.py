@@ -14,7 +14,8 @@ from constructs import Construct, IConstruct
 
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
-from infra.cluster_definition import InstanceGroup
+from infra.cluster_definition import InstanceFleet, ManagedScaling
+from infra.instance_types import MACHINE_NAMES
 from infra.nag import acknowledge, object_wildcard_finding
 from infra.network import Network
 from infra.packaging import ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
@@ -61,6 +62,9 @@ class InferenceStack(Stack):
         self.step_name_prefix = f"{self.stack_name}-batch-"
         self.cluster_tag_value = self.stack_name
         persistent = settings.cluster_mode == "persistent"
+        # The trigger launches clusters from the shipped definition in transient mode, and in persistent mode when the
+        # stack's cluster can end idle (it may be gone when the next batch comes).
+        launches_clusters = settings.launches_clusters
 
         self.storage = Storage(
             self, "Storage", retain_data=settings.retain_data_on_destroy, log_retention_days=settings.log_retention_days
@@ -70,14 +74,17 @@ class InferenceStack(Stack):
         wheelhouse_prefix = f"{ARTIFACTS_PREFIX}{WHEELHOUSE_PREFIX}{settings.compute}/"
         self.wheelhouse_uri = data_bucket.s3_url_for_object(wheelhouse_prefix) if settings.offline_wheelhouse else None
         self.network = Network(
-            self, "Network", vpc_id=settings.vpc_id, subnet_id=settings.subnet_id, nat_gateways=settings.nat_gateways
+            self, "Network", vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, nat_gateways=settings.nat_gateways
         )
         self.cluster = Cluster(
             self,
             "Emr",
             compute=settings.compute,
             release_label=settings.release_label,
-            instance_groups=_instance_groups(settings),
+            fleets=_instance_fleets(settings),
+            spot_timeout_minutes=settings.spot_timeout_minutes,
+            managed_scaling=_managed_scaling(settings),
+            idle_timeout_minutes=settings.resolved_idle_timeout_minutes,
             step_concurrency_level=settings.step_concurrency_level,
             persistent=persistent,
             network=self.network,
@@ -89,9 +96,9 @@ class InferenceStack(Stack):
             wheelhouse_uri=self.wheelhouse_uri,
         )
 
-        job_flow_definition_key = None if persistent else ARTIFACTS_PREFIX + JOB_FLOW_DEFINITION_NAME
+        job_flow_definition_key = ARTIFACTS_PREFIX + JOB_FLOW_DEFINITION_NAME if launches_clusters else None
         sources = [s3_deployment.Source.asset(str(stage_artifacts(source_root, staging_dir)))]
-        if not persistent:
+        if launches_clusters:
             sources.append(s3_deployment.Source.json_data(JOB_FLOW_DEFINITION_NAME, self.cluster.job_flow))
         self.artifacts = s3_deployment.BucketDeployment(
             self,
@@ -106,10 +113,12 @@ class InferenceStack(Stack):
         self.wheelhouse_deployment = None
         if settings.offline_wheelhouse:
             wheelhouse_dir = source_root / "build" / WHEELHOUSE_DIR_NAME / settings.compute
-            if not any(wheelhouse_dir.glob("*.whl")):
+            # One folder per machine architecture (`uname -m`): each node installs from its own.
+            machine = MACHINE_NAMES[settings.architecture]
+            if not any((wheelhouse_dir / machine).glob("*.whl")):
                 raise FileNotFoundError(
-                    f"offline_wheelhouse is true but {wheelhouse_dir} holds no wheels; build it with: "
-                    f"bootstrap/install-mxnet.sh --build-wheelhouse {settings.compute} {wheelhouse_dir}"
+                    f"offline_wheelhouse is true but {wheelhouse_dir / machine} holds no wheels; build it with: "
+                    f"bootstrap/install-mxnet.sh --build-wheelhouse {settings.compute} {wheelhouse_dir} {machine}"
                 )
             self.wheelhouse_deployment = s3_deployment.BucketDeployment(
                 self,
@@ -152,15 +161,17 @@ class InferenceStack(Stack):
             "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
             "JOB_OPTIONS": json.dumps(dataclasses.asdict(self.job_options), sort_keys=True),
             "STEP_NAME_PREFIX": self.step_name_prefix,
-            "CLUSTER_MODE": settings.cluster_mode,
+            # How the trigger finds the cluster: the stack's own by id ("persistent"), or by tag, launching one from
+            # the definition when none accepts steps ("transient").
+            "CLUSTER_MODE": "transient" if launches_clusters else "persistent",
             "CLUSTER_TAG_KEY": CLUSTER_TAG_KEY,
             "CLUSTER_TAG_VALUE": self.cluster_tag_value,
             "MAX_ACTIVE_STEPS": str(settings.max_active_steps),
         }
-        if persistent:
-            environment["CLUSTER_ID"] = self.cluster.cluster_id
-        else:
+        if launches_clusters:
             environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
+        else:
+            environment["CLUSTER_ID"] = self.cluster.cluster_id
 
         self.trigger = Trigger(
             self,
@@ -168,7 +179,7 @@ class InferenceStack(Stack):
             data_bucket=data_bucket,
             key=self.key,
             environment=environment,
-            emr_statements=self._emr_statements(persistent),
+            emr_statements=self._emr_statements(not launches_clusters),
             job_flow_definition_key=job_flow_definition_key,
             step_name_prefix=self.step_name_prefix,
             batch_size=settings.trigger_batch_size,
@@ -247,6 +258,9 @@ class InferenceStack(Stack):
                     "elasticmapreduce:AddJobFlowSteps",
                     "elasticmapreduce:ListSteps",
                     "elasticmapreduce:DescribeCluster",
+                    # EMR checks these on the new cluster when RunJobFlow carries the definition's policies.
+                    "elasticmapreduce:PutAutoTerminationPolicy",
+                    *(["elasticmapreduce:PutManagedScalingPolicy"] if self.settings.managed_scaling else []),
                 ],
                 resources=[cluster_arn_pattern],
                 conditions={"StringEquals": {tag_condition_key: self.cluster_tag_value}},
@@ -285,8 +299,7 @@ class InferenceStack(Stack):
 
     def _acknowledge_cdk_internals(self) -> None:
         """Findings on the helper functions CDK itself adds (bucket deployment, notifications, auto-delete)."""
-        transient = self.settings.cluster_mode == "transient"
-        if transient:
+        if self.settings.launches_clusters:
             acknowledge(
                 self.trigger.function,
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*]",
@@ -407,11 +420,22 @@ def _bucket_resources(bucket: s3.Bucket) -> list[IConstruct]:
     return [child for child in (bucket.node.try_find_child(name) for name in children) if child is not None]
 
 
-def _instance_groups(settings: Settings) -> list[InstanceGroup]:
-    groups = [
-        InstanceGroup("MASTER", "Primary", settings.primary_instance_type, 1),
-        InstanceGroup("CORE", "Core", settings.worker_instance_type, settings.core_instance_count),
+def _instance_fleets(settings: Settings) -> list[InstanceFleet]:
+    fleets = [
+        InstanceFleet("MASTER", "Primary", settings.resolved_primary_instance_types, 1),
+        InstanceFleet("CORE", "Core", settings.resolved_core_instance_types, settings.core_instance_count),
     ]
-    if settings.task_instance_count:
-        groups.append(InstanceGroup("TASK", "Task", settings.resolved_task_instance_type, settings.task_instance_count))
-    return groups
+    if settings.has_task_fleet:
+        fleets.append(
+            InstanceFleet("TASK", "Task", settings.resolved_task_instance_types, settings.task_instance_count, spot=True)
+        )
+    return fleets
+
+
+def _managed_scaling(settings: Settings) -> ManagedScaling | None:
+    if not settings.managed_scaling:
+        return None
+    return ManagedScaling(
+        min_instance_count=settings.managed_scaling_min_instance_count or settings.core_instance_count,
+        max_instance_count=settings.managed_scaling_max_instance_count,
+    )

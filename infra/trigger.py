@@ -197,8 +197,10 @@ class Trigger(Construct):
                     self.topic,
                     message=events.RuleTargetInput.from_text(
                         f"EMR step {step_name} ({step_id}) on cluster {cluster_id} ended: {state}. "
-                        f"Results: {results_uri}<run id>/ where the run id is the step name after "
-                        f"'{step_name_prefix}'. Step logs: {emr_logs_uri}{cluster_id}/steps/{step_id}/"
+                        # No angle brackets: EventBridge reads <name> in an input template as a placeholder.
+                        f"Run report: {results_uri}RUN_ID/report.html, beside summary.json and predictions/, "
+                        f"where RUN_ID is the step name after '{step_name_prefix}'. "
+                        f"Step logs: {emr_logs_uri}{cluster_id}/steps/{step_id}/"
                     ),
                 )
             ],

@@ -447,9 +447,11 @@ class StepSubmitter:
         where = f"the cluster definition s3://{settings.data_bucket}/{key}"
         if not isinstance(request, dict) or "Steps" in request:
             raise ValueError(f"{where} must be a JSON RunJobFlow request without 'Steps' (the trigger adds the step)")
-        if request.get("Instances", {}).get("KeepJobFlowAliveWhenNoSteps", False):
+        kept_alive = request.get("Instances", {}).get("KeepJobFlowAliveWhenNoSteps", False)
+        if kept_alive and not request.get("AutoTerminationPolicy", {}).get("IdleTimeout"):
             raise ValueError(
-                f"{where} keeps the cluster alive without steps; a transient cluster must end with its steps"
+                f"{where} keeps the cluster alive without steps and has no AutoTerminationPolicy.IdleTimeout; a "
+                "launched cluster must end by itself, after its steps or after an idle timeout"
             )
         tag = {"Key": settings.cluster_tag_key, "Value": settings.cluster_tag_value}
         if tag not in request.get("Tags", []):

@@ -29,7 +29,9 @@ MAX_CLAIM_RETENTION_DAYS = 365
 
 class ClusterMode(str, Enum):
     PERSISTENT = "persistent"  # the stack runs one long-lived cluster: steps go to CLUSTER_ID
-    TRANSIENT = "transient"  # steps go to a running cluster of this stack, else a new one that ends with its steps
+    # Steps go to a running cluster of this stack (found by tag), else to a new one launched from the stack's
+    # definition, which ends by itself (idle timeout). Also a persistent stack's mode when its cluster can end idle.
+    TRANSIENT = "transient"
 
 
 class SettingsError(ValueError):

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +29,8 @@ CGROUP_SCRIPT = BOOTSTRAP_DIR / "configure-gpu-cgroups.sh"
 # Pure Python, tiny, and in the runtime's closure (python-dateutil needs it): the one pin a first run must install.
 LEFT_OUT_DISTRIBUTION = "six"
 SCRIPT_TIMEOUT_SECONDS = 120
+# What `uname -m` says here: the wheelhouse folder install-mxnet.sh reads on this machine.
+MACHINE = platform.machine()
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "bootstrap" / "install-mxnet.sh"
 GPU_REQUIREMENTS_FILE = REPO_ROOT / "requirements-gpu.txt"
 DEFAULT_CACHE = REPO_ROOT / "build" / "gpu-check"
-# pip's options for EMR 7 nodes (x86_64 Amazon Linux 2023, CPython 3.11), as install-mxnet.sh's
-# EMR_NODE_PLATFORM_OPTIONS (pip also accepts the older manylinux tags, such as cuDNN 8.7's manylinux1).
+# pip's options for EMR 7 GPU nodes (x86_64 Amazon Linux 2023, CPython 3.11), as install-mxnet.sh's
+# `emr_node_platform_options x86_64` (pip also accepts the older manylinux tags, such as cuDNN 8.7's manylinux1).
 EMR_NODE_PLATFORM_OPTIONS = (
     "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
     "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
@@ -253,7 +253,7 @@ def download_wheels(wheel_dir: Path) -> None:
     """The bootstrap's own `--build-wheelhouse gpu` (what users upload for nodes without internet); pip skips files
     already downloaded. The hashes are checked when the tree is installed from these files."""
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    run([str(INSTALL_SCRIPT), "--build-wheelhouse", "gpu", str(wheel_dir)],
+    run([str(INSTALL_SCRIPT), "--build-wheelhouse", "gpu", str(wheel_dir.parent), wheel_dir.name],
         env={**os.environ, "MXNET_BOOTSTRAP_PYTHON": sys.executable})
 
 
@@ -313,7 +313,8 @@ def unmet_python_dependencies(site_dir: Path, node_pins: Mapping[str, str]) -> l
 
 
 def check(cache: Path) -> dict:
-    wheel_dir, site_dir = cache / "wheels", cache / "site-packages"
+    # --build-wheelhouse writes one folder per machine; GPU nodes are x86_64.
+    wheel_dir, site_dir = cache / "wheels" / "x86_64", cache / "site-packages"
     download_wheels(wheel_dir)
     install_tree(wheel_dir, site_dir)
     library_dirs = bootstrap_library_dirs(site_dir)

@@ -72,7 +72,9 @@ def test_build_wheelhouse_exits_zero(built: tuple[subprocess.CompletedProcess[st
 def test_wheelhouse_holds_exactly_one_wheel_per_pin(built: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, destination = built
     downloaded = {}
-    for wheel in destination.glob("*.whl"):
+    # Without a machine argument the wheels are for x86_64 nodes, in the wheelhouse's x86_64 folder.
+    assert [path.name for path in destination.iterdir()] == ["x86_64"]
+    for wheel in (destination / "x86_64").glob("*.whl"):
         name, version, _, _ = parse_wheel_filename(wheel.name)
         downloaded[name] = str(version)
     assert downloaded == cpu_pins()
@@ -87,4 +89,16 @@ def test_build_wheelhouse_needs_a_directory() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "--build-wheelhouse takes two arguments (cpu|gpu DIRECTORY), got 1" in result.stderr
+    assert "--build-wheelhouse takes two or three arguments (cpu|gpu DIRECTORY [x86_64|aarch64]), got 1" in result.stderr
+
+
+def test_build_wheelhouse_refuses_an_unknown_machine(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(INSTALL_SCRIPT), "--build-wheelhouse", "cpu", str(tmp_path), "arm64"],
+        env=script_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "machine must be one of x86_64 aarch64, got 'arm64'" in result.stderr

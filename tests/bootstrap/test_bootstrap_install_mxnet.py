@@ -19,6 +19,7 @@ import pytest
 from bootstrap_helpers import (
     INSTALL_SCRIPT,
     LEFT_OUT_DISTRIBUTION,
+    MACHINE,
     ThrowAwayRuntime,
     base_interpreter,
     make_throw_away_runtime,
@@ -69,8 +70,8 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
     root = tmp_path_factory.mktemp("install-mxnet")
     runtime = make_throw_away_runtime(root)
     wheelhouse = root / "wheelhouse"
-    wheelhouse.mkdir()
-    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse)
+    (wheelhouse / MACHINE).mkdir(parents=True)
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse / MACHINE)
     first = run_install_script("cpu", str(wheelhouse), python=runtime.python)
     before = snapshot(runtime.own_site_packages)
     second = run_install_script("cpu", str(wheelhouse), python=runtime.python)
@@ -177,7 +178,62 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
     empty.mkdir()
     result = run_install_script("cpu", str(empty), python=fresh_runtime.python)
     assert result.returncode == 1
-    assert "holds no .whl files; fill one with: install-mxnet.sh --build-wheelhouse cpu|gpu DIRECTORY" in result.stderr
+    assert (
+        f"holds no .whl files for this {MACHINE} node; fill one with: install-mxnet.sh --build-wheelhouse cpu|gpu "
+        f"DIRECTORY {MACHINE} (it writes DIRECTORY/{MACHINE}/)"
+    ) in result.stderr
+
+
+def fake_ldconfig(directory: Path, cache_architecture: str) -> Path:
+    """An ldconfig whose -p lists the runtime's system libraries for one architecture, as the real one prints them."""
+    script = directory / "ldconfig"
+    entries = "".join(
+        f"\\t{soname} (libc6,{cache_architecture}) => /usr/lib64/{soname}\\n"
+        for soname in ("libgomp.so.1", "libquadmath.so.0", "libz.so.1")
+    )
+    script.write_text(f"#!/bin/sh\nprintf '3 libs found in cache\\n{entries}'\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_an_aarch64_node_needs_aarch64_system_libraries(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
+    """The loader's cache of an x86_64 machine does not satisfy an aarch64 node."""
+    ldconfig = fake_ldconfig(tmp_path, "x86-64")
+    result = run_install_script(
+        "cpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_MACHINE="aarch64", MXNET_BOOTSTRAP_LDCONFIG=str(ldconfig)
+    )
+    assert result.returncode == 1
+    assert "the runtime needs the system packages libgomp libquadmath zlib" in result.stderr
+
+
+def test_a_node_installs_from_its_own_machines_folder_only(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
+    """A Graviton node (aarch64) must not take the x86_64 folder's wheels."""
+    wheelhouse = tmp_path / "wheelhouse"
+    (wheelhouse / "x86_64").mkdir(parents=True)
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse / "x86_64")
+    result = run_install_script(
+        "cpu",
+        str(wheelhouse),
+        python=fresh_runtime.python,
+        MXNET_BOOTSTRAP_MACHINE="aarch64",
+        MXNET_BOOTSTRAP_LDCONFIG=str(fake_ldconfig(tmp_path, "AArch64")),
+    )
+    assert result.returncode == 1
+    assert "system libraries present: libgomp.so.1 libquadmath.so.0 libz.so.1" in result.stderr
+    assert f"wheelhouse '{wheelhouse}/aarch64' holds no .whl files for this aarch64 node" in result.stderr
+
+
+def test_gpu_is_refused_on_an_aarch64_node_with_an_nvidia_device(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
+    pci = tmp_path / "pci"
+    (pci / "0000:00:1e.0").mkdir(parents=True)
+    (pci / "0000:00:1e.0" / "vendor").write_text("0x10de\n")
+    result = run_install_script(
+        "gpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_MACHINE="aarch64", MXNET_BOOTSTRAP_PCI_DEVICES_DIR=str(pci)
+    )
+    assert result.returncode == 1
+    assert "compute=gpu needs an x86_64 node: mxnet-cu117 and NVIDIA's CUDA library wheels have no aarch64 build" in (
+        result.stderr
+    )
 
 
 def test_cpu_over_a_cuda_build_is_refused_naming_it(fresh_runtime: ThrowAwayRuntime) -> None:
@@ -199,8 +255,8 @@ def test_gpu_on_a_node_without_nvidia_device_installs_the_cpu_build(
     fresh_runtime: ThrowAwayRuntime, tmp_path: Path
 ) -> None:
     wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse)
+    (wheelhouse / MACHINE).mkdir(parents=True)
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse / MACHINE)
     result = run_install_script("gpu", str(wheelhouse), python=fresh_runtime.python)
     assert result.returncode == 0, result.stderr
     assert "installing the cpu build" in log_messages(result.stderr)

@@ -24,6 +24,7 @@ import boto3
 import pytest
 from bootstrap_helpers import (
     LEFT_OUT_DISTRIBUTION,
+    MACHINE,
     ThrowAwayRuntime,
     make_throw_away_runtime,
     run_install_script,
@@ -132,7 +133,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, signing_regions: Signi
         aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
     s3.create_bucket(Bucket=BUCKET)
-    s3.upload_file(str(wheel), BUCKET, PREFIX + wheel.name)
+    # The wheelhouse's folder for this machine's architecture, as --build-wheelhouse lays it out.
+    s3.upload_file(str(wheel), BUCKET, f"{PREFIX}{MACHINE}/{wheel.name}")
     signing_regions.regions.clear()
     yield endpoint
     server.shutdown()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from infra_helpers import MAIN_VARIANTS, REPO_ROOT, Synthesized, synthesize
 
-_cache: dict[tuple, Synthesized] = {}
+_cache: dict[str, Synthesized] = {}
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +16,7 @@ def synth(tmp_path_factory):
     """Return the synthesized variant for the given settings, synthesizing each distinct variant only once."""
 
     def get(**setting_overrides: Any) -> Synthesized:
-        key = tuple(sorted(setting_overrides.items()))
+        key = json.dumps(setting_overrides, sort_keys=True)  # list settings (instance types, subnets) are unhashable
         if key not in _cache:
             _cache[key] = synthesize(tmp_path_factory.mktemp("artifacts"), **setting_overrides)
         return _cache[key]
@@ -36,7 +37,7 @@ def offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
     source_root = tmp_path_factory.mktemp("repo")
     for name in ("job", "bootstrap"):
         (source_root / name).symlink_to(REPO_ROOT / name)
-    wheelhouse = source_root / "build" / "wheelhouse" / "cpu"
+    wheelhouse = source_root / "build" / "wheelhouse" / "cpu" / "x86_64"
     wheelhouse.mkdir(parents=True)
     (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is used")
     return synthesize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,28 @@ def deployment_resource(synthesized: Synthesized, deployment) -> dict:
     """The Custom::CDKBucketDeployment resource of a BucketDeployment (its child id carries the memory size)."""
     (child,) = [c for c in deployment.node.children if c.node.id.startswith("CustomResource-")]
     return synthesized.resources[logical_id(synthesized, child)]
+
+
+def deploy_time_values_as_placeholders(resolved):
+    """A resolved template fragment with each CloudFormation intrinsic ({"Ref": ...}, {"Fn::...": ...}) replaced by the
+    placeholder the shipped JSON's markers are replaced with (see shipped_job_flow)."""
+    if isinstance(resolved, dict):
+        if len(resolved) == 1 and next(iter(resolved)).startswith(("Ref", "Fn::")):
+            return "deploy-time value"
+        return {key: deploy_time_values_as_placeholders(value) for key, value in resolved.items()}
+    if isinstance(resolved, list):
+        return [deploy_time_values_as_placeholders(value) for value in resolved]
+    return resolved
+
+
+def shipped_job_flow(synthesized: Synthesized, definition_name: str) -> dict:
+    """The RunJobFlow JSON the artifacts deployment ships, read from the cloud assembly's asset directory, with each
+    deploy-time value (a marker the deployment replaces with a quoted string) as "deploy-time value"."""
+    assembly = synthesized.app.synth()
+    deployment = deployment_resource(synthesized, synthesized.stack.artifacts)
+    asset_dirs = [
+        Path(assembly.directory) / f"asset.{key.removesuffix('.zip')}"
+        for key in deployment["Properties"]["SourceObjectKeys"]
+    ]
+    (definition_file,) = [d / definition_name for d in asset_dirs if (d / definition_name).is_file()]
+    return json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', definition_file.read_text()))

@@ -14,10 +14,15 @@ from infra.cluster_definition import (
     GPU_DISCOVERY_SCRIPT_NAME,
     MXNET_BOOTSTRAP_SCRIPT_NAME,
     GPU_EXECUTOR_SIZING,
+    SCALE_DOWN_BEHAVIOR,
+    SPOT_SAFE_YARN_SITE,
+    SPOT_TOLERANT_SPARK_DEFAULTS,
     YARN_AM_SIZING,
     ClusterInputs,
-    InstanceGroup,
+    InstanceFleet,
+    ManagedScaling,
     build_job_flow,
+    most_capacity_provisioned,
     task_slots,
     to_cfn_cluster_properties,
 )
@@ -26,20 +31,38 @@ from infra.instance_types import vcpus
 BOOTSTRAP_PREFIX = "s3://data-bucket/artifacts/bootstrap/"
 
 
-def inputs(
-    compute: str = "cpu", *, keep_alive: bool = False, wheelhouse_uri=None, task_count: int = 0
-) -> ClusterInputs:
-    worker_type = "g4dn.xlarge" if compute == "gpu" else "c5.2xlarge"
-    groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", worker_type, 2)]
+WORKER_TYPES = {"cpu": ("c5.2xlarge", "c6i.2xlarge"), "gpu": ("g4dn.xlarge", "g5.xlarge")}
+
+
+def fleets(compute: str = "cpu", *, core_count: int = 2, task_count: int = 0, task_types=None) -> tuple:
+    result = [
+        InstanceFleet("MASTER", "Primary", ("m5.xlarge", "m6i.xlarge"), 1),
+        InstanceFleet("CORE", "Core", WORKER_TYPES[compute], core_count),
+    ]
     if task_count:
-        groups.append(InstanceGroup("TASK", "Task", worker_type, task_count))
+        result.append(InstanceFleet("TASK", "Task", task_types or WORKER_TYPES[compute], task_count, spot=True))
+    return tuple(result)
+
+
+def inputs(
+    compute: str = "cpu",
+    *,
+    wheelhouse_uri=None,
+    task_count: int = 0,
+    task_types=None,
+    scaling: ManagedScaling | None = None,
+    idle_timeout_minutes: int | None = None,
+) -> ClusterInputs:
     return ClusterInputs(
         name="stack-cpu",
         release_label="emr-7.13.0",
         region="eu-west-1",
         compute=compute,
-        instance_groups=tuple(groups),
-        subnet_id="subnet-1",
+        fleets=fleets(compute, task_count=task_count, task_types=task_types),
+        spot_timeout_minutes=12,
+        managed_scaling=scaling,
+        idle_timeout_minutes=idle_timeout_minutes,
+        subnet_ids=("subnet-1", "subnet-2"),
         primary_security_group_id="sg-primary",
         worker_security_group_id="sg-worker",
         service_access_security_group_id="sg-service",
@@ -50,7 +73,6 @@ def inputs(
         bootstrap_uri_prefix=BOOTSTRAP_PREFIX,
         wheelhouse_uri=wheelhouse_uri,
         step_concurrency_level=3,
-        keep_alive_when_no_steps=keep_alive,
         tags={"stack-tag": "stack-name"},
     )
 
@@ -146,9 +168,12 @@ def test_wheelhouse_is_passed_to_the_install_script():
     assert actions[-1]["ScriptBootstrapAction"]["Args"] == ["cpu", "s3://data-bucket/artifacts/wheelhouse/cpu/"]
 
 
-@pytest.mark.parametrize("keep_alive", [True, False])
-def test_keep_alive_follows_the_cluster_mode(keep_alive):
-    assert build_job_flow(inputs(keep_alive=keep_alive))["Instances"]["KeepJobFlowAliveWhenNoSteps"] is keep_alive
+def test_both_modes_keep_the_cluster_between_steps_and_end_it_only_through_the_idle_timeout():
+    """A transient cluster no longer ends with its last step (a step added then would be lost): it ends idle."""
+    kept = build_job_flow(inputs(idle_timeout_minutes=10))
+    assert kept["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert kept["AutoTerminationPolicy"] == {"IdleTimeout": 600}
+    assert "AutoTerminationPolicy" not in build_job_flow(inputs(idle_timeout_minutes=None))
 
 
 def test_definition_has_no_steps_and_carries_the_stack_tag():
@@ -157,12 +182,25 @@ def test_definition_has_no_steps_and_carries_the_stack_tag():
     assert job_flow["Tags"] == [{"Key": "stack-tag", "Value": "stack-name"}]
 
 
-def test_cfn_rendering_keeps_groups_configurations_and_bootstrap_actions():
-    job_flow = build_job_flow(inputs("gpu", task_count=2))
+def test_cfn_rendering_keeps_fleets_configurations_bootstrap_actions_and_policies():
+    job_flow = build_job_flow(
+        inputs("gpu", task_count=2, scaling=ManagedScaling(min_instance_count=1, max_instance_count=6),
+               idle_timeout_minutes=30)
+    )  # fmt: skip
     cfn = to_cfn_cluster_properties(job_flow)
-    assert cfn["instances"]["masterInstanceGroup"]["instanceType"] == "m5.xlarge"
-    assert cfn["instances"]["coreInstanceGroup"]["instanceCount"] == 2
-    assert [g["instanceCount"] for g in cfn["instances"]["taskInstanceGroups"]] == [2]
+    fleets_by_type = {fleet["InstanceFleetType"]: fleet for fleet in job_flow["Instances"]["InstanceFleets"]}
+    assert [c["instanceType"] for c in cfn["instances"]["masterInstanceFleet"]["instanceTypeConfigs"]] == [
+        "m5.xlarge", "m6i.xlarge"
+    ]  # fmt: skip
+    assert cfn["instances"]["coreInstanceFleet"]["targetOnDemandCapacity"] == fleets_by_type["CORE"][
+        "TargetOnDemandCapacity"
+    ]
+    (task,) = cfn["instances"]["taskInstanceFleets"]
+    assert task["launchSpecifications"]["spotSpecification"] == {
+        "allocationStrategy": "price-capacity-optimized", "timeoutDurationMinutes": 12,
+        "timeoutAction": "SWITCH_TO_ON_DEMAND",
+    }  # fmt: skip
+    assert cfn["instances"]["ec2SubnetIds"] == ["subnet-1", "subnet-2"]
     assert [c["classification"] for c in cfn["configurations"]] == [
         c["Classification"] for c in job_flow["Configurations"]
     ]
@@ -172,14 +210,19 @@ def test_cfn_rendering_keeps_groups_configurations_and_bootstrap_actions():
     assert [a["scriptBootstrapAction"]["path"] for a in cfn["bootstrap_actions"]] == [
         a["ScriptBootstrapAction"]["Path"] for a in job_flow["BootstrapActions"]
     ]
+    assert cfn["managed_scaling_policy"]["computeLimits"]["maximumCapacityUnits"] == (
+        job_flow["ManagedScalingPolicy"]["ComputeLimits"]["MaximumCapacityUnits"]
+    )
+    assert cfn["auto_termination_policy"] == {"idleTimeout": 1800}
     assert (cfn["step_concurrency_level"], cfn["security_configuration"]) == (3, "security-configuration")
+    assert cfn["scale_down_behavior"] == SCALE_DOWN_BEHAVIOR == "TERMINATE_AT_TASK_COMPLETION"
 
 
 @pytest.mark.parametrize(
     ("compute", "task_count", "slots"),
     [
-        ("cpu", 0, 16),  # 2 x c5.2xlarge: 8 vCPUs each, one task per vCPU
-        ("cpu", 3, 40),
+        ("cpu", 0, 16),  # 2 x c5.2xlarge-sized core nodes: 8 vCPUs each, one task per vCPU
+        ("cpu", 3, 40),  # + 3 task nodes
         ("gpu", 0, 2),  # 2 x g4dn.xlarge: one T4 each, one task per GPU
         ("gpu", 1, 3),
     ],
@@ -192,8 +235,8 @@ def test_spark_plans_for_every_slot_of_the_workers_not_for_an_empty_start(comput
 
 
 def test_multi_gpu_nodes_count_one_slot_per_gpu():
-    groups = [InstanceGroup("MASTER", "Primary", "m5.xlarge", 1), InstanceGroup("CORE", "Core", "g5.12xlarge", 2)]
-    assert task_slots("gpu", groups) == 8
+    cluster = (InstanceFleet("MASTER", "Primary", ("m5.xlarge",), 1), InstanceFleet("CORE", "Core", ("g5.12xlarge",), 2))
+    assert task_slots("gpu", cluster) == 8
 
 
 def test_gpu_executor_and_the_yarn_application_master_fit_on_one_g4dn_xlarge():
@@ -218,3 +261,124 @@ def test_driver_and_executors_use_the_stacks_region_for_aws_calls(compute):
     export = classification(job_flow, "spark-env")["Configurations"][0]["Properties"]
     spark_defaults = classification(job_flow, "spark-defaults")["Properties"]
     assert export["AWS_DEFAULT_REGION"] == spark_defaults["spark.executorEnv.AWS_DEFAULT_REGION"] == "eu-west-1"
+
+
+# --- instance fleets, Spot, managed scaling ---------------------------------------------------------------------------
+
+
+def fleet_requests(job_flow: dict) -> dict[str, dict]:
+    return {fleet["InstanceFleetType"]: fleet for fleet in job_flow["Instances"]["InstanceFleets"]}
+
+
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_each_worker_type_weighs_its_task_slots_and_the_primary_one(compute):
+    """Fleet capacity counts task slots: a type's WeightedCapacity is its vCPUs (cpu) or GPUs (gpu); EMR requires 1
+    for the primary."""
+    requests = fleet_requests(build_job_flow(inputs(compute, task_count=1)))
+    assert {c["WeightedCapacity"] for c in requests["MASTER"]["InstanceTypeConfigs"]} == {1}
+    expected = {"cpu": {"c5.2xlarge": 8, "c6i.2xlarge": 8}, "gpu": {"g4dn.xlarge": 1, "g5.xlarge": 1}}[compute]
+    for role in ("CORE", "TASK"):
+        configs = requests[role]["InstanceTypeConfigs"]
+        assert {c["InstanceType"]: c["WeightedCapacity"] for c in configs} == expected
+
+
+def test_primary_and_core_are_on_demand_and_the_task_fleet_is_spot_with_an_on_demand_fallback():
+    requests = fleet_requests(build_job_flow(inputs("cpu", task_count=3)))
+    for role in ("MASTER", "CORE"):
+        assert requests[role]["TargetSpotCapacity"] == 0
+        assert requests[role]["LaunchSpecifications"] == {"OnDemandSpecification": {"AllocationStrategy": "lowest-price"}}
+    assert (requests["MASTER"]["TargetOnDemandCapacity"], requests["CORE"]["TargetOnDemandCapacity"]) == (1, 2 * 8)
+    task = requests["TASK"]
+    assert (task["TargetOnDemandCapacity"], task["TargetSpotCapacity"]) == (0, 3 * 8)
+    assert task["LaunchSpecifications"]["SpotSpecification"] == {
+        "AllocationStrategy": "price-capacity-optimized", "TimeoutDurationMinutes": 12, "TimeoutAction": "SWITCH_TO_ON_DEMAND"
+    }  # fmt: skip
+    # SWITCH_TO_ON_DEMAND launches on-demand instances of the same types, by the on-demand strategy.
+    assert task["LaunchSpecifications"]["OnDemandSpecification"] == {"AllocationStrategy": "lowest-price"}
+
+
+def test_the_cluster_may_start_in_any_subnet_given():
+    assert build_job_flow(inputs())["Instances"]["Ec2SubnetIds"] == ["subnet-1", "subnet-2"]
+    assert "Ec2SubnetId" not in build_job_flow(inputs())["Instances"]
+
+
+def test_spot_nodes_never_host_the_yarn_application_master():
+    """With Spot task nodes the ApplicationMaster goes on on-demand nodes (emr-7.2.0's market labels); a cluster
+    without Spot nodes keeps YARN's defaults."""
+    with_spot = classification(build_job_flow(inputs("cpu", task_count=1)), "yarn-site")["Properties"]
+    assert with_spot.items() >= SPOT_SAFE_YARN_SITE.items()
+    assert with_spot["yarn.node-labels.am.default-node-label-expression"] == "ON_DEMAND"
+    assert "yarn-site" not in {c["Classification"] for c in build_job_flow(inputs("cpu"))["Configurations"]}
+
+
+def test_gpu_cluster_with_spot_nodes_has_one_yarn_site_with_both_the_gpu_plugin_and_the_am_placement():
+    job_flow = build_job_flow(inputs("gpu", task_count=1))
+    yarn_site = classification(job_flow, "yarn-site")["Properties"]
+    assert yarn_site["yarn.resource-types"] == "yarn.io/gpu"
+    assert yarn_site["yarn.node-labels.am.default-node-label-expression"] == "ON_DEMAND"
+
+
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_spark_keeps_emrs_decommissioning_behaviour_for_lost_nodes(compute):
+    spark_defaults = classification(build_job_flow(inputs(compute, task_count=1)), "spark-defaults")["Properties"]
+    assert spark_defaults.items() >= SPOT_TOLERANT_SPARK_DEFAULTS.items()
+    assert spark_defaults["spark.blacklist.decommissioning.enabled"] == "true"
+    # One application attempt: a lost node costs task attempts, which Spark retries; never the application.
+    assert spark_defaults["spark.yarn.maxAppAttempts"] == "1"
+
+
+def test_managed_scaling_grows_only_spot_task_capacity_above_an_on_demand_core():
+    job_flow = build_job_flow(inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6)))
+    limits = job_flow["ManagedScalingPolicy"]["ComputeLimits"]
+    core_units = 2 * 8
+    assert limits == {
+        "UnitType": "InstanceFleetUnits",
+        "MinimumCapacityUnits": core_units,
+        "MaximumCapacityUnits": core_units + (6 - 2) * 8,
+        "MaximumCoreCapacityUnits": core_units,
+        "MaximumOnDemandCapacityUnits": core_units,
+    }
+    assert job_flow["ScaleDownBehavior"] == "TERMINATE_AT_TASK_COMPLETION"
+    assert "ManagedScalingPolicy" not in build_job_flow(inputs("cpu", task_count=1))
+
+
+def test_scaling_limits_count_task_nodes_in_units_of_the_first_task_type():
+    job_flow = build_job_flow(
+        inputs("cpu", task_count=1, task_types=("c5.4xlarge", "c6i.4xlarge"),
+               scaling=ManagedScaling(min_instance_count=1, max_instance_count=4))
+    )  # fmt: skip
+    assert job_flow["ManagedScalingPolicy"]["ComputeLimits"]["MaximumCapacityUnits"] == 2 * 8 + (4 - 2) * 16
+
+
+def test_parallelism_counts_the_slots_of_the_largest_cluster_managed_scaling_may_reach():
+    """Dynamic allocation starts with no executors: planning for fewer slots than the scaled-up cluster would leave
+    the added nodes idle; planning for more only adds a round of tasks."""
+    scaled = build_job_flow(inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6)))
+    assert classification(scaled, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(6 * 8)
+    gpu = build_job_flow(inputs("gpu", task_count=1, scaling=ManagedScaling(min_instance_count=1, max_instance_count=10)))
+    assert classification(gpu, "spark-defaults")["Properties"]["spark.default.parallelism"] == "10"
+
+
+@pytest.mark.parametrize(
+    ("target", "weights", "most"),
+    [
+        (16, [8], 16),  # weights that divide the target: exactly the target
+        (10, [8], 16),  # 8 < 10, so a second 8 is launched
+        (10, [4, 8], 16),  # 4 + 4 = 8 < 10, then an 8
+        (9, [4, 8], 16),  # 8 < 9, then an 8 (4 + 4 + 4 = 12 is less)
+        (1, [8, 16], 16),  # the first instance may be the largest
+        (0, [8], 0),
+    ],
+)
+def test_most_capacity_provisioned_covers_ec2_fleets_overshoot(target, weights, most):
+    assert most_capacity_provisioned(target, weights) == most
+
+
+def test_parallelism_covers_a_fleet_that_overshoots_its_target():
+    """A core fleet of 3 c5.2xlarge-sized nodes (24 units) that may also launch c5.4xlarge (16 units): it can end at
+    16 + 16 = 32 slots."""
+    cluster = (
+        InstanceFleet("MASTER", "Primary", ("m5.xlarge",), 1),
+        InstanceFleet("CORE", "Core", ("c5.2xlarge", "c5.4xlarge"), 3),
+    )
+    assert task_slots("cpu", cluster) == 32

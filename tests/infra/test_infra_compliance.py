@@ -16,9 +16,15 @@ EXTRA_VARIANTS = {
     "existing-vpc-persistent": {
         "cluster_mode": "persistent",
         "vpc_id": "vpc-0123456789abcdef0",
-        "subnet_id": "subnet-0123456789abcdef0",
+        "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
     },
-    "gpu-task-group": {"compute": "gpu", "cluster_mode": "persistent", "task_instance_count": 2},
+    "gpu-persistent-scaling-idle": {
+        "compute": "gpu", "cluster_mode": "persistent", "managed_scaling_max_instance_count": 8,
+        "idle_timeout_minutes": 120,
+    },
+    "graviton-persistent": {"architecture": "arm64", "cluster_mode": "persistent"},
+    "graviton-transient-scaling": {"architecture": "arm64", "managed_scaling_max_instance_count": 6},
+    "on-demand-only-persistent": {"cluster_mode": "persistent", "task_instance_count": 0, "core_instance_count": 3},
 }
 # Regions whose resource specifications cfn-lint checks the template against.
 LINT_REGIONS = ["us-east-1", "eu-west-1"]

@@ -11,8 +11,9 @@ from infra_helpers import REPO_ROOT, cdk_json_context
 
 from infra.settings import (
     CONTEXT_KEY,
-    DEFAULT_CPU_WORKER_INSTANCE_TYPE,
-    DEFAULT_GPU_WORKER_INSTANCE_TYPE,
+    DEFAULT_PRIMARY_INSTANCE_TYPES,
+    DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES,
+    DEFAULT_WORKER_INSTANCE_TYPES,
     Settings,
     SettingsError,
 )
@@ -60,20 +61,86 @@ def test_every_problem_is_reported_at_once():
         ({"compute": "tpu"}, r"compute: 'tpu' is not allowed; allowed: cpu, gpu"),
         ({"cluster_mode": "forever"}, r"cluster_mode: 'forever' is not allowed; allowed: persistent, transient"),
         ({"release_label": "emr-6.15.0"}, r"release_label: 'emr-6.15.0' is not allowed; allowed: emr-7.X.Y"),
-        ({"release_label": "emr-7.0.0"}, r"release_label: 'emr-7.0.0' is not allowed; allowed: emr-7.1.0 or later"),
-        ({"primary_instance_type": "m5 xlarge"}, r"primary_instance_type: 'm5 xlarge' is not allowed; allowed: an EC2"),
-        ({"core_instance_type": 42}, r"core_instance_type: 42 is not allowed"),
-        ({"compute": "gpu", "core_instance_type": "c5.2xlarge"}, r"core_instance_type: 'c5.2xlarge' has no GPU"),
-        ({"compute": "cpu", "core_instance_type": "g5.xlarge"}, r"core_instance_type: 'g5.xlarge' is a GPU type"),
+        ({"release_label": "emr-7.1.0"}, r"release_label: 'emr-7.1.0' is not allowed; allowed: emr-7.2.0 or later"),
+        ({"architecture": "arm"}, r"architecture: 'arm' is not allowed; allowed: x86_64, arm64"),
+        (
+            {"primary_instance_types": ["m5 xlarge"]},
+            r"primary_instance_types: 'm5 xlarge' \(in \['m5 xlarge'\]\) is not allowed; allowed: null or a list of 1 "
+            "to 30 distinct EC2 instance types",
+        ),
+        ({"core_instance_types": 42}, r"core_instance_types: 42 is not allowed; allowed: null or a list of 1 to 30"),
+        ({"core_instance_types": []}, r"core_instance_types: \[\] is not allowed"),
+        ({"core_instance_types": ["c5.2xlarge"] * 2}, r"core_instance_types: \['c5.2xlarge', 'c5.2xlarge'\] names a"),
+        ({"core_instance_types": [f"c5.{n}xlarge" for n in range(2, 33)]}, r"a list of 1 to 30 distinct"),
+        (
+            {"compute": "gpu", "core_instance_types": ["g4dn.xlarge", "c5.2xlarge"]},
+            r"core_instance_types: 'c5.2xlarge' has no GPU but compute is 'gpu'",
+        ),
+        ({"compute": "cpu", "core_instance_types": ["g5.xlarge"]}, r"core_instance_types: 'g5.xlarge' is a GPU type"),
         ({"core_instance_count": 0}, r"core_instance_count: 0 is not allowed; allowed: an integer from 1 to 100"),
         ({"core_instance_count": "2"}, r"core_instance_count: '2' is not allowed"),
         ({"core_instance_count": True}, r"core_instance_count: True is not allowed"),
         (
-            {"compute": "gpu", "task_instance_count": 1, "task_instance_type": "m5.xlarge"},
-            r"task_instance_type: 'm5.xlarge' has no GPU",
+            {"compute": "gpu", "task_instance_types": ["m5.xlarge"]},
+            r"task_instance_types: 'm5.xlarge' has no GPU",
         ),
-        ({"task_instance_type": "bad"}, r"task_instance_type: 'bad' is not allowed"),
+        ({"task_instance_types": ["bad"]}, r"task_instance_types: 'bad' \(in \['bad'\]\) is not allowed"),
         ({"task_instance_count": -1}, r"task_instance_count: -1 is not allowed; allowed: an integer from 0 to 100"),
+        # Graviton: every type of the cluster must be of the chosen architecture, and the GPU build is x86_64 only.
+        (
+            {"core_instance_types": ["c5.2xlarge", "c7g.2xlarge"]},
+            r"core_instance_types: 'c7g.2xlarge' is an arm64 type but architecture is 'x86_64'; allowed: x86_64 "
+            "types such as c5.2xlarge, or set architecture to 'arm64'",
+        ),
+        (
+            {"architecture": "arm64", "primary_instance_types": ["m5.xlarge"]},
+            r"primary_instance_types: 'm5.xlarge' is an x86_64 type but architecture is 'arm64'; allowed: arm64 types "
+            "such as c7g.2xlarge",
+        ),
+        (
+            {"architecture": "arm64", "task_instance_types": ["c6i.2xlarge"]},
+            r"task_instance_types: 'c6i.2xlarge' is an x86_64 type but architecture is 'arm64'",
+        ),
+        ({"compute": "gpu", "architecture": "arm64"}, r"architecture: 'arm64' is not allowed when compute is 'gpu'"),
+        ({"core_instance_types": ["u-6tb1.metal"]}, r"core_instance_types: 'u-6tb1.metal': aws-cdk-lib cannot tell"),
+        # Spot, managed scaling and idle termination.
+        ({"spot_timeout_minutes": 4}, r"spot_timeout_minutes: 4 is not allowed; allowed: an integer from 5 to 1440"),
+        (
+            {"task_instance_count": 0, "spot_timeout_minutes": 30},
+            r"spot_timeout_minutes: 30 has no effect with task_instance_count 0",
+        ),
+        (
+            {"task_instance_count": 0, "task_instance_types": ["c5.2xlarge"]},
+            r"task_instance_types: \['c5.2xlarge'\] has no effect with task_instance_count 0",
+        ),
+        (
+            {"managed_scaling_max_instance_count": 0},
+            r"managed_scaling_max_instance_count: 0 is not allowed; allowed: an integer from 1 to 1000 \(or null\)",
+        ),
+        (
+            {"managed_scaling_max_instance_count": 2},
+            r"managed_scaling_max_instance_count: 2 is below the 3 worker nodes the cluster starts with",
+        ),
+        (
+            {"managed_scaling_max_instance_count": 5, "task_instance_count": 0},
+            r"managed_scaling_max_instance_count: 5 needs a task fleet to scale",
+        ),
+        (
+            {"managed_scaling_min_instance_count": 1},
+            r"managed_scaling_min_instance_count: 1 has no effect while managed_scaling_max_instance_count is null",
+        ),
+        (
+            {"managed_scaling_max_instance_count": 9, "managed_scaling_min_instance_count": 2},
+            r"managed_scaling_min_instance_count: 2 is above core_instance_count 1; allowed: 1 to 1",
+        ),
+        (
+            {"idle_timeout_minutes": 0},
+            r"idle_timeout_minutes: 0 is not allowed; allowed: an integer from 1 to 10080 \(or null\)",
+        ),
+        (
+            {"vpc_id": "vpc-0123abcd", "subnet_ids": ["subnet-0123abcd"], "nat_gateways": 2},
+            r"nat_gateways: 2 has no effect with an existing VPC",
+        ),
         (
             {"step_concurrency_level": 257},
             r"step_concurrency_level: 257 is not allowed; allowed: an integer from 1 to 256",
@@ -83,9 +150,10 @@ def test_every_problem_is_reported_at_once():
             {"step_concurrency_level": 10, "max_active_steps": 5},
             r"max_active_steps: 5 is below step_concurrency_level 10",
         ),
-        ({"vpc_id": "vpc-xyz", "subnet_id": "subnet-0123abcd"}, r"vpc_id: 'vpc-xyz' is not allowed"),
-        ({"vpc_id": "vpc-0123abcd"}, r"vpc_id/subnet_id: got vpc_id='vpc-0123abcd', subnet_id=None"),
-        ({"vpc_id": "vpc-0123abcd", "subnet_id": "sn-1"}, r"subnet_id: 'sn-1' is not allowed"),
+        ({"vpc_id": "vpc-xyz", "subnet_ids": ["subnet-0123abcd"]}, r"vpc_id: 'vpc-xyz' is not allowed"),
+        ({"vpc_id": "vpc-0123abcd"}, r"vpc_id/subnet_ids: got vpc_id='vpc-0123abcd', subnet_ids=None"),
+        ({"vpc_id": "vpc-0123abcd", "subnet_ids": ["sn-1"]}, r"subnet_ids: 'sn-1' \(in \['sn-1'\]\) is not allowed"),
+        ({"vpc_id": "vpc-0123abcd", "subnet_ids": "subnet-0123abcd"}, r"subnet_ids: 'subnet-0123abcd' is not allowed"),
         ({"nat_gateways": 4}, r"nat_gateways: 4 is not allowed; allowed: an integer from 0 to 3"),
         ({"nat_gateways": 0}, r"nat_gateways: 0 is not allowed with offline_wheelhouse false"),
         ({"offline_wheelhouse": "yes"}, r"offline_wheelhouse: 'yes' is not allowed; allowed: true or false"),
@@ -106,12 +174,12 @@ def test_every_problem_is_reported_at_once():
             r"step_timeout_minutes: 1 is not allowed; allowed: an integer from 5 to 10080",
         ),
         (
-            {"core_instance_type": "c5.metal"},
-            r"core_instance_type: 'c5.metal': the size 'metal' does not tell its vCPUs",
+            {"core_instance_types": ["c5.metal"]},
+            r"core_instance_types: 'c5.metal': the size 'metal' does not tell its vCPUs",
         ),
         (
-            {"task_instance_count": 1, "task_instance_type": "m5.huge"},
-            r"task_instance_type: 'm5.huge': the size 'huge' does not tell its vCPUs",
+            {"task_instance_count": 1, "task_instance_types": ["m5.huge"]},
+            r"task_instance_types: 'm5.huge': the size 'huge' does not tell its vCPUs",
         ),
         (
             {"trigger_batch_size": 10_001},
@@ -135,9 +203,16 @@ def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, exp
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"compute": "gpu", "core_instance_type": "g5.xlarge", "job_device": "gpu"},
-        {"release_label": "emr-7.1.0"},
-        {"vpc_id": "vpc-0123456789abcdef0", "subnet_id": "subnet-0123456789abcdef0", "nat_gateways": 0},
+        {"compute": "gpu", "core_instance_types": ("g5.xlarge",), "job_device": "gpu"},
+        {"release_label": "emr-7.2.0"},
+        {"vpc_id": "vpc-0123456789abcdef0", "subnet_ids": ("subnet-0123456789abcdef0",)},
+        {"architecture": "arm64"},
+        {"architecture": "arm64", "primary_instance_types": ("m7g.xlarge",), "core_instance_types": ("c7g.4xlarge",)},
+        {"task_instance_count": 0, "core_instance_count": 4},
+        {"managed_scaling_max_instance_count": 3},
+        {"core_instance_count": 2, "managed_scaling_max_instance_count": 10, "managed_scaling_min_instance_count": 1},
+        {"cluster_mode": "persistent", "idle_timeout_minutes": 120},
+        {"spot_timeout_minutes": 5},
         {"nat_gateways": 0, "offline_wheelhouse": True},
         {"notification_email": "ops@example.com", "retain_data_on_destroy": True},
         {"trigger_batch_size": 10, "trigger_batching_window_seconds": 0},
@@ -150,11 +225,93 @@ def test_valid_setting_is_accepted(overrides):
 
 
 @pytest.mark.parametrize(
-    "compute, expected", [("cpu", DEFAULT_CPU_WORKER_INSTANCE_TYPE), ("gpu", DEFAULT_GPU_WORKER_INSTANCE_TYPE)]
+    "compute, architecture", [("cpu", "x86_64"), ("cpu", "arm64"), ("gpu", "x86_64")]
 )
-def test_worker_instance_type_defaults_to_the_compute_kind(compute, expected):
-    settings = Settings.from_context({"compute": compute, "task_instance_count": 1})
-    assert (settings.worker_instance_type, settings.resolved_task_instance_type) == (expected, expected)
+def test_instance_types_default_to_the_compute_kind_and_architecture(compute, architecture):
+    settings = Settings.from_context({"compute": compute, "architecture": architecture})
+    assert settings.resolved_primary_instance_types == DEFAULT_PRIMARY_INSTANCE_TYPES[architecture]
+    workers = DEFAULT_WORKER_INSTANCE_TYPES[(compute, architecture)]
+    assert (settings.resolved_core_instance_types, settings.resolved_task_instance_types) == (workers, workers)
+
+
+def test_task_types_follow_the_core_types_unless_set():
+    settings = Settings.from_context({"core_instance_types": ["c6i.2xlarge"]})
+    assert settings.resolved_task_instance_types == ("c6i.2xlarge",)
+    assert Settings.from_context({"task_instance_types": ["c5.4xlarge"]}).resolved_task_instance_types == ("c5.4xlarge",)
+
+
+@pytest.mark.parametrize(
+    "overrides, idle_minutes, launches",
+    [
+        ({"cluster_mode": "transient"}, DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES, True),
+        ({"cluster_mode": "transient", "idle_timeout_minutes": 60}, 60, True),
+        ({"cluster_mode": "persistent"}, None, False),
+        ({"cluster_mode": "persistent", "idle_timeout_minutes": 240}, 240, True),
+    ],
+)
+def test_idle_timeout_defaults_per_mode_and_decides_whether_the_trigger_may_launch(overrides, idle_minutes, launches):
+    settings = Settings.from_context(overrides)
+    assert (settings.resolved_idle_timeout_minutes, settings.launches_clusters) == (idle_minutes, launches)
+
+
+# --- settings given the CDK way: -c KEY=VALUE -------------------------------------------------------------------------
+
+
+def cli_context(**values: str) -> dict:
+    """The app's context as the CDK CLI builds it: cdk.json's context, then each -c KEY=VALUE as a string (the CLI's
+    parseStringContextListToObject splits on the first '=' and keeps the rest as text)."""
+    return {**cdk_json_context(), **values}
+
+
+def test_a_setting_given_alone_overrides_the_objects_key():
+    settings = Settings.from_cdk_context(cli_context(compute="gpu"))
+    assert settings.compute == "gpu"
+    assert settings.resolved_core_instance_types == DEFAULT_WORKER_INSTANCE_TYPES[("gpu", "x86_64")]
+
+
+@pytest.mark.parametrize(
+    "key, text, expected",
+    [
+        ("core_instance_count", "3", 3),
+        ("job_max_failure_ratio", "0.5", 0.5),
+        ("offline_wheelhouse", "true", True),
+        ("retain_data_on_destroy", "False", False),
+        ("notification_email", "ops@example.com", "ops@example.com"),
+        ("idle_timeout_minutes", "45", 45),
+        ("managed_scaling_max_instance_count", "null", None),
+        ("core_instance_types", "c5.2xlarge, c6i.2xlarge", ("c5.2xlarge", "c6i.2xlarge")),
+        ("core_instance_types", '["c5.2xlarge"]', ("c5.2xlarge",)),
+        ("model_name", "123", "123"),
+    ],
+)
+def test_command_line_text_is_read_as_the_settings_type(key, text, expected):
+    extra = {"nat_gateways": "0"} if key == "offline_wheelhouse" else {}
+    assert getattr(Settings.from_cdk_context(cli_context(**{key: text}, **extra)), key) == expected
+
+
+def test_command_line_text_that_is_not_the_settings_type_fails_with_the_allowed_values():
+    with pytest.raises(SettingsError, match=r"core_instance_count: 'three' is not allowed; allowed: an integer from 1"):
+        Settings.from_cdk_context(cli_context(core_instance_count="three"))
+
+
+def test_a_setting_given_alone_with_a_typo_fails_naming_the_known_settings():
+    with pytest.raises(SettingsError, match=r"compte: unknown setting \(given on its own, as with -c compte=...\)"):
+        Settings.from_cdk_context(cli_context(compte="gpu"))
+
+
+def test_cdks_own_context_keys_are_not_taken_for_settings():
+    context = {
+        **cdk_json_context(),
+        "aws:cdk:enable-path-metadata": True,
+        "acknowledged-issue-numbers": [1],
+        "availability-zones:account=123456789012:region=eu-west-1": ["eu-west-1a"],
+    }
+    assert Settings.from_cdk_context(context) == Settings()
+
+
+def test_a_whole_object_given_on_the_command_line_that_is_not_json_says_how_to_give_one_setting():
+    with pytest.raises(SettingsError, match=r"give one setting the CDK way: -c compute=gpu"):
+        Settings.from_cdk_context({CONTEXT_KEY: "compute=gpu"})
 
 
 def test_infra_readme_documents_every_setting_with_its_default():

@@ -7,7 +7,16 @@ import re
 from pathlib import Path
 
 import pytest
-from infra_helpers import REPO_ROOT, STACK_ID, as_list, deployment_resource, logical_id, role_statements, synthesize
+from infra_helpers import (
+    REPO_ROOT,
+    STACK_ID,
+    as_list,
+    deploy_time_values_as_placeholders,
+    deployment_resource,
+    logical_id,
+    role_statements,
+    synthesize,
+)
 
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
@@ -97,34 +106,6 @@ def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
     ]
 
 
-@pytest.mark.parametrize("compute, worker_type", [("cpu", "c5.2xlarge"), ("gpu", "g4dn.xlarge")])
-def test_core_group_uses_the_compute_kinds_instance_type(synth, compute, worker_type):
-    variant = synth(compute=compute, cluster_mode="persistent", core_instance_count=3)
-    _, cluster = variant.only("AWS::EMR::Cluster")
-    core = cluster["Properties"]["Instances"]["CoreInstanceGroup"]
-    assert (core["InstanceType"], core["InstanceCount"]) == (worker_type, 3)
-
-
-def test_task_group_exists_only_when_counted(synth):
-    variant = synth(cluster_mode="persistent", task_instance_count=4, task_instance_type="c5.4xlarge")
-    _, cluster = variant.only("AWS::EMR::Cluster")
-    assert cluster["Properties"]["Instances"]["TaskInstanceGroups"] == [
-        {"InstanceCount": 4, "InstanceType": "c5.4xlarge", "Market": "ON_DEMAND", "Name": "Task"}
-    ]
-
-
-def deploy_time_values_as_placeholders(resolved):
-    """A resolved template fragment with each CloudFormation intrinsic ({"Ref": ...}, {"Fn::...": ...}) replaced by the
-    placeholder the shipped JSON's markers are replaced with above."""
-    if isinstance(resolved, dict):
-        if len(resolved) == 1 and next(iter(resolved)).startswith(("Ref", "Fn::")):
-            return "deploy-time value"
-        return {key: deploy_time_values_as_placeholders(value) for key, value in resolved.items()}
-    if isinstance(resolved, list):
-        return [deploy_time_values_as_placeholders(value) for value in resolved]
-    return resolved
-
-
 def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     variant = synth(cluster_mode="transient")
     assembly = variant.app.synth()
@@ -139,7 +120,9 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     text = definition_file.read_text()
     # Deploy-time values (bucket names, role names...) are markers the deployment replaces with quoted strings.
     shipped = json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', text))
-    assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
+    # Kept between steps, ended by EMR's idle timeout (README, "Idle clusters").
+    assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
     assert shipped["Configurations"] == deploy_time_values_as_placeholders(
         variant.stack.resolve(variant.stack.cluster.job_flow["Configurations"])
     )
@@ -238,7 +221,7 @@ def test_without_nat_the_nodes_reach_kms_through_an_interface_endpoint_in_the_cl
     assert set(endpoints) == {"s3", "kms"}
     kms = endpoints["kms"]["Properties"]
     assert (kms["VpcEndpointType"], kms["PrivateDnsEnabled"]) == ("Interface", True)
-    assert kms["SubnetIds"] == [variant.stack.resolve(variant.stack.network.subnet_id)]
+    assert kms["SubnetIds"] == [variant.stack.resolve(variant.stack.network.subnet_ids[0])]
 
 
 def test_with_nat_there_is_no_kms_endpoint(variant):
@@ -255,10 +238,11 @@ def test_missing_wheelhouse_is_named_with_the_command_that_builds_it(tmp_path):
 
 
 def test_existing_vpc_creates_no_network(synth):
-    variant = synth(vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", cluster_mode="persistent")
+    subnet_ids = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    variant = synth(vpc_id="vpc-0123456789abcdef0", subnet_ids=subnet_ids, cluster_mode="persistent")
     assert variant.resources_of_type("AWS::EC2::VPC") == {}
     _, cluster = variant.only("AWS::EMR::Cluster")
-    assert cluster["Properties"]["Instances"]["Ec2SubnetId"] == "subnet-0123456789abcdef0"
+    assert cluster["Properties"]["Instances"]["Ec2SubnetIds"] == subnet_ids
 
 
 def test_instance_role_reads_inputs_and_writes_only_results_and_logs(variant):

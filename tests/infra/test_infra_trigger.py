@@ -130,6 +130,16 @@ def test_cancelled_and_interrupted_steps_of_this_stack_go_back_to_the_upload_que
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]}}}
 
 
+def test_a_finished_step_is_announced_with_the_run_reports_location(variant):
+    """The job writes OUTPUT/report.html beside summary.json (README, "Run report"); the message names it."""
+    rule = variant.resources[logical_id(variant, variant.stack.trigger.step_status_rule)]["Properties"]
+    (target,) = rule["Targets"]
+    message = json.dumps(target["InputTransformer"]["InputTemplate"])
+    assert "/results/RUN_ID/report.html" in message and "summary.json" in message
+    # Every <name> in the template is one of the event's fields, which EventBridge fills in.
+    assert set(re.findall(r"<([^>]*)>", message)) == set(target["InputTransformer"]["InputPathsMap"])
+
+
 def test_the_function_retries_exactly_the_states_the_rule_sends_within_its_attempt_limit(variant):
     step_events = trigger_function_module("step_events")
     trigger_settings = trigger_function_module("trigger_settings")
