@@ -15,13 +15,15 @@ export CHROMIUM
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help prereqs venv data demo test bench gpu-check synth deploy destroy lock clean
+.PHONY: help prereqs venv data demo test bench gpu-check arch-check cost synth deploy destroy lock clean
 
 help:
 	@echo "make demo     run the inference job on local Spark (trains a small model on real images first)"
 	@echo "make test     run the whole offline test suite"
 	@echo "make bench    run the throughput benchmark (minutes; not part of make test)"
 	@echo "make gpu-check   prove the GPU wheels' shared libraries all resolve (downloads 3.9 GB into build/gpu-check/)"
+	@echo "make arch-check  check every CPU pin has an aarch64 (Graviton) wheel on PyPI; rewrites requirements-aarch64.txt"
+	@echo "make cost     dollars per million images and minutes to results, from benchmarks/results.json and infra/prices.json"
 	@echo "make synth | deploy | destroy   the AWS stack (deploy/destroy need AWS credentials)"
 
 prereqs:
@@ -62,6 +64,16 @@ bench: venv data
 # libmxnet.so and ONNX Runtime's CUDA provider; exits 1 listing any library that would not resolve on a GPU node.
 gpu-check: venv
 	$(PY) tests/bootstrap/check_gpu_libraries.py --cache build/gpu-check
+
+# Downloads the CPU wheelhouse for Graviton (aarch64) EMR nodes from PyPI (~190 MB, cached under build/arch-check/),
+# checks one aarch64 or pure-Python wheel per pin and records them with their hashes in requirements-aarch64.txt, which
+# make test checks against the pins. Run it after changing a pin.
+arch-check: venv
+	$(PY) tests/bootstrap/check_aarch64_wheels.py --cache build/arch-check
+
+# Prints the cost model's table (infra/cost.py): no AWS call, no network.
+cost: venv
+	$(PY) -m infra.cost --results benchmarks/results.json --prices infra/prices.json
 
 CDK := node_modules/.bin/cdk
 # Offline-friendly CLI: no version check or notices over the network; the stack is env-agnostic, so synth needs no
