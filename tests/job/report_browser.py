@@ -1,8 +1,8 @@
 """Open a run report in Debian's headless Chromium, driven by Playwright (which never downloads a browser here).
 
-    python tests/job/report_browser.py REPORT.html SCREENSHOT.png [--width 1200] [--clip-height 2000]
+    python tests/job/report_browser.py REPORT.html SCREENSHOT.png [--width 1200] [--clip-height 2000] [--colors 128]
 
-makes the README's screenshot; the report tests use :func:`open_browser` and :func:`open_report`. Every request the
+makes the README's screenshot (docs/report.png: --width 1100 --clip-height 2310 --colors 128); the report tests use :func:`open_browser` and :func:`open_report`. Every request the
 page makes other than for the report file itself is refused and recorded, so a test can prove the page needs no
 network. ``make test`` installs Chromium (``CHROMIUM``, default ``/usr/bin/chromium``).
 """
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("screenshot", type=Path)
     parser.add_argument("--width", type=int, default=VIEWPORT["width"])
     parser.add_argument("--clip-height", type=int, help="keep only the top of the page (default: the whole page)")
+    parser.add_argument("--colors", type=int, help="reduce the PNG to this many colours (a smaller file)")
     args = parser.parse_args()
     with open_browser() as browser, open_report(browser, args.report) as (page, _):
         page.set_viewport_size({"width": args.width, "height": VIEWPORT["height"]})
@@ -74,6 +75,13 @@ def main() -> None:
         if args.clip_height:
             clip = {"x": 0, "y": 0, "width": args.width, "height": args.clip_height}
         page.screenshot(path=str(args.screenshot), full_page=True, clip=clip)
+    if args.colors:
+        from PIL import Image
+
+        with Image.open(args.screenshot) as shot:
+            reduced = shot.convert("RGB").quantize(colors=args.colors, method=Image.Quantize.MEDIANCUT,
+                                                   dither=Image.Dither.NONE)
+        reduced.save(args.screenshot, optimize=True)
 
 
 if __name__ == "__main__":
