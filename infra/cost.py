@@ -113,7 +113,9 @@ def _price(prices: Mapping[str, Any], table: str, instance_type: str) -> float:
     try:
         return float(prices[table][instance_type])
     except KeyError:
-        raise CostModelError(f"the price table has no {table}[{instance_type!r}]: add it to infra/prices.json") from None
+        raise CostModelError(
+            f"the price table has no {table}[{instance_type!r}]: add it to infra/prices.json"
+        ) from None
 
 
 def dollars_per_hour(cluster: Cluster, prices: Mapping[str, Any]) -> float:
@@ -198,7 +200,8 @@ def table(
     step_limit_minutes = settings.step_timeout_minutes
     for cluster in clusters:
         rate = throughput(cluster, image_size, results, prices)
-        runs = [run(cluster, n, image_size, results, prices, settings.trigger_batching_window_seconds) for n in RUN_SIZES]
+        window = settings.trigger_batching_window_seconds
+        runs = [run(cluster, images, image_size, results, prices, window) for images in RUN_SIZES]
         cells = [cluster.name, f"{dollars_per_hour(cluster, prices):.2f}"]
         cells.append(_number(rate.images_per_s) + (" (estimate)" if rate.estimate else ""))
         cells += [_number(r.dollars_per_million(n)) for r, n in zip(runs, RUN_SIZES)]
@@ -225,8 +228,8 @@ def report(results: Mapping[str, Any], prices: Mapping[str, Any]) -> str:
         "\nAlways paid: the NAT gateway, $"
         f"{float(prices['nat_gateway_per_hour']) * HOURS_PER_MONTH:,.0f}/month; a persistent cluster, idle or not: "
         + "; ".join(f"{c.name} ${dollars_per_hour(c, prices) * HOURS_PER_MONTH:,.0f}/month" for c in persistent)
-        + f". Uploading one object per image adds S3's PUT price, ${float(prices['s3_put_per_1000_requests']) * 1000:.2f}"
-        " per million images, whatever runs the model."
+        + ". Uploading one object per image adds S3's PUT price, "
+        f"${float(prices['s3_put_per_1000_requests']) * 1000:.2f} per million images, whatever runs the model."
     )
     graviton = default_cluster("cpu", "transient", architecture="arm64")
     sections.append(
@@ -236,17 +239,20 @@ def report(results: Mapping[str, Any], prices: Mapping[str, Any]) -> str:
     assumptions = prices["assumptions"]
     start = assumptions["cluster_start_minutes"]
     estimate = prices["gpu_throughput_estimate"]
+    step_start = assumptions["step_start_seconds"]
     sections += [
         "\nAssumptions (infra/prices.json):",
-        f"- transient cluster start, bootstrap included: cpu {start['cpu']} min, gpu {start['gpu']} min ({start['note']})",
-        f"- step start: {assumptions['step_start_seconds']['value']} s ({assumptions['step_start_seconds']['note']})",
-        f"- Spot: {float(prices['spot_discount']):.0%} below On-Demand for the task nodes ({prices['sources']['spot_discount']})",
+        f"- transient cluster start, bootstrap included: cpu {start['cpu']} min, gpu {start['gpu']} min "
+        f"({start['note']})",
+        f"- step start: {step_start['value']} s ({step_start['note']})",
+        f"- Spot: {float(prices['spot_discount']):.0%} below On-Demand for the task nodes "
+        f"({prices['sources']['spot_discount']})",
         f"- GPU: {estimate['images_per_s']} images/s per GPU at {estimate['image_size']} x {estimate['image_size']}, "
         f"{estimate['what']}: {estimate['source']}. {estimate['note']}",
-        f"- one step per run, after the trigger's {settings.trigger_batching_window_seconds} s batching window; steps are "
-        f"stopped after step_timeout_minutes ({settings.step_timeout_minutes} min); transient runs pay the idle timeout "
-        f"({settings.resolved_idle_timeout_minutes} min) after the step; a worker vCPU runs the job as fast as one of the "
-        "benchmark machine.",
+        f"- one step per run, after the trigger's {settings.trigger_batching_window_seconds} s batching window; steps "
+        f"are stopped after step_timeout_minutes ({settings.step_timeout_minutes} min); transient runs pay the idle "
+        f"timeout ({settings.resolved_idle_timeout_minutes} min) after the step; a worker vCPU runs the job as fast as "
+        "one of the benchmark machine.",
     ]
     return "\n".join(sections)
 

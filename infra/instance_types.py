@@ -4,8 +4,8 @@ architecture, and so how many of the job's tasks it runs at once.
 No AWS call: synth needs no credentials. vCPUs follow EC2's size naming, which holds for every family EMR runs on
 (medium 1, large 2, xlarge 4, Nxlarge 4N); ``metal`` sizes differ per family, so they are refused with a message.
 GPU counts come from the table below (EC2's accelerated-computing pages), for the GPU families EMR supports. The
-architecture is aws-cdk-lib's reading of the name (``ec2.InstanceType(...).architecture``: family ``a``, or a ``g`` among
-the letters after the generation, as in c7g, c6gn, m7gd, is Graviton).
+architecture is aws-cdk-lib's reading of the name (``ec2.InstanceType(...).architecture``: family ``a``, or a ``g``
+among the letters after the generation, as in c7g, c6gn, m7gd, is Graviton).
 """
 
 from __future__ import annotations

@@ -89,11 +89,11 @@ class Network(Construct):
         return vpc
 
     def _kms_endpoint(self, subnet: ec2.ISubnet) -> ec2.InterfaceVpcEndpoint:
-        """Without NAT the nodes reach AWS only through VPC endpoints. S3 has its gateway endpoint; the only other service
-        a node calls is KMS, at boot, for the data key of its encrypted local disks (security configuration). Private DNS
-        makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet: an interface endpoint bills per
-        availability zone, and its address is reachable from every subnet of the VPC (the cluster may start in any of
-        them), at the price of cross-zone traffic for a few key requests at boot."""
+        """Without NAT the nodes reach AWS only through VPC endpoints. S3 has its gateway endpoint; the only other
+        service a node calls is KMS, at boot, for the data key of its encrypted local disks (security configuration).
+        Private DNS makes kms.<region>.amazonaws.com resolve to the endpoint. One subnet: an interface endpoint bills
+        per availability zone, and its address is reachable from every subnet of the VPC (the cluster may start in any
+        of them), at the price of cross-zone traffic for a few key requests at boot."""
         endpoint = ec2.InterfaceVpcEndpoint(
             self,
             "KmsEndpoint",

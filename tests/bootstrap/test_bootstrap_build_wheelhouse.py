@@ -89,7 +89,8 @@ def test_build_wheelhouse_needs_a_directory() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "--build-wheelhouse takes two or three arguments (cpu|gpu DIRECTORY [x86_64|aarch64]), got 1" in result.stderr
+    expected = "--build-wheelhouse takes two or three arguments (cpu|gpu DIRECTORY [x86_64|aarch64]), got 1"
+    assert expected in result.stderr
 
 
 def test_build_wheelhouse_refuses_an_unknown_machine(tmp_path: Path) -> None:

@@ -223,7 +223,9 @@ def test_a_node_installs_from_its_own_machines_folder_only(fresh_runtime: ThrowA
     assert f"wheelhouse '{wheelhouse}/aarch64' holds no .whl files for this aarch64 node" in result.stderr
 
 
-def test_gpu_is_refused_on_an_aarch64_node_with_an_nvidia_device(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
+def test_gpu_is_refused_on_an_aarch64_node_with_an_nvidia_device(
+    fresh_runtime: ThrowAwayRuntime, tmp_path: Path
+) -> None:
     pci = tmp_path / "pci"
     (pci / "0000:00:1e.0").mkdir(parents=True)
     (pci / "0000:00:1e.0" / "vendor").write_text("0x10de\n")

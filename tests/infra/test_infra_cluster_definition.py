@@ -235,7 +235,10 @@ def test_spark_plans_for_every_slot_of_the_workers_not_for_an_empty_start(comput
 
 
 def test_multi_gpu_nodes_count_one_slot_per_gpu():
-    cluster = (InstanceFleet("MASTER", "Primary", ("m5.xlarge",), 1), InstanceFleet("CORE", "Core", ("g5.12xlarge",), 2))
+    cluster = (
+        InstanceFleet("MASTER", "Primary", ("m5.xlarge",), 1),
+        InstanceFleet("CORE", "Core", ("g5.12xlarge",), 2),
+    )
     assert task_slots("gpu", cluster) == 8
 
 
@@ -286,13 +289,16 @@ def test_primary_and_core_are_on_demand_and_the_task_fleet_is_spot_with_an_on_de
     requests = fleet_requests(build_job_flow(inputs("cpu", task_count=3)))
     for role in ("MASTER", "CORE"):
         assert requests[role]["TargetSpotCapacity"] == 0
-        assert requests[role]["LaunchSpecifications"] == {"OnDemandSpecification": {"AllocationStrategy": "lowest-price"}}
+        on_demand = {"OnDemandSpecification": {"AllocationStrategy": "lowest-price"}}
+        assert requests[role]["LaunchSpecifications"] == on_demand
     assert (requests["MASTER"]["TargetOnDemandCapacity"], requests["CORE"]["TargetOnDemandCapacity"]) == (1, 2 * 8)
     task = requests["TASK"]
     assert (task["TargetOnDemandCapacity"], task["TargetSpotCapacity"]) == (0, 3 * 8)
     assert task["LaunchSpecifications"]["SpotSpecification"] == {
-        "AllocationStrategy": "price-capacity-optimized", "TimeoutDurationMinutes": 12, "TimeoutAction": "SWITCH_TO_ON_DEMAND"
-    }  # fmt: skip
+        "AllocationStrategy": "price-capacity-optimized",
+        "TimeoutDurationMinutes": 12,
+        "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+    }
     # SWITCH_TO_ON_DEMAND launches on-demand instances of the same types, by the on-demand strategy.
     assert task["LaunchSpecifications"]["OnDemandSpecification"] == {"AllocationStrategy": "lowest-price"}
 
@@ -328,7 +334,8 @@ def test_spark_keeps_emrs_decommissioning_behaviour_for_lost_nodes(compute):
 
 
 def test_managed_scaling_grows_only_spot_task_capacity_above_an_on_demand_core():
-    job_flow = build_job_flow(inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6)))
+    scaling = ManagedScaling(min_instance_count=2, max_instance_count=6)
+    job_flow = build_job_flow(inputs("cpu", task_count=1, scaling=scaling))
     limits = job_flow["ManagedScalingPolicy"]["ComputeLimits"]
     core_units = 2 * 8
     assert limits == {
@@ -353,9 +360,13 @@ def test_scaling_limits_count_task_nodes_in_units_of_the_first_task_type():
 def test_parallelism_counts_the_slots_of_the_largest_cluster_managed_scaling_may_reach():
     """Dynamic allocation starts with no executors: planning for fewer slots than the scaled-up cluster would leave
     the added nodes idle; planning for more only adds a round of tasks."""
-    scaled = build_job_flow(inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6)))
+    scaled = build_job_flow(
+        inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6))
+    )
     assert classification(scaled, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(6 * 8)
-    gpu = build_job_flow(inputs("gpu", task_count=1, scaling=ManagedScaling(min_instance_count=1, max_instance_count=10)))
+    gpu = build_job_flow(
+        inputs("gpu", task_count=1, scaling=ManagedScaling(min_instance_count=1, max_instance_count=10))
+    )
     assert classification(gpu, "spark-defaults")["Properties"]["spark.default.parallelism"] == "10"
 
 

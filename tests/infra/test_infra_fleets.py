@@ -209,8 +209,10 @@ def test_a_persistent_cluster_that_can_end_idle_is_relaunched_by_the_trigger(syn
     assert env["CLUSTER_MODE"] == "transient"
     assert env["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME and "CLUSTER_ID" not in env
     shipped = shipped_job_flow(variant, JOB_FLOW_DEFINITION_NAME)
-    assert tags_sorted(deploy_time_values_as_placeholders(cfn_cluster_as_run_job_flow(properties))) == tags_sorted(shipped)
-    actions = {action for s in role_statements(variant, variant.stack.trigger.function.role) for action in as_list(s["Action"])}
+    persistent = deploy_time_values_as_placeholders(cfn_cluster_as_run_job_flow(properties))
+    assert tags_sorted(persistent) == tags_sorted(shipped)
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    actions = {action for statement in statements for action in as_list(statement["Action"])}
     assert {"elasticmapreduce:RunJobFlow", "elasticmapreduce:PutAutoTerminationPolicy"} <= actions
 
 
@@ -250,7 +252,8 @@ def test_graviton_offline_wheelhouse_must_hold_aarch64_wheels(tmp_path):
 def test_every_default_instance_type_is_one_emr_supports(release):
     """moto ships AWS's ListSupportedInstanceTypes answer per EMR release; a default EMR did not offer would fail
     every launch."""
-    supported = set(json.loads(gzip.decompress(Path(str(MOTO_EMR_INSTANCE_TYPES).format(release=release)).read_bytes())))
+    listing = Path(str(MOTO_EMR_INSTANCE_TYPES).format(release=release))
+    supported = set(json.loads(gzip.decompress(listing.read_bytes())))
     defaults = {t for types in [*DEFAULT_PRIMARY_INSTANCE_TYPES.values(), *DEFAULT_WORKER_INSTANCE_TYPES.values()]
                 for t in types}  # fmt: skip
     assert sorted(defaults - supported) == []
@@ -276,5 +279,6 @@ def test_command_line_settings_reach_the_template(tmp_path):
     template = json.loads((tmp_path / "cdk.out" / "MxnetSparkInference.template.json").read_text())
     (cluster,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::EMR::Cluster"]
     core = cluster["Properties"]["Instances"]["CoreInstanceFleet"]
-    assert [c["InstanceType"] for c in core["InstanceTypeConfigs"]] == list(DEFAULT_WORKER_INSTANCE_TYPES[("gpu", "x86_64")])
+    gpu_types = list(DEFAULT_WORKER_INSTANCE_TYPES[("gpu", "x86_64")])
+    assert [c["InstanceType"] for c in core["InstanceTypeConfigs"]] == gpu_types
     assert core["TargetOnDemandCapacity"] == 2  # two one-GPU nodes

@@ -237,7 +237,8 @@ def test_instance_types_default_to_the_compute_kind_and_architecture(compute, ar
 def test_task_types_follow_the_core_types_unless_set():
     settings = Settings.from_context({"core_instance_types": ["c6i.2xlarge"]})
     assert settings.resolved_task_instance_types == ("c6i.2xlarge",)
-    assert Settings.from_context({"task_instance_types": ["c5.4xlarge"]}).resolved_task_instance_types == ("c5.4xlarge",)
+    settings = Settings.from_context({"task_instance_types": ["c5.4xlarge"]})
+    assert settings.resolved_task_instance_types == ("c5.4xlarge",)
 
 
 @pytest.mark.parametrize(
