@@ -12,6 +12,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct, IConstruct
 
+from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
 from infra.cluster_definition import InstanceFleet, ManagedScaling
@@ -221,6 +222,9 @@ class InferenceStack(Stack):
         self.trigger.node.add_dependency(self.cleanup)
         if self.cluster.cfn_cluster is not None:
             self.cluster.cfn_cluster.node.add_dependency(self.cleanup)
+        self.catalog = ResultsCatalog(
+            self, "ResultsCatalog", data_bucket=data_bucket, scan_limit_gb=settings.athena_scan_limit_gb
+        )
         self._acknowledge_cdk_internals()
         self._outputs()
 
@@ -395,6 +399,21 @@ class InferenceStack(Stack):
             "ClaimsTableName",
             value=self.trigger.claims_table.table_name,
             description="Which batch owns each upload; item batch#<batch id> names its cluster and step",
+        )
+        CfnOutput(
+            self,
+            "ResultsDatabase",
+            value=self.catalog.database.database_name,
+            description="Glue database of the predictions table (one partition per run id, named in each query)",
+        )
+        CfnOutput(
+            self, "ResultsWorkgroup", value=self.catalog.workgroup.ref, description="Athena workgroup to query in"
+        )
+        CfnOutput(
+            self,
+            "ResultsReaderPolicyArn",
+            value=self.catalog.reader_policy.managed_policy_arn,
+            description="Attach to a user or role that queries and reads results (nothing else of the stack)",
         )
         example_batch_id = "<batch-id>"
         example_step = build_step(

@@ -13,11 +13,18 @@ INCOMING_PREFIX = "incoming/"
 MANIFESTS_PREFIX = "manifests/"
 RESULTS_PREFIX = "results/"
 ARTIFACTS_PREFIX = "artifacts/"
-DATA_PREFIXES = (MODELS_PREFIX, INCOMING_PREFIX, MANIFESTS_PREFIX, RESULTS_PREFIX, ARTIFACTS_PREFIX)
+# Athena's query results (the stack's workgroup writes here, infra/catalog.py).
+QUERY_RESULTS_PREFIX = "query-results/"
+DATA_PREFIXES = (
+    MODELS_PREFIX, INCOMING_PREFIX, MANIFESTS_PREFIX, RESULTS_PREFIX, ARTIFACTS_PREFIX, QUERY_RESULTS_PREFIX
+)
 # Prefixes in the logs bucket: EMR cluster logs and the data bucket's server access logs.
 EMR_LOGS_PREFIX = "emr/"
 ACCESS_LOGS_PREFIX = "access-logs/data/"
 INCOMPLETE_UPLOAD_DAYS = 7
+# Athena keeps a query in its history for 45 days: its result file lives as long, so every query the console lists can
+# still be downloaded, and no older one piles up.
+QUERY_RESULTS_EXPIRATION_DAYS = 45
 
 
 class Storage(Construct):
@@ -63,7 +70,12 @@ class Storage(Construct):
                 s3.LifecycleRule(
                     id="abort-incomplete-uploads",
                     abort_incomplete_multipart_upload_after=Duration.days(INCOMPLETE_UPLOAD_DAYS),
-                )
+                ),
+                s3.LifecycleRule(
+                    id="expire-query-results",
+                    prefix=QUERY_RESULTS_PREFIX,
+                    expiration=Duration.days(QUERY_RESULTS_EXPIRATION_DAYS),
+                ),
             ],
             removal_policy=removal_policy,
             auto_delete_objects=not retain_data,

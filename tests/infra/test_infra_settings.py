@@ -193,6 +193,14 @@ def test_every_problem_is_reported_at_once():
             {"trigger_batch_size": 100, "trigger_batching_window_seconds": 0},
             r"trigger_batching_window_seconds: 0 is not allowed with trigger_batch_size 100",
         ),
+        (
+            {"athena_scan_limit_gb": 0},
+            r"athena_scan_limit_gb: 0 is not allowed; allowed: an integer from 1 to 10000",
+        ),
+        (
+            {"athena_scan_limit_gb": 0.5},
+            r"athena_scan_limit_gb: 0.5 is not allowed; allowed: an integer from 1 to 10000",
+        ),
     ],
 )
 def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, expected_message):
@@ -217,6 +225,7 @@ def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, exp
         {"notification_email": "ops@example.com", "retain_data_on_destroy": True},
         {"trigger_batch_size": 10, "trigger_batching_window_seconds": 0},
         {"job_max_failure_ratio": 0},
+        {"athena_scan_limit_gb": 10_000},
     ],
 )
 def test_valid_setting_is_accepted(overrides):
