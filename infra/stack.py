@@ -12,6 +12,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct, IConstruct
 
+from infra.alarms import Alarms
 from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
@@ -224,6 +225,16 @@ class InferenceStack(Stack):
             self.cluster.cfn_cluster.node.add_dependency(self.cleanup)
         self.catalog = ResultsCatalog(
             self, "ResultsCatalog", data_bucket=data_bucket, scan_limit_gb=settings.athena_scan_limit_gb
+        )
+        self.alarms = Alarms(
+            self,
+            "Alarms",
+            topic=self.trigger.topic,
+            key=self.key,
+            dead_letter_queue=self.trigger.dead_letter_queue,
+            trigger_function=self.trigger.function,
+            cluster_name=self.cluster.job_flow["Name"],
+            emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
         )
         self._acknowledge_cdk_internals()
         self._outputs()
