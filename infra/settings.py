@@ -8,7 +8,8 @@ Settings come from the ``inference`` context object (``cdk.json``, or ``-c 'infe
 any one of them can also be given on its own the CDK way, ``cdk synth -c compute=gpu``: such a top-level context key
 overrides the object's key. The CDK CLI passes every ``-c`` value as a string, so each is read as its setting's type
 (``-c core_instance_count=3``, ``-c offline_wheelhouse=true``, ``-c core_instance_types=c5.2xlarge,c6i.2xlarge``,
-``-c idle_timeout_minutes=null``). A top-level key that looks like a setting but is none fails, like a typo in the object.
+``-c idle_timeout_minutes=null``). A top-level key that looks like a setting but is none fails, like a typo in the
+object.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ JOB_DEVICES = ("cpu", "gpu", "auto")
 # Guide pages "Spark release history" and "Application versions in Amazon EMR 7.x releases".
 DEFAULT_RELEASE_LABEL = "emr-7.13.0"
 # emr-7.2.0 and later: PYSPARK_PYTHON=python3.11 needs 7.1, and Spot task nodes need 7.2's "application master label
-# awareness", which keeps Spark's YARN ApplicationMaster on on-demand nodes (cluster_definition.py, SPOT_SAFE_YARN_SITE).
+# awareness", which keeps Spark's YARN ApplicationMaster on on-demand nodes (cluster_definition.SPOT_SAFE_YARN_SITE).
 MIN_RELEASE_MINOR = 2
 RELEASE_LABEL_PATTERN = re.compile(r"^emr-7\.(\d+)\.(\d+)$")
 
@@ -69,7 +70,7 @@ DEFAULT_WORKER_INSTANCE_TYPES = {
     # Not g6 (L4): EMR does not offer it in every region (e.g. eu-west-1 in cfn-lint's data of supported types).
     ("gpu", X86_64): ("g4dn.xlarge", "g5.xlarge", "g4dn.2xlarge", "g5.2xlarge"),
 }
-# EMR accepts at most 30 instance types per fleet when an allocation strategy is set (InstanceTypeConfig, API reference).
+# EMR accepts at most 30 instance types per fleet with an allocation strategy (API reference: InstanceTypeConfig).
 MAX_INSTANCE_TYPES_PER_FLEET = 30
 # A Spot provisioning timeout is 5 to 1440 minutes (SpotProvisioningSpecification); after it the task fleet launches
 # on-demand instead. Ten minutes: about one cluster boot, after which waiting longer for Spot costs more in delay than
@@ -491,14 +492,14 @@ def _capacity_problems(settings: Settings) -> list[str]:
         # A value that cannot apply is an error, not a silent no-op (a default value is harmless and allowed).
         if settings.task_instance_types is not None:
             problems.append(
-                f"task_instance_types: {list(settings.task_instance_types)!r} has no effect with task_instance_count 0; "
-                "allowed: null, or a task_instance_count of 1 or more"
+                f"task_instance_types: {list(settings.task_instance_types)!r} has no effect with task_instance_count "
+                "0; allowed: null, or a task_instance_count of 1 or more"
             )
         if settings.spot_timeout_minutes != DEFAULT_SPOT_TIMEOUT_MINUTES:
             problems.append(
-                f"spot_timeout_minutes: {settings.spot_timeout_minutes} has no effect with task_instance_count 0 (only "
-                f"task nodes run on Spot); allowed: the default {DEFAULT_SPOT_TIMEOUT_MINUTES}, or a task_instance_count "
-                "of 1 or more"
+                f"spot_timeout_minutes: {settings.spot_timeout_minutes} has no effect with task_instance_count 0 "
+                f"(only task nodes run on Spot); allowed: the default {DEFAULT_SPOT_TIMEOUT_MINUTES}, or a "
+                "task_instance_count of 1 or more"
             )
     maximum = settings.managed_scaling_max_instance_count
     minimum = settings.managed_scaling_min_instance_count
@@ -517,8 +518,8 @@ def _capacity_problems(settings: Settings) -> list[str]:
         )
     if maximum < workers:
         problems.append(
-            f"managed_scaling_max_instance_count: {maximum} is below the {workers} worker nodes the cluster starts with "
-            f"(core_instance_count {settings.core_instance_count} + task_instance_count "
+            f"managed_scaling_max_instance_count: {maximum} is below the {workers} worker nodes the cluster starts "
+            f"with (core_instance_count {settings.core_instance_count} + task_instance_count "
             f"{settings.task_instance_count}); allowed: at least {workers}"
         )
     if minimum is not None and minimum > settings.core_instance_count:
