@@ -4,7 +4,7 @@ The staged folder holds exactly what lands under ``s3://<bucket>/artifacts/``:
 - ``job.zip``: the ``job/`` package at the zip's root (spark-submit ``--py-files``);
 - ``spark_entry.py``: a copy of ``job/spark_entry.py`` (the step's entry point);
 - ``bootstrap/``: the scripts of the repository's ``bootstrap/`` folder.
-The optional wheelhouse is deployed separately (it is large and changes rarely), see ``infra/stack.py``.
+The optional wheelhouse is deployed separately (it is large and changes rarely), see ``infra/artifacts.py``.
 The zip is deterministic (sorted entries, fixed timestamps), so an unchanged job gives an unchanged asset hash and
 ``cdk deploy`` uploads nothing new.
 """

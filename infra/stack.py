@@ -1,4 +1,5 @@
-"""The stack: storage, network, cluster, packaged job, trigger and outputs, composed from one Settings object."""
+"""The stack: storage, network, cluster, job artifacts, trigger, cleanup, results catalog, alarms and outputs, composed
+from one Settings object."""
 
 from __future__ import annotations
 
@@ -6,21 +7,19 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aws_cdk import CfnOutput, DefaultStackSynthesizer, Size, Stack
+from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct, IConstruct
 
 from infra.alarms import Alarms
+from infra.artifacts import Artifacts, wheelhouse_uri
 from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
 from infra.cluster_definition import InstanceFleet, ManagedScaling
-from infra.instance_types import MACHINE_NAMES
-from infra.nag import acknowledge, object_wildcard_finding
+from infra.nag import acknowledge
 from infra.network import Network
-from infra.packaging import ENTRY_POINT_NAME, JOB_ZIP_NAME, stage_artifacts
 from infra.settings import Settings
 from infra.storage import (
     ARTIFACTS_PREFIX,
@@ -32,18 +31,11 @@ from infra.storage import (
     Storage,
 )
 from infra.trigger import Trigger
-from infra.trigger_function.emr_step import JobArtifacts, JobOptions, build_step
+from infra.trigger_function.emr_step import JobOptions, build_step
 
-JOB_FLOW_DEFINITION_NAME = "job-flow.json"
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
 EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
 EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
-ARTIFACTS_DEPLOYMENT_MEMORY_MB = 512
-WHEELHOUSE_DIR_NAME = "wheelhouse"
-WHEELHOUSE_PREFIX = WHEELHOUSE_DIR_NAME + "/"  # under artifacts/
-WHEELHOUSE_DEPLOYMENT_MEMORY_MB = 2048
-# The GPU wheelhouse is ~3.9 GB zipped and as much unpacked in the deployment function's /tmp: Lambda's maximum.
-WHEELHOUSE_DEPLOYMENT_STORAGE_GIB = 10
 
 
 class InferenceStack(Stack):
@@ -73,8 +65,7 @@ class InferenceStack(Stack):
         )
         data_bucket, logs_bucket = self.storage.data_bucket, self.storage.logs_bucket
         self.key = stack_key(self, "Key")
-        wheelhouse_prefix = f"{ARTIFACTS_PREFIX}{WHEELHOUSE_PREFIX}{settings.compute}/"
-        self.wheelhouse_uri = data_bucket.s3_url_for_object(wheelhouse_prefix) if settings.offline_wheelhouse else None
+        self.wheelhouse_uri = wheelhouse_uri(data_bucket, settings.compute) if settings.offline_wheelhouse else None
         self.network = Network(
             self, "Network", vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, nat_gateways=settings.nat_gateways
         )
@@ -98,53 +89,26 @@ class InferenceStack(Stack):
             wheelhouse_uri=self.wheelhouse_uri,
         )
 
-        job_flow_definition_key = ARTIFACTS_PREFIX + JOB_FLOW_DEFINITION_NAME if launches_clusters else None
-        sources = [s3_deployment.Source.asset(str(stage_artifacts(source_root, staging_dir)))]
-        if launches_clusters:
-            sources.append(s3_deployment.Source.json_data(JOB_FLOW_DEFINITION_NAME, self.cluster.job_flow))
-        self.artifacts = s3_deployment.BucketDeployment(
+        self.artifacts = Artifacts(
             self,
             "Artifacts",
-            sources=sources,
-            destination_bucket=data_bucket,
-            destination_key_prefix=ARTIFACTS_PREFIX,
-            # The wheelhouse has its own deployment: pruning here must not delete it.
-            exclude=[WHEELHOUSE_DIR_NAME + "/*"],
-            memory_limit=ARTIFACTS_DEPLOYMENT_MEMORY_MB,
+            data_bucket=data_bucket,
+            source_root=source_root,
+            staging_dir=staging_dir,
+            job_flow=self.cluster.job_flow if launches_clusters else None,
+            compute=settings.compute,
+            architecture=settings.architecture,
+            offline_wheelhouse=settings.offline_wheelhouse,
         )
-        self.wheelhouse_deployment = None
-        if settings.offline_wheelhouse:
-            wheelhouse_dir = source_root / "build" / WHEELHOUSE_DIR_NAME / settings.compute
-            # One folder per machine architecture (`uname -m`): each node installs from its own.
-            machine = MACHINE_NAMES[settings.architecture]
-            if not any((wheelhouse_dir / machine).glob("*.whl")):
-                raise FileNotFoundError(
-                    f"offline_wheelhouse is true but {wheelhouse_dir / machine} holds no wheels; build it with: "
-                    f"bootstrap/install-mxnet.sh --build-wheelhouse {settings.compute} {wheelhouse_dir} {machine}"
-                )
-            self.wheelhouse_deployment = s3_deployment.BucketDeployment(
-                self,
-                "Wheelhouse",
-                sources=[s3_deployment.Source.asset(str(wheelhouse_dir))],
-                destination_bucket=data_bucket,
-                destination_key_prefix=wheelhouse_prefix,
-                memory_limit=WHEELHOUSE_DEPLOYMENT_MEMORY_MB,
-                # The CUDA wheels are large: room for the zip and its extracted wheels in the function's /tmp.
-                ephemeral_storage_size=Size.gibibytes(WHEELHOUSE_DEPLOYMENT_STORAGE_GIB),
-            )
+        job_flow_definition_key = self.artifacts.job_flow_definition_key
+        self.job_artifacts = self.artifacts.job_artifacts
         if self.cluster.cfn_cluster is not None:
-            # The bootstrap scripts must be in S3 before the cluster boots; and on destroy the cluster goes first,
-            # before the logs bucket it writes to is emptied and deleted (the bucket's auto-delete resource included).
+            # The bootstrap scripts (and wheelhouse) must be in S3 before the cluster boots; and on destroy the cluster
+            # goes first, before the logs bucket it writes to is emptied and deleted (its auto-delete resource too).
             self.cluster.cfn_cluster.node.add_dependency(
                 self.artifacts, *_bucket_resources(logs_bucket), *_bucket_resources(data_bucket)
             )
-            if self.wheelhouse_deployment is not None:
-                self.cluster.cfn_cluster.node.add_dependency(self.wheelhouse_deployment)
 
-        self.job_artifacts = JobArtifacts(
-            py_files_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + JOB_ZIP_NAME),
-            entry_point_uri=data_bucket.s3_url_for_object(ARTIFACTS_PREFIX + ENTRY_POINT_NAME),
-        )
         self.job_options = JobOptions(
             device=settings.job_device,
             batch_size=settings.job_batch_size,
@@ -218,8 +182,6 @@ class InferenceStack(Stack):
             *_bucket_resources(logs_bucket),
             self.key,
         )
-        if self.wheelhouse_deployment is not None:
-            self.cleanup.node.add_dependency(self.wheelhouse_deployment)
         self.trigger.node.add_dependency(self.cleanup)
         if self.cluster.cfn_cluster is not None:
             self.cluster.cfn_cluster.node.add_dependency(self.cleanup)
@@ -313,7 +275,8 @@ class InferenceStack(Stack):
         return statements
 
     def _acknowledge_cdk_internals(self) -> None:
-        """Findings on the helper functions CDK itself adds (bucket deployment, notifications, auto-delete)."""
+        """Findings on the trigger's EMR permissions and on CDK's S3-notification helper (infra/artifacts.py
+        acknowledges those of the bucket-deployment functions)."""
         if self.settings.launches_clusters:
             acknowledge(
                 self.trigger.function,
@@ -334,29 +297,6 @@ class InferenceStack(Stack):
                 "and the iam:AWSServiceName condition are AWS's own (AmazonEMRFullAccessPolicy_v2).",
             )
         for child in self.node.children:
-            if child.node.id.startswith("Custom::CDKBucketDeployment"):
-                for finding, reason in (
-                    (
-                        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
-                        "CDK's bucket-deployment function: managed policy for its own CloudWatch Logs only.",
-                    ),
-                    ("AwsSolutions-L1", "CDK's bucket-deployment function; its runtime is chosen by aws-cdk-lib."),
-                    ("AwsSolutions-IAM5[Action::s3:GetBucket*]", "CDK's grant to read the asset and write artifacts/."),
-                    ("AwsSolutions-IAM5[Action::s3:GetObject*]", "CDK's grant to read the asset and write artifacts/."),
-                    ("AwsSolutions-IAM5[Action::s3:List*]", "CDK's grant to read the asset and write artifacts/."),
-                    ("AwsSolutions-IAM5[Action::s3:DeleteObject*]", "CDK's grant: prune stale files in artifacts/."),
-                    ("AwsSolutions-IAM5[Action::s3:Abort*]", "CDK's grant to abort its own multipart uploads."),
-                    (
-                        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-"
-                        f"{DefaultStackSynthesizer.DEFAULT_QUALIFIER}-assets-<AWS::AccountId>-<AWS::Region>/*]",
-                        "CDK's grant to read the staged asset zips from the bootstrap assets bucket.",
-                    ),
-                    (
-                        object_wildcard_finding(self.storage.data_bucket, ""),
-                        "CDK's deployment writes under artifacts/ only (destination prefix); its grant is bucket-wide.",
-                    ),
-                ):
-                    acknowledge(child, finding, reason)
             if child.node.id.startswith("BucketNotificationsHandler"):
                 acknowledge(
                     child,

@@ -31,9 +31,8 @@ def variant(request, synth) -> Synthesized:
     return synth(compute=compute, cluster_mode=mode)
 
 
-@pytest.fixture(scope="session")
-def offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
-    """A stack with offline_wheelhouse and no NAT, from a repository copy holding a (fake) wheelhouse."""
+def _offline_wheelhouse_stack(tmp_path_factory, **setting_overrides: Any) -> Synthesized:
+    """A stack with offline_wheelhouse, from a repository copy holding a (fake) wheelhouse."""
     source_root = tmp_path_factory.mktemp("repo")
     for name in ("job", "bootstrap"):
         (source_root / name).symlink_to(REPO_ROOT / name)
@@ -41,5 +40,17 @@ def offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
     wheelhouse.mkdir(parents=True)
     (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is used")
     return synthesize(
-        tmp_path_factory.mktemp("artifacts"), source_root=source_root, offline_wheelhouse=True, nat_gateways=0
+        tmp_path_factory.mktemp("artifacts"), source_root=source_root, offline_wheelhouse=True, **setting_overrides
     )
+
+
+@pytest.fixture(scope="session")
+def offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
+    """A stack with offline_wheelhouse and no NAT."""
+    return _offline_wheelhouse_stack(tmp_path_factory, nat_gateways=0)
+
+
+@pytest.fixture(scope="session")
+def persistent_offline_wheelhouse_variant(tmp_path_factory) -> Synthesized:
+    """A persistent cluster that installs from the shipped wheelhouse."""
+    return _offline_wheelhouse_stack(tmp_path_factory, cluster_mode="persistent")

@@ -112,7 +112,7 @@ def shipped_job_flow(synthesized: Synthesized, definition_name: str) -> dict:
     """The RunJobFlow JSON the artifacts deployment ships, read from the cloud assembly's asset directory, with each
     deploy-time value (a marker the deployment replaces with a quoted string) as "deploy-time value"."""
     assembly = synthesized.app.synth()
-    deployment = deployment_resource(synthesized, synthesized.stack.artifacts)
+    deployment = deployment_resource(synthesized, synthesized.stack.artifacts.job_deployment)
     asset_dirs = [
         Path(assembly.directory) / f"asset.{key.removesuffix('.zip')}"
         for key in deployment["Properties"]["SourceObjectKeys"]

@@ -61,7 +61,16 @@ def test_persistent_cluster_is_deleted_before_the_logs_bucket_is_emptied(synth):
 def test_persistent_cluster_boots_after_its_bootstrap_scripts_are_uploaded(synth):
     variant = synth(cluster_mode="persistent")
     cluster_id, _ = variant.only("AWS::EMR::Cluster")
-    (deployment,) = [c for c in variant.stack.artifacts.node.children if c.node.id.startswith("CustomResource-")]
+    children = variant.stack.artifacts.job_deployment.node.children
+    (deployment,) = [child for child in children if child.node.id.startswith("CustomResource-")]
+    assert logical_id(variant, deployment) in depends_on(variant, cluster_id)
+
+
+def test_persistent_cluster_boots_after_its_wheelhouse_is_uploaded(persistent_offline_wheelhouse_variant):
+    variant = persistent_offline_wheelhouse_variant
+    cluster_id, _ = variant.only("AWS::EMR::Cluster")
+    children = variant.stack.artifacts.wheelhouse_deployment.node.children
+    (deployment,) = [child for child in children if child.node.id.startswith("CustomResource-")]
     assert logical_id(variant, deployment) in depends_on(variant, cluster_id)
 
 

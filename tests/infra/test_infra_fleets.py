@@ -30,6 +30,7 @@ from infra_helpers import (
     synthesize,
 )
 
+from infra.artifacts import JOB_FLOW_DEFINITION_NAME
 from infra.instance_types import ARM64, architecture
 from infra.settings import (
     DEFAULT_PRIMARY_INSTANCE_TYPES,
@@ -38,7 +39,7 @@ from infra.settings import (
     DEFAULT_WORKER_INSTANCE_TYPES,
     MIN_RELEASE_MINOR,
 )
-from infra.stack import CLUSTER_TAG_KEY, JOB_FLOW_DEFINITION_NAME
+from infra.stack import CLUSTER_TAG_KEY
 from infra.trigger_function.emr_step import JobArtifacts, JobOptions, build_step
 
 MOTO_EMR_INSTANCE_TYPES = Path(moto.__file__).parent / "emr" / "resources" / "instance-types-emr-{release}.json.gz"

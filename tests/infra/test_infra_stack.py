@@ -20,7 +20,8 @@ from infra_helpers import (
 
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
-from infra.stack import CLUSTER_TAG_KEY, JOB_FLOW_DEFINITION_NAME
+from infra.artifacts import JOB_FLOW_DEFINITION_NAME
+from infra.stack import CLUSTER_TAG_KEY
 from infra.trigger import FUNCTION_TIMEOUT, MAX_RECEIVE_COUNT
 from infra.trigger_function.emr_step import build_step
 
@@ -109,7 +110,7 @@ def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
 def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     variant = synth(cluster_mode="transient")
     assembly = variant.app.synth()
-    deployment = deployment_resource(variant, variant.stack.artifacts)
+    deployment = deployment_resource(variant, variant.stack.artifacts.job_deployment)
     assert environment(variant)["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME
     # Each source is an asset directory in the cloud assembly (the CLI zips it when publishing).
     asset_dirs = [
@@ -273,14 +274,16 @@ def test_python_3_11_is_what_pyspark_runs(variant):
 
 
 def test_artifacts_are_deployed_under_the_artifacts_prefix(variant):
-    deployment = deployment_resource(variant, variant.stack.artifacts)
+    deployment = deployment_resource(variant, variant.stack.artifacts.job_deployment)
     assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/"
     assert deployment["Properties"]["Prune"] is True
+    # Pruning artifacts/ leaves the wheelhouse, which has its own deployment under artifacts/wheelhouse/.
+    assert deployment["Properties"]["Exclude"] == ["wheelhouse/*"]
 
 
 def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(offline_wheelhouse_variant):
     variant = offline_wheelhouse_variant
-    deployment = deployment_resource(variant, variant.stack.wheelhouse_deployment)
+    deployment = deployment_resource(variant, variant.stack.artifacts.wheelhouse_deployment)
     assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/wheelhouse/cpu/"
     install_args = variant.stack.cluster.job_flow["BootstrapActions"][-1]["ScriptBootstrapAction"]["Args"]
     assert (
