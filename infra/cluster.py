@@ -10,6 +10,7 @@ from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -32,6 +33,8 @@ from infra.storage import (
 )
 
 EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
+EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
+EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
 BOOTSTRAP_PREFIX = ARTIFACTS_PREFIX + "bootstrap/"
 KEY_PENDING_WINDOW_DAYS = 7
 SECURITY_CONFIGURATION_HASH_CHARS = 12
@@ -67,6 +70,8 @@ class Cluster(Construct):
         wheelhouse_uri: Optional[str],
     ) -> None:
         super().__init__(scope, construct_id)
+        self._tag_key, self._tag_value = tag_key, tag_value
+        self._managed_scaling = managed_scaling is not None
         self.instance_role = self._instance_role(data_bucket, logs_bucket, key)
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.instance_role)
         self.service_role = self._service_role(key)
@@ -134,6 +139,99 @@ class Cluster(Construct):
     @property
     def cluster_id(self) -> Optional[str]:
         return self.cfn_cluster.ref if self.cfn_cluster else None
+
+    def grant_step_submission(self, function: lambda_.Function, *, launch_clusters: bool) -> None:
+        """Let ``function`` submit steps: to the persistent cluster only, or (``launch_clusters``) to clusters carrying
+        this stack's tag, launching them from the definition with this stack's two roles and nothing else."""
+        stack = Stack.of(self)
+        if not launch_clusters:
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="StepsOnThisStacksCluster",
+                    actions=[
+                        "elasticmapreduce:AddJobFlowSteps",
+                        "elasticmapreduce:ListSteps",
+                        "elasticmapreduce:DescribeCluster",
+                    ],
+                    resources=[
+                        stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name=self.cluster_id)
+                    ],
+                )
+            )
+            return
+        tag_value = self._tag_value
+        statements = [
+            # RunJobFlow has no resource-level permission (the cluster does not exist yet): the condition is the limit,
+            # as in AWS's own AmazonEMRFullAccessPolicy_v2.
+            iam.PolicyStatement(
+                sid="LaunchClustersTaggedByThisStack",
+                actions=["elasticmapreduce:RunJobFlow"],
+                resources=["*"],
+                conditions={"StringEquals": {f"aws:RequestTag/{self._tag_key}": tag_value}},
+            ),
+            iam.PolicyStatement(
+                sid="StepsOnClustersTaggedByThisStack",
+                actions=[
+                    "elasticmapreduce:AddJobFlowSteps",
+                    "elasticmapreduce:ListSteps",
+                    "elasticmapreduce:DescribeCluster",
+                    # EMR checks these on the new cluster when RunJobFlow carries the definition's policies.
+                    "elasticmapreduce:PutAutoTerminationPolicy",
+                    *(["elasticmapreduce:PutManagedScalingPolicy"] if self._managed_scaling else []),
+                ],
+                resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                conditions={"StringEquals": {f"aws:ResourceTag/{self._tag_key}": tag_value}},
+            ),
+            # ListClusters has no resource-level permissions; it only reveals ids, states and names.
+            iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),
+            iam.PolicyStatement(
+                sid="PassOnlyThisStacksRoles",
+                actions=["iam:PassRole"],
+                resources=[self.service_role.role_arn, self.instance_role.role_arn],
+                # StringLike with a trailing * as in AWS's own EMR policies: service names end in .com.cn in aws-cn.
+                conditions={
+                    "StringLike": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com*", "ec2.amazonaws.com*"]}
+                },
+            ),
+            # EMR creates its cleanup service-linked role at the first cluster of an account, as the caller of
+            # RunJobFlow; without this the first transient cluster in a fresh account fails. Scoped as in AWS's
+            # AmazonEMRFullAccessPolicy_v2 (statement ElasticMapReduceServiceLinkedRole).
+            iam.PolicyStatement(
+                sid="CreateEmrCleanupServiceLinkedRole",
+                actions=["iam:CreateServiceLinkedRole"],
+                resources=[
+                    stack.format_arn(
+                        service="iam",
+                        region="",
+                        resource="role",
+                        resource_name=f"aws-service-role/{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*",
+                    )
+                ],
+                conditions={
+                    "StringEquals": {"iam:AWSServiceName": [EMR_SERVICE_PRINCIPAL, EMR_SERVICE_PRINCIPAL + ".cn"]}
+                },
+            ),
+        ]
+        for statement in statements:
+            function.add_to_role_policy(statement)
+        acknowledge(
+            function,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*]",
+            "Transient clusters get their ids at launch; every action is conditioned on this stack's cluster tag.",
+        )
+        acknowledge(
+            function,
+            "AwsSolutions-IAM5[Resource::*]",
+            "elasticmapreduce:ListClusters supports no resource-level permission, nor does RunJobFlow, which is "
+            "allowed only for requests carrying this stack's cluster tag.",
+        )
+        acknowledge(
+            function,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:role/aws-service-role/"
+            f"{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*]",
+            "EMR's cleanup service-linked role only, created once per account at the first cluster; the pattern "
+            "and the iam:AWSServiceName condition are AWS's own (AmazonEMRFullAccessPolicy_v2).",
+        )
 
     def _instance_role(self, data_bucket: s3.IBucket, logs_bucket: s3.IBucket, key: kms.IKey) -> iam.Role:
         """The nodes' role: read models, inputs, manifests and artifacts; write results and logs; nothing else."""

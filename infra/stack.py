@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from aws_cdk import CfnOutput, Stack
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
@@ -18,7 +17,6 @@ from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
 from infra.cluster_definition import InstanceFleet, ManagedScaling
-from infra.nag import acknowledge
 from infra.network import Network
 from infra.settings import Settings
 from infra.storage import (
@@ -34,8 +32,6 @@ from infra.trigger import Trigger
 from infra.trigger_function.emr_step import JobOptions, build_step
 
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
-EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
-EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
 
 
 class InferenceStack(Stack):
@@ -145,7 +141,6 @@ class InferenceStack(Stack):
             data_bucket=data_bucket,
             key=self.key,
             environment=environment,
-            emr_statements=self._emr_statements(not launches_clusters),
             job_flow_definition_key=job_flow_definition_key,
             step_name_prefix=self.step_name_prefix,
             batch_size=settings.trigger_batch_size,
@@ -156,6 +151,7 @@ class InferenceStack(Stack):
             # Beside the artifacts' staging folder (which is emptied at every synth), shared by this machine's synths.
             function_zip_path=staging_dir.parent / "trigger-function" / "trigger-function.zip",
         )
+        self.cluster.grant_step_submission(self.trigger.function, launch_clusters=launches_clusters)
         network = self.network
         self.cleanup = ClusterCleanup(
             self,
@@ -198,117 +194,7 @@ class InferenceStack(Stack):
             cluster_name=self.cluster.job_flow["Name"],
             emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
         )
-        self._acknowledge_cdk_internals()
         self._outputs()
-
-    def _emr_statements(self, persistent: bool) -> list[iam.PolicyStatement]:
-        """The Lambda's EMR permissions: this stack's cluster only, or clusters carrying this stack's tag."""
-        cluster_arn_pattern = self.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")
-        if persistent:
-            cluster_arn = self.format_arn(
-                service="elasticmapreduce", resource="cluster", resource_name=self.cluster.cluster_id
-            )
-            return [
-                iam.PolicyStatement(
-                    sid="StepsOnThisStacksCluster",
-                    actions=[
-                        "elasticmapreduce:AddJobFlowSteps",
-                        "elasticmapreduce:ListSteps",
-                        "elasticmapreduce:DescribeCluster",
-                    ],
-                    resources=[cluster_arn],
-                )
-            ]
-        tag_condition_key = f"aws:ResourceTag/{CLUSTER_TAG_KEY}"
-        statements = [
-            # RunJobFlow has no resource-level permission (the cluster does not exist yet): the condition is the limit,
-            # as in AWS's own AmazonEMRFullAccessPolicy_v2.
-            iam.PolicyStatement(
-                sid="LaunchClustersTaggedByThisStack",
-                actions=["elasticmapreduce:RunJobFlow"],
-                resources=["*"],
-                conditions={"StringEquals": {f"aws:RequestTag/{CLUSTER_TAG_KEY}": self.cluster_tag_value}},
-            ),
-            iam.PolicyStatement(
-                sid="StepsOnClustersTaggedByThisStack",
-                actions=[
-                    "elasticmapreduce:AddJobFlowSteps",
-                    "elasticmapreduce:ListSteps",
-                    "elasticmapreduce:DescribeCluster",
-                    # EMR checks these on the new cluster when RunJobFlow carries the definition's policies.
-                    "elasticmapreduce:PutAutoTerminationPolicy",
-                    *(["elasticmapreduce:PutManagedScalingPolicy"] if self.settings.managed_scaling else []),
-                ],
-                resources=[cluster_arn_pattern],
-                conditions={"StringEquals": {tag_condition_key: self.cluster_tag_value}},
-            ),
-            # ListClusters has no resource-level permissions; it only reveals ids, states and names.
-            iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),
-            iam.PolicyStatement(
-                sid="PassOnlyThisStacksRoles",
-                actions=["iam:PassRole"],
-                resources=[self.cluster.service_role.role_arn, self.cluster.instance_role.role_arn],
-                # StringLike with a trailing * as in AWS's own EMR policies: service names end in .com.cn in aws-cn.
-                conditions={
-                    "StringLike": {"iam:PassedToService": ["elasticmapreduce.amazonaws.com*", "ec2.amazonaws.com*"]}
-                },
-            ),
-            # EMR creates its cleanup service-linked role at the first cluster of an account, as the caller of
-            # RunJobFlow; without this the first transient cluster in a fresh account fails. Scoped as in AWS's
-            # AmazonEMRFullAccessPolicy_v2 (statement ElasticMapReduceServiceLinkedRole).
-            iam.PolicyStatement(
-                sid="CreateEmrCleanupServiceLinkedRole",
-                actions=["iam:CreateServiceLinkedRole"],
-                resources=[
-                    self.format_arn(
-                        service="iam",
-                        region="",
-                        resource="role",
-                        resource_name=f"aws-service-role/{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*",
-                    )
-                ],
-                conditions={
-                    "StringEquals": {"iam:AWSServiceName": [EMR_SERVICE_PRINCIPAL, EMR_SERVICE_PRINCIPAL + ".cn"]}
-                },
-            ),
-        ]
-        return statements
-
-    def _acknowledge_cdk_internals(self) -> None:
-        """Findings on the trigger's EMR permissions and on CDK's S3-notification helper (infra/artifacts.py
-        acknowledges those of the bucket-deployment functions)."""
-        if self.settings.launches_clusters:
-            acknowledge(
-                self.trigger.function,
-                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*]",
-                "Transient clusters get their ids at launch; every action is conditioned on this stack's cluster tag.",
-            )
-            acknowledge(
-                self.trigger.function,
-                "AwsSolutions-IAM5[Resource::*]",
-                "elasticmapreduce:ListClusters supports no resource-level permission, nor does RunJobFlow, which is "
-                "allowed only for requests carrying this stack's cluster tag.",
-            )
-            acknowledge(
-                self.trigger.function,
-                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:role/aws-service-role/"
-                f"{EMR_SERVICE_PRINCIPAL}*/{EMR_CLEANUP_SERVICE_LINKED_ROLE}*]",
-                "EMR's cleanup service-linked role only, created once per account at the first cluster; the pattern "
-                "and the iam:AWSServiceName condition are AWS's own (AmazonEMRFullAccessPolicy_v2).",
-            )
-        for child in self.node.children:
-            if child.node.id.startswith("BucketNotificationsHandler"):
-                acknowledge(
-                    child,
-                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
-                    "CDK's S3-notification helper: managed policy for its own CloudWatch Logs only.",
-                )
-                acknowledge(
-                    child,
-                    "AwsSolutions-IAM5[Resource::*]",
-                    "CDK's S3-notification helper: s3:PutBucketNotification has to name buckets created in the "
-                    "same deployment; it only runs at deploy time.",
-                )
 
     def _outputs(self) -> None:
         data_bucket = self.storage.data_bucket

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -60,6 +60,8 @@ STEP_ANNOUNCED_STATES = ("COMPLETED", "FAILED")
 STEP_RETRIED_STATES = ("CANCELLED", "INTERRUPTED")
 # Attempts per batch, the first included (at most trigger_settings.MAX_STEP_ATTEMPTS_LIMIT).
 MAX_STEP_ATTEMPTS = 3
+# CDK adds one function to configure a stack's S3 notifications, as a child of the stack.
+NOTIFICATION_HELPER_ID_PREFIX = "BucketNotificationsHandler"
 
 
 class Trigger(Construct):
@@ -73,7 +75,6 @@ class Trigger(Construct):
         data_bucket: s3.IBucket,
         key: kms.IKey,
         environment: Mapping[str, str],
-        emr_statements: list[iam.PolicyStatement],
         job_flow_definition_key: Optional[str],
         step_name_prefix: str,
         batch_size: int,
@@ -124,6 +125,7 @@ class Trigger(Construct):
             s3_notifications.SqsDestination(self.queue),
             s3.NotificationKeyFilter(prefix=INCOMING_PREFIX),
         )
+        _acknowledge_notification_helper(Stack.of(self))
 
         self.topic = sns.Topic(self, "StepNotifications", master_key=key, enforce_ssl=True)
         # EventBridge publishes to an encrypted topic only if the key lets it (the AWS-managed SNS key cannot).
@@ -170,8 +172,6 @@ class Trigger(Construct):
         self._grant_claims_access(key)
         # A batch whose every attempt was cancelled is reported by the function (the grant includes the topic's key).
         self.topic.grant_publish(self.function)
-        for statement in emr_statements:
-            self.function.add_to_role_policy(statement)
         acknowledge(
             self.function,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
@@ -262,6 +262,23 @@ class Trigger(Construct):
             object_wildcard_finding(data_bucket, MANIFESTS_PREFIX),
             "One manifest per batch, named by its batch id; the only prefix the Lambda writes.",
         )
+
+
+def _acknowledge_notification_helper(stack: Stack) -> None:
+    """Findings on the function CDK adds to the stack to configure S3 notifications (deploy time only)."""
+    for child in stack.node.children:
+        if child.node.id.startswith(NOTIFICATION_HELPER_ID_PREFIX):
+            acknowledge(
+                child,
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+                "CDK's S3-notification helper: managed policy for its own CloudWatch Logs only.",
+            )
+            acknowledge(
+                child,
+                "AwsSolutions-IAM5[Resource::*]",
+                "CDK's S3-notification helper: s3:PutBucketNotification has to name buckets created in the "
+                "same deployment; it only runs at deploy time.",
+            )
 
 
 def _step_states_pattern(states: tuple[str, ...], step_name_prefix: str) -> events.EventPattern:
