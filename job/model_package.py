@@ -22,6 +22,10 @@ Commands::
 
     python -m job.model_package export-zoo --out DIR [--input-size 32] [--classes 10]   # untrained model-zoo ResNet-18
     python -m job.model_package to-onnx --package DIR --out DIR                         # same model, ONNX format
+    python -m job.model_package quantize --package URI --calibration URI --out DIR      # calibrated INT8, gated
+
+``quantize`` is in :mod:`job.quantize`; it exits 1 without writing anything when the INT8 model's top-1 agreement with
+the FP32 package is below ``--min-agreement``, and 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from unittest import mock
 from typing import Optional
@@ -237,6 +242,52 @@ def zoo_resnet18(classes: int, seed: int):
     return net
 
 
+def _add_quantize_parser(commands) -> None:
+    from job.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_HELD_OUT_IMAGES, DEFAULT_MIN_AGREEMENT,
+                              MIN_HELD_OUT_IMAGES)
+
+    quantize = commands.add_parser(
+        "quantize", help="calibrated INT8 onnx package of an FP32 package, written only if it agrees with it")
+    quantize.add_argument("--package", required=True, metavar="URI", help="the FP32 package (mxnet or onnx)")
+    images = quantize.add_mutually_exclusive_group(required=True)
+    images.add_argument("--calibration", action="append", default=[], metavar="URI",
+                        help="real images like the job's inputs: directory, S3 prefix or object; repeatable")
+    images.add_argument("--calibration-manifest", metavar="URI", help="a manifest of such images, as the job's")
+    quantize.add_argument("--out", required=True, metavar="DIR", help="local directory for the INT8 package")
+    quantize.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                          help=f"images that set the activation ranges (default {DEFAULT_CALIBRATION_IMAGES})")
+    quantize.add_argument("--held-out-images", type=int, default=DEFAULT_HELD_OUT_IMAGES, metavar="N",
+                          help=f"at most this many other images measure the agreement (default "
+                               f"{DEFAULT_HELD_OUT_IMAGES}, at least {MIN_HELD_OUT_IMAGES})")
+    quantize.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT, metavar="F",
+                          help=f"least top-1 agreement with the FP32 package on the held-out images, 0 to 1 "
+                               f"(default {DEFAULT_MIN_AGREEMENT})")
+    quantize.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+
+
+def _quantize(args) -> int:
+    from job.quantize import AgreementTooLow, quantize_package
+
+    try:
+        result = quantize_package(
+            args.package, args.out, calibration_inputs=args.calibration, calibration_manifest=args.calibration_manifest,
+            calibration_images=args.calibration_images, held_out_images=args.held_out_images,
+            min_agreement=args.min_agreement, s3_endpoint_url=args.s3_endpoint_url)
+    except AgreementTooLow as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, ObjectNotFound) as error:  # ModelPackageError and NoInputError are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    skipped = ""
+    if result.skipped_inputs:
+        skipped = (f"; skipped {result.skipped_inputs} input{'s' if result.skipped_inputs > 1 else ''} that "
+                   f"{'are not decodable images' if result.skipped_inputs > 1 else 'is not a decodable image'}")
+    print(f"calibrated on {result.calibration_images} images{skipped}; {result.agreement.describe()}")
+    print(f"wrote {os.path.join(result.package_dir, MANIFEST_NAME)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m job.model_package", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +299,10 @@ def main(argv=None) -> int:
     to_onnx = commands.add_parser("to-onnx", help="convert a local mxnet package to an onnx package")
     to_onnx.add_argument("--package", required=True)
     to_onnx.add_argument("--out", required=True)
+    _add_quantize_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "quantize":
+        return _quantize(args)
     if args.command == "export-zoo":
         path = export_gluon(
             zoo_resnet18(args.classes, args.seed), args.out, name="resnet18_v1-untrained",
