@@ -2,11 +2,16 @@
 
     python -m tests.benchmark.run --foolbox-wheel WHEEL --results benchmarks/results.json [--smoke]
 
-Steady throughput of the Spark contenders is measured by difference, in one Spark application per contender: a cold run
-on a quarter of the images (starts the Python workers, loads the model), then warm runs on the quarter and on all N
-images, each warm run repeated and the fastest kept; steady images/s = (N - N/4) / (T_warm(N) - T_warm(N/4)), so what
-every run pays (job scheduling, output commit) cancels out too. The limit and decoding are also the best of repeats.
-The fixed cost is what the cold run took beyond its steady share, plus the session start.
+The Spark contenders are measured as an EMR step runs: each step is a new Spark application (a new driver JVM, new
+Python workers, the model loaded again). Each cold run is a process of its own; the steady rate is by difference
+between cold runs at two sizes, (N_large - N_small) / (T_large - T_small), so what every step pays once (session and
+worker start, model load) cancels out, and that fixed cost is reported separately. Beside it, the warm rate: the same
+difference between runs inside one long-lived application, after a first run has started the workers and loaded the
+model (what `make bench` reported before). Every contender gets both; the cold rate is its steady rate.
+
+The contenders of the job's family (MXNet, ONNX FP32 and INT8 packages) take turns, round by round, with the model
+alone, so that a change of load on this shared machine falls on all of them alike. Every timed run is repeated and
+the fastest kept; the limit is the best the model alone did in any round.
 """
 
 from __future__ import annotations
@@ -20,17 +25,30 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from job.predictor import int8_instructions
+from job.quantize import MIN_HELD_OUT_IMAGES
 from tests.benchmark.data import write_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORK = os.path.join(REPO, "build", "bench")
 # The 2017 seed: 10,000 CIFAR-10 images at 224x224 in 4.4 minutes on 4 x c4.8xlarge (144 vCPUs).
 SEED_PUBLISHED_IMAGES_PER_S_PER_VCPU = 10_000 / (4.4 * 60) / 144
+# Sizes of the cold runs: the difference must take several seconds even at INT8 speed, or the noise of the fixed
+# cost (a few hundred ms) swamps it. The seed and predict_batch_udf are 10x slower and get fewer images.
 SCENARIOS = {
-    "cifar32": {"size": 32, "images": 10_000, "smoke_images": 64, "batch_size": 256, "seed_batch": 32},
-    "seed224": {"size": 224, "images": 640, "smoke_images": 16, "batch_size": 32, "seed_batch": 32},
+    "cifar32": {"size": 32, "images": 32_000, "small_images": 4_000, "slow_images": 10_000, "slow_small_images": 2_500,
+                "model_images": 5_000, "smoke_images": 160, "batch_size": 256, "seed_batch": 32},
+    "seed224": {"size": 224, "images": 1_280, "small_images": 160, "slow_images": 640, "slow_small_images": 160,
+                "model_images": 256, "smoke_images": 120, "batch_size": 32, "seed_batch": 32},
 }
-TARGETS = {"job_vs_limit": 0.95, "job_vs_predict_batch_udf": 1.2, "job_vs_seed_published_per_vcpu_224": 100.0,
+JOB_FAMILY = {"job": "mxnet", "onnx": "onnx", "job_int8": "int8"}  # contender -> package
+SLOW_CONTENDERS = ("predict_batch_udf", "seed")
+ENGINES = {"limit": "mxnet", "limit_onnx": "onnx", "limit_int8": "int8"}  # the model alone, per package
+ROUNDS = 2  # cold runs of the job's family and the model alone, taking turns
+WARM_REPEATS = 2
+CALIBRATION_IMAGES = 256
+TARGETS = {"job_int8_vs_limit_224": 3.0, "job_int8_vs_limit_32": 1.5, "job_vs_limit": 0.95,
+           "job_vs_predict_batch_udf": 1.2, "job_vs_seed_published_per_vcpu_224": 100.0,
            "decode_vs_model_per_core_32": 10.0, "fixed_cost_s": 15.0}
 
 
@@ -39,8 +57,9 @@ def machine() -> dict:
                  platform.processor())
     memory_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1),
-            "python": platform.python_version(), "os": platform.platform(terse=True),
-            "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
+            "int8_instructions": int8_instructions(), "python": platform.python_version(),
+            "os": platform.platform(terse=True), "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+            "load_average_at_start": os.getloadavg()}
 
 
 def _python_env(threads: int, **extra: str) -> dict:
@@ -65,130 +84,249 @@ def contender(name: str, args: dict, threads: int, **extra_env: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def steady_and_fixed(timings: dict, quarter: int, full: int) -> dict:
-    rate = (full - quarter) / max(timings["warm_full"] - timings["warm_quarter"], 1e-9)
-    return {"images_per_s": rate, "fixed_cost_s": timings["session_s"] + max(0.0, timings["cold_quarter"] - quarter / rate),
-            "timings": {key: value for key, value in timings.items() if isinstance(value, float)}}
+def by_difference(small: int, small_s: float, large: int, large_s: float) -> float:
+    return (large - small) / max(large_s - small_s, 1e-9)
 
 
-def write_manifests(directory: str, count: int) -> tuple[str, str, int]:
+def write_manifest(directory: str, count: int) -> str:
+    """A manifest of the first ``count`` images (every size uses a prefix of the same sorted list)."""
     names = sorted(name for name in os.listdir(directory) if not name.startswith("."))[:count]
-    paths = [os.path.join(directory, name) for name in names]
-    quarter = max(1, len(paths) // 4)
-    manifests = []
-    for label, chosen in (("quarter", paths[:quarter]), ("full", paths)):
-        manifest = os.path.join(os.path.dirname(directory), f"manifest-{label}.json")
-        with open(manifest, "w") as file:
-            json.dump(chosen, file)
-        manifests.append(manifest)
-    return manifests[0], manifests[1], quarter
+    manifest = os.path.join(os.path.dirname(directory), f"manifest-{count}.json")
+    with open(manifest, "w") as file:
+        json.dump([os.path.join(directory, name) for name in names], file)
+    return manifest
 
 
-def export_packages(size: int) -> tuple[str, str]:
-    """Model-zoo ResNet-18 (10 classes) at ``size``, random weights (speed does not depend on them), and its ONNX twin."""
-    mxnet_dir = os.path.join(WORK, f"model{size}-mxnet")
-    onnx_dir = os.path.join(WORK, f"model{size}-onnx")
-    if not os.path.exists(os.path.join(onnx_dir, "model.json")):
-        for command in (["export-zoo", "--out", mxnet_dir, "--input-size", str(size)],
-                        ["to-onnx", "--package", mxnet_dir, "--out", onnx_dir]):
+def export_packages(work: str, size: int, calibration_manifest: str, pool: int) -> dict:
+    """Model-zoo ResNet-18 (10 classes) at ``size`` with random weights (speed does not depend on them), its ONNX twin
+    and its INT8 package, calibrated on the benchmark's photos.
+
+    The INT8 package is made with ``--min-agreement 0``: an untrained model's top-1 is a near-tie on most images, so
+    its agreement says nothing about the method; the agreement figures are the trained demo model's (README). The
+    agreement measured here is kept in the results, marked as such."""
+    packages = {kind: os.path.join(work, f"model{size}-{kind}") for kind in ("mxnet", "onnx", "int8")}
+    commands = {
+        "mxnet": ["export-zoo", "--out", packages["mxnet"], "--input-size", str(size)],
+        "onnx": ["to-onnx", "--package", packages["mxnet"], "--out", packages["onnx"]],
+        "int8": ["quantize", "--package", packages["mxnet"], "--calibration-manifest", calibration_manifest,
+                 "--out", packages["int8"], "--min-agreement", "0",
+                 "--calibration-images", str(min(CALIBRATION_IMAGES, pool - MIN_HELD_OUT_IMAGES))],
+    }
+    for kind, command in commands.items():
+        if not os.path.exists(os.path.join(packages[kind], "model.json")):
             subprocess.run([sys.executable, "-m", "job.model_package", *command], cwd=REPO, env=_python_env(2),
                            check=True, capture_output=True)
-    return mxnet_dir, onnx_dir
+    return packages
 
 
 def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> dict:
-    count = spec["smoke_images"] if smoke else spec["images"]
     size = spec["size"]
-    directory = write_images(wheel, os.path.join(WORK, name, "images"), count, size)
-    quarter_manifest, full_manifest, quarter = write_manifests(directory, count)
-    mxnet_dir, onnx_dir = export_packages(size)
+    # The smoke run's tiny image set and its INT8 package calibrated on it stay apart from the real run's.
+    work = os.path.join(WORK, "smoke") if smoke else WORK
+    if smoke:
+        large = slow_large = spec["smoke_images"]
+        small = slow_small = large // 4
+    else:
+        large, small = spec["images"], spec["small_images"]
+        slow_large, slow_small = spec["slow_images"], spec["slow_small_images"]
+    directory = write_images(wheel, os.path.join(work, name, "images"), max(large, slow_large), size)
+    manifests = {count: write_manifest(directory, count) for count in {small, large, slow_small, slow_large}}
+    packages = export_packages(work, size, manifests[large], large)
     master = f"local[{cores}]"
     repeats = 1 if smoke else 3
-    model_images = max(spec["batch_size"] * cores * (1 if smoke else 8), count // (1 if smoke else 2))
-    print(f"[bench] {name}: {count} images at {size}x{size}, {cores} cores", flush=True)
+    rounds = 1 if smoke else ROUNDS
+    warm_repeats = 1 if smoke else WARM_REPEATS
+    model_images = spec["batch_size"] * cores if smoke else spec["model_images"]
+    print(f"[bench] {name}: {large} images at {size}x{size} ({slow_large} for the slow contenders), {cores} cores, "
+          f"INT8 on {int8_instructions()}, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    limits = {layout: contender("limit", {"package": mxnet_dir, "batch_size": spec["batch_size"], "images": model_images,
-                                          "layout": layout, "cores": cores, "repeats": repeats},
-                                **_limit_threads(layout, cores))
-              for layout in ("threads", "instances")}
-    limit_rates = {layout: result["images"] / result["seconds"] for layout, result in limits.items()}
-    one_core = contender("limit", {"package": mxnet_dir, "batch_size": spec["batch_size"], "layout": "threads",
-                                   "images": model_images // cores, "cores": 1, "repeats": repeats}, threads=1)
-    model_per_core = one_core["images"] / one_core["seconds"]
-    decoded = contender("decode", {"package": mxnet_dir, "manifest": full_manifest, "repeats": repeats}, threads=1)
+    def spark_args(package: str, label: str, runs: list) -> dict:
+        return {"package": package, "runs": runs, "master": master, "size": size, "seed_batch": spec["seed_batch"],
+                "batch_size": spec["batch_size"], "output": os.path.join(work, name, f"out-{label}")}
+
+    def model_alone(engine: str, layout: str, images: int, cores_used: int) -> float:
+        result = contender("limit", {"package": packages[ENGINES[engine]], "batch_size": spec["batch_size"],
+                                     "images": images, "layout": layout, "cores": cores_used, "repeats": repeats},
+                           **_limit_threads(layout, cores_used))
+        return result["images"] / result["seconds"]
+
+    limit_by_layout = {engine: {"threads": 0.0, "instances": 0.0} for engine in ENGINES}
+    cold = {label: {"small": [], "large": [], "session": []} for label in (*JOB_FAMILY, *SLOW_CONTENDERS)}
+    worker = {}
+
+    def cold_run(label: str, contender_name: str, package: str, count_small: int, count_large: int) -> None:
+        for size_label, count in (("small", count_small), ("large", count_large)):
+            timings = contender(contender_name, spark_args(package, f"{label}-cold-{size_label}",
+                                                           [["cold", manifests[count]]]), threads=1)
+            cold[label][size_label].append(timings["cold"])
+            cold[label]["session"].append(timings["session_s"])
+            if size_label == "large" and "summaries" in timings:
+                worker[label] = timings["summaries"]["cold"]
+
+    for number in range(rounds):
+        for engine in ENGINES:
+            for layout in limit_by_layout[engine]:
+                rate = model_alone(engine, layout, model_images, cores)
+                limit_by_layout[engine][layout] = max(limit_by_layout[engine][layout], rate)
+        for label, kind in JOB_FAMILY.items():
+            if not smoke:
+                cold_run(label, "job", packages[kind], small, large)
+        so_far = ", ".join(f"{label} {by_difference(small, min(runs['small']), large, min(runs['large'])):.1f}/s"
+                           for label, runs in cold.items() if runs["small"])
+        print(f"[bench] {name}: round {number + 1}: model alone {json.dumps(limit_by_layout)}; cold by difference "
+              f"so far: {so_far or 'none'}", flush=True)
+    for label in SLOW_CONTENDERS:
+        if not smoke:
+            cold_run(label, label, packages["mxnet"], slow_small, slow_large)
+
+    model_per_core = model_alone("limit", "threads", max(spec["batch_size"], model_images // cores), 1)
+    decoded = contender("decode", {"package": packages["mxnet"], "manifest": manifests[large], "repeats": repeats},
+                        threads=1)
     decode_per_core = decoded["images"] / decoded["seconds"]
-    print(f"[bench] {name}: limit {limit_rates}, model on one core {model_per_core:.1f}/s, "
-          f"decode on one core {decode_per_core:.0f}/s", flush=True)
 
-    def spark_contender(contender_name, package):
-        timings = contender(contender_name, {
-            "package": package, "quarter_manifest": quarter_manifest, "full_manifest": full_manifest,
-            "master": master, "size": size, "seed_batch": spec["seed_batch"], "batch_size": spec["batch_size"],
-            "repeats": repeats,
-            "output": os.path.join(WORK, name, f"out-{contender_name}-{os.path.basename(package)}")}, threads=1)
-        result = steady_and_fixed(timings, quarter, count)
-        result["summary"] = timings.get("summary")
-        print(f"[bench] {name}: {contender_name} ({os.path.basename(package)}) {result['images_per_s']:.1f}/s steady, "
-              f"fixed {result['fixed_cost_s']:.1f} s", flush=True)
-        return result
+    results = {}
+    for label in (*JOB_FAMILY, *SLOW_CONTENDERS):
+        count_small, count_large = (small, large) if label in JOB_FAMILY else (slow_small, slow_large)
+        package = packages[JOB_FAMILY.get(label, "mxnet")]
+        runs = [["first", manifests[count_small]]]
+        if smoke:  # one application per contender, so these "cold" runs are not cold: the smoke checks the harness only
+            runs = [["cold_small", manifests[count_small]], ["cold_large", manifests[count_large]], *runs]
+        runs += [["warm_small", manifests[count_small]], ["warm_large", manifests[count_large]]] * warm_repeats
+        warm = contender("job" if label in JOB_FAMILY else label, spark_args(package, f"{label}-warm", runs),
+                         threads=1)
+        if smoke:
+            cold[label].update(small=[warm["cold_small"]], large=[warm["cold_large"]], session=[warm["session_s"]])
+            if "summaries" in warm:
+                worker[label] = warm["summaries"]["cold_large"]
+        cold_small, cold_large = min(cold[label]["small"]), min(cold[label]["large"])
+        rate = by_difference(count_small, cold_small, count_large, cold_large)
+        warm_rate = by_difference(count_small, warm["warm_small"], count_large, warm["warm_large"])
+        results[label] = {
+            "images_per_s": rate,
+            "images_per_s_warm": warm_rate,
+            "cold_vs_warm": rate / warm_rate,
+            # What one step pays beyond its steady work: session start, worker start, model load, the first calls.
+            "fixed_cost_s": min(cold[label]["session"]) + max(0.0, cold_small - count_small / rate),
+            "images": {"small": count_small, "large": count_large},
+            "timings_s": {"cold_small": cold[label]["small"], "cold_large": cold[label]["large"],
+                          "cold_session": cold[label]["session"],
+                          "warm": {key: value for key, value in warm.items() if isinstance(value, float)}},
+        }
+        print(f"[bench] {name}: {label} {rate:.1f}/s cold by difference, {warm_rate:.1f}/s warm, "
+              f"fixed {results[label]['fixed_cost_s']:.1f} s", flush=True)
 
-    job = spark_contender("job", mxnet_dir)
-    onnx = spark_contender("job", onnx_dir)
-    seed = spark_contender("seed", mxnet_dir)
-    udf = spark_contender("predict_batch_udf", mxnet_dir)
-
-    limit_rate = max(limit_rates.values())
-    job_summary = job["summary"]
+    limits = {engine: max(layouts.values()) for engine, layouts in limit_by_layout.items()}
+    limit = limits["limit"]
+    rates = {**limits, "decode": decode_per_core,
+             **{label: result["images_per_s"] for label, result in results.items()}}
+    with open(os.path.join(packages["int8"], "model.json")) as file:
+        int8_agreement = json.load(file)["provenance"]["quantization"]["agreement"]
     return {
-        "images": count,
+        "images": {"job_family": {"small": small, "large": large}, "slow": {"small": slow_small, "large": slow_large}},
         "image_size": size,
         "batch_size": spec["batch_size"],
-        "images_per_s": {"limit": limit_rate, "decode": decode_per_core, "job": job["images_per_s"],
-                         "seed": seed["images_per_s"], "predict_batch_udf": udf["images_per_s"],
-                         "onnx": onnx["images_per_s"]},
-        "limit_by_layout": limit_rates,
+        "images_per_s": rates,
+        "images_per_s_warm": {label: result["images_per_s_warm"] for label, result in results.items()},
+        "limit_by_layout": limit_by_layout,
         "model_per_core_images_per_s": model_per_core,
-        "timings_s": {"job": job["timings"], "onnx": onnx["timings"], "seed": seed["timings"],
-                      "predict_batch_udf": udf["timings"]},
-        "fixed_cost_s": job["fixed_cost_s"],
-        "fixed_cost_s_by_contender": {"job": job["fixed_cost_s"], "onnx": onnx["fixed_cost_s"],
-                                      "seed": seed["fixed_cost_s"], "predict_batch_udf": udf["fixed_cost_s"]},
-        "worker_peak_rss_mb": job_summary.get("worker_peak_rss_mb"),
-        "job_worker_seconds_full_run": job_summary["worker_seconds"],
+        "contenders": results,
+        "fixed_cost_s": results["job"]["fixed_cost_s"],
+        "worker_peak_rss_mb": worker["job"]["worker_peak_rss_mb"],
+        "worker_seconds_cold_large": {label: summary["worker_seconds"] for label, summary in worker.items()},
+        "int8_package_agreement": {**int8_agreement, "note": "random weights: near-ties everywhere, so this "
+                                                             "agreement says nothing about the method (see README)"},
         "ratios": {
-            "job_vs_limit": job["images_per_s"] / limit_rate,
-            "job_vs_predict_batch_udf": job["images_per_s"] / udf["images_per_s"],
-            "job_vs_seed_here": job["images_per_s"] / seed["images_per_s"],
-            "job_per_vcpu_vs_seed_published_per_vcpu": job["images_per_s"] / cores / SEED_PUBLISHED_IMAGES_PER_S_PER_VCPU,
+            "job_vs_limit": results["job"]["images_per_s"] / limit,
+            "job_int8_vs_limit": results["job_int8"]["images_per_s"] / limit,
+            "onnx_vs_limit": results["onnx"]["images_per_s"] / limit,
+            "job_int8_vs_limit_onnx": results["job_int8"]["images_per_s"] / limits["limit_onnx"],
+            "job_int8_vs_limit_int8": results["job_int8"]["images_per_s"] / limits["limit_int8"],
+            "limit_int8_vs_limit": limits["limit_int8"] / limit,
+            "limit_int8_vs_limit_onnx": limits["limit_int8"] / limits["limit_onnx"],
+            "job_vs_two_cores_of_the_model": results["job"]["images_per_s"] / (cores * model_per_core),
+            "job_vs_predict_batch_udf": results["job"]["images_per_s"] / results["predict_batch_udf"]["images_per_s"],
+            "job_vs_seed_here": results["job"]["images_per_s"] / results["seed"]["images_per_s"],
+            "job_per_vcpu_vs_seed_published_per_vcpu": results["job"]["images_per_s"] / cores
+            / SEED_PUBLISHED_IMAGES_PER_S_PER_VCPU,
             "decode_vs_model_per_core": decode_per_core / model_per_core,
-            "onnx_vs_job": onnx["images_per_s"] / job["images_per_s"],
+            "onnx_vs_job": results["onnx"]["images_per_s"] / results["job"]["images_per_s"],
         },
+        "load_average_at_end": os.getloadavg(),
     }
 
 
-def table(results: dict) -> str:
-    lines = [f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-             f"{results['machine']['memory_gib']} GiB, Python {results['machine']['python']}, {results['machine']['date']}"]
+def target_results(results: dict) -> list[dict]:
+    """Each target of TARGETS with the value this run measured (cold-by-difference rates throughout)."""
+    found = []
     for name, scenario in results["scenarios"].items():
-        rates, ratios = scenario["images_per_s"], scenario["ratios"]
+        ratios = scenario["ratios"]
+        size = "224" if scenario["image_size"] == 224 else "32"
+        measured = {f"job_int8_vs_limit_{size}": ratios["job_int8_vs_limit"],
+                    "job_vs_limit": ratios["job_vs_limit"],
+                    "job_vs_predict_batch_udf": ratios["job_vs_predict_batch_udf"],
+                    "fixed_cost_s": scenario["fixed_cost_s"]}
+        if size == "224":
+            measured["job_vs_seed_published_per_vcpu_224"] = ratios["job_per_vcpu_vs_seed_published_per_vcpu"]
+        else:
+            measured["decode_vs_model_per_core_32"] = ratios["decode_vs_model_per_core"]
+        for target, value in measured.items():
+            threshold = TARGETS[target]
+            met = value <= threshold if target == "fixed_cost_s" else value >= threshold
+            found.append({"scenario": name, "target": target, "value": value, "threshold": threshold, "met": met})
+    return found
+
+
+def _shares(worker_seconds: dict) -> str:
+    parts = ("fetch", "decode", "predict", "output")
+    total = worker_seconds["task"] or 1.0
+    rest = total - sum(worker_seconds[part] for part in parts)
+    return ", ".join(f"{part} {worker_seconds[part] / total:.0%}" for part in parts) + f", other {rest / total:.0%}"
+
+
+def table(results: dict) -> str:
+    info = results["machine"]
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores ({info['int8_instructions']}), {info['memory_gib']} GiB, "
+             f"Python {info['python']}, {info['date']}, load average at start {info['load_average_at_start'][0]:.1f}"]
+    for name, scenario in results["scenarios"].items():
+        rates, warm, ratios = scenario["images_per_s"], scenario["images_per_s_warm"], scenario["ratios"]
+        limit = rates["limit"]
+        images = scenario["images"]
         lines += [
             "",
-            f"{name}: {scenario['images']} images at {scenario['image_size']}x{scenario['image_size']}, "
-            f"batch {scenario['batch_size']}",
-            f"  {'contender':<20}{'images/s':>11}{'x limit':>9}",
+            f"{name}: {images['job_family']['large']} images at {scenario['image_size']}x{scenario['image_size']} "
+            f"({images['slow']['large']} for predict_batch_udf and the seed), batch {scenario['batch_size']}; "
+            f"load average at end {scenario['load_average_at_end'][0]:.1f}",
+            f"  {'contender':<22}{'images/s':>10}{'x limit':>9}{'warm':>10}{'x limit':>9}{'cold/warm':>11}"
+            f"{'fixed s':>9}",
         ]
-        for contender_name in ("limit", "job", "onnx", "predict_batch_udf", "seed"):
-            lines.append(f"  {contender_name:<20}{rates[contender_name]:>11.1f}"
-                         f"{rates[contender_name] / rates['limit']:>9.3f}")
+        for engine, title in (("limit", "limit (MXNet FP32)"), ("limit_onnx", "model alone ONNX FP32"),
+                              ("limit_int8", "model alone INT8")):
+            lines.append(f"  {title:<22}{rates[engine]:>10.1f}{rates[engine] / limit:>9.3f}")
+        for label in ("job", "onnx", "job_int8", "predict_batch_udf", "seed"):
+            contender_result = scenario["contenders"][label]
+            lines.append(f"  {label:<22}{rates[label]:>10.1f}{rates[label] / limit:>9.3f}{warm[label]:>10.1f}"
+                         f"{warm[label] / limit:>9.3f}{contender_result['cold_vs_warm']:>11.2f}"
+                         f"{contender_result['fixed_cost_s']:>9.1f}")
         lines += [
-            f"  {'decode (one core)':<20}{rates['decode']:>11.1f}   = {ratios['decode_vs_model_per_core']:.1f} x the model "
-            "on one core",
-            "  limit by layout: " + ", ".join(f"{k} {v:.1f}" for k, v in scenario["limit_by_layout"].items()),
+            f"  {'decode (one core)':<22}{rates['decode']:>10.1f}   = {ratios['decode_vs_model_per_core']:.1f} x the "
+            "model on one core",
+            "  model alone by layout (threads / instances): " + "; ".join(
+                f"{engine} {layouts['threads']:.1f} / {layouts['instances']:.1f}"
+                for engine, layouts in scenario["limit_by_layout"].items()),
+            f"  job_int8: {ratios['job_int8_vs_limit']:.2f} x the FP32 limit, {ratios['job_int8_vs_limit_onnx']:.2f} x "
+            f"ONNX FP32 alone, {ratios['job_int8_vs_limit_int8']:.2f} x INT8 alone (INT8 alone "
+            f"{ratios['limit_int8_vs_limit']:.2f} x the limit)",
             f"  job vs predict_batch_udf {ratios['job_vs_predict_batch_udf']:.2f}x; vs the seed here "
             f"{ratios['job_vs_seed_here']:.1f}x; per vCPU vs the seed's published 0.26/s/vCPU "
             f"{ratios['job_per_vcpu_vs_seed_published_per_vcpu']:.0f}x; onnx/mxnet {ratios['onnx_vs_job']:.2f}",
-            f"  job fixed cost {scenario['fixed_cost_s']:.1f} s; worker peak RSS {scenario['worker_peak_rss_mb']:.0f} MB",
         ]
+        for label, worker_seconds in scenario["worker_seconds_cold_large"].items():
+            lines.append(f"  worker time, {label} (cold, large run): {_shares(worker_seconds)}")
+    lines += ["", "targets (cold-by-difference rates):"]
+    for entry in results["target_results"]:
+        lines.append(f"  {entry['scenario']:<8} {entry['target']:<36} {entry['value']:>8.2f}  "
+                     f"{'>=' if entry['target'] != 'fixed_cost_s' else '<='} {entry['threshold']:<6} "
+                     f"{'met' if entry['met'] else 'NOT MET'}")
     return "\n".join(lines)
 
 
@@ -204,13 +342,14 @@ def main(argv=None) -> int:
     results = {"machine": machine(), "smoke": args.smoke, "targets": TARGETS, "scenarios": {}}
     for name in args.scenario or list(SCENARIOS):
         results["scenarios"][name] = run_scenario(name, SCENARIOS[name], args.foolbox_wheel, args.smoke, cores)
+    results["target_results"] = target_results(results)
     results["bench_seconds"] = time.perf_counter() - started
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as file:
         json.dump(results, file, indent=2)
         file.write("\n")
     print(table(results))
-    print(f"\nresults: {args.results}")
+    print(f"\nresults: {args.results} ({results['bench_seconds'] / 60:.0f} min)")
     return 0
 
 

@@ -1,5 +1,9 @@
 """A tiny run of the `make bench` harness: every contender runs and reports; no timing is asserted (a shared machine
-makes clocks meaningless, and the tiny inputs make these numbers meaningless too)."""
+makes clocks meaningless, and the tiny inputs make these numbers meaningless too).
+
+To stay short, the smoke run gives each Spark contender one application, so its "cold" runs are not cold: it checks
+the harness (every contender, the INT8 package made by the quantize command, both rates, the targets, the table),
+not the method of measuring a new application per run, which only `make bench` exercises."""
 
 import glob
 import json
@@ -10,7 +14,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONTENDERS = {"limit", "decode", "job", "seed", "predict_batch_udf", "onnx"}
+CONTENDERS = {"limit", "limit_onnx", "limit_int8", "decode", "job", "seed", "predict_batch_udf", "onnx", "job_int8"}
 
 
 @pytest.mark.spark
@@ -27,6 +31,12 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     scenario = results["scenarios"]["cifar32"]
     assert set(scenario["images_per_s"]) == CONTENDERS
     assert all(rate > 0 for rate in scenario["images_per_s"].values())
+    assert set(scenario["images_per_s_warm"]) == {"job", "onnx", "job_int8", "seed", "predict_batch_udf"}
+    assert all(rate > 0 for rate in scenario["images_per_s_warm"].values())
+    assert scenario["ratios"]["job_int8_vs_limit"] > 0
+    assert scenario["worker_seconds_cold_large"]["job_int8"]["predict"] > 0
+    assert {entry["target"] for entry in results["target_results"]} >= {"job_int8_vs_limit_32", "job_vs_limit"}
+    assert 0 <= scenario["int8_package_agreement"]["top1_agreement"] <= 1
     assert scenario["fixed_cost_s"] > 0 and scenario["worker_peak_rss_mb"] > 0
     assert results["smoke"] is True and results["machine"]["cores"] >= 1
     assert "x limit" in completed.stdout  # the printed table
