@@ -142,8 +142,8 @@ def onnx_session_options(threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Every graph optimisation, stated rather than left to the default: level 2 fuses an INT8 package's
-    # QuantizeLinear/DequantizeLinear pairs into integer operators (QLinearConv, QLinearAdd), and only level 3 runs those
-    # convolutions channels-last, which made INT8 ResNet-18 1.2x faster at 224x224 on an AVX2 CPU. Not set on purpose:
+    # QuantizeLinear/DequantizeLinear pairs into integer operators (QLinearConv, QLinearAdd), and only level 3 runs
+    # those convolutions channels-last, which made INT8 ResNet-18 1.2x faster at 224x224 on an AVX2 CPU. Not set:
     # session.x64quantprecision. It moves CPUs without VNNI to a slower exact kernel (0.72x here), which packages made
     # by `job.model_package quantize` do not need: their 7-bit weights never saturate the fast one (job/quantize.py).
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

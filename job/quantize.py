@@ -53,7 +53,8 @@ FETCH_THREADS = 16
 PASS_THROUGH_OPS = ("Softmax", "Flatten", "Reshape", "Identity")
 CLASSIFIER_OPS = ("Gemm", "MatMul")
 METHOD = ("ONNX Runtime static quantization, QDQ format: int8 weights per output channel, symmetric, 7-bit range "
-          "(reduce_range); uint8 activations per tensor, asymmetric, MinMax calibration; the final classifier in float32")
+          "(reduce_range); uint8 activations per tensor, asymmetric, MinMax calibration; "
+          "the final classifier in float32")
 
 
 class AgreementTooLow(RuntimeError):

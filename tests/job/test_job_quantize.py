@@ -184,7 +184,8 @@ def test_the_jobs_session_runs_the_int8_package_as_integer_channels_last_convolu
 ])
 def test_int8_instructions_read_from_cpu_flags(tmp_path, flags, expected):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n"
+                       f"processor\t: 1\nflags\t\t: {flags}\n")
     assert int8_instructions(str(cpuinfo)) == expected
 
 
@@ -213,5 +214,6 @@ def test_the_job_runs_the_int8_package_every_input_once_with_the_same_schema(spa
     assert len(rows["int8"]) == tables["int8"].num_rows == 61 and rows["int8"].keys() == rows["fp32"].keys()
     with open(os.path.join(outputs["int8"], "summary.json")) as file:
         assert json.load(file)["model"]["format"] == "onnx"
-    agreeing = sum(rows["int8"][key]["label"] == row["label"] for key, row in rows["fp32"].items() if row["status"] == "ok")
+    agreeing = sum(rows["int8"][key]["label"] == row["label"]
+                   for key, row in rows["fp32"].items() if row["status"] == "ok")
     assert agreeing >= 58  # 60 held-out digits; the gate measured >= 99 % on the training digits
