@@ -182,6 +182,18 @@ class Cluster(Construct):
                 resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
                 conditions={"StringEquals": {f"aws:ResourceTag/{self._tag_key}": tag_value}},
             ),
+            # The same policies when EMR authorizes them as part of the RunJobFlow that creates the cluster: whether it
+            # then reads the new cluster's tags or the request's is not documented, so both are allowed, each limited
+            # to this stack's tag. (Not verifiable without an account: see infra/README.md, "Not verified".)
+            iam.PolicyStatement(
+                sid="PoliciesOfClustersLaunchedByThisStack",
+                actions=[
+                    "elasticmapreduce:PutAutoTerminationPolicy",
+                    *(["elasticmapreduce:PutManagedScalingPolicy"] if self._managed_scaling else []),
+                ],
+                resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                conditions={"StringEquals": {f"aws:RequestTag/{self._tag_key}": tag_value}},
+            ),
             # ListClusters has no resource-level permissions; it only reveals ids, states and names.
             iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),
             iam.PolicyStatement(

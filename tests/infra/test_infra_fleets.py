@@ -283,3 +283,22 @@ def test_command_line_settings_reach_the_template(tmp_path):
     gpu_types = list(DEFAULT_WORKER_INSTANCE_TYPES[("gpu", "x86_64")])
     assert [c["InstanceType"] for c in core["InstanceTypeConfigs"]] == gpu_types
     assert core["TargetOnDemandCapacity"] == 2  # two one-GPU nodes
+
+
+def test_the_launch_may_set_the_clusters_policies_under_either_of_the_tags_emr_may_read(synth):
+    """EMR authorizes PutAutoTerminationPolicy (and PutManagedScalingPolicy) as part of the RunJobFlow that carries them;
+    whether it reads the new cluster's tags or the request's is not documented. Both are allowed, each only for this
+    stack's tag. What IAM really evaluates needs an account; the statements are what is checked here."""
+    variant = synth(cluster_mode="transient", managed_scaling_max_instance_count=6)
+    tag = f"{CLUSTER_TAG_KEY}"
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    policy_actions = {"elasticmapreduce:PutAutoTerminationPolicy", "elasticmapreduce:PutManagedScalingPolicy"}
+    conditions = sorted(
+        json.dumps(s["Condition"], sort_keys=True)
+        for s in statements
+        if policy_actions <= set(as_list(s["Action"]))
+    )
+    assert conditions == sorted(
+        json.dumps({"StringEquals": {f"aws:{kind}/{tag}": variant.stack.cluster_tag_value}}, sort_keys=True)
+        for kind in ("RequestTag", "ResourceTag")
+    )
