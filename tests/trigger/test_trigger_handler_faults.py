@@ -10,6 +10,7 @@ steps on a terminated or full cluster (moto does not).
 from __future__ import annotations
 
 import json
+import types
 
 import botocore.endpoint
 import pytest
@@ -145,9 +146,13 @@ def test_cluster_not_accepting_steps_fails_every_record(aws, persistent_cluster,
 
 @pytest.fixture
 def backoff_sleeps(monkeypatch) -> list[float]:
-    """Record botocore's backoff delays instead of sleeping them."""
+    """Record botocore's backoff delays instead of sleeping them.
+
+    Only botocore.endpoint's own reference to the time module is replaced: patching ``time.sleep`` itself would also
+    record the sleeps of every other thread in the test process (servers, pools), which made this flaky.
+    """
     sleeps: list[float] = []
-    monkeypatch.setattr(botocore.endpoint.time, "sleep", sleeps.append)
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=sleeps.append))
     return sleeps
 
 
