@@ -23,6 +23,7 @@ Commands::
     python -m job.model_package export-zoo --out DIR [--input-size 32] [--classes 10]   # untrained model-zoo ResNet-18
     python -m job.model_package to-onnx --package DIR --out DIR                         # same model, ONNX format
     python -m job.model_package quantize --package URI --calibration URI --out DIR      # calibrated INT8, gated
+    python -m job.model_package inspect --package URI    # the operators the job's session runs here, and how fast
 
 ``quantize`` is in :mod:`job.quantize`; it exits 1 without writing anything when the INT8 model's top-1 agreement with
 the FP32 package is below ``--min-agreement``, and 2 on bad arguments.
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from unittest import mock
 from typing import Optional
@@ -288,6 +290,22 @@ def _quantize(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from job.quantize import inspect_session, local_copy
+
+    storage = Storage(args.s3_endpoint_url)
+    try:
+        package = read_package(args.package, storage)
+        directory = local_copy(package, storage, tempfile.mkdtemp(prefix="inspect-"))
+        report = inspect_session(package, directory, threads=args.threads, batch_size=args.batch_size,
+                                 seconds=args.seconds)
+    except (ValueError, ObjectNotFound) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.describe(package))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m job.model_package", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -300,9 +318,18 @@ def main(argv=None) -> int:
     to_onnx.add_argument("--package", required=True)
     to_onnx.add_argument("--out", required=True)
     _add_quantize_parser(commands)
+    inspect = commands.add_parser("inspect", help="which operators the job's ONNX Runtime session runs for an onnx "
+                                                  "package on this CPU (integer or float convolutions), and how fast")
+    inspect.add_argument("--package", required=True, metavar="URI")
+    inspect.add_argument("--threads", type=int, default=1, help="threads of the session (default 1: a Spark task's)")
+    inspect.add_argument("--batch-size", type=int, default=32)
+    inspect.add_argument("--seconds", type=float, default=5.0, help="how long to time batches (default 5)")
+    inspect.add_argument("--s3-endpoint-url", metavar="URL")
     args = parser.parse_args(argv)
     if args.command == "quantize":
         return _quantize(args)
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "export-zoo":
         path = export_gluon(
             zoo_resnet18(args.classes, args.seed), args.out, name="resnet18_v1-untrained",

@@ -11,7 +11,9 @@ model (what `make bench` reported before). Every contender gets both; the cold r
 
 The contenders of the job's family (MXNet, ONNX FP32 and INT8 packages) take turns, round by round, with the model
 alone, so that a change of load on this shared machine falls on all of them alike. Every timed run is repeated and
-the fastest kept; the limit is the best the model alone did in any round.
+the fastest kept. The model alone is timed per package in three layouts: one instance using every core, one
+single-threaded instance per core in one process, one single-threaded process per core (as the job's Python
+workers); its figure is the best layout in the best round, and MXNet's is the limit.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ SCENARIOS = {
 JOB_FAMILY = {"job": "mxnet", "onnx": "onnx", "job_int8": "int8"}  # contender -> package
 SLOW_CONTENDERS = ("predict_batch_udf", "seed")
 ENGINES = {"limit": "mxnet", "limit_onnx": "onnx", "limit_int8": "int8"}  # the model alone, per package
-ROUNDS = 2  # cold runs of the job's family and the model alone, taking turns
+ROUNDS = 3  # cold runs of the job's family and the model alone, taking turns
 WARM_REPEATS = 2
 CALIBRATION_IMAGES = 256
 TARGETS = {"job_int8_vs_limit_224": 3.0, "job_int8_vs_limit_32": 1.5, "job_vs_limit": 0.95,
@@ -75,13 +77,21 @@ def _limit_threads(layout: str, cores: int) -> dict:
     return {"threads": 1, "MXNET_CPU_WORKER_NTHREADS": str(cores)}
 
 
-def contender(name: str, args: dict, threads: int, **extra_env: str) -> dict:
-    completed = subprocess.run(
+def start_contender(name: str, args: dict, threads: int, **extra_env: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "tests.benchmark.contenders", name, json.dumps(args)], cwd=REPO,
-        env=_python_env(threads, **extra_env), capture_output=True, text=True)
-    if completed.returncode:
-        raise RuntimeError(f"contender {name} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        env=_python_env(threads, **extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_contender(name: str, process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"contender {name} failed:\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def contender(name: str, args: dict, threads: int, **extra_env: str) -> dict:
+    return finish_contender(name, start_contender(name, args, threads, **extra_env))
 
 
 def by_difference(small: int, small_s: float, large: int, large_s: float) -> float:
@@ -145,12 +155,22 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
                 "batch_size": spec["batch_size"], "output": os.path.join(work, name, f"out-{label}")}
 
     def model_alone(engine: str, layout: str, images: int, cores_used: int) -> float:
-        result = contender("limit", {"package": packages[ENGINES[engine]], "batch_size": spec["batch_size"],
-                                     "images": images, "layout": layout, "cores": cores_used, "repeats": repeats},
-                           **_limit_threads(layout, cores_used))
-        return result["images"] / result["seconds"]
+        """Images/s of the model alone. ``processes``: one single-threaded process per core, started together, as the
+        job's Python workers run; the sum of their rates (each its best repeat, so slightly in the limit's favour)."""
+        def arguments(layout_in_process: str, cores_in_process: int, images_in_process: int) -> dict:
+            return {"package": packages[ENGINES[engine]], "batch_size": spec["batch_size"],
+                    "images": images_in_process, "layout": layout_in_process, "cores": cores_in_process,
+                    "repeats": repeats}
 
-    limit_by_layout = {engine: {"threads": 0.0, "instances": 0.0} for engine in ENGINES}
+        if layout != "processes":
+            result = contender("limit", arguments(layout, cores_used, images), **_limit_threads(layout, cores_used))
+            return result["images"] / result["seconds"]
+        started = [start_contender("limit", arguments("threads", 1, images // cores_used), threads=1)
+                   for _ in range(cores_used)]
+        results = [finish_contender("limit", process) for process in started]
+        return sum(result["images"] / result["seconds"] for result in results)
+
+    limit_by_layout = {engine: {"threads": 0.0, "instances": 0.0, "processes": 0.0} for engine in ENGINES}
     cold = {label: {"small": [], "large": [], "session": []} for label in (*JOB_FAMILY, *SLOW_CONTENDERS)}
     worker = {}
 
@@ -231,6 +251,8 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
         "model_per_core_images_per_s": model_per_core,
         "contenders": results,
         "fixed_cost_s": results["job"]["fixed_cost_s"],
+        # infra/cost.py prices a step from these (the job's row, and the seed's).
+        "fixed_cost_s_by_contender": {label: result["fixed_cost_s"] for label, result in results.items()},
         "worker_peak_rss_mb": worker["job"]["worker_peak_rss_mb"],
         "worker_seconds_cold_large": {label: summary["worker_seconds"] for label, summary in worker.items()},
         "int8_package_agreement": {**int8_agreement, "note": "random weights: near-ties everywhere, so this "
@@ -310,8 +332,8 @@ def table(results: dict) -> str:
         lines += [
             f"  {'decode (one core)':<22}{rates['decode']:>10.1f}   = {ratios['decode_vs_model_per_core']:.1f} x the "
             "model on one core",
-            "  model alone by layout (threads / instances): " + "; ".join(
-                f"{engine} {layouts['threads']:.1f} / {layouts['instances']:.1f}"
+            "  model alone by layout (threads / instances / processes): " + "; ".join(
+                f"{engine} {layouts['threads']:.1f} / {layouts['instances']:.1f} / {layouts['processes']:.1f}"
                 for engine, layouts in scenario["limit_by_layout"].items()),
             f"  job_int8: {ratios['job_int8_vs_limit']:.2f} x the FP32 limit, {ratios['job_int8_vs_limit_onnx']:.2f} x "
             f"ONNX FP32 alone, {ratios['job_int8_vs_limit_int8']:.2f} x INT8 alone (INT8 alone "

@@ -38,5 +38,6 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     assert {entry["target"] for entry in results["target_results"]} >= {"job_int8_vs_limit_32", "job_vs_limit"}
     assert 0 <= scenario["int8_package_agreement"]["top1_agreement"] <= 1
     assert scenario["fixed_cost_s"] > 0 and scenario["worker_peak_rss_mb"] > 0
+    assert {"job", "seed"} <= set(scenario["fixed_cost_s_by_contender"])  # what infra/cost.py reads
     assert results["smoke"] is True and results["machine"]["cores"] >= 1
     assert "x limit" in completed.stdout  # the printed table

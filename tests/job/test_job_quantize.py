@@ -176,6 +176,18 @@ def test_the_jobs_session_runs_the_int8_package_as_integer_channels_last_convolu
     assert operators["ai.onnx:DequantizeLinear"] == 1 and operators["ai.onnx:Gemm"] == 1
 
 
+def test_inspect_tells_integer_from_float_convolutions_on_this_cpu(capsys, int8_package, digits_onnx_package):
+    """The check to run on an EMR node (README): the job's own session options, profiled on one batch."""
+    printed = {}
+    for name, package in (("int8", int8_package[0]), ("fp32", digits_onnx_package)):
+        assert model_package_main(["inspect", "--package", package, "--seconds", "0.2", "--batch-size", "8"]) == 0
+        printed[name] = capsys.readouterr().out
+    assert "convolutions run as integer QLinearConv: 20 of 20" in printed["int8"]
+    assert "convolutions run as integer QLinearConv: 0 of 20" in printed["fp32"]
+    assert f"CPU 8-bit dot-product instructions: {int8_instructions()}" in printed["int8"]
+    assert "images/s, batch 8 at 32x32: " in printed["int8"]
+
+
 @pytest.mark.parametrize("flags, expected", [
     ("fpu sse avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),
     ("fpu avx2 avx_vnni amx_int8 amx_tile", "amx_int8"),
