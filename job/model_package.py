@@ -25,7 +25,7 @@ Commands::
     python -m job.model_package quantize --package URI --calibration URI --out DIR      # calibrated INT8, gated
     python -m job.model_package inspect --package URI    # the operators the job's session runs here, and how fast
 
-``quantize`` is in :mod:`job.quantize`; it exits 1 without writing anything when the INT8 model's top-1 agreement with
+``quantize`` is in :mod:`job.quantize`; it exits 3 without writing anything when the INT8 model's top-1 agreement with
 the FP32 package is below ``--min-agreement``, and 2 on bad arguments.
 """
 
@@ -277,7 +277,7 @@ def _quantize(args) -> int:
             min_agreement=args.min_agreement, s3_endpoint_url=args.s3_endpoint_url)
     except AgreementTooLow as error:
         print(f"refused: {error}", file=sys.stderr)
-        return 1
+        return 3  # not 1: a script must tell the gate's refusal from a crash
     except (ValueError, ObjectNotFound) as error:  # ModelPackageError and NoInputError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -290,15 +290,27 @@ def _quantize(args) -> int:
     return 0
 
 
+def _positive(kind):
+    """An argparse type: a number of ``kind`` above 0 (argparse names the option and exits 2 otherwise)."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's message for a non-number: "invalid int value: 'x'"
+    return parse
+
+
 def _inspect(args) -> int:
     from job.quantize import inspect_session, local_copy
 
     storage = Storage(args.s3_endpoint_url)
     try:
         package = read_package(args.package, storage)
-        directory = local_copy(package, storage, tempfile.mkdtemp(prefix="inspect-"))
-        report = inspect_session(package, directory, threads=args.threads, batch_size=args.batch_size,
-                                 seconds=args.seconds)
+        with tempfile.TemporaryDirectory(prefix="inspect-") as scratch:
+            report = inspect_session(package, local_copy(package, storage, scratch), threads=args.threads,
+                                     batch_size=args.batch_size, seconds=args.seconds)
     except (ValueError, ObjectNotFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -321,9 +333,11 @@ def main(argv=None) -> int:
     inspect = commands.add_parser("inspect", help="which operators the job's ONNX Runtime session runs for an onnx "
                                                   "package on this CPU (integer or float convolutions), and how fast")
     inspect.add_argument("--package", required=True, metavar="URI")
-    inspect.add_argument("--threads", type=int, default=1, help="threads of the session (default 1: a Spark task's)")
-    inspect.add_argument("--batch-size", type=int, default=32)
-    inspect.add_argument("--seconds", type=float, default=5.0, help="how long to time batches (default 5)")
+    inspect.add_argument("--threads", type=_positive(int), default=1,
+                         help="threads of the session, at least 1 (default 1: a Spark task's)")
+    inspect.add_argument("--batch-size", type=_positive(int), default=32, help="at least 1 (default 32)")
+    inspect.add_argument("--seconds", type=_positive(float), default=5.0,
+                         help="how long to time batches, more than 0 (default 5)")
     inspect.add_argument("--s3-endpoint-url", metavar="URL")
     args = parser.parse_args(argv)
     if args.command == "quantize":

@@ -120,13 +120,19 @@ def int8_instructions(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     ``amx_int8`` (Sapphire Rapids and later), ``avx512_vnni`` (Cascade Lake, Ice Lake, AMD Zen 4) and ``avx_vnni``
     (Alder Lake-class cores) multiply-accumulate 8-bit values into 32 bits in one instruction. Without them
     (Skylake-era c5, AMD Zen 2/3: c5a, c6a, m6a) ``avx512bw`` or ``avx2`` take two instructions and a 16-bit
-    intermediate: INT8 then gains about half as much over FP32.
+    intermediate: INT8 then gains less over FP32. On arm64 (Graviton) ``/proc/cpuinfo`` names them under
+    ``Features``: ``i8mm`` (8-bit matrix multiply, Graviton3 and later) and ``asimddp`` (8-bit dot product).
     """
     try:
         with open(cpuinfo_path) as cpuinfo:
-            flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+            line = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), None)
     except OSError:
         return "unknown"
+    if line is None:
+        return "unknown"
+    flags = set(line.split(":", 1)[1].split())
+    if line.startswith("Features"):
+        return next((flag for flag in ("i8mm", "asimddp") if flag in flags), "no 8-bit dot product (arm64)")
     for flag in ("amx_int8", "avx512_vnni", "avx_vnni"):
         if flag in flags:
             return flag

@@ -256,6 +256,11 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
     if bool(calibration_inputs) == bool(calibration_manifest):
         problems.append("give the calibration images as --calibration URI (repeatable) or as --calibration-manifest "
                         "URI, not both and not neither")
+    if "://" in out_dir:
+        problems.append(f"--out must be a local directory path (upload the package afterwards); got {out_dir}")
+    elif not is_s3(package_uri) and os.path.realpath(local_path(package_uri)) == os.path.realpath(out_dir):
+        problems.append(f"--out must not be the FP32 package's own directory ({package_uri}): the INT8 package's "
+                        "model.json would replace its")
     if problems:
         raise ValueError("invalid arguments:\n  - " + "\n  - ".join(problems))
     storage = Storage(s3_endpoint_url)
@@ -284,11 +289,12 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
     scratch = tempfile.mkdtemp(prefix="quantize-")
     try:
         source_dir = local_copy(source, storage, scratch)
+        local_source = ModelPackage(**{**source.__dict__, "uri": source_dir})  # MXNet and ORT open local paths only
         if source.format == "mxnet":
-            fp32_package = read_package(os.path.dirname(export_onnx(source, os.path.join(scratch, "fp32-onnx"))),
-                                        Storage())
+            fp32_package = read_package(
+                os.path.dirname(export_onnx(local_source, os.path.join(scratch, "fp32-onnx"))), Storage())
         else:
-            fp32_package = ModelPackage(**{**source.__dict__, "uri": source_dir})
+            fp32_package = local_source
         int8_dir = os.path.join(scratch, "int8")
         os.makedirs(int8_dir)
         kept_in_float32 = quantize_onnx(os.path.join(fp32_package.uri, fp32_package.files["onnx"]),

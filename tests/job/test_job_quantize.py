@@ -14,9 +14,11 @@ import io
 import json
 import os
 
+import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from moto.server import ThreadedMotoServer
 
 from job.config import parse_args
 from job.model_package import main as model_package_main
@@ -114,7 +116,7 @@ def test_a_gate_at_100_percent_refuses_and_writes_nothing(tmp_path, capsys, digi
                                "--out", str(out), "--calibration-images", str(CALIBRATION_IMAGES),
                                "--held-out-images", str(images), "--min-agreement", "1"])
     error = capsys.readouterr().err
-    assert code == 1
+    assert code == 3
     assert error.startswith(f"refused: the INT8 model was not written to {out}: top-1 agreement with FP32 ")
     assert f"/{images - CALIBRATION_IMAGES} held-out images)" in error and "below --min-agreement 100.00%" in error
     assert not out.exists()
@@ -129,6 +131,47 @@ def test_bad_arguments_are_named_before_any_work(tmp_path, capsys, digits_model,
     assert all(text in error for text in (
         "--calibration-images must be a positive integer; got 0",
         f"--held-out-images must be at least {MIN_HELD_OUT_IMAGES}", "--min-agreement must be between 0 and 1; got 99"))
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("s3://bucket/int8/", "--out must be a local directory path (upload the package afterwards); got s3://bucket/"),
+    (None, "--out must not be the FP32 package's own directory"),
+])
+def test_an_out_that_is_not_a_new_local_directory_is_refused_before_any_work(capsys, digits_model, out, expected):
+    model_json = os.path.join(digits_model.package_dir, "model.json")
+    before = open(model_json).read()
+    code = model_package_main(["quantize", "--package", digits_model.package_dir, "--calibration", "/nonexistent",
+                               "--out", out or digits_model.package_dir])
+    assert code == 2 and expected in capsys.readouterr().err
+    assert open(model_json).read() == before
+
+
+def test_an_mxnet_package_and_images_on_s3(tmp_path, digits_model, calibration_pool):
+    """The package and the calibration images under S3 prefixes of a loopback moto server: MXNet's exporter and ONNX
+    Runtime open local files only, so the package is copied first. The mock cannot show real S3's latency or IAM."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="quantize-test")
+        for name in os.listdir(digits_model.package_dir):
+            s3.upload_file(os.path.join(digits_model.package_dir, name), "quantize-test", f"models/digits/{name}")
+        images = sorted(path for path in os.listdir(calibration_pool[0]) if path.startswith("digit_"))
+        for name in images[:CALIBRATION_IMAGES + MIN_HELD_OUT_IMAGES]:
+            s3.upload_file(os.path.join(calibration_pool[0], name), "quantize-test", f"calibration/{name}")
+        result = quantize_package(
+            "s3://quantize-test/models/digits/", str(tmp_path / "int8"),
+            calibration_inputs=["s3://quantize-test/calibration/"], calibration_images=CALIBRATION_IMAGES,
+            held_out_images=MIN_HELD_OUT_IMAGES, s3_endpoint_url=endpoint)
+    finally:
+        server.stop()
+    package = read_package(result.package_dir, Storage())
+    assert package.format == "onnx" and result.agreement.images == MIN_HELD_OUT_IMAGES
+    quantization = package.provenance["quantization"]
+    assert quantization["source_package"]["uri"] == "s3://quantize-test/models/digits/"
+    assert quantization["calibration"]["inputs"] == ["s3://quantize-test/calibration/"]
 
 
 def test_too_few_images_for_both_sets_is_refused(tmp_path, digits_model):
@@ -188,6 +231,14 @@ def test_inspect_tells_integer_from_float_convolutions_on_this_cpu(capsys, int8_
     assert "images/s, batch 8 at 32x32: " in printed["int8"]
 
 
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--batch-size", "-4"), ("--seconds", "0")])
+def test_inspect_refuses_settings_below_one_naming_them(capsys, digits_onnx_package, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        model_package_main(["inspect", "--package", digits_onnx_package, option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be more than 0, got {value}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, expected", [
     ("fpu sse avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),
     ("fpu avx2 avx_vnni amx_int8 amx_tile", "amx_int8"),
@@ -199,6 +250,23 @@ def test_int8_instructions_read_from_cpu_flags(tmp_path, flags, expected):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n"
                        f"processor\t: 1\nflags\t\t: {flags}\n")
     assert int8_instructions(str(cpuinfo)) == expected
+
+
+@pytest.mark.parametrize("features, expected", [
+    ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimdrdm lrcpc dcpop asimddp ssbs", "asimddp"),  # Graviton2
+    ("fp asimd aes sha512 asimddp sve asimdfhm i8mm bf16 dgh rng", "i8mm"),  # Graviton3
+    ("fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid", "no 8-bit dot product (arm64)"),
+])
+def test_int8_instructions_read_from_arm64_features(tmp_path, features, expected):
+    """arm64 kernels list CPU features under ``Features``, not ``flags``: a Graviton node must not read as x86."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: {features}\nCPU implementer\t: 0x41\n")
+    assert int8_instructions(str(cpuinfo)) == expected
+
+
+def test_int8_instructions_unknown_without_a_flags_line(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: a CPU\n")
+    assert int8_instructions(str(tmp_path / "cpuinfo")) == "unknown"
 
 
 @pytest.mark.spark
