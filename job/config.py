@@ -14,7 +14,8 @@ DEFAULT_MAX_FAILURE_RATIO = 0.01
 DEFAULT_FETCH_THREADS = 16
 # A task holds this many images at most; with fewer images the inputs are spread over every core instead.
 DEFAULT_MAX_IMAGES_PER_TASK = 20_000
-# The run report's grid of lowest-confidence images: each costs one object read on the driver and ~2 KB of page.
+# The run report's grid of lowest-confidence images: each costs one object read on the driver and 2-15 KB of page
+# (32x32 to 224x224 inputs), so the cap keeps a page under about 8 MB.
 DEFAULT_REPORT_THUMBNAILS = 48
 MAX_REPORT_THUMBNAILS = 500
 URI_SCHEMES = ("s3://", "file://", "/", "./", "../")

@@ -21,7 +21,6 @@ from pyspark import AccumulatorParam
 from job import __version__
 from job.config import ConfigError, JobConfig
 from job.model_package import ModelPackage, read_package
-from job.report import REPORT_NAME, write_report
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, join
 from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow
@@ -246,10 +245,15 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     }
     summary["seconds"]["summary"] = time.perf_counter() - summary_started
     report_started = time.perf_counter()
+    # Imported here, not at the top: Python workers import this module to unpickle StatsAccumulator, and need neither
+    # matplotlib nor jinja2.
+    from job.report import REPORT_NAME, write_report
+
     summary["report"] = write_report(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
                                      report_uri=join(config.output, REPORT_NAME), thumbnails=config.report_thumbnails)
     summary["seconds"]["report"] = time.perf_counter() - report_started
-    storage.write(join(config.output, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+    storage.write(join(config.output, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode(),
+                  content_type="application/json")
     if failed:
         raise JobFailed(summary["message"])
     return summary

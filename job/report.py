@@ -141,7 +141,7 @@ def build_report(spark, summary: dict, *, predictions_uri: str, package: ModelPa
         "max_matrix_classes": MAX_MATRIX_CLASSES,
     }
     page = _environment().get_template(REPORT_NAME).render(context)
-    storage.write(report_uri, page.encode())
+    storage.write(report_uri, page.encode(), content_type="text/html; charset=utf-8")
     return len(lowest)
 
 

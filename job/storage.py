@@ -139,10 +139,12 @@ class Storage:
         except (FileNotFoundError, IsADirectoryError) as error:
             raise ObjectNotFound(f"{uri}: no such file") from error
 
-    def write(self, uri: str, data: bytes) -> None:
+    def write(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """``content_type`` is the S3 object's: the console and presigned URLs serve it with that type (a page
+        stored without one downloads instead of opening)."""
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            self._s3.put_object(Bucket=bucket, Key=key, Body=data)
+            self._s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
             return
         path = local_path(uri)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

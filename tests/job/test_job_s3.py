@@ -90,6 +90,7 @@ def test_report_written_to_s3(spark, manifest_run, s3_endpoint):
     assert recorded == {"uri": report_uri, "thumbnails": 4, "error": None}
     page = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=BUCKET, Key="results/b1/report.html")
     assert page["Body"].read().decode().count('<img class="thumbnail"') == 4
+    assert page["ContentType"] == "text/html; charset=utf-8"  # opens in a browser from the console, not downloads
 
 
 def test_input_prefix_listing_on_s3(spark, tmp_path, s3_endpoint, s3_data):
