@@ -44,7 +44,7 @@ readonly PIP_RETRIES=5
 # Wall-clock bounds: each attempt of a network step, and the whole script. A hung mirror fails the bootstrap action
 # (and the cluster start) with a message naming the step, well inside EMR's own bootstrap time limit (which EMR does
 # not document; it reports "bootstrap action timed out" with nothing more), and stops billing idle instances sooner.
-# 300 s is ample for one attempt: the gpu wheelhouse (3.7 GB) takes about a minute from S3 in the same region.
+# 300 s is ample for one attempt: the gpu wheelhouse (3.9 GB) takes about a minute from S3 in the same region.
 readonly NETWORK_STEP_TIMEOUT_SECONDS=300
 readonly NETWORK_STEP_ATTEMPTS=3
 readonly DEADLINE_SECONDS=${MXNET_BOOTSTRAP_DEADLINE_SECONDS:-1800}
@@ -348,7 +348,7 @@ fetch_wheelhouse() {
   local source="${1%/}/$MACHINE"
   if [[ $source == s3://* ]]; then
     WHEELHOUSE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/mxnet-wheelhouse.XXXXXX")
-    # Removed on exit: the CUDA wheels alone are 3.7 GB on the root volume.
+    # Removed on exit: the CUDA wheels alone are 3.9 GB on the root volume.
     trap 'rm -rf "$WHEELHOUSE_DIR"' EXIT
     export_instance_region
     log "step: downloading wheelhouse $source/ to $WHEELHOUSE_DIR"
@@ -402,6 +402,9 @@ compute, cuda_library_dirs = sys.argv[1], set(sys.argv[2:])
 
 import boto3
 import cv2
+import jinja2
+import markupsafe
+import matplotlib
 import mxnet as mx
 import numpy as np
 import onnxruntime
@@ -412,7 +415,8 @@ import pyarrow
 print(
     f"imports ok: mxnet {mx.__version__}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, "
     f"pyarrow {pyarrow.__version__}, pandas {pandas.__version__}, pillow {PIL.__version__}, "
-    f"opencv {cv2.__version__}, boto3 {boto3.__version__}",
+    f"opencv {cv2.__version__}, boto3 {boto3.__version__}, jinja2 {jinja2.__version__}, "
+    f"markupsafe {markupsafe.__version__}, matplotlib {matplotlib.__version__} (the run report's)",
     file=sys.stderr,
 )
 
@@ -639,8 +643,9 @@ configure_cuda_libraries() {
 
 validate_whole_number() {
   local variable=$1 value=$2
-  if [[ ! $value =~ ^[0-9]+$ ]]; then
-    usage_error "$variable must be a whole number of seconds, got '$value'"
+  # No leading zeros: bash arithmetic reads 010 as octal 8 and 08 as an error.
+  if [[ ! $value =~ ^(0|[1-9][0-9]*)$ ]]; then
+    usage_error "$variable must be a whole number of seconds without leading zeros, got '$value'"
   fi
 }
 

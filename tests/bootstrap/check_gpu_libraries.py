@@ -1,6 +1,6 @@
 """Prove offline that every shared library the GPU runtime loads resolves on an EMR GPU node (`make gpu-check`).
 
-What it does, with the real wheels (about 3.7 GB, cached under build/gpu-check/):
+What it does, with the real wheels (about 3.9 GB, cached under build/gpu-check/):
 1. downloads the gpu wheelhouse for EMR 7 nodes with the bootstrap's own `install-mxnet.sh --build-wheelhouse gpu`;
 2. installs requirements-gpu.txt's wheels from it with pip (`--target`, the node's platform, `--require-hashes`) into
    one site-packages tree, as the bootstrap installs them into python3.11's, so files that two wheels share (the

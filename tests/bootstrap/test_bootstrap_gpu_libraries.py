@@ -1,7 +1,7 @@
 """The resolver of `make gpu-check` (check_gpu_libraries.py) on real shared libraries: the CPU builds of MXNet and
 ONNX Runtime in this environment, whose dynamic sections have the same shape as the CUDA builds' (DT_RPATH ${ORIGIN}
 in libmxnet.so, DT_RUNPATH $ORIGIN in ONNX Runtime's, system libraries from the node). What it cannot prove: the
-CUDA wheels themselves, which are 3.7 GB; `make gpu-check` runs the same functions on them (README, "GPU path").
+CUDA wheels themselves, which are 3.9 GB; `make gpu-check` runs the same functions on them (README, "GPU path").
 """
 
 from __future__ import annotations

@@ -288,10 +288,11 @@ def test_missing_interpreter_without_dnf_is_rejected_naming_the_package() -> Non
 
 
 @pytest.mark.parametrize("variable", ["MXNET_BOOTSTRAP_DEADLINE_SECONDS", "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS"])
-def test_time_settings_must_be_whole_seconds(variable: str) -> None:
-    result = run_install_script("cpu", python=Path(sys.executable), **{variable: "soon"})
+@pytest.mark.parametrize("value", ["soon", "08"])  # 08: bash arithmetic would read it as a bad octal number
+def test_time_settings_must_be_whole_seconds(variable: str, value: str) -> None:
+    result = run_install_script("cpu", python=Path(sys.executable), **{variable: value})
     assert result.returncode == 2
-    assert f"{variable} must be a whole number of seconds, got 'soon'" in result.stderr
+    assert f"{variable} must be a whole number of seconds without leading zeros, got '{value}'" in result.stderr
 
 
 def fake_gpu_node(root: Path, driver_line: str | None) -> dict[str, str]:
@@ -307,29 +308,40 @@ def fake_gpu_node(root: Path, driver_line: str | None) -> dict[str, str]:
     return {"MXNET_BOOTSTRAP_PCI_DEVICES_DIR": str(root / "pci"), "MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE": str(driver_file)}
 
 
-def test_gpu_node_whose_driver_never_loads_fails_after_a_bounded_wait(tmp_path: Path) -> None:
+# The gpu tests below run the script against a throw-away venv that sees the project's packages but has no pip: were
+# the conflict check ever to let the gpu install through, it could not put CUDA builds into the project's .venv.
+def test_gpu_node_whose_driver_never_loads_fails_after_a_bounded_wait(
+    tmp_path: Path, fresh_runtime: ThrowAwayRuntime
+) -> None:
     environment = fake_gpu_node(tmp_path, driver_line=None)
     result = run_install_script(
-        "gpu", python=Path(sys.executable), MXNET_BOOTSTRAP_DEADLINE_SECONDS="3", **environment
+        "gpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_DEADLINE_SECONDS="3", **environment
     )
     assert result.returncode == 1
     messages = log_messages(result.stderr)
-    assert any(message.startswith("waiting up to ") for message in messages)
+    waits = [int(found.group(1)) for found in map(re.compile(r"waiting up to (\d+)s").match, messages) if found]
+    assert waits and waits[0] <= 3  # the deadline bounds the wait (the script may already have used a second of it)
     assert "has an NVIDIA device but no NVIDIA driver was loaded after waiting" in result.stderr
 
 
-def test_gpu_node_with_a_driver_older_than_cuda_12_needs_is_rejected(tmp_path: Path) -> None:
+def test_gpu_node_with_a_driver_older_than_cuda_12_needs_is_rejected(
+    tmp_path: Path, fresh_runtime: ThrowAwayRuntime
+) -> None:
     line = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.82.01  Wed Oct 27 04:37:29 UTC 2021"
-    result = run_install_script("gpu", python=Path(sys.executable), **fake_gpu_node(tmp_path, line))
+    result = run_install_script("gpu", python=fresh_runtime.python, **fake_gpu_node(tmp_path, line))
     assert result.returncode == 1
     assert "NVIDIA driver 470.82.01 is older than 525.60.13" in result.stderr
 
 
-def test_gpu_node_with_a_loaded_driver_goes_on_to_install_the_cuda_build(tmp_path: Path) -> None:
+def test_gpu_node_with_a_loaded_driver_goes_on_to_install_the_cuda_build(
+    tmp_path: Path, fresh_runtime: ThrowAwayRuntime
+) -> None:
     """It then stops at the conflict check: this environment has the cpu builds, which must never be mixed with the
     CUDA ones (so nothing is installed here)."""
     line = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.127.05  Release Build  (dvs-builder@U16)"
-    result = run_install_script("gpu", python=Path(sys.executable), **fake_gpu_node(tmp_path, line))
+    before = snapshot(fresh_runtime.own_site_packages)
+    result = run_install_script("gpu", python=fresh_runtime.python, **fake_gpu_node(tmp_path, line))
+    assert snapshot(fresh_runtime.own_site_packages) == before
     assert "NVIDIA driver 550.127.05 loaded (waited 0s; 525.60.13 or newer is needed)" in log_messages(result.stderr)
     assert "installing the gpu build" in log_messages(result.stderr)
     assert "already has mxnet,onnxruntime, which provide the same modules" in result.stderr

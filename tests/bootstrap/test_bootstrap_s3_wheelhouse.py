@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +58,7 @@ class S3Run:
     runtime: ThrowAwayRuntime
     download_parent: Path
     result: subprocess.CompletedProcess[str]
+    signing_regions: list[str]  # of this run's requests only
 
 
 class SigningRegions:
@@ -157,13 +157,16 @@ def run_against(
 
 
 @pytest.fixture(scope="module")
-def s3_run(s3_endpoint: str, imds_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
+def s3_run(
+    s3_endpoint: str, imds_endpoint: str, signing_regions: SigningRegions, tmp_path_factory: pytest.TempPathFactory
+) -> S3Run:
     root = tmp_path_factory.mktemp("s3-run")
     runtime = make_throw_away_runtime(root)
     download_parent = root / "tmp"
     download_parent.mkdir()
+    signing_regions.regions.clear()
     result = run_against(s3_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent, imds_endpoint)
-    return S3Run(runtime, download_parent, result)
+    return S3Run(runtime, download_parent, result, list(signing_regions.regions))
 
 
 def test_s3_wheelhouse_run_exits_zero(s3_run: S3Run) -> None:
@@ -179,11 +182,11 @@ def test_downloaded_wheelhouse_is_removed_on_exit(s3_run: S3Run) -> None:
     assert list(s3_run.download_parent.iterdir()) == []
 
 
-def test_s3_requests_are_signed_for_the_nodes_region_from_imds(s3_run: S3Run, signing_regions: SigningRegions) -> None:
+def test_s3_requests_are_signed_for_the_nodes_region_from_imds(s3_run: S3Run) -> None:
     """Review finding 6: the CLI must use the node's own region (the S3 gateway endpoint routes only that one), not a
     preset AWS_DEFAULT_REGION or the us-east-1 default."""
     assert f"region {NODE_REGION} (from the instance metadata service)" in s3_run.result.stderr
-    assert signing_regions.regions and set(signing_regions.regions) == {NODE_REGION}
+    assert s3_run.signing_regions and set(s3_run.signing_regions) == {NODE_REGION}
 
 
 def test_failing_s3_copy_is_retried_then_fails(s3_endpoint: str, imds_endpoint: str, tmp_path: Path) -> None:
@@ -222,14 +225,11 @@ def test_a_hung_download_stops_at_the_scripts_deadline(
     silent_endpoint: str, imds_endpoint: str, tmp_path: Path
 ) -> None:
     """Review finding 13: without the deadline this copy would take 3 attempts x 300 s; with a 6 s deadline the script
-    gives up after it, saying so. (The bound on the elapsed time is that difference, not a speed measurement.)"""
+    gives up after it, saying so (the helper's 120 s subprocess timeout would raise long before 3 x 300 s)."""
     runtime = make_throw_away_runtime(tmp_path)
     download_parent = tmp_path / "tmp"
     download_parent.mkdir()
-    started = time.monotonic()
     result = run_against(silent_endpoint, f"s3://{BUCKET}/{PREFIX}", runtime, download_parent, imds_endpoint,
                          MXNET_BOOTSTRAP_DEADLINE_SECONDS="6")
-    elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert "the bootstrap's deadline of 6s" in result.stderr
-    assert elapsed < 120
