@@ -19,6 +19,8 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from infra.trigger import MAX_RECEIVE_COUNT
+
 CLOUDWATCH_PRINCIPAL = "cloudwatch.amazonaws.com"
 # SQS and Lambda publish these metrics every minute; five minutes of them are one evaluation. One message parked, or
 # one error, is already worth a look: there is no normal background rate of either.
@@ -52,8 +54,9 @@ class Alarms(Construct):
             "DeadLetterMessages",
             alarm_name=f"{alarm_name_prefix}uploads-in-dead-letter-queue",
             alarm_description=(
-                "Uploads the trigger could not submit after 5 receives are parked in the dead-letter queue: read the "
-                "trigger function's log, fix the cause, then redrive the queue (the claims make a redrive safe)."
+                f"Uploads the trigger could not submit after {MAX_RECEIVE_COUNT} receives are parked in the "
+                "dead-letter queue: read the trigger function's log, fix the cause, then redrive the queue (the claims "
+                "make a redrive safe)."
             ),
             metric=dead_letter_queue.metric_approximate_number_of_messages_visible(
                 period=ALARM_PERIOD, statistic=cloudwatch.Stats.MAXIMUM

@@ -37,7 +37,7 @@ EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
 EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
 BOOTSTRAP_PREFIX = ARTIFACTS_PREFIX + "bootstrap/"
 KEY_PENDING_WINDOW_DAYS = 7
-SECURITY_CONFIGURATION_HASH_CHARS = 12
+CONTENT_HASH_CHARS = 12  # of the security configuration's name and the definition tag: 48 bits, collisions moot
 
 
 class Cluster(Construct):
@@ -67,6 +67,8 @@ class Cluster(Construct):
         key: kms.IKey,
         tag_key: str,
         tag_value: str,
+        definition_tag_key: str,
+        bootstrap_digest: str,
         wheelhouse_uri: Optional[str],
     ) -> None:
         super().__init__(scope, construct_id)
@@ -111,6 +113,14 @@ class Cluster(Construct):
                 tags={tag_key: tag_value, EMR_MANAGED_POLICY_TAG[0]: EMR_MANAGED_POLICY_TAG[1]},
             )
         )
+        # A running cluster keeps the definition and bootstrap runtime it was launched with. This tag names them, so
+        # that after a deploy that changed either, a trigger that finds clusters by tag launches a new one instead of
+        # feeding the old one (which idles out, and is still this stack's by its stack tag for IAM and the destroy
+        # cleanup). The CloudFormation cluster carries it too: with an idle timeout the trigger finds that one by tag.
+        self.definition_tag_value = _content_hash(
+            {"job_flow": stack.resolve(self.job_flow), "bootstrap": bootstrap_digest}
+        )
+        self.job_flow["Tags"].append({"Key": definition_tag_key, "Value": self.definition_tag_value})
         self.cfn_cluster: Optional[emr.CfnCluster] = None
         if persistent:
             self.cfn_cluster = emr.CfnCluster(self, "Cluster", **to_cfn_cluster_properties(self.job_flow))
@@ -366,7 +376,7 @@ class Cluster(Construct):
 
 
 def _content_hash(document: Any) -> str:
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:SECURITY_CONFIGURATION_HASH_CHARS]
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:CONTENT_HASH_CHARS]
 
 
 def _security_configuration(key_arn: str) -> dict[str, Any]:

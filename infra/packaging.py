@@ -11,6 +11,7 @@ The zip is deterministic (sorted entries, fixed timestamps), so an unchanged job
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -65,3 +66,14 @@ def stage_artifacts(source_root: Path, staging_dir: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
     return staging_dir
+
+
+def bootstrap_digest(source_root: Path) -> str:
+    """sha256 of the bootstrap scripts a cluster boots with (their names and contents): what a running cluster keeps
+    of a deploy, beside its definition."""
+    digest = hashlib.sha256()
+    bootstrap_dir = source_root / BOOTSTRAP_DIR_NAME
+    for path in sorted(bootstrap_dir.rglob("*")) if bootstrap_dir.is_dir() else []:
+        if _included(path, bootstrap_dir):
+            digest.update(str(path.relative_to(bootstrap_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

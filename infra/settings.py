@@ -101,7 +101,8 @@ EMR_MAX_ACTIVE_STEPS = 256
 SQS_MAX_BATCH_SIZE = 10_000
 SQS_MAX_BATCHING_WINDOW_SECONDS = 300
 SQS_MAX_BATCH_WITHOUT_WINDOW = 10
-MAX_NAT_GATEWAYS = 3
+# One per availability zone of the new VPC (infra/network.py MAX_AZS, tested equal): CDK builds no more than that.
+MAX_NAT_GATEWAYS = 2
 # The same default as the step builder's (emr_step.DEFAULT_STEP_TIMEOUT_MINUTES, tested equal); at most a week.
 DEFAULT_STEP_TIMEOUT_MINUTES = 240
 MAX_STEP_TIMEOUT_MINUTES = 7 * 24 * 60
@@ -137,7 +138,7 @@ class Settings:
     task_instance_count: int = 2
     spot_timeout_minutes: int = DEFAULT_SPOT_TIMEOUT_MINUTES
     # EMR managed scaling: None = off; otherwise the most worker nodes (core + task, in nodes of the first core and task
-    # types) the cluster may grow to. Only Spot task nodes are added and removed.
+    # types) the cluster may grow to. Only Spot task nodes are added.
     managed_scaling_max_instance_count: Optional[int] = None
     # The fewest worker nodes managed scaling shrinks to; None: core_instance_count (only task nodes come and go).
     # Below core_instance_count, scale-in removes core nodes too (slower: EMR first moves their HDFS blocks).
@@ -347,7 +348,7 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             elif bad := [item for item in value if not isinstance(item, str) or not regex.match(item)]:
                 problems.append(f"{key}: {bad[0]!r} (in {list(value)!r}) is not allowed; allowed: {text}")
             elif len(set(value)) != len(value):
-                problems.append(f"{key}: {list(value)!r} names a type twice; allowed: {text}")
+                problems.append(f"{key}: {list(value)!r} names an entry twice; allowed: {text}")
             else:
                 checked[key] = tuple(value)
 
@@ -513,8 +514,8 @@ def _capacity_problems(settings: Settings) -> list[str]:
     workers = settings.core_instance_count + settings.task_instance_count
     if not settings.has_task_fleet:
         problems.append(
-            f"managed_scaling_max_instance_count: {maximum} needs a task fleet to scale (managed scaling adds and "
-            "removes Spot task nodes only, the core stays fixed); allowed: null, or a task_instance_count of 1 or more"
+            f"managed_scaling_max_instance_count: {maximum} needs a task fleet to scale (managed scaling adds Spot "
+            "task nodes only, never core nodes); allowed: null, or a task_instance_count of 1 or more"
         )
     if maximum < workers:
         problems.append(

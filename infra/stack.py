@@ -18,6 +18,7 @@ from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
 from infra.cluster_definition import InstanceFleet, ManagedScaling
 from infra.network import Network
+from infra.packaging import bootstrap_digest
 from infra.settings import Settings
 from infra.storage import (
     ARTIFACTS_PREFIX,
@@ -32,6 +33,8 @@ from infra.trigger import Trigger
 from infra.trigger_function.emr_step import JobOptions, build_step
 
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
+# On every cluster of the stack: a hash of the definition and bootstrap scripts it was launched with (infra/cluster.py).
+CLUSTER_DEFINITION_TAG_KEY = "mxnet-spark-inference:definition"
 
 
 class InferenceStack(Stack):
@@ -82,6 +85,8 @@ class InferenceStack(Stack):
             key=self.key,
             tag_key=CLUSTER_TAG_KEY,
             tag_value=self.cluster_tag_value,
+            definition_tag_key=CLUSTER_DEFINITION_TAG_KEY,
+            bootstrap_digest=bootstrap_digest(source_root),
             wheelhouse_uri=self.wheelhouse_uri,
         )
 
@@ -132,6 +137,8 @@ class InferenceStack(Stack):
         }
         if launches_clusters:
             environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
+            environment["CLUSTER_DEFINITION_TAG_KEY"] = CLUSTER_DEFINITION_TAG_KEY
+            environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
         else:
             environment["CLUSTER_ID"] = self.cluster.cluster_id
 
@@ -227,8 +234,9 @@ class InferenceStack(Stack):
         CfnOutput(
             self,
             "ResultsLocation",
-            value=f"s3://{bucket}/{RESULTS_PREFIX}<batch id>/",
-            description="Parquet predictions + summary.json per batch; the batch id ends the step's name",
+            value=f"s3://{bucket}/{RESULTS_PREFIX}<run id>/",
+            description="Parquet predictions, summary.json and report.html per run; the run id (the batch id, -<n> for "
+            "the n-th attempt) ends the step's name",
         )
         CfnOutput(self, "NotificationTopicArn", value=self.trigger.topic.topic_arn)
         CfnOutput(

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 import emr_step
 import runs
@@ -166,11 +166,12 @@ class StepSubmitter:
             raise
         try:
             cluster_id = self._add_step(slots, step)
-        except (ClientError, ValueError):
-            # EMR answered with a refusal, or the request was never sent (a bad cluster definition): the step was not
-            # accepted, so remove its manifest and release the claims for the redelivered messages. Any other error (a
-            # timeout, a dropped connection) leaves it unknown whether EMR accepted the step: manifest and claims stay,
-            # and the redelivery finds the step by name or waits out the lease.
+        except (ClientError, ParamValidationError, ValueError):
+            # EMR answered with a refusal, or the request was never sent (a bad cluster definition, which this function
+            # or botocore's parameter validation refuses): the step was not accepted, so remove its manifest and
+            # release the claims for the redelivered messages. Any other error (a timeout, a dropped connection) leaves
+            # it unknown whether EMR accepted the step: manifest and claims stay, and the redelivery finds the step by
+            # name or waits out the lease.
             self._s3.delete_object(Bucket=settings.data_bucket, Key=manifest_key)
             self._claims.release(batch.uploads, batch_id=batch.batch_id)
             raise
@@ -320,7 +321,7 @@ class StepSubmitter:
         step = self._build_step(record.batch_id, attempt=record.attempt)
         try:
             cluster_id = self._add_step(slots, step)
-        except (ClientError, ValueError):
+        except (ClientError, ParamValidationError, ValueError):
             self._claims.undo_retry(record)
             raise
         self._claims.finish_retry(record, step_name=step["Name"], cluster_id=cluster_id)
@@ -383,7 +384,13 @@ class StepSubmitter:
         return self._cluster_slots(self._transient_cluster_id) if self._transient_cluster_id else None
 
     def _find_stack_cluster(self) -> str | None:
-        tag = {"Key": self._settings.cluster_tag_key, "Value": self._settings.cluster_tag_value}
+        """A cluster of this stack that accepts steps and was launched from the current definition: one launched
+        before a deploy that changed it is left to idle out."""
+        settings = self._settings
+        tags = (
+            {"Key": settings.cluster_tag_key, "Value": settings.cluster_tag_value},
+            {"Key": settings.cluster_definition_tag_key, "Value": settings.cluster_definition_tag_value},
+        )
         for page in self._emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACCEPTING_STATES)):
             for summary in page["Clusters"]:
                 try:
@@ -393,7 +400,7 @@ class StepSubmitter:
                     if error.response["Error"]["Code"] == "AccessDeniedException":
                         continue
                     raise
-                if tag in cluster.get("Tags", []):
+                if all(tag in cluster.get("Tags", []) for tag in tags):
                     return cluster["Id"]
         return None
 
@@ -456,6 +463,14 @@ class StepSubmitter:
         tag = {"Key": settings.cluster_tag_key, "Value": settings.cluster_tag_value}
         if tag not in request.get("Tags", []):
             raise ValueError(f"{where} lacks the tag {tag}; without it later uploads cannot find the cluster")
+        definition_tag = {"Key": settings.cluster_definition_tag_key, "Value": settings.cluster_definition_tag_value}
+        if definition_tag not in request.get("Tags", []):
+            # The deploy replaces the definition and the function's environment one after the other: refused for
+            # now, the messages come back once both are the new ones.
+            raise ValueError(
+                f"{where} lacks the tag {definition_tag} of the definition this function was deployed with (a deploy "
+                "in progress?); the uploads are retried"
+            )
         return request
 
 

@@ -53,6 +53,9 @@ class TriggerSettings:
     job_flow_definition_key: str | None  # transient mode only
     cluster_tag_key: str | None  # transient mode only: the tag that marks this stack's clusters
     cluster_tag_value: str | None
+    # Transient mode only: the tag of the clusters launched from the current definition; only those get steps.
+    cluster_definition_tag_key: str | None
+    cluster_definition_tag_value: str | None
     max_active_steps: int
     claims_table: str  # DynamoDB table of upload claims and batch records (claims.py)
     claim_retention_days: int
@@ -124,15 +127,18 @@ class TriggerSettings:
                 problems.append(f"CLUSTER_MODE={mode_value!r}: expected one of {allowed_modes}")
 
         cluster_id = job_flow_definition_key = cluster_tag_key = cluster_tag_value = None
+        cluster_definition_tag_key = cluster_definition_tag_value = None
         if cluster_mode is ClusterMode.PERSISTENT:
             cluster_id = required("CLUSTER_ID")
             if cluster_id and not cluster_id.startswith("j-"):
                 problems.append(f"CLUSTER_ID={cluster_id!r}: expected an EMR cluster id like 'j-2AXXXXXXGAPLF'")
-            mode_only_names = ("JOB_FLOW_DEFINITION_KEY",)
+            mode_only_names = ("JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE")
         else:
             job_flow_definition_key = required("JOB_FLOW_DEFINITION_KEY")
             cluster_tag_key = required("CLUSTER_TAG_KEY")
             cluster_tag_value = required("CLUSTER_TAG_VALUE")
+            cluster_definition_tag_key = required("CLUSTER_DEFINITION_TAG_KEY")
+            cluster_definition_tag_value = required("CLUSTER_DEFINITION_TAG_VALUE")
             mode_only_names = ("CLUSTER_ID",)
         # A variable of the other mode means the stack and the function disagree about the mode: say so rather than guess.
         for name in mode_only_names:
@@ -178,6 +184,8 @@ class TriggerSettings:
             job_flow_definition_key=job_flow_definition_key,
             cluster_tag_key=cluster_tag_key,
             cluster_tag_value=cluster_tag_value,
+            cluster_definition_tag_key=cluster_definition_tag_key,
+            cluster_definition_tag_value=cluster_definition_tag_value,
             max_active_steps=max_active_steps,
             claims_table=claims_table,
             claim_retention_days=claim_retention_days,

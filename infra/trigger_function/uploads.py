@@ -75,10 +75,6 @@ class Batch:
     uploads: tuple[Upload, ...]  # sorted by key, then ETag and sequencer
     message_ids: frozenset[str]
 
-    def object_keys(self) -> list[str]:
-        """The batch's distinct keys, sorted: what its manifest lists (a user manifest lists its own objects instead)."""
-        return sorted({upload.key for upload in self.uploads})
-
 
 def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[Upload]:
     """Return the input uploads an SQS message body announces; an empty list for test events and objects to ignore.

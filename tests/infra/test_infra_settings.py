@@ -154,7 +154,7 @@ def test_every_problem_is_reported_at_once():
         ({"vpc_id": "vpc-0123abcd"}, r"vpc_id/subnet_ids: got vpc_id='vpc-0123abcd', subnet_ids=None"),
         ({"vpc_id": "vpc-0123abcd", "subnet_ids": ["sn-1"]}, r"subnet_ids: 'sn-1' \(in \['sn-1'\]\) is not allowed"),
         ({"vpc_id": "vpc-0123abcd", "subnet_ids": "subnet-0123abcd"}, r"subnet_ids: 'subnet-0123abcd' is not allowed"),
-        ({"nat_gateways": 4}, r"nat_gateways: 4 is not allowed; allowed: an integer from 0 to 3"),
+        ({"nat_gateways": 3}, r"nat_gateways: 3 is not allowed; allowed: an integer from 0 to 2"),
         ({"nat_gateways": 0}, r"nat_gateways: 0 is not allowed with offline_wheelhouse false"),
         ({"offline_wheelhouse": "yes"}, r"offline_wheelhouse: 'yes' is not allowed; allowed: true or false"),
         ({"retain_data_on_destroy": "true"}, r"retain_data_on_destroy: 'true' is not allowed; allowed: true or false"),
@@ -329,3 +329,11 @@ def test_infra_readme_documents_every_setting_with_its_default():
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \|", readme, re.MULTILINE))
     defaults = {field.name: json.dumps(field.default).strip('"') for field in fields(Settings)}
     assert rows == defaults
+
+
+def test_no_more_nat_gateways_are_allowed_than_the_vpc_has_availability_zones():
+    """CDK places at most one NAT gateway per public subnet, one per zone: a larger count would silently build fewer."""
+    from infra.network import MAX_AZS
+    from infra.settings import MAX_NAT_GATEWAYS
+
+    assert MAX_NAT_GATEWAYS == MAX_AZS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from infra_helpers import (
 from infra.cluster_definition import PYTHON
 from infra.network import EMR_MANAGED_POLICY_TAG
 from infra.artifacts import JOB_FLOW_DEFINITION_NAME
-from infra.stack import CLUSTER_TAG_KEY
+from infra.stack import CLUSTER_DEFINITION_TAG_KEY, CLUSTER_TAG_KEY
 from infra.trigger import FUNCTION_TIMEOUT, MAX_RECEIVE_COUNT
 from infra.trigger_function.emr_step import build_step
 
@@ -31,7 +32,10 @@ COMMON_ENVIRONMENT = {
     "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
     "MAX_STEP_ATTEMPTS",
 }  # fmt: skip
-MODE_ENVIRONMENT = {"persistent": {"CLUSTER_ID"}, "transient": {"JOB_FLOW_DEFINITION_KEY"}}
+MODE_ENVIRONMENT = {
+    "persistent": {"CLUSTER_ID"},
+    "transient": {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"},
+}
 
 
 def trigger_function(variant) -> dict:
@@ -138,6 +142,30 @@ def test_cluster_carries_the_tag_the_lambda_looks_for(variant):
         CLUSTER_TAG_KEY,
         STACK_ID,
     )
+
+
+def test_a_transient_cluster_is_tagged_with_the_definition_and_bootstrap_it_boots_with(synth, tmp_path):
+    """The trigger gives steps only to a cluster carrying the function's definition tag (review of the redeploy path):
+    the tag must change with the definition or with any bootstrap script, and only then."""
+    variant = synth(cluster_mode="transient")
+    value = environment(variant)["CLUSTER_DEFINITION_TAG_VALUE"]
+    assert environment(variant)["CLUSTER_DEFINITION_TAG_KEY"] == CLUSTER_DEFINITION_TAG_KEY
+    assert {"Key": CLUSTER_DEFINITION_TAG_KEY, "Value": value} in variant.stack.cluster.job_flow["Tags"]
+
+    source_root = tmp_path / "source"
+    for directory in ("job", "bootstrap"):
+        shutil.copytree(REPO_ROOT / directory, source_root / directory, ignore=shutil.ignore_patterns("__pycache__"))
+    assert definition_tag(tmp_path / "same", source_root) == value
+    (source_root / "bootstrap" / "install-mxnet.sh").write_text(
+        (source_root / "bootstrap" / "install-mxnet.sh").read_text() + "\n# a changed pin\n"
+    )
+    assert definition_tag(tmp_path / "bootstrap-changed", source_root) != value
+    assert environment(synth(cluster_mode="transient", core_instance_count=3))["CLUSTER_DEFINITION_TAG_VALUE"] != value
+
+
+def definition_tag(staging_dir: Path, source_root: Path) -> str:
+    variant = synthesize(staging_dir, source_root=source_root, cluster_mode="transient")
+    return environment(variant)["CLUSTER_DEFINITION_TAG_VALUE"]
 
 
 def test_security_configuration_encrypts_at_rest_and_local_disks_and_requires_imdsv2(variant):

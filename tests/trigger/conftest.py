@@ -113,6 +113,8 @@ def load_handler(monkeypatch):
             "JOB_FLOW_DEFINITION_KEY",
             "CLUSTER_TAG_KEY",
             "CLUSTER_TAG_VALUE",
+            "CLUSTER_DEFINITION_TAG_KEY",
+            "CLUSTER_DEFINITION_TAG_VALUE",
         ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():

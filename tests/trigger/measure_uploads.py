@@ -30,6 +30,7 @@ from trigger_helpers import (  # noqa: E402  (needs the path above)
     FakeLambdaContext,
     aws_clients,
     base_environment,
+    count_requests,
     create_cluster,
     create_function_resources,
     import_trigger_handler,
@@ -63,18 +64,6 @@ def moto_server_process():
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def count_requests(handler) -> dict[str, int]:
-    counts: dict[str, int] = {}
-
-    def count(event_name, **_):
-        operation = ".".join(event_name.split(".")[1:])
-        counts[operation] = counts.get(operation, 0) + 1
-
-    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
-        client.meta.events.register("before-call.*.*", count)
-    return counts
 
 
 def timed_invocation(handler, event: dict, counts: dict[str, int]) -> dict:

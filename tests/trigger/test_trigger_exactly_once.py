@@ -24,6 +24,7 @@ from trigger_helpers import (
     base_environment,
     batch_records,
     claimed_by,
+    count_requests,
     create_cluster,
     create_function_resources,
     failed_message_ids,
@@ -334,19 +335,6 @@ def test_concurrent_invocations_of_the_same_messages_fail_what_they_lost_and_the
 
 
 # --- cost --------------------------------------------------------------------------------------------------------------
-
-
-def count_requests(handler) -> dict[str, int]:
-    """Count the API calls the handler's clients make, per service and operation (botocore's before-call event)."""
-    counts: dict[str, int] = {}
-
-    def count(event_name, **_):
-        _, service, operation = event_name.split(".")
-        counts[f"{service}.{operation}"] = counts.get(f"{service}.{operation}", 0) + 1
-
-    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
-        client.meta.events.register("before-call.*.*", count)
-    return counts
 
 
 def test_requests_grow_by_one_conditional_write_per_upload_and_a_duplicate_costs_no_more(

@@ -10,12 +10,13 @@ import json
 
 import pytest
 from botocore.stub import ANY, Stubber
-from trigger_helpers import base_environment
 
 import emr_step
 from trigger_helpers import (
     BUCKET,
     CLUSTER_TAG,
+    DEFINITION_TAG,
+    STACK_CLUSTER_TAGS,
     FakeLambdaContext,
     batch_records,
     claims_table_items,
@@ -25,6 +26,7 @@ from trigger_helpers import (
     stack_definition,
     sqs_event,
     submitted_steps,
+    transient_environment,
     upload,
 )
 
@@ -35,12 +37,7 @@ DEFINITION_KEY = "artifacts/cluster/run-job-flow.json"
 def transient_handler(aws, load_handler):
     aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
     return load_handler(
-        base_environment(
-            CLUSTER_MODE="transient",
-            JOB_FLOW_DEFINITION_KEY=DEFINITION_KEY,
-            CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
-            CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
-        )
+        transient_environment(DEFINITION_KEY)
     )
 
 
@@ -61,14 +58,14 @@ def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_
     (cluster_id,) = cluster_ids(aws)
     cluster = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert (cluster["Name"], cluster["AutoTerminate"]) == ("mxnet-inference-transient", True)
-    assert CLUSTER_TAG in cluster["Tags"]
+    assert all(tag in cluster["Tags"] for tag in STACK_CLUSTER_TAGS)  # found by later uploads
     (step,) = submitted_steps(aws.emr, cluster_id)
     (manifest_key,) = object_keys(aws.s3, "manifests/")
     assert emr_step.job_arguments(step)[:2] == ["--manifest", f"s3://{BUCKET}/{manifest_key}"]
 
 
 def test_step_joins_a_running_cluster_of_this_stack(aws, transient_handler):
-    running = create_cluster(aws.emr, keep_alive=False, tags=[CLUSTER_TAG])
+    running = create_cluster(aws.emr, keep_alive=False, tags=STACK_CLUSTER_TAGS)
     aws.emr.add_job_flow_steps(
         JobFlowId=running, Steps=[{"Name": "earlier", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}]
     )
@@ -91,8 +88,46 @@ def test_clusters_of_other_stacks_are_not_used(aws, transient_handler):
     assert len(submitted_steps(aws.emr, launched)) == 1
 
 
+def test_a_cluster_launched_before_a_deploy_that_changed_its_definition_gets_no_more_steps(aws, transient_handler):
+    """Defect found in review: a redeploy (say compute cpu -> gpu, or new bootstrap pins) never reached a transient
+    cluster that a trickle of uploads kept alive. The old one is still this stack's (IAM, destroy cleanup): it just
+    idles out."""
+    previous = create_cluster(aws.emr, keep_alive=True, tags=[CLUSTER_TAG, {**DEFINITION_TAG, "Value": "definition-0"}])
+
+    transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
+
+    (launched,) = [cluster_id for cluster_id in cluster_ids(aws) if cluster_id != previous]
+    assert submitted_steps(aws.emr, previous) == []
+    assert len(submitted_steps(aws.emr, launched)) == 1
+
+
+@pytest.mark.parametrize(
+    "definition_changes",
+    [
+        # Mid-deploy, the function may already have the new definition tag while S3 still holds the old definition:
+        # launching from it would start a cluster that no later upload finds.
+        {"Tags": [CLUSTER_TAG, {**DEFINITION_TAG, "Value": "definition-0"}]},
+        # botocore validates a request before sending it (ParamValidationError: neither a ClientError nor a
+        # ValueError). The step certainly was not accepted.
+        {"Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": "one"}},
+    ],
+    ids=["definition-of-another-deploy", "refused-by-botocore-before-sending"],
+)
+def test_a_definition_that_cannot_be_launched_releases_the_uploads_at_once(aws, transient_handler, definition_changes):
+    """The uploads come back at once (not after the claims' lease): no manifest, no claim, no cluster left behind."""
+    definition = stack_definition(**definition_changes)
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(definition).encode())
+    event = sqs_event(notifications(aws, "incoming/a.png"))
+
+    response = transient_handler.lambda_handler(event, FakeLambdaContext())
+
+    assert failed_message_ids(response) == sorted(record["messageId"] for record in event["Records"])
+    assert cluster_ids(aws) == []
+    assert object_keys(aws.s3, "manifests/") == [] and claims_table_items(aws.dynamodb) == []
+
+
 def test_terminated_cluster_of_this_stack_is_replaced(aws, transient_handler):
-    ended = create_cluster(aws.emr, keep_alive=True, tags=[CLUSTER_TAG])
+    ended = create_cluster(aws.emr, keep_alive=True, tags=STACK_CLUSTER_TAGS)
     aws.emr.terminate_job_flows(JobFlowIds=[ended])
 
     transient_handler.lambda_handler(sqs_event(notifications(aws, "incoming/a.png")), FakeLambdaContext())
@@ -167,7 +202,7 @@ def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handl
             http_status_code=400,
             expected_params={"ClusterId": foreign},
         )
-        tagged = {"Cluster": {"Id": ours, "Status": {"State": "WAITING"}, "Tags": [CLUSTER_TAG]}}
+        tagged = {"Cluster": {"Id": ours, "Status": {"State": "WAITING"}, "Tags": STACK_CLUSTER_TAGS}}
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
         stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": ours, "StepStates": ["PENDING", "RUNNING"]})

@@ -15,9 +15,8 @@ from botocore.stub import ANY, Stubber
 
 from trigger_helpers import (
     BUCKET,
-    CLUSTER_TAG,
+    STACK_CLUSTER_TAGS,
     FakeLambdaContext,
-    base_environment,
     batch_records,
     claims_table_items,
     failed_message_ids,
@@ -25,6 +24,7 @@ from trigger_helpers import (
     sqs_event,
     stack_definition,
     submitted_steps,
+    transient_environment,
     upload,
 )
 
@@ -47,12 +47,7 @@ def kept_alive_definition() -> dict:
 def handler(aws, load_handler):
     aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(kept_alive_definition()).encode())
     return load_handler(
-        base_environment(
-            CLUSTER_MODE="transient",
-            JOB_FLOW_DEFINITION_KEY=DEFINITION_KEY,
-            CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
-            CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
-        )
+        transient_environment(DEFINITION_KEY)
     )
 
 
@@ -112,7 +107,7 @@ def test_a_cluster_that_starts_shutting_down_as_the_step_is_added_loses_no_batch
         stubber.add_response(
             "list_clusters", {"Clusters": [{"Id": idle, "Status": {"State": "WAITING"}}]}, {"ClusterStates": ANY}
         )
-        waiting = {"Cluster": {"Id": idle, "Status": {"State": "WAITING"}, "Tags": [CLUSTER_TAG]}}
+        waiting = {"Cluster": {"Id": idle, "Status": {"State": "WAITING"}, "Tags": STACK_CLUSTER_TAGS}}
         stubber.add_response("describe_cluster", waiting, {"ClusterId": idle})
         stubber.add_response("describe_cluster", waiting, {"ClusterId": idle})
         stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": idle, "StepStates": ["PENDING", "RUNNING"]})

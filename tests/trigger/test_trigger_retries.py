@@ -21,7 +21,7 @@ from botocore.stub import Stubber
 from claims import CLAIM_LEASE
 from trigger_helpers import (
     BUCKET,
-    CLUSTER_TAG,
+    STACK_CLUSTER_TAGS,
     MAX_STEP_ATTEMPTS,
     TOPIC_ARN,
     FakeLambdaContext,
@@ -36,6 +36,7 @@ from trigger_helpers import (
     step_output,
     step_status_event,
     submitted_steps,
+    transient_environment,
     upload,
 )
 
@@ -255,12 +256,7 @@ def test_transient_a_step_cancelled_by_its_ended_cluster_runs_on_a_new_cluster(a
     definition_key = "artifacts/job-flow.json"
     aws.s3.put_object(Bucket=BUCKET, Key=definition_key, Body=json.dumps(stack_definition()).encode())
     handler = load_handler(
-        base_environment(
-            CLUSTER_MODE="transient",
-            JOB_FLOW_DEFINITION_KEY=definition_key,
-            CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
-            CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
-        )
+        transient_environment(definition_key)
     )
     batch_id = submit_one_batch(aws, handler)
     (first_cluster,) = [cluster["Id"] for cluster in aws.emr.list_clusters()["Clusters"]]

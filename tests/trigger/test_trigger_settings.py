@@ -15,6 +15,8 @@ TRANSIENT = base_environment(
     JOB_FLOW_DEFINITION_KEY="artifacts/cluster/run-job-flow.json",
     CLUSTER_TAG_KEY="stack",
     CLUSTER_TAG_VALUE="inference",
+    CLUSTER_DEFINITION_TAG_KEY="stack:definition",
+    CLUSTER_DEFINITION_TAG_VALUE="0123456789ab",
 )
 
 
@@ -37,6 +39,8 @@ def test_persistent_environment_is_read_into_typed_settings():
         job_flow_definition_key=None,
         cluster_tag_key=None,
         cluster_tag_value=None,
+        cluster_definition_tag_key=None,
+        cluster_definition_tag_value=None,
         max_active_steps=EMR_MAX_ACTIVE_STEPS,
         claims_table=CLAIMS_TABLE,
         claim_retention_days=30,
@@ -53,6 +57,10 @@ def test_transient_environment_keeps_the_definition_and_tag():
         "artifacts/cluster/run-job-flow.json",
         "stack",
         "inference",
+    )
+    assert (settings.cluster_definition_tag_key, settings.cluster_definition_tag_value) == (
+        "stack:definition",
+        "0123456789ab",
     )
 
 
@@ -128,6 +136,7 @@ def test_invalid_persistent_setting_is_named_with_what_is_allowed(overrides, mes
         ({"JOB_FLOW_DEFINITION_KEY": ""}, r"JOB_FLOW_DEFINITION_KEY is missing or empty"),
         ({"CLUSTER_TAG_KEY": ""}, r"CLUSTER_TAG_KEY is missing or empty"),
         ({"CLUSTER_TAG_VALUE": ""}, r"CLUSTER_TAG_VALUE is missing or empty"),
+        ({"CLUSTER_DEFINITION_TAG_VALUE": ""}, r"CLUSTER_DEFINITION_TAG_VALUE is missing or empty"),
         ({"CLUSTER_ID": "j-2AXXXXXXGAPLF"}, r"CLUSTER_ID is set but CLUSTER_MODE='transient' does not use it"),
     ],
 )

@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +25,21 @@ TRIGGER_FUNCTION_MODULES = (
 BUCKET = "amzn-s3-demo-bucket"
 REGION = "us-east-1"
 CLUSTER_TAG = {"Key": "inference-stack", "Value": "trigger-tests"}
+DEFINITION_TAG = {"Key": "inference-stack:definition", "Value": "definition-1"}
+STACK_CLUSTER_TAGS = [CLUSTER_TAG, DEFINITION_TAG]  # a cluster launched from the stack's current definition
+
+
+def transient_environment(definition_key: str, **changes: str) -> dict[str, str]:
+    """The function's environment in transient mode (``changes`` replace variables)."""
+    return base_environment(
+        CLUSTER_MODE="transient",
+        JOB_FLOW_DEFINITION_KEY=definition_key,
+        CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
+        CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
+        CLUSTER_DEFINITION_TAG_KEY=DEFINITION_TAG["Key"],
+        CLUSTER_DEFINITION_TAG_VALUE=DEFINITION_TAG["Value"],
+        **changes,
+    )
 CLAIMS_TABLE = "trigger-claims"
 TOPIC_NAME = "trigger-notifications"
 # moto's default account: AWS's documentation example id, nobody's real account.
@@ -154,7 +170,7 @@ def stack_definition(**changes) -> dict:
         "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
         "JobFlowRole": "EMR_EC2_DefaultRole",
         "ServiceRole": "EMR_DefaultRole",
-        "Tags": [CLUSTER_TAG],
+        "Tags": list(STACK_CLUSTER_TAGS),
     }
     definition.update(changes)
     return definition
@@ -168,7 +184,7 @@ def create_cluster(emr, *, keep_alive: bool, tags: list[dict] | None = None) -> 
         Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": keep_alive},
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
-        Tags=tags if tags is not None else [CLUSTER_TAG],
+        Tags=tags if tags is not None else STACK_CLUSTER_TAGS,
     )["JobFlowId"]
 
 
@@ -308,3 +324,19 @@ def batch_records(dynamodb) -> dict[str, dict]:
         if item["pk"]["S"].startswith("batch#")
     }
 
+
+
+def count_requests(handler) -> dict[str, int]:
+    """Count the API calls the handler's clients make, per service and operation (botocore's before-call event).
+    The claim store calls from several threads at once: the lock keeps every increment."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(event_name, **_):
+        _, service, operation = event_name.split(".")
+        with lock:
+            counts[f"{service}.{operation}"] = counts.get(f"{service}.{operation}", 0) + 1
+
+    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
+        client.meta.events.register("before-call.*.*", count)
+    return counts
