@@ -30,10 +30,14 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     results = json.loads(results_path.read_text())
     scenario = results["scenarios"]["cifar32"]
     assert set(scenario["images_per_s"]) == CONTENDERS
-    assert all(rate > 0 for rate in scenario["images_per_s"].values())
+    # Rates by difference are not asserted: a smoke run's sizes are too small for the difference to mean anything
+    # (it may even be negative, which by_difference reports as NaN). What the harness must do is time every run.
+    assert all(scenario["images_per_s"][label] > 0 for label in ("limit", "limit_onnx", "limit_int8", "decode"))
     assert set(scenario["images_per_s_warm"]) == {"job", "onnx", "job_int8", "seed", "predict_batch_udf"}
-    assert all(rate > 0 for rate in scenario["images_per_s_warm"].values())
-    assert scenario["ratios"]["job_int8_vs_limit"] > 0
+    for label, result in scenario["contenders"].items():
+        timings = result["timings_s"]
+        assert min(timings["cold_small"] + timings["cold_large"] + timings["cold_session"]) > 0, label
+        assert timings["warm"]["warm_small"] > 0 and timings["warm"]["warm_large"] > 0, label
     assert scenario["worker_seconds_cold_large"]["job_int8"]["predict"] > 0
     assert {entry["target"] for entry in results["target_results"]} >= {"job_int8_vs_limit_32", "job_vs_limit"}
     assert 0 <= scenario["int8_package_agreement"]["top1_agreement"] <= 1

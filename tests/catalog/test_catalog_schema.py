@@ -86,9 +86,9 @@ def test_partition_locations_are_the_runs_prediction_folders_and_hold_only_parqu
         assert (job_results.run_dir(run_id) / "summary.json").exists()
 
 
-def test_run_ids_are_the_triggers_own_and_need_an_injected_projection(job_results):
+def test_the_runs_queried_carry_the_triggers_own_ids_first_attempt_and_retry(job_results):
     """The ids come from trigger_function/runs.py: a time and random hex digits, '-2' for a second attempt. No
-    enumerable range holds them, which is why the projection is injected."""
+    enumerable range holds them, which is why the projection is injected (tests/infra/test_infra_catalog.py)."""
     first, retried = job_results.run_ids
     assert runs.parse_run_id(first) == (first, 1)
     batch_id, attempt = runs.parse_run_id(retried)
