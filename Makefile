@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 help:
 	@echo "make demo     run the inference job on local Spark (trains a small model on real images first)"
 	@echo "make test     run the whole offline test suite"
-	@echo "make bench    run the throughput benchmark (minutes; not part of make test)"
+	@echo "make bench    run the throughput benchmark (about an hour; not part of make test)"
 	@echo "make gpu-check   prove the GPU wheels' shared libraries all resolve (downloads 3.9 GB into build/gpu-check/)"
 	@echo "make arch-check  check every CPU pin has an aarch64 (Graviton) wheel on PyPI; rewrites requirements-aarch64.txt"
 	@echo "make cost     dollars per million images and minutes to results, from benchmarks/results.json and infra/prices.json"
