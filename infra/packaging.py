@@ -15,6 +15,7 @@ import hashlib
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 JOB_ZIP_NAME = "job.zip"
 ENTRY_POINT_NAME = "spark_entry.py"
@@ -59,21 +60,25 @@ def stage_artifacts(source_root: Path, staging_dir: Path) -> Path:
     (staging_dir / BOOTSTRAP_DIR_NAME).mkdir(parents=True)
     write_job_zip(job_dir, staging_dir / JOB_ZIP_NAME)
     shutil.copyfile(entry_point, staging_dir / ENTRY_POINT_NAME)
+    for path, relative in _bootstrap_files(source_root):
+        target = staging_dir / BOOTSTRAP_DIR_NAME / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return staging_dir
+
+
+def _bootstrap_files(source_root: Path) -> Iterator[tuple[Path, Path]]:
+    """The bootstrap scripts the stack ships, sorted, each with its path relative to ``bootstrap/``."""
     bootstrap_dir = source_root / BOOTSTRAP_DIR_NAME
     for path in sorted(bootstrap_dir.rglob("*")) if bootstrap_dir.is_dir() else []:
         if _included(path, bootstrap_dir):
-            target = staging_dir / BOOTSTRAP_DIR_NAME / path.relative_to(bootstrap_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-    return staging_dir
+            yield path, path.relative_to(bootstrap_dir)
 
 
 def bootstrap_digest(source_root: Path) -> str:
     """sha256 of the bootstrap scripts a cluster boots with (their names and contents): what a running cluster keeps
     of a deploy, beside its definition."""
     digest = hashlib.sha256()
-    bootstrap_dir = source_root / BOOTSTRAP_DIR_NAME
-    for path in sorted(bootstrap_dir.rglob("*")) if bootstrap_dir.is_dir() else []:
-        if _included(path, bootstrap_dir):
-            digest.update(str(path.relative_to(bootstrap_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path, relative in _bootstrap_files(source_root):
+        digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

@@ -57,8 +57,7 @@ FETCH_THREADS = 16
 PASS_THROUGH_OPS = ("Softmax", "Flatten", "Reshape", "Identity")
 CLASSIFIER_OPS = ("Gemm", "MatMul")
 METHOD = ("ONNX Runtime static quantization, QDQ format: int8 weights per output channel, symmetric, 7-bit range "
-          "(reduce_range); uint8 activations per tensor, asymmetric, MinMax calibration; "
-          "the final classifier in float32")
+          "(reduce_range); uint8 activations per tensor, asymmetric, MinMax calibration")
 
 
 class AgreementTooLow(RuntimeError):
@@ -333,7 +332,8 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
                 **source.provenance,
                 "quantization": {
                     "source_package": {"uri": package_uri, "name": source.name, "format": source.format},
-                    "method": METHOD,
+                    "method": METHOD + ("; the final classifier in float32" if kept_in_float32 else
+                                        "; every layer quantized (no final Gemm or MatMul classifier was found)"),
                     "kept_in_float32": kept_in_float32,
                     "onnxruntime": onnxruntime_version,
                     "calibration": {**calibration_source, "images": int(len(calibration)), "split_seed": SPLIT_SEED},
@@ -376,7 +376,6 @@ def inspect_session(package: ModelPackage, directory: str, *, threads: int = 1, 
                     seconds: float = 5.0) -> SessionReport:
     """Profile one batch through the job's ONNX Runtime session for ``package`` (stored in ``directory``), then time
     batches for about ``seconds``: which operators run (integer or float convolutions) and how fast, on this CPU."""
-    import numpy as np
     import onnxruntime
 
     if package.format != "onnx":

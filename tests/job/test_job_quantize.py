@@ -85,6 +85,7 @@ def test_quantize_command_writes_an_onnx_package_that_passes_the_default_gate(
     assert quantization["source_package"] == {"uri": digits_model.package_dir, "name": "resnet18_v1-digits",
                                               "format": "mxnet"}
     assert "7-bit" in quantization["method"]
+    assert quantization["method"].endswith("; the final classifier in float32") and quantization["kept_in_float32"]
     assert package.provenance["held_out_accuracy"] == digits_model.held_out_accuracy  # the source's provenance kept
     assert f"top-1 agreement with FP32 {agreement['top1_agreement']:.2%}" in printed
     assert "skipped 1 input that is not a decodable image" in printed and "accuracy on" in printed
