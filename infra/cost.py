@@ -28,11 +28,13 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from infra.cluster_definition import GPU_EXECUTOR_SIZING
-from infra.instance_types import task_slots_per_node
-from infra.settings import Settings
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+# The stack's modules are imported where they are used, not here, so that `--help` and a bad argument answer without
+# loading them (infra.settings reads instance types through aws-cdk-lib, which starts a Node process).
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_SIZES = (1_000, 100_000, 10_000_000)
@@ -85,6 +87,8 @@ class Run:
 
 def default_cluster(compute: str, mode: str, architecture: str = "x86_64") -> Cluster:
     """The stack's default cluster for ``compute`` and ``mode``, each fleet at its first (reference) instance type."""
+    from infra.settings import Settings
+
     settings = Settings.from_context({"compute": compute, "cluster_mode": mode, "architecture": architecture})
     workers = [Nodes(settings.resolved_core_instance_types[0], settings.core_instance_count)]
     if settings.has_task_fleet:
@@ -146,6 +150,9 @@ def throughput(cluster: Cluster, image_size: int, results: Mapping[str, Any], pr
         if image_size != SEED_IMAGE_SIZE:
             raise CostModelError(f"the seed published {SEED_IMAGE_SIZE} x {SEED_IMAGE_SIZE} figures only")
         return Throughput(SEED_IMAGES_PER_S, estimate=False)
+    from infra.cluster_definition import GPU_EXECUTOR_SIZING
+    from infra.instance_types import task_slots_per_node
+
     slots = sum(nodes.count * task_slots_per_node(cluster.compute, nodes.instance_type) for nodes in cluster.workers)
     if cluster.compute == "cpu":
         return Throughput(slots * per_vcpu(results, image_size, "job"), estimate=False)
@@ -213,6 +220,8 @@ def table(
 
 
 def report(results: Mapping[str, Any], prices: Mapping[str, Any]) -> str:
+    from infra.settings import Settings
+
     settings = Settings()
     clusters = [default_cluster(c, m) for c in ("cpu", "gpu") for m in ("transient", "persistent")]
     sections = [
@@ -258,9 +267,15 @@ def report(results: Mapping[str, Any], prices: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--prices", type=Path, default=REPO_ROOT / "infra" / "prices.json")
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.cost", description=__doc__.split("\n\n")[0],
+        epilog="No AWS call and no network. Exit codes: 0 the table was printed; 1 a file lacks a price or a measured "
+               "size (named); 2 bad arguments. How to read the table: docs/cost.md.")
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "results.json", metavar="FILE",
+                        help="the benchmark's measured throughput, written by make bench (default "
+                             "benchmarks/results.json)")
+    parser.add_argument("--prices", type=Path, default=REPO_ROOT / "infra" / "prices.json", metavar="FILE",
+                        help="dated prices and assumptions per region (default infra/prices.json)")
     arguments = parser.parse_args(argv)
     try:
         print(report(json.loads(arguments.results.read_text()), json.loads(arguments.prices.read_text())))
