@@ -318,28 +318,50 @@ def _inspect(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m job.model_package", description=__doc__.split("\n\n")[0])
+EPILOG = """exit codes: 0 done; 2 bad arguments, a missing or malformed package, or an AWS error on an s3:// argument
+(no credentials, access denied, no such bucket, wrong region); 3 quantize refused: the INT8 package agreed too little
+with the FP32 one (nothing written). Package format and examples: docs/model-packages.md."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m job.model_package", description=__doc__.split("\n\n")[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    zoo = commands.add_parser("export-zoo", help="untrained Gluon model-zoo ResNet-18 as an mxnet package")
-    zoo.add_argument("--out", required=True)
+    zoo = commands.add_parser("export-zoo", help="untrained Gluon model-zoo ResNet-18 as an mxnet package",
+                              epilog="example: python -m job.model_package export-zoo --out build/zoo --input-size 224")
+    zoo.add_argument("--out", required=True, metavar="DIR", help="local directory for the package (created)")
     zoo.add_argument("--input-size", type=int, default=32, help="height and width of the model input (default 32)")
-    zoo.add_argument("--classes", type=int, default=10)
-    zoo.add_argument("--seed", type=int, default=0)
-    to_onnx = commands.add_parser("to-onnx", help="convert a local mxnet package to an onnx package")
-    to_onnx.add_argument("--package", required=True)
-    to_onnx.add_argument("--out", required=True)
+    zoo.add_argument("--classes", type=int, default=10, metavar="N",
+                     help="outputs of the model, labelled class_0 ... (default 10)")
+    zoo.add_argument("--seed", type=int, default=0, help="seed of the random (Xavier) weights (default 0)")
+    to_onnx = commands.add_parser(
+        "to-onnx", help="convert a local mxnet package to an onnx package",
+        epilog="example: python -m job.model_package to-onnx --package build/demo/model --out build/demo/model-onnx")
+    to_onnx.add_argument("--package", required=True, metavar="URI", help="the mxnet package: directory or S3 prefix")
+    to_onnx.add_argument("--out", required=True, metavar="DIR", help="local directory for the onnx package")
     _add_quantize_parser(commands)
     inspect = commands.add_parser("inspect", help="which operators the job's ONNX Runtime session runs for an onnx "
                                                   "package on this CPU (integer or float convolutions), and how fast")
-    inspect.add_argument("--package", required=True, metavar="URI")
+    inspect.add_argument("--package", required=True, metavar="URI", help="an onnx package: directory or S3 prefix")
     inspect.add_argument("--threads", type=_positive(int), default=1,
                          help="threads of the session, at least 1 (default 1: a Spark task's)")
-    inspect.add_argument("--batch-size", type=_positive(int), default=32, help="at least 1 (default 32)")
+    inspect.add_argument("--batch-size", type=_positive(int), default=32,
+                         help="images per timed batch, at least 1 (default 32)")
     inspect.add_argument("--seconds", type=_positive(float), default=5.0,
                          help="how long to time batches, more than 0 (default 5)")
-    inspect.add_argument("--s3-endpoint-url", metavar="URL")
-    args = parser.parse_args(argv)
+    inspect.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+    return parser
+
+
+def _named_uris(args) -> list[tuple[str, str]]:
+    """The sub-command's (option, URI) pairs, for naming the one an AWS error is about."""
+    pairs = [("--package", getattr(args, "package", None)),
+             ("--calibration-manifest", getattr(args, "calibration_manifest", None))]
+    pairs += [("--calibration", uri) for uri in getattr(args, "calibration", None) or []]
+    return [(flag, uri) for flag, uri in pairs if uri]
+
+
+def _run(args) -> int:
     if args.command == "quantize":
         return _quantize(args)
     if args.command == "inspect":
@@ -352,9 +374,34 @@ def main(argv=None) -> int:
             provenance={"source": "gluon model zoo resnet18_v1", "weights": f"random (Xavier, seed {args.seed})"},
         )
     else:
-        path = export_onnx(read_package(args.package, Storage()), args.out)
+        try:
+            path = export_onnx(read_package(args.package, Storage()), args.out)
+        except (ModelPackageError, ObjectNotFound) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     print(f"wrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    arguments = _named_uris(args)
+    requests = None
+    if any(uri.startswith("s3://") for _, uri in arguments):
+        from job import aws_errors
+        from job.storage import s3_client
+
+        requests = aws_errors.watch(s3_client(getattr(args, "s3_endpoint_url", None)))
+    try:
+        return _run(args)
+    except Exception as error:
+        from job import aws_errors
+
+        message = aws_errors.describe(error, requests, arguments)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
