@@ -136,7 +136,7 @@ synth: node-check node_modules/.installed
 diff: node-check node_modules/.installed
 	$(CDK) diff $(CDK_FLAGS) $(CDK_ARGS)
 
-# Creates or updates the stack (about 10 min for the first; a persistent cluster adds its boot time). Asks before
+# Creates or updates the stack (about 5 min; a persistent cluster adds its boot and bootstrap, 10-15 min). Asks before
 # widening IAM.
 deploy: node-check node_modules/.installed
 	$(CDK) deploy $(CDK_FLAGS) --require-approval broadening $(CDK_ARGS)
