@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from unittest import mock
 from typing import Optional
 
-from job.storage import ObjectNotFound, Storage, join
+from job.storage import ObjectNotFound, Storage, join, local_path
 
 MANIFEST_NAME = "model.json"
 FORMAT_VERSION = 1
@@ -267,9 +267,26 @@ def _add_quantize_parser(commands) -> None:
     quantize.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
 
 
+def _refuse_used_out(out: str, package: str) -> Optional[str]:
+    """Why ``--out`` cannot take the INT8 package, or ``None``: it must be a new or empty directory, so that no other
+    package's files are overwritten or mixed with it (the FP32 package's own directory is refused by quantize)."""
+    if "://" in out or not os.path.lexists(out):
+        return None
+    if not os.path.isdir(out):
+        return f"--out {out} is a file; give a new or empty directory for the INT8 package"
+    if os.listdir(out) and os.path.realpath(out) != os.path.realpath(local_path(package)):
+        return (f"--out {out} already holds files ({', '.join(sorted(os.listdir(out))[:3])}...): the INT8 package's "
+                "model.json and model.onnx would be written among them; give a new or empty directory")
+    return None
+
+
 def _quantize(args) -> int:
     from job.quantize import AgreementTooLow, quantize_package
 
+    refusal = _refuse_used_out(args.out, args.package)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     try:
         result = quantize_package(
             args.package, args.out, calibration_inputs=args.calibration, calibration_manifest=args.calibration_manifest,
