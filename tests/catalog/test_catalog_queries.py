@@ -1,4 +1,4 @@
-"""The README's example queries (the stack's saved queries) on a real SQL engine over real job output.
+"""The documented example queries (docs/job.md) (the stack's saved queries) on a real SQL engine over real job output.
 
 DuckDB reads the Parquet the job wrote under ``results/<run id>/predictions/``, as Athena would through the table:
 every visible object under each run's location, the run id taken from the folder, the table's columns in its order.
@@ -23,15 +23,16 @@ import pytest
 from infra.catalog import EXAMPLE_RUN_IDS, PREDICTION_COLUMNS, PREDICTIONS_TABLE, RUN_ID_COLUMN, SAVED_QUERIES
 
 pytestmark = pytest.mark.spark
-README = Path(__file__).resolve().parents[2] / "README.md"
-README_SECTION = "### Querying results with SQL (Athena)"
+README = Path(__file__).resolve().parents[2] / "docs" / "job.md"
+README_SECTION = "## Querying results with SQL (Athena)"
 LOWEST_CONFIDENCE_LIMIT = 20
 
 
 def readme_queries() -> list[str]:
     text = README.read_text()
     section = text[text.index(README_SECTION):]
-    section = section[: section.index("\n### ", len(README_SECTION))]
+    end = section.find("\n## ", len(README_SECTION))  # the next section, if any
+    section = section if end < 0 else section[:end]
     return [block.strip() for block in re.findall(r"```sql\n(.*?)```", section, re.DOTALL)]
 
 

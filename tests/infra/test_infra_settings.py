@@ -324,8 +324,8 @@ def test_a_whole_object_given_on_the_command_line_that_is_not_json_says_how_to_g
         Settings.from_cdk_context({CONTEXT_KEY: "compute=gpu"})
 
 
-def test_infra_readme_documents_every_setting_with_its_default():
-    readme = (REPO_ROOT / "infra" / "README.md").read_text()
+def test_the_deploy_page_documents_every_setting_with_its_default():
+    readme = (REPO_ROOT / "docs" / "deploy.md").read_text()
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \|", readme, re.MULTILINE))
     defaults = {field.name: json.dumps(field.default).strip('"') for field in fields(Settings)}
     assert rows == defaults
