@@ -68,7 +68,7 @@ demo: venv
 	$(PY) -m job.demo --work-dir build/demo
 
 # The job's runtime dependencies as wheels (pinned by the lock), so that the packaging test installs the job into a
-# fresh venv offline: pip reads them from here and from its cache, not from PyPI.
+# fresh venv offline: pip reads them from here (--no-index), not from PyPI.
 WHEELHOUSE := build/wheelhouse
 $(WHEELHOUSE)/.complete: pyproject.toml requirements.lock | $(STAMP)
 	rm -rf $(WHEELHOUSE)
@@ -86,7 +86,7 @@ test: venv node-check data wheelhouse $(CHROMIUM)
 
 $(CHROMIUM):
 	@echo "make test renders the run report (job/templates/report.html) in a real browser: $(CHROMIUM) is missing, so"
-	@echo "Debian's chromium package is installed now with apt-get (about 100 MB; sudo when not root). To use another"
+	@echo "Debian's chromium package is installed now with apt-get (with sudo when not root). To use another"
 	@echo "Chromium instead: make test CHROMIUM=/path/to/chromium"
 	@command -v apt-get >/dev/null || { echo "error: $(CHROMIUM) not found and no apt-get: install Chromium, or run make CHROMIUM=/path/to/chromium"; exit 1; }
 	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
