@@ -105,3 +105,28 @@ def tree_state(root: str) -> dict:
             info = os.lstat(path)
             state[path] = (info.st_size, info.st_mtime_ns)
     return state
+
+
+def position_model(classes: int = 3, side: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A model that sees where pixels are (so a turned image gets other scores) and gives non-finite scores for an
+    all-black image: ``scores = (flat @ W) / (sum(flat) + 2 * 3 * side * side)``, where ``flat`` is the normalised
+    input (mean 0.5, std 0.25: black is -2 everywhere, so the divisor is 0 exactly for black)."""
+    pixels = 3 * side * side
+    weights = np.random.default_rng(seed).normal(size=(pixels, classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["data"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["raw"]),
+        helper.make_node("ReduceSum", ["flat", "axes"], ["total"], keepdims=1),  # per image: axes is an input in opset 13
+        helper.make_node("Add", ["total", "offset"], ["divisor"]),
+        helper.make_node("Div", ["raw", "divisor"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "position",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, side, side])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        initializer=[numpy_helper.from_array(weights, "W"),
+                     numpy_helper.from_array(np.array([2.0 * pixels], np.float32), "offset"),
+                     numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
