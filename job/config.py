@@ -89,7 +89,8 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help=f"lowest-confidence images shown in OUTPUT/report.html, 0 to {MAX_REPORT_THUMBNAILS} "
                              f"(default {DEFAULT_REPORT_THUMBNAILS}; 0: none)")
     parser.add_argument("--max-object-bytes", type=int, default=DEFAULT_MAX_OBJECT_BYTES, metavar="BYTES",
-                        help=f"larger inputs are not read, but recorded as too_large (default {DEFAULT_MAX_OBJECT_BYTES})")
+                        help=f"larger inputs are not read, but recorded as too_large "
+                             f"(default {DEFAULT_MAX_OBJECT_BYTES})")
     parser.add_argument("--max-bytes-in-flight", type=int, default=DEFAULT_MAX_BYTES_IN_FLIGHT, metavar="BYTES",
                         help=f"fetched bytes one Python worker holds at once, at least --max-object-bytes (default "
                              f"{DEFAULT_MAX_BYTES_IN_FLIGHT})")

@@ -94,7 +94,8 @@ def cifar_items(uri: str, size: int, records_per_item: int, etag: Optional[str] 
 
 def _unsupported(uri: str) -> WorkItem:
     return WorkItem(uri, KIND_INVALID, error=(
-        f"unsupported_type: {uri} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a CIFAR-10 batch ({CIFAR_SUFFIX})"))
+        f"unsupported_type: {uri} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a CIFAR-10 batch "
+        f"({CIFAR_SUFFIX})"))
 
 
 def _manifest_entry(entry: object) -> Optional[ManifestEntry]:
@@ -131,7 +132,8 @@ def read_manifest(uri: str, storage: Storage) -> list[ManifestEntry]:
     if bad:
         raise NoInputError(
             f"--manifest {uri}: entries {bad[:10]}{' ...' if len(bad) > 10 else ''} are neither an object URI nor "
-            f'{{"uri": str, "etag": str, "version_id": str}} (etag and version_id optional); e.g. {entries[bad[0]]!r:.200}')
+            f'{{"uri": str, "etag": str, "version_id": str}} (etag and version_id optional); '
+            f"e.g. {entries[bad[0]]!r:.200}")
     return parsed
 
 

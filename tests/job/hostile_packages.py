@@ -116,7 +116,8 @@ def position_model(classes: int = 3, side: int = 8, seed: int = 0) -> onnx.Model
     nodes = [
         helper.make_node("Flatten", ["data"], ["flat"]),
         helper.make_node("MatMul", ["flat", "W"], ["raw"]),
-        helper.make_node("ReduceSum", ["flat", "axes"], ["total"], keepdims=1),  # per image: axes is an input in opset 13
+        # Per image: in opset 13 the axes are an input, and without them every axis is summed.
+        helper.make_node("ReduceSum", ["flat", "axes"], ["total"], keepdims=1),
         helper.make_node("Add", ["total", "offset"], ["divisor"]),
         helper.make_node("Div", ["raw", "divisor"], ["scores"]),
     ]
