@@ -39,7 +39,6 @@ import posixpath
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from unittest import mock
 from typing import Optional
 
 from job.storage import (ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage, is_s3, join, local_path,
@@ -408,7 +407,9 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
     onnx_path = os.path.join(directory, "model.onnx")
     # The exporter targets the newest opset the installed onnx knows (22 for onnx 1.17), which ONNX Runtime 1.20 refuses;
     # it reads that number from onnx.defs at call time and has no parameter for it.
-    with mock.patch("onnx.defs.onnx_opset_version", return_value=ONNX_OPSET):
+    newest_opset = onnx.defs.onnx_opset_version
+    onnx.defs.onnx_opset_version = lambda: ONNX_OPSET
+    try:
         mx.onnx.export_model(
             sym=os.path.join(package.uri, package.files["symbol"]),
             params=os.path.join(package.uri, package.files["params"]),
@@ -418,6 +419,8 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
             dynamic=True,
             dynamic_input_shapes=[(None, *package.input_shape)],
         )
+    finally:
+        onnx.defs.onnx_opset_version = newest_opset
     # MXNet lists every weight as a graph input too; ONNX Runtime then cannot constant-fold them and runs ~3x slower.
     model = onnx.load(onnx_path)
     initializer_names = {initializer.name for initializer in model.graph.initializer}

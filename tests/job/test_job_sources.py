@@ -123,3 +123,32 @@ def test_a_small_batch_is_not_spread_over_every_slot():
     assert [item for task in tasks for item in task] == items
     many = [WorkItem(f"i{n}.png", KIND_IMAGE) for n in range(160 * MIN_IMAGES_PER_TASK)]
     assert len(plan_tasks(many, slots=160, max_images_per_task=20_000)) == 160  # enough for every slot: all used
+
+
+def test_manifest_cifar_sizes_are_read_concurrently(tmp_path):
+    """Reliability review (read-only minor): one HEAD after another made 100,000 listed batches take tens of
+    minutes. A storage whose size() takes 20 ms shows how many run at once."""
+    import threading
+    import time
+
+    class SlowHeads(Storage):
+        def __init__(self):
+            super().__init__()
+            self.running = self.most = 0
+            self.lock = threading.Lock()
+
+        def size(self, uri):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)
+            with self.lock:
+                self.running -= 1
+            return CIFAR_RECORD_BYTES
+
+    storage = SlowHeads()
+    uris = [f"s3://b/batches/{n}.bin" for n in range(64)]
+    manifest = _write(tmp_path / "m.json", json.dumps(uris).encode())
+    items = list_inputs(inputs=[], manifest=manifest, storage=storage, records_per_item=256).items
+    assert [item.source for item in items] == uris and all(item.kind == KIND_CIFAR for item in items)
+    assert storage.most > 1
