@@ -208,7 +208,8 @@ class Storage:
                 raise ObjectTooLarge(f"{uri} is {size} bytes; at most {max_bytes} are read")
             if reserve is not None:
                 try:
-                    reserve(size)
+                    # S3 always sends Content-Length; without one, what max_bytes lets through is reserved.
+                    reserve(size if size is not None else (max_bytes or 0))
                 except BaseException:
                     body.close()
                     raise

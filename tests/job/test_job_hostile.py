@@ -163,7 +163,8 @@ def hostile_run(spark, s3, s3_endpoint, victim, tmp_path_factory):
     summary = run(parse_args([
         "--manifest", f"s3://{BUCKET}/manifests/hostile.json", "--model", package, "--output", str(output),
         "--s3-endpoint-url", s3_endpoint, "--max-failure-ratio", "1", "--batch-size", "4",
-        "--max-object-bytes", "200000", "--max-bytes-in-flight", "400000"]), master="local[2,4]")
+        "--max-object-bytes", "200000", "--max-bytes-in-flight", "400000",
+        "--max-batch-bytes", "2000"]), master="local[2,4]")  # 960 decoded bytes an 8x8 image: batches of 2
     after = {path: state for path, state in tree_state(str(root.parent)).items() if not path.startswith(str(root))}
     rows = {row["source"].rsplit("/", 1)[1]: row for row in pq.read_table(output / "predictions").to_pylist()}
     return rows, summary, before, after, scratch
@@ -195,6 +196,12 @@ def test_every_input_has_exactly_one_row_and_the_summary_counts_the_reasons(host
                                              "changed_since_upload": 1}
     assert summary["model"]["file_etags"].keys() == {"model.onnx"}
     assert summary["worker_peak_fetch_bytes_in_flight"] <= 400_000
+
+
+def test_the_batch_size_is_cut_to_the_batch_byte_limit_and_the_summary_says_so(hostile_run):
+    summary = hostile_run[1]
+    assert summary["batch_size"] == 2
+    assert any("batches of 2 images, not --batch-size 4" in note for note in summary["planning_notes"])
 
 
 def test_a_turned_photo_gets_the_same_scores_on_both_decoder_paths(hostile_run):
