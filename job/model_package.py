@@ -16,7 +16,11 @@ A package is a directory or S3 prefix holding ``model.json`` and the model files
       "provenance": {...}                     # free-form: data set, held-out accuracy, command that made it
     }
 
-Reading and validating a package imports no framework, so the driver can check it before any Spark work.
+Reading and validating a package imports no framework, so the driver can check it before any Spark work. A package
+is code-equivalent (it decides what every node computes), so it is held to limits: file names are plain relative names
+inside the package (at most ``MAX_FILES``); an ONNX model's external data may only be files ``files`` names;
+height and width at most ``MAX_INPUT_SIDE``; at most ``MAX_LABELS`` labels of ``MAX_LABEL_CHARS``; ``model.json`` at
+most ``MAX_MANIFEST_BYTES``. Workers copy only the named files, at the ETags the driver recorded.
 
 Commands::
 
