@@ -19,6 +19,16 @@ DEFAULT_MAX_IMAGES_PER_TASK = 20_000
 DEFAULT_REPORT_THUMBNAILS = 48
 MAX_REPORT_THUMBNAILS = 500
 URI_SCHEMES = ("s3://", "file://", "/", "./", "../")
+# Memory of one Python worker (bounded by settings, not by luck). An object larger than --max-object-bytes is never read
+# (a `too_large` row): 64 MiB holds any photo within decode.MAX_IMAGE_PIXELS as PNG or JPEG. The fetched objects a
+# worker holds at once are at most --max-bytes-in-flight; the decoded arrays of one batch (uint8 pixels plus the
+# float32 model input, 15 bytes per pixel) at most --max-batch-bytes, by taking fewer images per batch when the model's
+# input is large: 256 images of 224x224 are 193 MB.
+MIB = 1024 * 1024
+DEFAULT_MAX_OBJECT_BYTES = 64 * MIB
+DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * MIB
+DEFAULT_MAX_BATCH_BYTES = 256 * MIB
+DECODED_BYTES_PER_PIXEL = 3 + 3 * 4
 
 
 class ConfigError(ValueError):
@@ -40,6 +50,9 @@ class JobConfig:
     fetch_threads: int = DEFAULT_FETCH_THREADS
     max_images_per_task: int = DEFAULT_MAX_IMAGES_PER_TASK
     report_thumbnails: int = DEFAULT_REPORT_THUMBNAILS
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     master: Optional[str] = None
     # Test-only fault injection: the first Python worker to reach this many images kills itself (once per marker file).
     kill_worker_once_marker: Optional[str] = field(default=None, repr=False)
@@ -75,6 +88,15 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-thumbnails", type=int, default=DEFAULT_REPORT_THUMBNAILS, metavar="N",
                         help=f"lowest-confidence images shown in OUTPUT/report.html, 0 to {MAX_REPORT_THUMBNAILS} "
                              f"(default {DEFAULT_REPORT_THUMBNAILS}; 0: none)")
+    parser.add_argument("--max-object-bytes", type=int, default=DEFAULT_MAX_OBJECT_BYTES, metavar="BYTES",
+                        help=f"larger inputs are not read, but recorded as too_large "
+                             f"(default {DEFAULT_MAX_OBJECT_BYTES})")
+    parser.add_argument("--max-bytes-in-flight", type=int, default=DEFAULT_MAX_BYTES_IN_FLIGHT, metavar="BYTES",
+                        help=f"fetched bytes one Python worker holds at once, at least --max-object-bytes (default "
+                             f"{DEFAULT_MAX_BYTES_IN_FLIGHT})")
+    parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, metavar="BYTES",
+                        help=f"decoded bytes of one batch ({DECODED_BYTES_PER_PIXEL} per input pixel); a large model "
+                             f"input gets fewer images per batch (default {DEFAULT_MAX_BATCH_BYTES})")
     parser.add_argument("--master", metavar="URL",
                         help="Spark master for `python -m job` (default: local[*]); ignored under spark-submit")
     parser.add_argument("--test-kill-worker-once", dest="kill_worker_once_marker", help=argparse.SUPPRESS)
@@ -101,6 +123,14 @@ def _problems(config: JobConfig) -> list[str]:
         problems.append(f"--fetch-threads must be a positive integer; got {config.fetch_threads}")
     if config.max_images_per_task < 1:
         problems.append(f"--max-images-per-task must be a positive integer; got {config.max_images_per_task}")
+    for flag, value in (("--max-object-bytes", config.max_object_bytes),
+                        ("--max-bytes-in-flight", config.max_bytes_in_flight),
+                        ("--max-batch-bytes", config.max_batch_bytes)):
+        if value < 1:
+            problems.append(f"{flag} must be a positive number of bytes; got {value}")
+    if config.max_bytes_in_flight < config.max_object_bytes:
+        problems.append(f"--max-bytes-in-flight ({config.max_bytes_in_flight}) must be at least --max-object-bytes "
+                        f"({config.max_object_bytes}): a worker must be able to hold the largest object it may read")
     if not 0 <= config.report_thumbnails <= MAX_REPORT_THUMBNAILS:
         problems.append(f"--report-thumbnails must be an integer from 0 (no thumbnails) to {MAX_REPORT_THUMBNAILS}; "
                         f"got {config.report_thumbnails}")
@@ -114,6 +144,12 @@ def _problems(config: JobConfig) -> list[str]:
         elif not _looks_like_uri(uri):
             problems.append(f"{flag} {uri!r}: only s3:// URIs and local paths (optionally file://) are supported")
     return problems
+
+
+def images_per_batch(config: JobConfig, height: int, width: int) -> int:
+    """``--batch-size``, or fewer images when one batch of ``height`` x ``width`` inputs would decode to more than
+    ``--max-batch-bytes``; at least 1."""
+    return max(1, min(config.batch_size, config.max_batch_bytes // (height * width * DECODED_BYTES_PER_PIXEL)))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
@@ -133,6 +169,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
         fetch_threads=args.fetch_threads,
         max_images_per_task=args.max_images_per_task,
         report_thumbnails=args.report_thumbnails,
+        max_object_bytes=args.max_object_bytes,
+        max_bytes_in_flight=args.max_bytes_in_flight,
+        max_batch_bytes=args.max_batch_bytes,
         master=args.master,
         kill_worker_once_marker=args.kill_worker_once_marker,
         kill_worker_after_images=args.kill_worker_after_images,

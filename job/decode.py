@@ -13,7 +13,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # One thread: a Spark task owns one core, and the model's threads are sized the same way.
 cv2.setNumThreads(1)
@@ -24,6 +24,12 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
+# The only formats Pillow may open. Without the list, Pillow tries every plugin it has: its EPS plugin runs Ghostscript
+# on the upload (where `gs` is installed), and PSD, FITS, ICNS and the rest are attack surface for no gain.
+PILLOW_FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP")
+# EXIF Orientation values (TIFF tag 274) that turn the picture by 90 or 270 degrees, so width and height swap.
+EXIF_ORIENTATION = 0x0112
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
@@ -65,15 +71,17 @@ def _jpeg_reduction_flag(width: int, height: int, target_width: int, target_heig
 
 
 def _decode_with_pillow(data: bytes, height: int, width: int) -> np.ndarray:
-    """The slow, thorough path: every mode Pillow knows, and the precise reason when the data is bad."""
+    """The slow, thorough path: every mode Pillow knows, and the precise reason when the data is bad. EXIF
+    orientation is applied, as OpenCV does on the fast path, so a photo is the same way up on both."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
             _check_pixels(image.width, image.height)
             if image.format == "JPEG":
-                image.draft("RGB", (width, height))
-            image = _to_rgb(image)
+                side = max(width, height)  # the draft is taken before turning, so either side may become the width
+                image.draft("RGB", (side, side))
+            image = _to_rgb(ImageOps.exif_transpose(image))
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
@@ -82,7 +90,8 @@ def _decode_with_pillow(data: bytes, height: int, width: int) -> np.ndarray:
     except Image.DecompressionBombError as error:
         raise DecodeError(f"image_too_large: {error}") from error
     except Image.UnidentifiedImageError as error:
-        raise DecodeError("not_an_image: the data is not an image format Pillow or OpenCV can read") from error
+        raise DecodeError(f"not_an_image: the data is none of the image formats read ({', '.join(PILLOW_FORMATS)})"
+                          ) from error
     except (OSError, SyntaxError, ValueError, Warning) as error:
         # Truncated or corrupt data surfaces here, while the pixels are read.
         raise DecodeError(f"corrupt_image: {error}") from error
@@ -93,7 +102,8 @@ def decode_image(data: bytes, height: int, width: int) -> np.ndarray:
 
     OpenCV decodes PNG and complete JPEG files (about twice Pillow's speed at 32x32, where decoding competes with the
     model for the same cores); everything else, and anything OpenCV refuses, goes through Pillow, which also names the
-    problem when the data is bad. Image dimensions are checked from the header before any pixel is decoded.
+    problem when the data is bad. Only the formats in :data:`PILLOW_FORMATS` are read. Image dimensions are checked
+    from the header before any pixel is decoded. Both paths apply a JPEG's EXIF orientation.
     """
     if not data:
         raise DecodeError("empty_file: the object has zero bytes")
@@ -104,11 +114,15 @@ def decode_image(data: bytes, height: int, width: int) -> np.ndarray:
     elif data[:2] == JPEG_SIGNATURE and data.rstrip(b"\0")[-2:] == JPEG_END:
         # OpenCV fills a truncated JPEG with grey and says nothing, hence the end-marker check.
         try:
-            header = Image.open(io.BytesIO(data))
+            header = Image.open(io.BytesIO(data), formats=("JPEG",))
+            orientation = header.getexif().get(EXIF_ORIENTATION)
         except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DecodeError(f"corrupt_image: {error}") from error
         _check_pixels(header.width, header.height)
-        flags = _jpeg_reduction_flag(header.width, header.height, width, height)
+        # OpenCV turns the picture by its EXIF orientation after the DCT down-scaling: compare the turned sizes.
+        turned = orientation in SWAPPING_ORIENTATIONS
+        flags = _jpeg_reduction_flag(header.width, header.height, height if turned else width,
+                                     width if turned else height)
     else:
         return _decode_with_pillow(data, height, width)
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)

@@ -16,7 +16,11 @@ A package is a directory or S3 prefix holding ``model.json`` and the model files
       "provenance": {...}                     # free-form: data set, held-out accuracy, command that made it
     }
 
-Reading and validating a package imports no framework, so the driver can check it before any Spark work.
+Reading and validating a package imports no framework, so the driver can check it before any Spark work. A package
+is code-equivalent (it decides what every node computes), so it is held to limits: file names are plain relative names
+inside the package (at most ``MAX_FILES``); an ONNX model's external data may only be files ``files`` names;
+height and width at most ``MAX_INPUT_SIDE``; at most ``MAX_LABELS`` labels of ``MAX_LABEL_CHARS``; ``model.json`` at
+most ``MAX_MANIFEST_BYTES``. Workers copy only the named files, at the ETags the driver recorded.
 
 Commands::
 
@@ -33,14 +37,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
+import posixpath
 import sys
 import tempfile
-from dataclasses import dataclass
-from unittest import mock
+from dataclasses import dataclass, field
 from typing import Optional
 
-from job.storage import ObjectNotFound, Storage, join, local_path
+from job.storage import (ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage, is_s3, join, local_path,
+                         safe_relative_name)
 
 MANIFEST_NAME = "model.json"
 FORMAT_VERSION = 1
@@ -48,10 +54,34 @@ FORMATS = {"mxnet": ("symbol", "params"), "onnx": ("onnx",)}
 OUTPUTS = ("logits", "probabilities")
 DEFAULT_INPUT_NAME = "data"
 ONNX_OPSET = 13
+# Limits a package must keep, so that a malformed or hostile one is refused at job start instead of exhausting the
+# workers. A 4096x4096 input is 16.8 megapixels, above any classifier's; 100,000 labels cover ImageNet-21k (21,843).
+MAX_INPUT_SIDE = 4096
+MAX_LABELS = 100_000
+MAX_LABEL_CHARS = 256
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_FILES = 16
+# A subgraph nested deeper than this (If/Loop bodies inside each other) is refused rather than walked.
+MAX_ONNX_NESTING = 64
 
 
 class ModelPackageError(ValueError):
-    """The package is missing or malformed; the message lists every problem."""
+    """The package is missing or malformed; the message lists every problem. ``reason`` starts the error of every
+    row whose input could not be classified because of it."""
+
+    reason = "model_refused"
+
+
+class ModelChanged(ModelPackageError):
+    """A package file is no longer the version the driver checked: the package was replaced during the run."""
+
+    reason = "model_changed"
+
+
+class ModelOutputError(ModelPackageError):
+    """The model's output does not have one score per label for each image."""
+
+    reason = "bad_output_shape"
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,8 @@ class ModelPackage:
     output: str
     trained: bool
     provenance: dict
+    # File name -> the S3 ETag it had when the driver checked the package; workers download exactly those versions.
+    file_etags: dict = field(default_factory=dict)
 
     @property
     def height(self) -> int:
@@ -86,6 +118,12 @@ def _number_triple(document: dict, key: str, problems: list[str], positive: bool
         problems.append(f"{key!r} must be a list of 3 {'positive ' if positive else ''}numbers (one per channel); got {value!r}")
         return (0.0, 0.0, 1.0)
     return tuple(float(v) for v in value)
+
+
+def _abridged(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message must not carry a million labels."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_manifest(document: object, uri: str) -> ModelPackage:
@@ -107,20 +145,36 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
     if not isinstance(files, dict) or not all(isinstance(v, str) and v for v in files.values()):
         problems.append(f"'files' must map roles to file names; got {files!r}")
         files = {}
-    elif model_format in FORMATS:
-        missing = [role for role in FORMATS[model_format] if role not in files]
-        if missing:
-            problems.append(f"'files' needs {list(FORMATS[model_format])} for format {model_format!r}; missing {missing}")
+    else:
+        unsafe = [name for name in files.values() if not safe_relative_name(name)]
+        if unsafe:
+            problems.append(f"'files' names must be plain relative names inside the package ('/'-separated, no "
+                            f"absolute path, no empty, '.' or '..' segment, no backslash); got {unsafe!r}")
+        if len(files) > MAX_FILES:
+            problems.append(f"'files' may name at most {MAX_FILES} files; got {len(files)}")
+        if model_format in FORMATS:
+            missing = [role for role in FORMATS[model_format] if role not in files]
+            if missing:
+                problems.append(
+                    f"'files' needs {list(FORMATS[model_format])} for format {model_format!r}; missing {missing}")
     shape = document.get("input_shape")
     if (not isinstance(shape, list) or len(shape) != 3 or shape[0] != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        problems.append(f"'input_shape' must be [3, height, width] with positive integers; got {shape!r}")
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in shape)):
+        problems.append(f"'input_shape' must be [3, height, width] with height and width integers from 1 to "
+                        f"{MAX_INPUT_SIDE}; got {_abridged(shape)}")
         shape = [3, 1, 1]
     mean = _number_triple(document, "mean", problems)
     std = _number_triple(document, "std", problems, positive=True)
     labels = document.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        problems.append(f"'labels' must be a non-empty list of class names; got {labels!r}")
+        problems.append(f"'labels' must be a non-empty list of class names; got {_abridged(labels)}")
+        labels = []
+    elif len(labels) > MAX_LABELS:
+        problems.append(f"'labels' may hold at most {MAX_LABELS} class names; got {len(labels)}")
+        labels = []
+    elif any(len(label) > MAX_LABEL_CHARS for label in labels):
+        problems.append(f"'labels' entries may be at most {MAX_LABEL_CHARS} characters; the longest is "
+                        f"{max(len(label) for label in labels)}")
         labels = []
     output = document.get("output", "logits")
     if output not in OUTPUTS:
@@ -147,25 +201,175 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
 
 
 def read_package(uri: str, storage: Storage, check_files: bool = True) -> ModelPackage:
-    """Read and validate ``model.json`` at ``uri``; with ``check_files``, also that every file it names exists."""
+    """Read and validate ``model.json`` at ``uri``.
+
+    With ``check_files``, also that every file it names exists, recording each one's ETag (s3://) so that workers
+    download exactly those versions, and that an ONNX model reads no data from outside the package
+    (:func:`check_onnx_file`).
+    """
     manifest_uri = join(uri, MANIFEST_NAME)
     try:
-        document = json.loads(storage.read(manifest_uri))
+        document = json.loads(storage.read(manifest_uri, max_bytes=MAX_MANIFEST_BYTES))
     except ObjectNotFound as error:
         raise ModelPackageError(f"--model {uri}: no {MANIFEST_NAME} there ({error}); see README, 'Model package'") from error
+    except ObjectTooLarge as error:
+        raise ModelPackageError(f"{manifest_uri} is larger than {MAX_MANIFEST_BYTES} bytes: {error}") from error
     except ValueError as error:
         raise ModelPackageError(f"{manifest_uri} is not valid JSON: {error}") from error
     package = parse_manifest(document, uri)
-    if check_files:
-        missing = []
-        for file_name in package.files.values():
-            try:
-                storage.size(join(uri, file_name))
-            except ObjectNotFound:
-                missing.append(file_name)
-        if missing:
-            raise ModelPackageError(f"model package {uri} names files that do not exist: {missing}")
+    if not check_files:
+        return package
+    missing, etags = [], {}
+    for file_name in package.files.values():
+        try:
+            etags[file_name] = storage.stat(join(uri, file_name)).etag
+        except ObjectNotFound:
+            missing.append(file_name)
+    if missing:
+        raise ModelPackageError(f"model package {uri} names files that do not exist: {missing}")
+    package = ModelPackage(**{**package.__dict__, "file_etags": etags})
+    if package.format == "onnx":
+        if is_s3(uri):
+            with tempfile.TemporaryDirectory(prefix="model-check-") as scratch:
+                onnx_name = package.files["onnx"]
+                storage.download_files(uri, {onnx_name: etags[onnx_name]}, scratch)
+                check_onnx_file(package, os.path.join(scratch, *onnx_name.split("/")))
+        else:
+            check_onnx_file(package, os.path.join(local_path(uri), package.files["onnx"]))
     return package
+
+
+def download_package(package: ModelPackage, storage: Storage, directory: str) -> None:
+    """Copy exactly the files ``model.json`` names (at the ETags the driver recorded) into ``directory``.
+
+    Raises :class:`ModelPackageError` when a file changed since the driver checked the package, and re-checks an ONNX
+    model's external data references on the copy.
+    """
+    try:
+        storage.download_files(package.uri, {name: package.file_etags.get(name) for name in package.files.values()},
+                               directory)
+    except ObjectChanged as error:
+        raise ModelChanged(str(error)) from error
+    if package.format == "onnx":
+        check_onnx_file(package, os.path.join(directory, *package.files["onnx"].split("/")))
+
+
+# ONNX's protobuf field numbers (onnx/onnx.proto, IR version 10) on the way from a model to every TensorProto: the
+# graph's initializers, tensors in node attributes, subgraphs (If, Loop, Scan bodies), sparse tensors, functions
+# and training graphs. Read without the `onnx` package, which the nodes do not install.
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TRAINING, _FUNCTION, _TENSOR, _ENTRY = range(9)
+_ONNX_CHILDREN = {
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
+    _TENSOR: {13: _ENTRY},
+    _ENTRY: {},
+}
+_TENSOR_DATA_LOCATION = 14
+_DATA_LOCATION_EXTERNAL = 1
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _varint(buffer, position: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= end or shift > 63:
+            raise _Malformed("a varint runs past its message")
+        byte = buffer[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
+
+
+def _fields(buffer, start: int, end: int):
+    """``(field number, wire type, value)`` of one protobuf message; a length-delimited value is ``(start, end)``."""
+    position = start
+    while position < end:
+        tag, position = _varint(buffer, position, end)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, position = _varint(buffer, position, end)
+        elif wire_type == 1 or wire_type == 5:
+            value, position = None, position + (8 if wire_type == 1 else 4)
+        elif wire_type == 2:
+            length, position = _varint(buffer, position, end)
+            value, position = (position, position + length), position + length
+        else:
+            raise _Malformed(f"wire type {wire_type} (groups) does not occur in ONNX")
+        if position > end:
+            raise _Malformed("a field runs past its message")
+        yield number, wire_type, value
+
+
+def onnx_external_locations(buffer) -> list[str]:
+    """The ``location`` of every tensor of an ONNX model (bytes or an mmap) whose data lives in another file.
+
+    A tensor marked external without a location is reported as ``""``. Raises ValueError on data that is not a
+    protobuf message.
+    """
+    found: list[str] = []
+
+    def walk(kind: int, start: int, end: int, depth: int) -> None:
+        if depth > MAX_ONNX_NESTING:
+            raise _Malformed(f"subgraphs nested more than {MAX_ONNX_NESTING} deep")
+        external = False
+        entries: dict[str, str] = {}
+        for number, wire_type, value in _fields(buffer, start, end):
+            child = _ONNX_CHILDREN[kind].get(number)
+            if kind == _TENSOR and number == _TENSOR_DATA_LOCATION and wire_type == 0:
+                external = value == _DATA_LOCATION_EXTERNAL
+            elif child == _ENTRY and wire_type == 2:
+                key, text = None, ""
+                for entry_number, entry_type, (entry_start, entry_end) in (
+                        item for item in _fields(buffer, *value) if item[1] == 2):
+                    decoded = bytes(buffer[entry_start:entry_end]).decode("utf-8", "replace")
+                    if entry_number == 1:
+                        key = decoded
+                    elif entry_number == 2:
+                        text = decoded
+                entries[key] = text
+            elif child is not None and wire_type == 2:
+                walk(child, *value, depth + 1)
+        if kind == _TENSOR and (external or entries):
+            found.append(entries.get("location", ""))
+
+    walk(_MODEL, 0, len(buffer), 0)
+    return found
+
+
+def check_onnx_file(package: ModelPackage, path: str) -> None:
+    """Refuse an ONNX model whose tensors read data from a file that is not one of the package's own files.
+
+    ONNX Runtime follows a tensor's external data ``location`` to an absolute path or out of the package with
+    ``../``; such a model would turn any file of the node into its weights, and from there into results. A location
+    must be a plain relative name that, next to the model file, is a file ``model.json`` names in ``files``.
+    """
+    onnx_name = package.files["onnx"]
+    allowed = set(package.files.values())
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            with (mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else memoryview(b"")) as buffer:
+                locations = onnx_external_locations(buffer)
+    except _Malformed as error:
+        raise ModelPackageError(f"model package {package.uri}: {onnx_name} is not an ONNX model: {error}") from error
+    refused = sorted({location for location in locations
+                      if not safe_relative_name(location)
+                      or posixpath.join(posixpath.dirname(onnx_name), location) not in allowed})
+    if refused:
+        raise ModelPackageError(
+            f"model package {package.uri}: {onnx_name} reads external data from {refused!r}; an ONNX model's external "
+            f"data must be plain relative file names inside the package that 'files' in model.json also names "
+            f"(it names {sorted(allowed)})")
 
 
 def write_manifest(directory: str, **fields) -> str:
@@ -207,7 +411,9 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
     onnx_path = os.path.join(directory, "model.onnx")
     # The exporter targets the newest opset the installed onnx knows (22 for onnx 1.17), which ONNX Runtime 1.20 refuses;
     # it reads that number from onnx.defs at call time and has no parameter for it.
-    with mock.patch("onnx.defs.onnx_opset_version", return_value=ONNX_OPSET):
+    newest_opset = onnx.defs.onnx_opset_version
+    onnx.defs.onnx_opset_version = lambda: ONNX_OPSET
+    try:
         mx.onnx.export_model(
             sym=os.path.join(package.uri, package.files["symbol"]),
             params=os.path.join(package.uri, package.files["params"]),
@@ -217,6 +423,8 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
             dynamic=True,
             dynamic_input_shapes=[(None, *package.input_shape)],
         )
+    finally:
+        onnx.defs.onnx_opset_version = newest_opset
     # MXNet lists every weight as a graph input too; ONNX Runtime then cannot constant-fold them and runs ~3x slower.
     model = onnx.load(onnx_path)
     initializer_names = {initializer.name for initializer in model.graph.initializer}

@@ -19,7 +19,7 @@ from typing import Optional
 from pyspark import AccumulatorParam
 
 from job import __version__
-from job.config import ConfigError, JobConfig
+from job.config import ConfigError, JobConfig, images_per_batch
 from job.model_package import ModelPackage, read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, join
@@ -29,7 +29,8 @@ PREDICTIONS_DIR = "predictions"
 SUMMARY_NAME = "summary.json"
 # Local runs retry a failed task (e.g. a crashed Python worker) up to 4 times, as a cluster would.
 DEFAULT_LOCAL_MASTER = "local[*,4]"
-WORK_ITEM_SCHEMA = "source string, kind string, start bigint, count bigint, error string"
+WORK_ITEM_SCHEMA = ("source string, kind string, start bigint, count bigint, error string, etag string, "
+                    "version_id string")
 
 
 class JobFailed(RuntimeError):
@@ -181,9 +182,16 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     if slots_note:
         print(f"warning: {slots_note}", file=sys.stderr)
     tasks = plan_tasks(listing.items, slots=slots, max_images_per_task=config.max_images_per_task)
+    batch_size = images_per_batch(config, package.height, package.width)
+    planning_notes = [slots_note] if slots_note else []
+    if batch_size < config.batch_size:
+        planning_notes.append(
+            f"batches of {batch_size} images, not --batch-size {config.batch_size}: the model's {package.height}x"
+            f"{package.width} input would decode to more than --max-batch-bytes {config.max_batch_bytes} per batch")
     settings = WorkerSettings(
-        package=package, device=config.device, batch_size=config.batch_size, top_k=config.top_k,
+        package=package, device=config.device, batch_size=batch_size, top_k=config.top_k,
         fetch_threads=config.fetch_threads, s3_endpoint_url=config.s3_endpoint_url,
+        max_object_bytes=config.max_object_bytes, max_bytes_in_flight=config.max_bytes_in_flight,
         kill_worker_once_marker=config.kill_worker_once_marker, kill_worker_after_images=config.kill_worker_after_images,
     )
     stats = spark.sparkContext.accumulator({}, StatsAccumulator())
@@ -196,7 +204,8 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         stats.add(task_stats)
 
     item_rows = spark.sparkContext.parallelize(tasks, len(tasks)).flatMap(
-        lambda task: [(item.source, item.kind, item.start, item.count, item.error) for item in task])
+        lambda task: [(item.source, item.kind, item.start, item.count, item.error, item.etag, item.version_id)
+                      for item in task])
     predictions_uri = join(config.output, PREDICTIONS_DIR)
     processing_started = time.perf_counter()
     (spark.createDataFrame(item_rows, WORK_ITEM_SCHEMA)
@@ -218,7 +227,10 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "manifest": config.manifest,
         "output": predictions_uri,
         "model": {"uri": package.uri, "name": package.name, "format": package.format, "trained": package.trained,
-                  "input_shape": list(package.input_shape), "provenance": package.provenance},
+                  "input_shape": list(package.input_shape), "provenance": package.provenance,
+                  # The versions every worker loaded: a file replaced during the run fails its rows (model_changed).
+                  "file_etags": package.file_etags},
+        "model_errors": sorted(worker.get("model_errors", {})),
         "device_requested": config.device,
         "images_by_device": {key[len("images_on_"):]: value for key, value in worker.items()
                              if key.startswith("images_on_")},
@@ -232,14 +244,18 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "images_per_s": counts["total"] / processing_s if processing_s else None,
         "tasks": len(tasks),
         "task_slots": slots,
-        "planning_notes": [slots_note] if slots_note else [],
-        "batch_size": config.batch_size,
+        "planning_notes": planning_notes,
+        "batch_size": batch_size,
         "top_k": config.top_k,
         "seconds": {"listing": listing_s, "session_start": session_s, "processing": processing_s},
         # Summed over tasks (and over retried attempts): where the workers spent their time.
         "worker_seconds": {name: worker.get(f"{name}_s", 0.0)
                            for name in ("task", "model_load", "fetch", "decode", "predict", "output")},
         "worker_peak_rss_mb": worker.get("peak_rss_mb"),
+        "worker_peak_fetch_bytes_in_flight": worker.get("peak_fetch_bytes_in_flight"),
+        "memory_limits": {"max_object_bytes": config.max_object_bytes,
+                          "max_bytes_in_flight": config.max_bytes_in_flight,
+                          "max_batch_bytes": config.max_batch_bytes},
         "versions": _versions(spark),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job.model_package import ModelPackage
+from job.model_package import ModelOutputError, ModelPackage, check_onnx_file, download_package
 from job.storage import Storage, is_s3, local_path
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -186,7 +187,9 @@ def _onnx_predictor(package: ModelPackage, directory: str, device: Device) -> Pr
 def load_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
     """``predict(float32[N, 3, H, W]) -> float32[N, len(labels)]`` probabilities, for a package stored in ``directory``.
 
-    Raises :class:`DeviceError` when the framework cannot run on ``device`` after all (ONNX Runtime without CUDA).
+    One forward pass of a single blank image checks the output's shape before any input is classified. Raises
+    :class:`DeviceError` when the framework cannot run on ``device`` after all (ONNX Runtime without CUDA), and
+    :class:`ModelOutputError` when the model's output does not match its labels.
     """
     raw = _mxnet_predictor(package, directory, device) if package.format == "mxnet" else _onnx_predictor(
         package, directory, device)
@@ -194,11 +197,14 @@ def load_predictor(package: ModelPackage, directory: str, device: Device) -> Pre
 
     def predict(batch: np.ndarray) -> np.ndarray:
         scores = np.asarray(raw(batch), dtype=np.float32)
-        if scores.ndim != 2 or scores.shape[1] != expected_classes:
-            raise ValueError(f"model {package.name} returned scores of shape {scores.shape}; expected "
-                             f"({len(batch)}, {expected_classes}) to match the {expected_classes} labels in model.json")
+        if scores.shape != (len(batch), expected_classes):
+            raise ModelOutputError(
+                f"model {package.name} returned scores of shape {scores.shape} for a batch of {len(batch)} images "
+                f"of input_shape {list(package.input_shape)}; expected ({len(batch)}, {expected_classes}) to match "
+                f"the {expected_classes} labels in model.json")
         return softmax(scores) if package.output == "logits" else scores
 
+    predict(np.zeros((1, *package.input_shape), dtype=np.float32))
     return predict
 
 
@@ -206,26 +212,44 @@ _cache: dict[tuple, tuple[Predict, Device]] = {}
 _cache_lock = threading.Lock()
 
 
+def scratch_root() -> str | None:
+    """Where a worker copies a model package: the YARN container's working directory when there is one (YARN removes
+    it with the container, and on EMR it is on the instance's disks, not the tmpfs ``/tmp``), else the system's."""
+    return os.getcwd() if "CONTAINER_ID" in os.environ else None
+
+
 def cached_predictor(package: ModelPackage, requested_device: str, storage: Storage) -> tuple[Predict, Device, bool]:
-    """The worker's predictor for ``package``, loading it on first use. Returns ``(predict, device, loaded_now)``."""
+    """The worker's predictor for ``package``, loading it on first use. Returns ``(predict, device, loaded_now)``.
+
+    An S3 package is copied (only the files ``model.json`` names, at the ETags the driver recorded) into a scratch
+    directory that is removed as soon as the model is loaded: both frameworks hold the model in memory by then.
+    """
     device = resolve_device(requested_device, task_gpu_addresses(),
                             0 if requested_device == "cpu" else framework_gpu_count(package.format))
-    key = (package.uri, package.format, str(device))
+    key = (package.uri, package.format, str(device), tuple(sorted(package.file_etags.items())))
     with _cache_lock:
         if key in _cache:
             return (*_cache[key], False)
-        if is_s3(package.uri):
-            directory = tempfile.mkdtemp(prefix="model-package-")
-            storage.download_prefix(package.uri, directory)
-        else:
-            directory = local_path(package.uri)
+        scratch = None
         try:
-            predict = load_predictor(package, directory, device)
-        except DeviceError as error:
-            if requested_device == "gpu":
-                raise DeviceError(f"--device gpu: {error}") from error
-            device = Device("cpu", note=f"--device auto fell back to CPU: {error}")
-            predict = load_predictor(package, directory, device)
+            if is_s3(package.uri):
+                scratch = tempfile.mkdtemp(prefix="model-package-", dir=scratch_root())
+                download_package(package, storage, scratch)
+                directory = scratch
+            else:
+                directory = local_path(package.uri)
+                if package.format == "onnx":
+                    check_onnx_file(package, os.path.join(directory, package.files["onnx"]))
+            try:
+                predict = load_predictor(package, directory, device)
+            except DeviceError as error:
+                if requested_device == "gpu":
+                    raise DeviceError(f"--device gpu: {error}") from error
+                device = Device("cpu", note=f"--device auto fell back to CPU: {error}")
+                predict = load_predictor(package, directory, device)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         # Kept under the key of the device asked for, so later tasks of this worker reuse the fallback too.
         _cache[key] = (predict, device)
         return (*_cache[key], True)

@@ -39,7 +39,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from job.model_package import ModelPackage, ModelPackageError, export_onnx, read_package, write_manifest
+from job.model_package import (ModelPackage, ModelPackageError, download_package, export_onnx, read_package,
+                               write_manifest)
 from job.predictor import Device, int8_instructions, load_predictor, onnx_session_options
 from job.sources import KIND_CIFAR, KIND_IMAGE, WorkItem, list_inputs
 from job.storage import Storage, is_s3, local_path
@@ -177,10 +178,12 @@ def _decoded_rows(batch: PreparedBatch) -> list[Optional[int]]:
 
 
 def local_copy(package: ModelPackage, storage: Storage, scratch: str) -> str:
+    """A local directory with the package's files: its own for a local package, else the files ``model.json`` names
+    (and nothing else of the prefix) copied under ``scratch``."""
     if not is_s3(package.uri):
         return local_path(package.uri)
     directory = os.path.join(scratch, "source")
-    storage.download_prefix(package.uri, directory)
+    download_package(package, storage, directory)
     return directory
 
 

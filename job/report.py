@@ -35,6 +35,7 @@ from PIL import Image
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from job.config import DEFAULT_MAX_OBJECT_BYTES
 from job.decode import decode_cifar_records, decode_image
 from job.model_package import ModelPackage
 from job.sources import CIFAR_RECORD_BYTES, is_cifar_batch
@@ -246,7 +247,8 @@ def _thumbnail(source: str, index: int, storage: Storage, size: tuple[int, int])
             record = storage.read(source, index * CIFAR_RECORD_BYTES, CIFAR_RECORD_BYTES)
             pixels = decode_cifar_records(record, height, width)[0][0]
         else:
-            pixels = decode_image(storage.read(source), height, width)
+            # The driver's memory is bounded as a worker's is: the rows shown were at most this size when classified.
+            pixels = decode_image(storage.read(source, max_bytes=DEFAULT_MAX_OBJECT_BYTES), height, width)
     except Exception as error:  # one unreadable thumbnail must not cost the whole report
         return None, f"not shown: {type(error).__name__}: {error}"
     buffer = io.BytesIO()
@@ -272,7 +274,17 @@ def _inline_svg(figure: Figure, prefix: str) -> Markup:
 
 def _horizontal_bars(names: list[str], values: list[float], value_labels: list[str], *, bar_ids: list[str],
                      xlabel: str, prefix: str) -> Markup:
-    """One bar per name, the first on top, each labelled with its value."""
+    """One bar per name, the first on top, each labelled with its value.
+
+    Names are drawn as written: without ``text.parse_math`` off, a label holding two ``$`` would be drawn as
+    mathtext, or (``$x^{2$``) raise and cost the whole report. The setting is read when each text is created.
+    """
+    with rc_context({"text.parse_math": False}):
+        return _draw_horizontal_bars(names, values, value_labels, bar_ids=bar_ids, xlabel=xlabel, prefix=prefix)
+
+
+def _draw_horizontal_bars(names: list[str], values: list[float], value_labels: list[str], *, bar_ids: list[str],
+                          xlabel: str, prefix: str) -> Markup:
     figure = Figure(figsize=(CHART_WIDTH_INCHES, 0.7 + 0.26 * len(names)), layout="constrained")
     axes = figure.subplots()
     positions = np.arange(len(names))

@@ -4,6 +4,11 @@ Per task: the task's work items arrive as Arrow rows; they are cut into batches 
 thread fetches each batch's objects concurrently (a thread pool and an S3 client shared by the whole worker process)
 and decodes them into one ``float32[N, 3, H, W]`` array while the main thread runs the model on the previous batch.
 Every input yields exactly one output row; an input that cannot be read or decoded yields a row with ``status = error``.
+
+Memory: an object is read only when its size (from the response headers) is at most ``max_object_bytes``; the bytes
+of fetched objects that a worker holds at once are at most ``max_bytes_in_flight`` (a byte budget reserved before an
+object's body is read and released once it is decoded); the decoded arrays are ``batch_size`` images each, for at
+most ``PREFETCH_BATCHES + 2`` batches (queued, being predicted, being prepared).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
+from job.config import DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_OBJECT_BYTES
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
-from job.model_package import ModelPackage
+from job.model_package import ModelPackage, ModelPackageError
 from job.predictor import cached_predictor
 from job.sources import CIFAR_RECORD_BYTES, KIND_CIFAR, KIND_IMAGE, WorkItem
-from job.storage import ObjectNotFound, Storage
+from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -58,6 +64,8 @@ class WorkerSettings:
     top_k: int
     fetch_threads: int
     s3_endpoint_url: Optional[str]
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     kill_worker_once_marker: Optional[str] = None
     kill_worker_after_images: int = 0
 
@@ -122,18 +130,40 @@ def batch_units(items: Iterable[WorkItem], batch_size: int) -> Iterator[list[_Un
         yield batch
 
 
-def _fetch(unit: _Unit, storage: Storage) -> bytes | Exception:
-    try:
-        if unit.item.kind == KIND_CIFAR:
-            return storage.read(unit.item.source, unit.start * CIFAR_RECORD_BYTES, unit.count * CIFAR_RECORD_BYTES)
-        return storage.read(unit.item.source)
-    except Exception as error:  # recorded on the input's row; the rest of the batch goes on
-        return error
+class ByteBudget:
+    """Bytes of fetched objects one worker holds at once: ``acquire`` waits until enough has been ``release``d.
+
+    A reservation larger than ``limit`` is granted only when nothing else is held, so it cannot wait for ever. The
+    job keeps ``max_object_bytes`` within the limit, so only a CIFAR-10 range of a huge batch size can exceed it.
+    ``peak`` is the most ever held, for tests and the run summary.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
+            self.held += size
+            self.peak = max(self.peak, self.held)
+
+    def release(self, size: int) -> None:
+        if size:
+            with self._changed:
+                self.held -= size
+                self._changed.notify_all()
 
 
 def _fetch_error_message(error: Exception) -> str:
     if isinstance(error, ObjectNotFound):
         return f"not_found: {error}"
+    if isinstance(error, ObjectTooLarge):
+        return f"too_large: {error}"
+    if isinstance(error, ObjectChanged):
+        return f"changed_since_upload: {error}"
     return f"fetch_failed: {type(error).__name__}: {error}"
 
 
@@ -145,48 +175,89 @@ class BatchPreparer:
         self.storage = Storage(settings.s3_endpoint_url)
         self.pool = fetch_pool(settings.fetch_threads)
         self.normalize = Normalizer(settings.package.mean, settings.package.std)
+        self.budget = ByteBudget(settings.max_bytes_in_flight)
         self.seconds = {"fetch": 0.0, "decode": 0.0}
 
-    def prepare(self, units: list[_Unit]) -> PreparedBatch:
-        started = time.perf_counter()
-        payloads = list(self.pool.map(lambda unit: _fetch(unit, self.storage), units))
-        decoding = time.perf_counter()
-        self.seconds["fetch"] += decoding - started
-        height, width = self.settings.package.height, self.settings.package.width
-        image_count = sum(unit.count for unit in units)
-        images = np.empty((image_count, height, width, 3), dtype=np.uint8)
-        batch = PreparedBatch()
-        filled = 0
-        for unit, payload in zip(units, payloads):
-            item = unit.item
-            records = range(unit.start, unit.start + unit.count)  # (0,) for anything but a CIFAR range
-            if item.kind not in (KIND_IMAGE, KIND_CIFAR):
-                batch.add(item.source, records, error=item.error)
-            elif isinstance(payload, Exception):
-                batch.add(item.source, records, error=_fetch_error_message(payload))
-            elif item.kind == KIND_CIFAR:
-                if len(payload) != unit.count * CIFAR_RECORD_BYTES:
-                    batch.add(item.source, records, error=(
-                        f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
-                        f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after listing"))
-                    continue
-                pixels, labels = decode_cifar_records(payload, height, width)
-                images[filled:filled + len(pixels)] = pixels
-                filled += len(pixels)
-                batch.add(item.source, records, true_labels=labels.tolist())
+    def _fetch(self, position: int, unit: _Unit, fetched: queue.Queue) -> None:
+        """Read one unit's bytes into ``fetched`` as ``(position, bytes or the exception, bytes reserved)``."""
+        reserved = 0
+
+        def reserve(size: int) -> None:
+            nonlocal reserved
+            self.budget.acquire(size)
+            reserved = size
+
+        item = unit.item
+        try:
+            if item.kind == KIND_CIFAR:
+                payload = self.storage.read(
+                    item.source, unit.start * CIFAR_RECORD_BYTES, unit.count * CIFAR_RECORD_BYTES,
+                    etag=item.etag, version_id=item.version_id, reserve=reserve)
             else:
-                try:
-                    images[filled] = decode_image(payload, height, width)
-                except DecodeError as error:
-                    batch.add(item.source, records, error=str(error))
-                    continue
-                except Exception as error:  # a decoder fault on one input must not fail the task's other inputs
-                    batch.add(item.source, records, error=f"corrupt_image: {type(error).__name__}: {error}")
-                    continue
-                filled += 1
-                batch.add(item.source, records)
-        batch.pixels = self.normalize(images[:filled])
-        self.seconds["decode"] += time.perf_counter() - decoding
+                payload = self.storage.read(item.source, etag=item.etag, version_id=item.version_id,
+                                            max_bytes=self.settings.max_object_bytes, reserve=reserve)
+        except Exception as error:  # recorded on the input's row; the rest of the batch goes on
+            self.budget.release(reserved)
+            fetched.put((position, error, 0))
+            return
+        fetched.put((position, payload, reserved))
+
+    def _decode_unit(self, unit: _Unit, payload: bytes, images: np.ndarray) -> tuple[Optional[str], Optional[list]]:
+        """Decode one unit's bytes into ``images`` (``uint8[unit.count, H, W, 3]``): ``(error, true labels)``."""
+        height, width = self.settings.package.height, self.settings.package.width
+        if unit.item.kind == KIND_CIFAR:
+            if len(payload) != unit.count * CIFAR_RECORD_BYTES:
+                return (f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
+                        f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after "
+                        "listing"), None
+            pixels, labels = decode_cifar_records(payload, height, width)
+            images[:] = pixels
+            return None, labels.tolist()
+        try:
+            images[0] = decode_image(payload, height, width)
+        except DecodeError as error:
+            return str(error), None
+        except Exception as error:  # a decoder fault on one input must not fail the task's other inputs
+            return f"corrupt_image: {type(error).__name__}: {error}", None
+        return None, None
+
+    def prepare(self, units: list[_Unit]) -> PreparedBatch:
+        """Fetch the units' objects concurrently and decode each as soon as it arrives (then drop its bytes), so
+        the bytes held never pass the budget; rows keep the units' order."""
+        height, width = self.settings.package.height, self.settings.package.width
+        offsets = np.cumsum([0] + [unit.count for unit in units])
+        images = np.empty((int(offsets[-1]), height, width, 3), dtype=np.uint8)
+        errors: list[Optional[str]] = [unit.item.error for unit in units]
+        true_labels: list[Optional[list]] = [None] * len(units)
+        fetched: queue.Queue = queue.Queue()
+        readable = [position for position, unit in enumerate(units)
+                    if unit.item.kind in (KIND_IMAGE, KIND_CIFAR) and unit.item.error is None]
+        for position in readable:
+            self.pool.submit(self._fetch, position, units[position], fetched)
+        for _ in readable:
+            waiting = time.perf_counter()
+            position, payload, reserved = fetched.get()
+            decoding = time.perf_counter()
+            self.seconds["fetch"] += decoding - waiting
+            try:
+                if isinstance(payload, Exception):
+                    errors[position] = _fetch_error_message(payload)
+                else:
+                    errors[position], true_labels[position] = self._decode_unit(
+                        units[position], payload, images[offsets[position]:offsets[position + 1]])
+            finally:
+                payload = None  # the bytes go before their budget is released
+                self.budget.release(reserved)
+            self.seconds["decode"] += time.perf_counter() - decoding
+        normalizing = time.perf_counter()
+        batch = PreparedBatch()
+        decoded = np.zeros(len(images), dtype=bool)
+        for position, unit in enumerate(units):
+            batch.add(unit.item.source, range(unit.start, unit.start + unit.count), error=errors[position],
+                      true_labels=true_labels[position])
+            decoded[offsets[position]:offsets[position + 1]] = errors[position] is None
+        batch.pixels = self.normalize(images if decoded.all() else images[decoded])
+        self.seconds["decode"] += time.perf_counter() - normalizing
         return batch
 
 
@@ -228,18 +299,45 @@ def prefetched(batches: Iterator[list[_Unit]], preparer: BatchPreparer) -> Itera
                 producer.join(timeout=0.05)
 
 
+def top_k_labels(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """``int64[N, k]``: the ``k`` best labels of each row, best first, ties by label number.
+
+    ``argpartition`` finds the ``k`` best in linear time; only those are sorted (a full sort of 100,000 scores per
+    image made output the bottleneck). Among scores tied at the ``k``-th place, which ones are kept is unspecified.
+    """
+    classes = probabilities.shape[1]
+    if k < classes:
+        best = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    else:
+        best = np.broadcast_to(np.arange(classes), probabilities.shape)
+    scores = np.take_along_axis(probabilities, best, axis=1)
+    return np.take_along_axis(best, np.lexsort((best, -scores), axis=1), axis=1)
+
+
 def to_record_batch(batch: PreparedBatch, probabilities: Optional[np.ndarray], labels: tuple[str, ...],
                     top_k: int) -> pa.RecordBatch:
-    """Arrow rows for one batch; ``probabilities`` is ``float32[images, classes]`` for the rows without error."""
+    """Arrow rows for one batch; ``probabilities`` is ``float32[images, classes]`` for the rows without error.
+
+    A row whose scores are not all finite (NaN or infinite: an overflowing or broken model) becomes an error row
+    ``bad_scores``, never an ``ok`` row of class 0.
+    """
     rows = len(batch.sources)
-    ok = np.array([error is None for error in batch.errors], dtype=bool)
+    errors = list(batch.errors)
+    ok = np.array([error is None for error in errors], dtype=bool)
     k = min(top_k, len(labels))
     best_labels = np.zeros((rows, k), dtype=np.int32)
     best_probabilities = np.zeros((rows, k), dtype=np.float32)
     if probabilities is not None and len(probabilities):
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].astype(np.int32)
-        best_labels[ok] = order
-        best_probabilities[ok] = np.take_along_axis(probabilities, order, axis=1)
+        predicted_rows = np.flatnonzero(ok)
+        finite = np.isfinite(probabilities).all(axis=1)
+        for row, scores in zip(predicted_rows[~finite], probabilities[~finite]):
+            errors[row] = (f"bad_scores: the model returned {np.isnan(scores).sum()} NaN and "
+                           f"{np.isinf(scores).sum()} infinite scores of {len(scores)}")
+        ok[predicted_rows[~finite]] = False
+        valid = probabilities[finite]
+        order = top_k_labels(valid, k).astype(np.int32)
+        best_labels[predicted_rows[finite]] = order
+        best_probabilities[predicted_rows[finite]] = np.take_along_axis(valid, order, axis=1)
     label_names = np.asarray(labels, dtype=object)
     offsets = np.arange(0, (rows + 1) * k, k, dtype=np.int32)
     top_k_values = pa.StructArray.from_arrays(
@@ -249,13 +347,23 @@ def to_record_batch(batch: PreparedBatch, probabilities: Optional[np.ndarray], l
         pa.array(batch.sources, pa.string()),
         pa.array(batch.indices, pa.int64()),
         pa.array(np.where(ok, STATUS_OK, STATUS_ERROR).tolist(), pa.string()),
-        pa.array(batch.errors, pa.string()),
+        pa.array(errors, pa.string()),
         pa.array(best_labels[:, 0], pa.int32(), mask=~ok),
         pa.array(label_names[best_labels[:, 0]].tolist(), pa.string(), mask=~ok),
         pa.array(best_probabilities[:, 0], pa.float32(), mask=~ok),
         pa.ListArray.from_arrays(pa.array(offsets), top_k_values, type=TOP_K_TYPE, mask=missing),
         pa.array(batch.true_labels, pa.int32()),
     ], schema=OUTPUT_SCHEMA)
+
+
+def _unclassified(items: list[WorkItem], batch_size: int, error: str, labels: tuple[str, ...],
+                  top_k: int) -> Iterator[pa.RecordBatch]:
+    """One error row per input, for a task whose model could not be used: nothing is lost, the summary counts them."""
+    for units in batch_units(items, batch_size):
+        batch = PreparedBatch()
+        for unit in units:
+            batch.add(unit.item.source, range(unit.start, unit.start + unit.count), error=unit.item.error or error)
+        yield to_record_batch(batch, None, labels, top_k)
 
 
 def _kill_worker_once(settings: WorkerSettings, images_done: int) -> None:
@@ -273,7 +381,16 @@ def _kill_worker_once(settings: WorkerSettings, images_done: int) -> None:
 def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict) -> Iterator[pa.RecordBatch]:
     """Classify one task's items; ``stats`` receives seconds and counts for the run summary."""
     started = time.perf_counter()
-    predict, device, loaded_now = cached_predictor(settings.package, settings.device, Storage(settings.s3_endpoint_url))
+    try:
+        predict, device, loaded_now = cached_predictor(settings.package, settings.device,
+                                                       Storage(settings.s3_endpoint_url))
+    except ModelPackageError as error:
+        # The same for every task (a package refused, replaced mid-run, or with the wrong output): rows, not a task
+        # failure that Spark would retry 4 times and then fail the step without a summary.
+        stats["model_errors"] = {f"{error.reason}: {error}": 1}
+        yield from _unclassified(items, settings.batch_size, f"{error.reason}: {error}", settings.package.labels,
+                                 settings.top_k)
+        return
     stats["model_load_s"] = time.perf_counter() - started if loaded_now else 0.0
     stats[f"images_on_{device.kind}"] = 0
     if device.note:
@@ -293,7 +410,7 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
         yield record_batch
         _kill_worker_once(settings, images_done)
     stats.update(fetch_s=preparer.seconds["fetch"], decode_s=preparer.seconds["decode"], predict_s=predict_seconds,
-                 output_s=output_seconds,
+                 output_s=output_seconds, peak_fetch_bytes_in_flight=preparer.budget.peak,
                  # ru_maxrss is in KiB on Linux: the largest this worker process has been, model included.
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 

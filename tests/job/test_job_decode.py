@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from job import decode
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
@@ -124,3 +124,62 @@ def test_normalizer_is_the_per_channel_formula_in_nchw():
         None, :, None, None]
     assert batch.dtype == np.float32 and batch.flags["C_CONTIGUOUS"] and batch.shape == (4, 3, 8, 6)
     np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-5)
+
+
+# --- hostile formats and orientation (reliability review #11, #15) ---------------------------------------------------
+
+_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n"
+        b"newpath 0 0 moveto 32 32 lineto stroke showpage\n%%EOF\n")
+
+
+def _psd(width=8, height=8) -> bytes:
+    """A minimal uncompressed RGB Photoshop file, which Pillow's PSD plugin decodes."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + bytes(range(64)) * 3 * (width * height // 64)
+
+
+def test_the_psd_fixture_is_a_real_psd():
+    """Pillow itself reads the fixture: so the test below proves the allow-list, not a broken file."""
+    assert Image.open(io.BytesIO(_psd())).format == "PSD"
+
+
+@pytest.mark.parametrize("data", [_EPS, _psd(), b"<!doctype html><html><body>hi</body></html>"],
+                         ids=["eps", "psd", "html"])
+def test_formats_outside_the_allow_list_are_not_an_image_and_run_no_plugin(data, monkeypatch):
+    """A PostScript upload named image.png made Pillow start Ghostscript (`gs`, not installed here: the spy records
+    the call instead). Now no plugin outside decode.PILLOW_FORMATS opens anything."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(DecodeError, match="^not_an_image: the data is none of the image formats read"):
+        decode_image(data, 32, 32)
+    assert calls == []
+
+
+def _oriented_jpeg(orientation: int) -> tuple[bytes, np.ndarray]:
+    """A 96x48 JPEG (left red, right blue, a green top stripe) with EXIF ``orientation``, and how it must look."""
+    pixels = np.zeros((48, 96, 3), np.uint8)
+    pixels[:, :48, 0] = 255
+    pixels[:, 48:, 2] = 255
+    pixels[:8, :, 1] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
+    data = _encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    return data, upright
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("height, width", [(32, 32), (24, 12), (12, 24)])
+def test_exif_orientation_is_applied_on_both_decoder_paths(orientation, height, width):
+    """A complete JPEG goes to OpenCV; the same JPEG with a trailer after its end marker (a motion photo's MP4)
+    goes to Pillow. Both must give the upright picture."""
+    data, upright = _oriented_jpeg(orientation)
+    expected = np.asarray(Image.fromarray(upright).resize((width, height), Image.BILINEAR)).astype(int)
+    opencv = decode_image(data, height, width).astype(int)
+    pillow = decode_image(data + b"\0\0\0\x18ftypmp42 motion photo trailer", height, width).astype(int)
+    for decoded in (opencv, pillow):
+        assert decoded.shape == (height, width, 3)
+        assert np.abs(decoded - expected).mean() < 12
+    assert np.abs(opencv - pillow).mean() < 12

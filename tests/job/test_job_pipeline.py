@@ -20,6 +20,7 @@ from job.model_package import read_package
 from job.pipeline import JobFailed, run
 from job.predictor import Device, load_predictor
 from job.sample_data import cifar_batch_bytes
+from job.sources import MIN_IMAGES_PER_TASK
 from job.storage import Storage
 
 pytestmark = pytest.mark.spark
@@ -297,4 +298,5 @@ def test_summary_records_the_slots_tasks_were_planned_for(spark, tmp_path, cifar
                               "--output", str(tmp_path / "out")]), master=None)
     assert summary["task_slots"] == spark.sparkContext.defaultParallelism
     assert summary["planning_notes"] == []
-    assert summary["tasks"] >= min(summary["task_slots"], len(cifar_samples))
+    # 20 images: fewer than MIN_IMAGES_PER_TASK per slot, so one task rather than one per slot.
+    assert summary["tasks"] == max(1, min(summary["task_slots"], len(cifar_samples) // MIN_IMAGES_PER_TASK))

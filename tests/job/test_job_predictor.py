@@ -1,5 +1,7 @@
 """Devices and backends, without Spark: real MXNet and ONNX Runtime on real images."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,75 @@ def test_onnx_device_auto_falls_back_to_cpu_and_says_why(digits_onnx_package, on
     # The next task of the same worker reuses the CPU session and still reports why.
     _, again, loaded_again = cached_predictor(package, "auto", Storage())
     assert (again, loaded_again) == (device, False)
+
+
+# --- S3 packages: copies, pinning and cleanup (reliability review #7, #13, #17) -------------------------------------
+
+@pytest.fixture
+def s3_package(tmp_path, monkeypatch):
+    """A tiny ONNX package on moto (in-process) and a private temporary directory for the worker's copies.
+
+    What the mock cannot prove: S3's own If-Match evaluation (documented; moto answers 412 the same way)."""
+    import tempfile
+
+    import boto3
+    from moto import mock_aws
+
+    from hostile_packages import upload_package, write_package
+    from job import predictor
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(predictor, "_cache", {})  # a worker's first load, whatever earlier tests loaded
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="package-bucket")
+        uri = upload_package(s3, "package-bucket", "models/tiny/", write_package(str(tmp_path / "pkg")))
+        s3.put_object(Bucket="package-bucket", Key="models/tiny/../../escape.txt", Body=b"not named in model.json")
+        yield s3, uri, scratch
+
+
+def test_a_worker_copies_only_named_files_and_keeps_no_copy(s3_package, monkeypatch):
+    from job import predictor
+
+    s3, uri, scratch = s3_package
+    package = read_package(uri, Storage())
+    assert set(package.file_etags) == {"model.onnx"} and package.file_etags["model.onnx"].startswith('"')
+    copied = []
+    real_load = predictor.load_predictor
+
+    def recording_load(package, directory, device):
+        copied.extend(sorted(os.listdir(directory)))
+        return real_load(package, directory, device)
+
+    monkeypatch.setattr(predictor, "load_predictor", recording_load)
+    predict, device, loaded_now = predictor.cached_predictor(package, "cpu", Storage())
+    assert loaded_now and copied == ["model.onnx"]  # not model.json's neighbours, not the ../ key
+    assert os.listdir(scratch) == []  # the copy is gone once the model is loaded
+    assert predict(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 3)
+
+
+def test_a_package_replaced_after_the_driver_read_it_fails_as_model_changed(s3_package):
+    from hostile_packages import onnx_model
+
+    from job.model_package import ModelChanged
+    from job.predictor import cached_predictor
+
+    s3, uri, scratch = s3_package
+    package = read_package(uri, Storage())
+    s3.put_object(Bucket="package-bucket", Key="models/tiny/model.onnx",
+                  Body=onnx_model(weights=np.ones((3, 3), np.float32)).SerializeToString())
+    with pytest.raises(ModelChanged, match="changed after the run started"):
+        cached_predictor(package, "cpu", Storage())
+    assert os.listdir(scratch) == []
+
+
+def test_a_model_whose_output_does_not_match_its_labels_fails_on_load(tmp_path):
+    from hostile_packages import write_package
+
+    from job.model_package import ModelOutputError
+
+    package_dir = write_package(str(tmp_path / "pkg"), labels=["a", "b"])  # the model gives 3 scores
+    with pytest.raises(ModelOutputError, match=r"shape \(1, 3\) for a batch of 1 images .* expected \(1, 2\)"):
+        load_predictor(read_package(package_dir, Storage()), package_dir, Device("cpu"))

@@ -221,3 +221,13 @@ def test_report_thumbnails_out_of_range_is_refused_naming_the_setting(value):
 def test_report_thumbnails_bounds_are_accepted(value):
     config = parse_args(["--input", "in", "--model", "m", "--output", "o", "--report-thumbnails", str(value)])
     assert config.report_thumbnails == value
+
+
+@pytest.mark.parametrize("label", ["US$5-$10", "$\\undefined$", "$x^{2$"])
+def test_labels_with_dollar_signs_are_drawn_as_written(label):
+    """Reliability review #20: a label with two `$` was drawn as mathtext, or raised and cost the whole report."""
+    from job.report import _class_chart
+
+    svg = str(_class_chart({label: 3, "plain": 1}))
+    escaped = label.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert escaped in svg

@@ -66,6 +66,9 @@ def test_manifest_forms(tmp_path, document):
     (b"{not json", "not valid JSON"),
     (b'{"objects": "a.png"}', "expected a JSON list"),
     (b"[]", "lists no objects"),
+    (b'[{"uri": "a.png", "etag": 7}]', r"entries \[0\] are neither an object URI nor"),
+    (b'["a.png", {"url": "b.png"}]', r"entries \[1\] are neither"),
+    (b'["a.png", ""]', r"entries \[1\] are neither"),
 ])
 def test_bad_manifests_fail_at_start(tmp_path, content, message):
     manifest = _write(tmp_path / "m.json", content)
@@ -84,7 +87,7 @@ def test_empty_or_missing_input_fails_at_start(tmp_path):
 def test_plan_tasks_balances_images_over_a_multiple_of_the_slots():
     items = [WorkItem(f"i{n}.png", KIND_IMAGE) for n in range(7)] + [WorkItem("b.bin", KIND_CIFAR, s, 100)
                                                                      for s in range(0, 1000, 100)]
-    tasks = plan_tasks(items, slots=2, max_images_per_task=300)
+    tasks = plan_tasks(items, slots=2, max_images_per_task=300, min_images_per_task=1)
     assert len(tasks) % 2 == 0 and len(tasks) >= 4
     assert [item for task in tasks for item in task] == items  # every item once, order kept
     sizes = [sum(item.count for item in task) for task in tasks]
@@ -94,3 +97,58 @@ def test_plan_tasks_balances_images_over_a_multiple_of_the_slots():
 def test_plan_tasks_never_makes_more_tasks_than_items():
     items = [WorkItem("a.png", KIND_IMAGE)]
     assert plan_tasks(items, slots=8, max_images_per_task=10) == [items]
+
+
+def test_manifest_entries_may_pin_a_version(tmp_path):
+    """The trigger writes {"uri", "etag", "version_id"} entries (reliability review #16); plain URIs still work."""
+    image = _write(tmp_path / "a.png")
+    batch = _write(tmp_path / "b.bin", b"\0" * CIFAR_RECORD_BYTES * 3)
+    manifest = _write(tmp_path / "m.json", json.dumps({"objects": [
+        {"uri": image, "etag": "0123abcd"}, {"uri": batch, "etag": '"beef"', "version_id": "v7"}, image]}).encode())
+    items = list_inputs(inputs=[], manifest=manifest, storage=Storage(), records_per_item=2).items
+    assert [(item.source, item.kind, item.start, item.etag, item.version_id) for item in items] == [
+        (image, KIND_IMAGE, 0, '"0123abcd"', None),  # quoted as S3 sends ETags
+        (batch, KIND_CIFAR, 0, '"beef"', "v7"), (batch, KIND_CIFAR, 2, '"beef"', "v7"),
+        (image, KIND_IMAGE, 0, None, None)]
+
+
+def test_a_small_batch_is_not_spread_over_every_slot():
+    """aws-validity-review-2 #8: 150 images on 160 slots were 150 one-image tasks."""
+    from job.sources import MIN_IMAGES_PER_TASK
+
+    items = [WorkItem(f"i{n}.png", KIND_IMAGE) for n in range(150)]
+    tasks = plan_tasks(items, slots=160, max_images_per_task=20_000)
+    assert len(tasks) == 150 // MIN_IMAGES_PER_TASK
+    assert min(len(task) for task in tasks) >= MIN_IMAGES_PER_TASK
+    assert [item for task in tasks for item in task] == items
+    many = [WorkItem(f"i{n}.png", KIND_IMAGE) for n in range(160 * MIN_IMAGES_PER_TASK)]
+    assert len(plan_tasks(many, slots=160, max_images_per_task=20_000)) == 160  # enough for every slot: all used
+
+
+def test_manifest_cifar_sizes_are_read_concurrently(tmp_path):
+    """Reliability review (read-only minor): one HEAD after another made 100,000 listed batches take tens of
+    minutes. A storage whose size() takes 20 ms shows how many run at once."""
+    import threading
+    import time
+
+    class SlowHeads(Storage):
+        def __init__(self):
+            super().__init__()
+            self.running = self.most = 0
+            self.lock = threading.Lock()
+
+        def size(self, uri):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)
+            with self.lock:
+                self.running -= 1
+            return CIFAR_RECORD_BYTES
+
+    storage = SlowHeads()
+    uris = [f"s3://b/batches/{n}.bin" for n in range(64)]
+    manifest = _write(tmp_path / "m.json", json.dumps(uris).encode())
+    items = list_inputs(inputs=[], manifest=manifest, storage=storage, records_per_item=256).items
+    assert [item.source for item in items] == uris and all(item.kind == KIND_CIFAR for item in items)
+    assert storage.most > 1

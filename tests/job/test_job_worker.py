@@ -106,3 +106,141 @@ def test_an_unexpected_decoder_fault_fails_only_that_image(tmp_path, cifar_sampl
     batch = _preparer().prepare(units)
     assert batch.errors == [None, "corrupt_image: RuntimeError: decoder bug", None]
     assert batch.pixels.shape == (2, 3, 32, 32)
+
+
+# --- output: top-k and non-finite scores (reliability review #14, #22) ----------------------------------------------
+
+def test_top_k_is_the_full_sort_cut_to_k():
+    from job.worker import top_k_labels
+
+    scores = np.random.default_rng(3).random((50, 1000)).astype(np.float32)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert np.array_equal(top_k_labels(scores, 5), expected)
+    assert np.array_equal(top_k_labels(scores[:, :3], 5), np.argsort(-scores[:, :3], axis=1, kind="stable"))
+    tied = np.array([[0.25, 0.5, 0.25, 0.0]], np.float32)
+    assert top_k_labels(tied, 3).tolist() == [[1, 0, 2]]  # ties by label number
+
+
+def test_non_finite_scores_are_error_rows_not_class_0():
+    batch = PreparedBatch(sources=["a", "b", "c", "d"], indices=[0] * 4, true_labels=[None] * 4,
+                          errors=[None, None, "not_found: x", None])
+    probabilities = np.array([[np.nan, 0.5, 0.5], [0.2, 0.7, 0.1], [np.inf, 0.0, -np.inf]], np.float32)
+    rows = to_record_batch(batch, probabilities, ("x", "y", "z"), top_k=2).to_pylist()
+    assert [row["status"] for row in rows] == ["error", "ok", "error", "error"]
+    assert rows[0]["error"] == "bad_scores: the model returned 1 NaN and 0 infinite scores of 3"
+    assert rows[3]["error"] == "bad_scores: the model returned 0 NaN and 2 infinite scores of 3"
+    assert rows[0]["label"] is None and rows[1]["label_name"] == "y" and rows[2]["error"] == "not_found: x"
+
+
+# --- memory bounds (reliability review #12) --------------------------------------------------------------------------
+
+def _padded_png(cifar_samples, size: int) -> bytes:
+    """A real 32x32 PNG followed by zeros to ``size`` bytes: decodes "ok", as the review's 8 MiB objects did."""
+    data = cifar_samples[0][1]
+    return data + b"\0" * (size - len(data))
+
+
+def _memory_preparer(**limits):
+    from job.model_package import parse_manifest
+    from job.worker import BatchPreparer, WorkerSettings
+
+    package = parse_manifest({"format": "onnx", "files": {"onnx": "m.onnx"}, "input_shape": [3, 32, 32],
+                              "mean": [0.5] * 3, "std": [0.25] * 3, "labels": ["a", "b"]}, "/unused")
+    return BatchPreparer(WorkerSettings(package=package, device="cpu", batch_size=32, top_k=1, fetch_threads=8,
+                                        s3_endpoint_url=None, **limits))
+
+
+def test_fetched_bytes_in_flight_stay_within_the_budget(tmp_path, cifar_samples, monkeypatch):
+    """32 objects of 2 MiB in one batch, 8 fetch threads, a decoder slower than the reads: the bytes held stay under
+    --max-bytes-in-flight (6 MiB), by the budget's own accounting and by tracemalloc's count of every allocation
+    (bytes objects and numpy arrays both), where the old code held the whole batch (64 MiB)."""
+    import time
+    import tracemalloc
+
+    import job.worker
+
+    real_decode = job.worker.decode_image
+
+    def slow_decode(data, height, width):
+        time.sleep(0.005)  # lets the fetch threads run ahead, so only the budget holds them back
+        return real_decode(data, height, width)
+
+    monkeypatch.setattr(job.worker, "decode_image", slow_decode)
+    mib = 1024 * 1024
+    items = []
+    for number in range(32):
+        path = tmp_path / f"{number}.png"
+        path.write_bytes(_padded_png(cifar_samples, 2 * mib))
+        items.append(WorkItem(str(path), KIND_IMAGE))
+    preparer = _memory_preparer(max_object_bytes=4 * mib, max_bytes_in_flight=6 * mib)
+    [units] = list(batch_units(items, 32))
+    tracemalloc.start()
+    try:
+        batch = preparer.prepare(units)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert batch.errors == [None] * 32 and batch.pixels.shape == (32, 3, 32, 32)
+    assert 2 * mib <= preparer.budget.peak <= 6 * mib
+    decoded_arrays = 2 * 32 * 32 * 32 * 15  # uint8 and float32 copies of the batch, twice over for the masking
+    assert peak < 6 * mib + decoded_arrays + mib  # one MiB for the interpreter's own allocations meanwhile
+
+
+def test_an_object_over_max_object_bytes_is_a_too_large_row(tmp_path, cifar_samples):
+    (tmp_path / "big.png").write_bytes(_padded_png(cifar_samples, 5000))
+    (tmp_path / "small.png").write_bytes(cifar_samples[1][1])
+    items = [WorkItem(str(tmp_path / "big.png"), KIND_IMAGE), WorkItem(str(tmp_path / "small.png"), KIND_IMAGE)]
+    [units] = list(batch_units(items, 8))
+    batch = _memory_preparer(max_object_bytes=4000, max_bytes_in_flight=8000).prepare(units)
+    assert batch.errors[0].startswith("too_large: ") and "5000 bytes; at most 4000" in batch.errors[0]
+    assert batch.errors[1] is None and batch.pixels.shape == (1, 3, 32, 32)
+
+
+def test_batches_of_a_large_model_input_are_cut_to_the_batch_byte_limit():
+    from job.config import images_per_batch, parse_args
+
+    config = parse_args(["--input", "x", "--model", "m", "--output", "o", "--max-batch-bytes", str(256 * 1024 ** 2)])
+    assert images_per_batch(config, 224, 224) == 256  # 193 MB: the default batch fits
+    assert images_per_batch(config, 1024, 1024) == 17  # 15.7 MB an image
+    assert images_per_batch(config, 4096, 4096) == 1  # the largest input a package may have still runs
+
+
+def test_bytes_in_flight_below_the_object_limit_is_refused():
+    from job.config import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match=r"--max-bytes-in-flight \(10\) must be at least --max-object-bytes \(20\)"):
+        parse_args(["--input", "x", "--model", "m", "--output", "o", "--max-bytes-in-flight", "10",
+                    "--max-object-bytes", "20"])
+
+
+# --- a model that cannot be used fails its rows, not the step (reliability review #14, #17) -------------------------
+
+@pytest.mark.parametrize("labels, external, reason", [
+    (["a", "b", "c", "d", "e"], None, "bad_output_shape: model tiny returned scores of shape (1, 3)"),
+    (["a", "b", "c"], "/etc/hostname", "model_refused: model package"),
+])
+def test_a_model_that_cannot_be_used_gives_one_error_row_per_input(tmp_path, cifar_samples, labels, external,
+                                                                   reason):
+    from hostile_packages import onnx_model, write_package
+
+    import json
+
+    from job.model_package import parse_manifest
+    from job.worker import WorkerSettings, classify_items
+
+    package_dir = write_package(str(tmp_path / "pkg"), onnx_model(external=external), labels=labels)
+    with open(f"{package_dir}/model.json") as file:
+        package = parse_manifest(json.load(file), package_dir)  # what a worker gets: the driver's parse, no file check
+    items = []
+    for name, data, _ in cifar_samples[:3]:
+        (tmp_path / name).write_bytes(data)
+        items.append(WorkItem(str(tmp_path / name), KIND_IMAGE))
+    items.append(WorkItem(str(tmp_path / "x.txt"), "invalid", error="unsupported_type: x"))
+    stats = {}
+    rows = [row for record_batch in classify_items(items, WorkerSettings(
+        package=package, device="cpu", batch_size=2, top_k=1, fetch_threads=2, s3_endpoint_url=None), stats)
+            for row in record_batch.to_pylist()]
+    assert [row["source"] for row in rows] == [item.source for item in items]
+    assert all(row["status"] == "error" for row in rows)
+    assert all(row["error"].startswith(reason) for row in rows[:3]) and rows[3]["error"] == "unsupported_type: x"
+    assert [message.startswith(reason) for message in stats["model_errors"]] == [True]
