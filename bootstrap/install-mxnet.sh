@@ -15,10 +15,11 @@
 #               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
 #   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory with one folder per machine architecture
 #               (x86_64/, aarch64/: what `uname -m` says), each holding a wheel for every pinned requirement (what
-#               --build-wheelhouse downloads for EMR nodes of that architecture, whatever machine it runs on). A node
-#               installs from its own machine's folder with pip --no-index --find-links, so nodes in private subnets
-#               (S3 gateway endpoint, no NAT) need no internet. Without it pip downloads from PyPI, and picks the
-#               node's architecture's wheels by itself.
+#               --build-wheelhouse downloads for EMR nodes of that architecture, whatever machine it runs on; a gpu
+#               wheelhouse holds the cpu build too, for the primary node). A node installs from its own machine's
+#               folder with pip --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no NAT)
+#               need no internet; from S3 it downloads, to /var/tmp, only the wheels of its own build's missing pins.
+#               Without it pip downloads from PyPI, and picks the node's architecture's wheels by itself.
 #
 # Environment:
 #   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON);

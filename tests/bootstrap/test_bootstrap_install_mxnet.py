@@ -185,13 +185,17 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
     ) in result.stderr
 
 
-def system_sonames(machine: str) -> list[str]:
-    """The sonames install-mxnet.sh ensures on ``machine`` (held to the recorded closures by
-    test_bootstrap_system_libraries.py)."""
+def system_libraries(machine: str) -> dict[str, str]:
+    """{soname: dnf package ('' when none)} that install-mxnet.sh ensures on ``machine``, in its order (held to the
+    recorded closures by test_bootstrap_system_libraries.py)."""
     listed = subprocess.run(
         [str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True, text=True, check=True
     ).stdout.split()
-    return [line.split(":", 1)[0] for line in listed]
+    return dict(line.split(":", 1) for line in listed)
+
+
+def system_sonames(machine: str) -> list[str]:
+    return list(system_libraries(machine))
 
 
 def fake_ldconfig(directory: Path, cache_architecture: str, sonames: list[str]) -> Path:
@@ -243,9 +247,7 @@ def test_dnf_is_asked_for_the_machines_own_packages(
     """Review finding 2: an aarch64 node asked dnf for libquadmath, which exists only where GCC has __float128 (x86,
     ia64, ppc64le), and so failed its bootstrap. Here the cache holds only what no package provides (ArmPL)."""
     environment, calls = failing_dnf(tmp_path)
-    without_packages = [entry.split(":")[0] for entry in subprocess.run(
-        [str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True, text=True, check=True
-    ).stdout.split() if entry.endswith(":")]
+    without_packages = [soname for soname, package in system_libraries(machine).items() if not package]
     result = run_install_script(
         "cpu",
         python=fresh_runtime.python,
