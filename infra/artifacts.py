@@ -136,8 +136,10 @@ class Artifacts(Construct):
             sources=[s3_deployment.Source.asset(str(staged / BOOTSTRAP_DIR_NAME))],
             destination_bucket=data_bucket,
             destination_key_prefix=self.bootstrap_key_prefix,
-            # Older digests belong to clusters that may still add nodes; the destroy empties the bucket.
+            # Older digests belong to clusters that may still add nodes; the destroy empties the bucket. Retained
+            # also when the digest (the destination) changes: without it the deployment deletes the old destination.
             prune=False,
+            retain_on_delete=True,
             memory_limit=JOB_DEPLOYMENT_MEMORY_MB,
         )
         self.wheelhouse_deployment: Optional[s3_deployment.BucketDeployment] = None
@@ -152,6 +154,7 @@ class Artifacts(Construct):
                 destination_key_prefix=_wheelhouse_prefix(compute),
                 # Append-only: the wheels of earlier pins stay for the clusters that still install them.
                 prune=False,
+                retain_on_delete=True,
                 memory_limit=WHEELHOUSE_DEPLOYMENT_MEMORY_MB,
                 # The CUDA wheels are large: room for the zip and its extracted wheels in the function's /tmp.
                 ephemeral_storage_size=Size.gibibytes(WHEELHOUSE_DEPLOYMENT_STORAGE_GIB),

@@ -9,13 +9,22 @@ scripts from the paths named.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import os
 import shutil
+import subprocess
+import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import aws_cdk
+import boto3
 import pytest
 from infra_helpers import REPO_ROOT, Synthesized, deployment_resource, synthesize
+from moto.server import ThreadedMotoServer
 
 from infra.artifacts import WHEELHOUSE_ZIP_DIR_NAME
 from infra.packaging import (
@@ -242,3 +251,122 @@ def test_a_gpu_wheelhouse_without_the_cpu_build_is_refused_at_synth(tmp_path):
                                                 r"the primary node installs \(it has no GPU\); build the wheelhouse "
                                                 r"again with: bootstrap/install-mxnet.sh --build-wheelhouse gpu "):
         synthesize(tmp_path / "staging", source_root=root, compute="gpu", offline_wheelhouse=True, nat_gateways=0)
+
+
+# --- the deployments run by CDK's own bucket-deployment handler, against a moto S3 server ---------------------------
+
+
+def aws_cli_runs() -> bool:
+    found = shutil.which("aws")
+    return found is not None and subprocess.run([found, "--version"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def deployment_handler(tmp_path, monkeypatch, s3_server):
+    """aws-cdk-lib's bucket-deployment function code (index.py from the pinned aws-cdk-lib's jsii bundle), with its
+    `aws` commands run by this machine's AWS CLI against the moto server and its CloudFormation responses recorded.
+    What this cannot prove: Lambda's runtime and limits, and CloudFormation's own ordering of the events."""
+    bundle = next((Path(aws_cdk.__file__).parent / "_jsii").glob("aws-cdk-lib@*.jsii.tgz"))
+    with tarfile.open(bundle) as archive:
+        source = archive.extractfile(f"package/{DEPLOYMENT_HANDLER}").read()
+    (tmp_path / "handler").mkdir()
+    (tmp_path / "handler" / "index.py").write_bytes(source)
+    environment = {**os.environ, **FAKE_AWS, "AWS_ENDPOINT_URL": s3_server}
+    for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location("bucket_deployment_handler", tmp_path / "handler" / "index.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "aws_command", lambda *args: subprocess.check_call(["aws", *args], env=environment))
+    responses = []
+    monkeypatch.setattr(module, "cfn_send", lambda event, context, status, **kwargs: responses.append((status, kwargs)))
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name=FAKE_AWS["AWS_DEFAULT_REGION"])
+    for bucket in ("assets", "data"):
+        s3.create_bucket(Bucket=bucket)
+    return module, s3, responses
+
+
+DEPLOYMENT_HANDLER = "custom-resource-handlers/dist/aws-s3-deployment/bucket-deployment-handler/index.py"
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def deploy(handler, synthesized: Synthesized, deployment, old_properties: dict | None = None) -> dict:
+    """Runs one deployment as CloudFormation would (Create, or Update with the old properties): its assets are
+    published to the moto `assets` bucket as the CDK CLI publishes them (a directory zipped, a .zip file as is), and
+    its properties pass as strings, as CloudFormation passes them. Returns the properties, for a later Update."""
+    module, s3, responses = handler
+    properties = deployment_properties(synthesized, deployment)
+    for (entry, staged), key in zip(asset_files(synthesized, deployment), properties["SourceObjectKeys"]):
+        body = staged.read_bytes() if entry["source"]["packaging"] == "file" else zipped(staged)
+        s3.put_object(Bucket="assets", Key=key, Body=body)
+    resource = {
+        **{name: value for name, value in properties.items() if name not in ("ServiceToken", "SourceMarkers")},
+        "SourceBucketNames": ["assets"] * len(properties["SourceObjectKeys"]),
+        "DestinationBucketName": "data",
+        **{name: str(properties[name]).lower() for name in ("Prune", "RetainOnDelete") if name in properties},
+    }
+    event = {"RequestType": "Create", "ResourceProperties": resource, "ResponseURL": "unused"}
+    if old_properties is not None:
+        event.update(RequestType="Update", OldResourceProperties=old_properties, PhysicalResourceId="deployment")
+    module.handler(event, None)
+    assert responses.pop()[0] == "SUCCESS"
+    return resource
+
+
+def zipped(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(directory).as_posix())
+    return buffer.getvalue()
+
+
+def keys(s3, prefix: str) -> list[str]:
+    return sorted(item["Key"] for item in s3.list_objects_v2(Bucket="data", Prefix=prefix).get("Contents", []))
+
+
+@pytest.mark.skipif(not aws_cli_runs(), reason="no runnable AWS CLI (`aws`) on this machine")
+def test_a_deploy_with_new_scripts_keeps_the_old_ones_and_prunes_only_stale_job_files(
+    deployment_handler, two_script_versions
+):
+    """Two deploys in a row, the second with a changed install script: both digests' scripts stay (the bootstrap
+    deployment's destination changes, and it neither prunes nor deletes the old one; the job deployment's pruning
+    passes them by), while a stale file under artifacts/ is still pruned."""
+    _, s3, _ = deployment_handler
+    (first, first_root), (second, second_root) = two_script_versions
+    s3.put_object(Bucket="data", Key="artifacts/stale-from-an-old-release.txt", Body=b"stale")
+    old_job = deploy(deployment_handler, first, first.stack.artifacts.job_deployment)
+    old_bootstrap = deploy(deployment_handler, first, first.stack.artifacts.bootstrap_deployment)
+    deploy(deployment_handler, second, second.stack.artifacts.bootstrap_deployment, old_properties=old_bootstrap)
+    deploy(deployment_handler, second, second.stack.artifacts.job_deployment, old_properties=old_job)
+    scripts = sorted(path.name for path in (REPO_ROOT / BOOTSTRAP_DIR_NAME).iterdir() if path.suffix == ".sh")
+    for root in (first_root, second_root):
+        prefix = bootstrap_key_prefix(bootstrap_digest(root))
+        assert keys(s3, prefix) == [prefix + name for name in scripts]
+    assert "artifacts/stale-from-an-old-release.txt" not in keys(s3, "artifacts/")
+    assert {"artifacts/job.zip", "artifacts/spark_entry.py"} <= set(keys(s3, "artifacts/"))
+
+
+@pytest.mark.skipif(not aws_cli_runs(), reason="no runnable AWS CLI (`aws`) on this machine")
+def test_the_wheelhouse_zip_lands_as_the_nodes_read_it_and_older_wheels_stay(deployment_handler, tmp_path):
+    _, s3, _ = deployment_handler
+    s3.put_object(Bucket="data", Key="artifacts/wheelhouse/cpu/x86_64/older-0.9-py3-none-any.whl", Body=b"older pin")
+    root = repository_copy(tmp_path / "repo", wheels=WHEELS)
+    synthesized = synthesize(tmp_path / "staging", source_root=root, offline_wheelhouse=True, nat_gateways=0)
+    deploy(deployment_handler, synthesized, synthesized.stack.artifacts.wheelhouse_deployment)
+    landed = {key: s3.get_object(Bucket="data", Key=key)["Body"].read()
+              for key in keys(s3, "artifacts/wheelhouse/cpu/")}
+    assert landed == {
+        "artifacts/wheelhouse/cpu/x86_64/older-0.9-py3-none-any.whl": b"older pin",
+        **{f"artifacts/wheelhouse/cpu/x86_64/{name}": content for name, content in WHEELS.items()},
+    }
