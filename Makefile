@@ -98,12 +98,16 @@ bench: venv data
 
 # Downloads the GPU wheelhouse for EMR nodes (cached under build/gpu-check/) and follows every DT_NEEDED entry of
 # libmxnet.so and ONNX Runtime's CUDA provider; exits 1 listing any library that would not resolve on a GPU node.
+# Rewrites tests/bootstrap/fixtures/closure-x86_64-gpu.json: the system libraries the bootstrap must ensure for them.
 gpu-check: venv
 	$(PY) tests/bootstrap/check_gpu_libraries.py --cache build/gpu-check
 
 # Downloads the CPU wheelhouse for Graviton (aarch64) EMR nodes from PyPI (~190 MB, cached under build/arch-check/),
 # checks one aarch64 or pure-Python wheel per pin and records them with their hashes in requirements-aarch64.txt, which
-# make test checks against the pins. Run it after changing a pin.
+# make test checks against the pins. Then, for aarch64 and x86_64 (~60 MB more: x86_64's mxnet and onnxruntime), it
+# follows the DT_NEEDED closure of libmxnet.so and ONNX Runtime's .so files with gpu-check's resolver and rewrites
+# tests/bootstrap/fixtures/closure-<machine>-cpu.json; exits 1 if the bootstrap's list for a machine lacks a library
+# the closure needs. make test checks the bootstrap against these records. Run it after changing a pin.
 arch-check: venv
 	$(PY) tests/bootstrap/check_aarch64_wheels.py --cache build/arch-check
 

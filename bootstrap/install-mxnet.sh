@@ -8,15 +8,18 @@
 #                                                             # anywhere with pip and PyPI: fills DIRECTORY/<machine>/
 #   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
 #   install-mxnet.sh --print-cuda-library-dirs                # where the installed CUDA wheels keep their libraries
+#   install-mxnet.sh --print-system-libraries x86_64|aarch64  # the system libraries a node of that machine must have,
+#                                                             # one soname:package per line (empty package: no dnf one)
 #
 #   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice). With
 #               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
 #   WHEELHOUSE  optional: s3://bucket/prefix/ or a local directory with one folder per machine architecture
 #               (x86_64/, aarch64/: what `uname -m` says), each holding a wheel for every pinned requirement (what
-#               --build-wheelhouse downloads for EMR nodes of that architecture, whatever machine it runs on). A node
-#               installs from its own machine's folder with pip --no-index --find-links, so nodes in private subnets
-#               (S3 gateway endpoint, no NAT) need no internet. Without it pip downloads from PyPI, and picks the
-#               node's architecture's wheels by itself.
+#               --build-wheelhouse downloads for EMR nodes of that architecture, whatever machine it runs on; a gpu
+#               wheelhouse holds the cpu build too, for the primary node). A node installs from its own machine's
+#               folder with pip --no-index --find-links, so nodes in private subnets (S3 gateway endpoint, no NAT)
+#               need no internet; from S3 it downloads, to /var/tmp, only the wheels of its own build's missing pins.
+#               Without it pip downloads from PyPI, and picks the node's architecture's wheels by itself.
 #
 # Environment:
 #   MXNET_BOOTSTRAP_PYTHON  interpreter to install into (default: python3.11, which the stack sets as PYSPARK_PYTHON);
@@ -26,7 +29,8 @@
 #                                        the NVIDIA driver runs past it.
 #   For the tests only (defaults are the real locations): MXNET_BOOTSTRAP_IMDS_ENDPOINT (the instance metadata
 #   service), MXNET_BOOTSTRAP_PCI_DEVICES_DIR (/sys/bus/pci/devices), MXNET_BOOTSTRAP_NVIDIA_DRIVER_FILE
-#   (/proc/driver/nvidia/version), MXNET_BOOTSTRAP_MACHINE (`uname -m`), MXNET_BOOTSTRAP_LDCONFIG (/sbin/ldconfig).
+#   (/proc/driver/nvidia/version), MXNET_BOOTSTRAP_MACHINE (`uname -m`), MXNET_BOOTSTRAP_LDCONFIG (/sbin/ldconfig),
+#   MXNET_BOOTSTRAP_DOWNLOAD_DIR (/var/tmp: where an s3:// wheelhouse is downloaded; never the tmpfs /tmp).
 #
 # Re-running is safe: when every pin is already installed nothing is downloaded or installed; the check still runs.
 set -euo pipefail
@@ -59,11 +63,31 @@ readonly DRIVER_POLL_SECONDS=2
 # The oldest driver that runs CUDA 12 libraries (CUDA minor version compatibility): ONNX Runtime's CUDA provider and
 # the cuRAND both runtimes share are CUDA 12 builds. MXNet's CUDA 11 libraries need 450.80.02, which this implies.
 readonly MINIMUM_DRIVER_VERSION="525.60.13"
-# System libraries the runtime links and no wheel ships, as soname:package. MXNet's bundled libgfortran needs
-# libquadmath, libmxnet.so and OpenBLAS need libgomp (their licences keep them out of the wheel, apache/mxnet#20068),
-# and cuDNN needs zlib. Bootstrap actions run before EMR installs applications, so nothing else brings them yet.
-readonly SYSTEM_LIBRARIES=("libgomp.so.1:libgomp" "libquadmath.so.0:libquadmath" "libz.so.1:zlib")
+# System libraries the runtime links and no wheel ships, per machine architecture, as soname:package (an empty
+# package: Amazon Linux 2023 has none). Derived from the ELF DT_NEEDED closure of the pinned wheels' native libraries,
+# minus what every Amazon Linux 2023 node has (glibc, libgcc_s, libstdc++): `make arch-check` records it for the cpu
+# builds of both machines and `make gpu-check` for the gpu build (tests/bootstrap/fixtures/closure-*.json), and a test
+# fails when these lists differ from the recorded closures. Bootstrap actions run before EMR installs its
+# applications, so nothing else brings them yet.
+# x86_64: libmxnet.so and OpenBLAS need libgomp, MXNet's bundled libgfortran.so.3 needs libquadmath (their licences
+# keep both out of the wheel, apache/mxnet#20068), and cuDNN needs zlib.
+readonly SYSTEM_LIBRARIES_X86_64=("libgomp.so.1:libgomp" "libquadmath.so.0:libquadmath" "libz.so.1:zlib")
+# aarch64: libmxnet.so needs libgomp, and its bundled libgfortran.so.5 needs zlib. No libquadmath: GCC builds it only
+# where it has __float128 (x86, ia64, ppc64le), and the aarch64 libgfortran does not link it. libmxnet.so also links
+# Arm Performance Libraries (ArmPL: libarmpl_lp64_mp.so, libamath.so, libastring.so), which the wheel leaves out for
+# their licence (apache/mxnet#20294) and no Amazon Linux 2023 repository carries: a node must already have them.
+readonly SYSTEM_LIBRARIES_AARCH64=(
+  "libgomp.so.1:libgomp"
+  "libz.so.1:zlib"
+  "libarmpl_lp64_mp.so:"
+  "libamath.so:"
+  "libastring.so:"
+)
 readonly LDCONFIG=${MXNET_BOOTSTRAP_LDCONFIG:-/sbin/ldconfig}
+# Where an s3:// wheelhouse is downloaded to: the root volume (EBS_ROOT_VOLUME_GIB in infra/cluster_definition.py),
+# never /tmp, which on Amazon Linux 2023 is a tmpfs of at most half the memory (the gpu wheels alone are 3.9 GB).
+# TMPDIR is not read, so that no environment can put the download back into memory.
+readonly DOWNLOAD_PARENT=${MXNET_BOOTSTRAP_DOWNLOAD_DIR:-/var/tmp}
 # Where the gpu build's CUDA library directories are made known to the dynamic loader (see configure_cuda_libraries).
 readonly LOADER_CONFIG_FILE="/etc/ld.so.conf.d/mxnet-inference-cuda-wheels.conf"
 
@@ -163,7 +187,8 @@ usage_error() {
   log "error: $*"
   log "usage: $SCRIPT_NAME cpu|gpu [WHEELHOUSE] | --build-wheelhouse cpu|gpu DIRECTORY [x86_64|aarch64]" \
     "| --print-requirements cpu|gpu" \
-    "| --print-cuda-library-dirs"
+    "| --print-cuda-library-dirs" \
+    "| --print-system-libraries x86_64|aarch64"
   exit 2
 }
 
@@ -343,19 +368,68 @@ export_instance_region() {
   log "region $region (from the instance metadata service): S3 requests go to this region's endpoint"
 }
 
-# Sets WHEELHOUSE_DIR to a local directory holding this node's machine's wheels of the wheelhouse $1.
+# Prints, one per line, the wheel files of the listing $1 (`aws s3 ls` lines: date, time, size, name) that carry the
+# pins given after it (a project's name compared as PEP 503 normalises it, its version exactly). Exits 1, naming
+# them on stderr, when a pin has no wheel there.
+wheels_for_pins() {
+  "$PYTHON" -c '
+import re
+import sys
+
+def normalise(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+listing, pins = sys.argv[1], sys.argv[2:]
+files = [line.split()[3] for line in listing.splitlines() if len(line.split()) == 4 and line.endswith(".whl")]
+missing = []
+for pin in pins:
+    name, version = pin.split("==")
+    chosen = [file for file in files
+              if normalise(file.split("-")[0]) == normalise(name) and file.split("-")[1] == version]
+    if chosen:
+        print("\n".join(chosen))
+    else:
+        missing.append(pin)
+if missing:
+    sys.exit("no wheel for " + " ".join(missing))
+' "$@"
+}
+
+# fetch_wheelhouse WHEELHOUSE COMPUTE PIN...: sets WHEELHOUSE_DIR to a local directory holding this node's machine's
+# wheels of WHEELHOUSE for the PINs. From S3 it downloads only those wheels: a gpu wheelhouse also holds the cpu build
+# (for the primary node, which has no GPU), and such a node must not copy the 3.9 GB of CUDA wheels it cannot use.
 fetch_wheelhouse() {
   local source="${1%/}/$MACHINE"
+  local compute=$2
+  shift 2
   if [[ $source == s3://* ]]; then
-    WHEELHOUSE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/mxnet-wheelhouse.XXXXXX")
+    export_instance_region
+    local listing selection
+    local -a wheels include_options=()
+    log "step: listing wheelhouse $source/"
+    listing=$(retry env AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=5 \
+      aws s3 ls --cli-connect-timeout 20 --cli-read-timeout 120 "$source/") ||
+      fail "cannot list wheelhouse $source/ (see the lines above); fill one with: $SCRIPT_NAME --build-wheelhouse" \
+        "cpu|gpu DIRECTORY $MACHINE, which writes DIRECTORY/$MACHINE/, and upload DIRECTORY/"
+    selection=$(wheels_for_pins "$listing" "$@") ||
+      fail "wheelhouse $source/ has no wheel for some of the $compute build's pins (named above); a gpu" \
+        "wheelhouse must hold the cpu build too, for the primary node: rebuild it with $SCRIPT_NAME" \
+        "--build-wheelhouse $compute DIRECTORY $MACHINE"
+    mapfile -t wheels <<<"$selection"
+    local wheel
+    for wheel in "${wheels[@]}"; do
+      include_options+=(--include "$wheel")
+    done
+    WHEELHOUSE_DIR=$(mktemp -d "$DOWNLOAD_PARENT/mxnet-wheelhouse.XXXXXX") ||
+      fail "cannot create a download directory in $DOWNLOAD_PARENT (MXNET_BOOTSTRAP_DOWNLOAD_DIR)"
     # Removed on exit: the CUDA wheels alone are 3.9 GB on the root volume.
     trap 'rm -rf "$WHEELHOUSE_DIR"' EXIT
-    export_instance_region
-    log "step: downloading wheelhouse $source/ to $WHEELHOUSE_DIR"
+    log "step: downloading the ${#wheels[@]} wheels of the $compute build's missing pins from $source/ to" \
+      "$WHEELHOUSE_DIR"
     # The CLI retries each request itself (standard mode, 5 attempts); retry() repeats the whole copy.
     retry env AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=5 \
       aws s3 cp --recursive --only-show-errors --cli-connect-timeout 20 --cli-read-timeout 120 \
-      "$source/" "$WHEELHOUSE_DIR"
+      --exclude "*" "${include_options[@]}" "$source/" "$WHEELHOUSE_DIR"
   else
     WHEELHOUSE_DIR=$source
     log "step: using local wheelhouse $WHEELHOUSE_DIR"
@@ -538,18 +612,39 @@ loader_knows() {
     '$1 == soname && index($0, "," arch ")") { found = 1 } END { exit !found }'
 }
 
-# Installs with dnf the SYSTEM_LIBRARIES the loader does not know yet; does nothing (and needs no network) when all
-# are there. The Amazon Linux 2023 repositories are in S3, so this works through the VPC's S3 gateway endpoint too.
+# Prints the system libraries of machine $1 (see SYSTEM_LIBRARIES_X86_64), one soname:package per line.
+system_libraries_for() {
+  if [[ $1 == "aarch64" ]]; then
+    printf '%s\n' "${SYSTEM_LIBRARIES_AARCH64[@]}"
+  else
+    printf '%s\n' "${SYSTEM_LIBRARIES_X86_64[@]}"
+  fi
+}
+
+# Installs with dnf this machine's system libraries that the loader does not know yet; does nothing (and needs no
+# network) when all are there. Fails at once, before any download, on a missing library that no Amazon Linux 2023
+# package provides. The Amazon Linux 2023 repositories are in S3, so dnf works through the VPC's S3 gateway endpoint.
 ensure_system_libraries() {
-  local entry
-  local -a present=() missing_packages=()
-  for entry in "${SYSTEM_LIBRARIES[@]}"; do
-    if loader_knows "${entry%%:*}"; then
-      present+=("${entry%%:*}")
+  local entry soname package
+  local -a entries present=() missing_packages=() unavailable=()
+  mapfile -t entries < <(system_libraries_for "$MACHINE")
+  for entry in "${entries[@]}"; do
+    soname=${entry%%:*}
+    package=${entry#*:}
+    if loader_knows "$soname"; then
+      present+=("$soname")
+    elif [[ -z $package ]]; then
+      unavailable+=("$soname")
     else
-      missing_packages+=("${entry#*:}")
+      missing_packages+=("$package")
     fi
   done
+  if ((${#unavailable[@]} > 0)); then
+    fail "this $MACHINE node lacks ${unavailable[*]}, which the runtime links and no Amazon Linux 2023 package" \
+      "provides: they come with Arm Performance Libraries (ArmPL), which MXNet's aarch64 wheel links but does not" \
+      "ship (apache/mxnet#20294). Use an EMR custom AMI with ArmPL installed and known to the loader (ldconfig)," \
+      "or x86_64 instance types"
+  fi
   if ((${#missing_packages[@]} == 0)); then
     log "system libraries present: ${present[*]}"
     return
@@ -559,7 +654,7 @@ ensure_system_libraries() {
   fi
   log "installing ${missing_packages[*]} with dnf (already present: ${present[*]:-none})"
   retry "${SUDO[@]}" dnf install -y "${missing_packages[@]}"
-  for entry in "${SYSTEM_LIBRARIES[@]}"; do
+  for entry in "${entries[@]}"; do
     loader_knows "${entry%%:*}" || fail "${entry%%:*} is still unknown to the loader after dnf installed ${entry#*:}"
   done
 }
@@ -658,11 +753,18 @@ build_wheelhouse() {
   fi
   local -a requirements platform_options
   mapfile -t requirements < <(requirements_for "$compute")
+  local builds="the $compute build"
+  if [[ $compute == "gpu" ]]; then
+    # The primary node of a gpu cluster has no GPU and installs the cpu build (install_runtime): from this wheelhouse
+    # too, when the nodes have no internet. Its two wheels add about 60 MB to the 3.9 GB.
+    requirements+=("${CPU_REQUIREMENTS[@]}")
+    builds="the gpu build, and the cpu build for the primary node"
+  fi
   mapfile -t platform_options < <(emr_node_platform_options "$machine")
   resolve_python
   has_pip || fail "$PYTHON has no pip (set MXNET_BOOTSTRAP_PYTHON to a Python with pip)"
-  log "step: downloading ${#requirements[@]} $compute wheels for $machine EMR 7 nodes into $destination" \
-    "(pip of $PYTHON)"
+  log "step: downloading ${#requirements[@]} wheels for $machine EMR 7 nodes into $destination" \
+    "($builds; pip of $PYTHON)"
   mkdir -p "$destination"
   # --no-deps: the list is already the whole dependency closure, and pip cannot resolve dependencies for a
   # platform other than its own.
@@ -678,6 +780,9 @@ install_runtime() {
   local wheelhouse=$2
 
   log "step: checking the interpreter (compute=$requested_compute, wheelhouse=${wheelhouse:-none: PyPI})"
+  if [[ $MACHINE != "x86_64" && $MACHINE != "aarch64" ]]; then
+    fail "this node's machine is '$MACHINE'; EMR 7 nodes are one of ${MACHINES[*]}"
+  fi
   choose_system_privilege
   ensure_python
   resolve_python
@@ -730,7 +835,7 @@ install_runtime() {
     local -a to_install=("${MISSING[@]}")
     log "${#to_install[@]} of ${#requirements[@]} pinned packages to install: ${to_install[*]}"
     if [[ -n $wheelhouse ]]; then
-      fetch_wheelhouse "$wheelhouse"
+      fetch_wheelhouse "$wheelhouse" "$compute" "${to_install[@]}"
     fi
     log "step: installing with pip"
     install_requirements "${requirements[@]}"
@@ -766,6 +871,11 @@ main() {
       (($# == 1)) || usage_error "--print-cuda-library-dirs takes no argument, got $(($# - 1))"
       resolve_python
       cuda_library_dirs
+      ;;
+    --print-system-libraries)
+      (($# == 2)) || usage_error "--print-system-libraries takes one argument (x86_64|aarch64), got $(($# - 1))"
+      validate_machine "$2"
+      system_libraries_for "$2"
       ;;
     --build-wheelhouse)
       (($# == 3 || $# == 4)) || usage_error "--build-wheelhouse takes two or three arguments" \

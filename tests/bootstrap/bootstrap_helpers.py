@@ -65,7 +65,8 @@ def base_interpreter() -> Path:
 
 def make_throw_away_runtime(root: Path, left_out: str = LEFT_OUT_DISTRIBUTION) -> ThrowAwayRuntime:
     """A venv that sees the project's installed packages except `left_out`."""
-    project_site_packages = Path(sysconfig.get_paths()["purelib"])
+    # Resolved: the .venv may be a symlink (a worktree sharing another checkout's), and file paths resolve through it.
+    project_site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
     left_out_paths = {
         (project_site_packages / file).resolve()
         for file in importlib.metadata.distribution(left_out).files or []
@@ -115,3 +116,16 @@ def wheel_from_installed(name: str, wheelhouse: Path) -> Path:
         record_lines.append(f"{dist_info}/RECORD,,")
         wheel.writestr(f"{dist_info}/RECORD", "\n".join(record_lines) + "\n")
     return wheel_path
+
+
+def stand_in_wheel(file_name: str, directory: Path) -> Path:
+    """A wheel named ``file_name`` that carries only its metadata: enough for pip download and for the bootstrap's
+    choice of files, which never open the payload (it could not be installed and imported)."""
+    name, version = file_name.split("-")[:2]
+    dist_info = f"{name}-{version}.dist-info"
+    path = directory / file_name
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
+        wheel.writestr(f"{dist_info}/RECORD", "")
+    return path

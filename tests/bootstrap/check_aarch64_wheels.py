@@ -1,16 +1,25 @@
-"""`make arch-check`: the CPU runtime's lock, checked for Graviton (aarch64) EMR nodes against PyPI.
+"""`make arch-check`: the CPU runtime's lock, checked for Graviton (aarch64) EMR nodes against PyPI, and the system
+libraries each machine's cpu runtime needs, derived from its wheels' ELF closure.
 
     python tests/bootstrap/check_aarch64_wheels.py [--cache build/arch-check]
 
 1. downloads the cpu wheelhouse for aarch64 EMR 7 nodes with the bootstrap's own
    `install-mxnet.sh --build-wheelhouse cpu DIR aarch64` (pip download, manylinux aarch64, CPython 3.11, wheels only);
 2. checks that it holds exactly one wheel per pin, each built for aarch64 Linux or for any platform;
-3. writes requirements-aarch64.txt: each pin with the sha256 and the name of the file PyPI served for it.
+3. writes requirements-aarch64.txt: each pin with the sha256 and the name of the file PyPI served for it;
+4. for aarch64, and for x86_64 (whose two runtime wheels, mxnet and onnxruntime, it downloads with pip for EMR's x86_64
+   platform, about 60 MB): unpacks libmxnet.so and ONNX Runtime's .so files from those wheels and follows their
+   DT_NEEDED entries with the resolver of `make gpu-check` (check_gpu_libraries.resolve_closure: RPATH/RUNPATH,
+   $ORIGIN, only files of that machine). What neither the wheels nor every Amazon Linux 2023 node (AL2023_BASE:
+   glibc, libgcc_s, libstdc++) provides is what the bootstrap must ensure on that machine. It writes
+   tests/bootstrap/fixtures/closure-<machine>-cpu.json (date, wheel hashes, the libraries and who needs them), and
+   exits 1 when install-mxnet.sh --print-system-libraries <machine> lacks one of them, or a library asks for a symbol
+   version newer than Amazon Linux 2023 has.
 
-`make test` checks that record offline (tests/bootstrap/test_bootstrap_aarch64_wheels.py): same pins as the script,
-tags an aarch64 node accepts, and the script's aarch64 options select those very files. A pin changed without running
-this again fails that test. x86_64 needs no such record: `make venv` installs these pins' x86_64 wheels, and
-test_bootstrap_build_wheelhouse.py checks the script's x86_64 options against their tags.
+`make test` checks these records offline: requirements-aarch64.txt against the script's pins, its tags and the script's
+aarch64 options (test_bootstrap_aarch64_wheels.py); the closure records against the bootstrap's per-machine lists and
+the pinned wheels (test_bootstrap_system_libraries.py). A pin changed without running this again fails those tests.
+Not proved: that the libraries load and compute on a node (no arm64 machine here).
 """
 
 from __future__ import annotations
@@ -18,10 +27,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+from check_gpu_libraries import (
+    AL2023_BASE,
+    SHARED_LIBRARY_NAME,
+    bootstrap_system_libraries,
+    closure_record,
+    emr_node_platform_options,
+    resolve_closure,
+    write_closure_record,
+)
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +89,71 @@ def record_lines(wheelhouse: Path, pins: dict[str, str]) -> list[str]:
     ]
 
 
+# The two model runtimes' wheels, whose native libraries the closure starts from (the other pins' native libraries,
+# numpy's or pyarrow's, bundle what they need: auditwheel'ed manylinux wheels).
+FRAMEWORKS = ("mxnet", "onnxruntime")
+
+
+def framework_wheels(wheel_dir: Path, pins: dict[str, str]) -> list[Path]:
+    wheels = sorted(
+        wheel for wheel in wheel_dir.glob("*.whl")
+        if parse_wheel_filename(wheel.name)[0] in FRAMEWORKS
+        and str(parse_wheel_filename(wheel.name)[1]) == pins[parse_wheel_filename(wheel.name)[0]]
+    )
+    if len(wheels) != len(FRAMEWORKS):
+        raise SystemExit(f"expected one wheel of each of {FRAMEWORKS} in {wheel_dir}, found {[w.name for w in wheels]}")
+    return wheels
+
+
+def unpack_native_libraries(wheels: list[Path], tree: Path) -> list[Path]:
+    """Extracts every shared library of ``wheels`` into ``tree`` (the wheels' own layout, as pip installs them);
+    returns the closure's roots: libmxnet.so and every .so of ONNX Runtime's capi package."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if SHARED_LIBRARY_NAME.search(member) and not member.startswith(("/", "..")):
+                    archive.extract(member, tree)
+    return [tree / "mxnet" / "libmxnet.so", *sorted((tree / "onnxruntime" / "capi").glob("*.so*"))]
+
+
+def download_x86_64_frameworks(cache: Path, pins: dict[str, str]) -> Path:
+    """mxnet's and onnxruntime's x86_64 wheels for EMR nodes (pip keeps files of earlier runs)."""
+    wheel_dir = cache / "x86_64-frameworks"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
+         "--only-binary=:all:", *emr_node_platform_options("x86_64"), "--dest", str(wheel_dir),
+         *(f"{name}=={pins[name]}" for name in FRAMEWORKS)],
+        check=True,
+    )
+    return wheel_dir
+
+
+def check_closure(machine: str, wheel_dir: Path, cache: Path, pins: dict[str, str]) -> list[str]:
+    """Writes the closure record of ``machine``'s cpu runtime; returns the problems found (empty: none)."""
+    tree = cache / f"{machine}-tree"
+    wheels = framework_wheels(wheel_dir, pins)
+    roots = unpack_native_libraries(wheels, tree)
+    closure = resolve_closure(roots, library_dirs=[], node_provided=AL2023_BASE[machine], machine=machine)
+    record = closure_record(
+        machine=machine, compute="cpu", wheels=wheels, roots=roots, closures=[closure], tree=tree
+    )
+    path = write_closure_record(record)
+    needed = record["system_libraries"]
+    print(f"{machine}: the cpu runtime needs {', '.join(needed) or 'nothing'} beyond the wheels and the base "
+          f"({', '.join(record['base_set'])}); wrote {path.relative_to(REPO_ROOT)}", file=sys.stderr)
+    problems = [
+        f"{machine}: {name} (needed by {', '.join(needed[name])}) is not in install-mxnet.sh's {machine} list"
+        for name in sorted(set(needed) - set(bootstrap_system_libraries(machine)))
+    ]
+    problems += [f"{machine}: {name} is asked for {versions}, newer than Amazon Linux 2023 has"
+                 for name, versions in record["symbol_versions_newer_than_the_node"].items()]
+    problems += [f"{machine}: {name} resolves to two files: {sorted(map(str, files))}"
+                 for name, files in closure.conflicts.items()]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "build" / "arch-check")
@@ -88,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = record_lines(wheelhouse, pins)
     RECORD.write_text(HEADER + "\n".join(lines) + "\n")
     print(f"{len(lines)} pins have aarch64 wheels; wrote {RECORD.relative_to(REPO_ROOT)}", file=sys.stderr)
+    problems = check_closure(MACHINE, wheelhouse, arguments.cache, pins)
+    problems += check_closure("x86_64", download_x86_64_frameworks(arguments.cache, pins), arguments.cache, pins)
+    if problems:
+        print("closure check failed:\n- " + "\n- ".join(problems), file=sys.stderr)
+        return 1
+    print("every system library the cpu runtimes need is in the bootstrap's list for its machine", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,11 @@ What it does, with the real wheels (about 3.9 GB, cached under build/gpu-check/)
 4. reads the dynamic section of libmxnet.so (mxnet-cu117) and libonnxruntime_providers_cuda.so (onnxruntime-gpu) with
    pyelftools and follows every DT_NEEDED entry recursively, searching as glibc's loader does: the DT_RPATH of the
    requesting object and of the objects that loaded it (when the requester has no DT_RUNPATH), else its DT_RUNPATH,
-   then the loader configuration's directories; a name found nowhere must be one the node provides (NODE_PROVIDED);
+   then the loader configuration's directories; a name found nowhere must be one every Amazon Linux 2023 node has
+   (AL2023_BASE), the driver's libcuda.so.1, or one of the system libraries the bootstrap ensures on x86_64
+   (`install-mxnet.sh --print-system-libraries x86_64`); the names of that last kind are written, with the files that
+   need them and the two runtimes' wheel hashes, to tests/bootstrap/fixtures/closure-x86_64-gpu.json, against which
+   `make test` checks the bootstrap's x86_64 list;
 5. does the same for every other library in those directories, since cuDNN and NVRTC load their sub-libraries with
    dlopen by name (no DT_NEEDED entry leads to them);
 6. fails, with a list, on any unresolved name, on a soname that resolves to two different files (a CUDA 11 library
@@ -51,30 +55,38 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "bootstrap" / "install-mxnet.sh"
 GPU_REQUIREMENTS_FILE = REPO_ROOT / "requirements-gpu.txt"
 DEFAULT_CACHE = REPO_ROOT / "build" / "gpu-check"
-# pip's options for EMR 7 GPU nodes (x86_64 Amazon Linux 2023, CPython 3.11), as install-mxnet.sh's
-# `emr_node_platform_options x86_64` (pip also accepts the older manylinux tags, such as cuDNN 8.7's manylinux1).
-EMR_NODE_PLATFORM_OPTIONS = (
-    "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
-    "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-)
+FIXTURES = REPO_ROOT / "tests" / "bootstrap" / "fixtures"
 
-# The shared libraries an EMR 7 GPU node provides itself, by soname, with where each comes from. Anything a GPU
-# library needs that is neither here nor in the wheelhouse is a failure.
+
+def emr_node_platform_options(machine: str) -> tuple[str, ...]:
+    """pip's options for EMR 7 nodes of ``machine`` (Amazon Linux 2023, CPython 3.11), as install-mxnet.sh's
+    `emr_node_platform_options` (pip also accepts the older manylinux tags, such as cuDNN 8.7's manylinux1)."""
+    return (
+        "--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}",
+        "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+    )
+
+
+EMR_NODE_PLATFORM_OPTIONS = emr_node_platform_options("x86_64")
+
+# What every Amazon Linux 2023 node has before any bootstrap action, per machine (`uname -m`), by soname: glibc and
+# the GCC runtime, which dnf and rpm themselves need. A library the runtime needs that is neither here nor in the
+# wheels is one the bootstrap must ensure (install-mxnet.sh --print-system-libraries).
 GLIBC = "glibc 2.34 (Amazon Linux 2023)"
-NODE_PROVIDED: Mapping[str, str] = {
-    "libcuda.so.1": "the NVIDIA driver (EMR's GPU AMI)",
-    "ld-linux-x86-64.so.2": GLIBC,
-    "libc.so.6": GLIBC,
-    "libm.so.6": GLIBC,
-    "libdl.so.2": GLIBC,
-    "libpthread.so.0": GLIBC,
-    "librt.so.1": GLIBC,
+_GLIBC_SONAMES = ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1")
+_GCC_RUNTIME = {
     "libgcc_s.so.1": "libgcc (GCC 11 runtime, Amazon Linux 2023 base)",
     "libstdc++.so.6": "libstdc++ (GCC 11 runtime, Amazon Linux 2023 base)",
-    "libgomp.so.1": "libgomp (dnf, installed by the bootstrap)",
-    "libquadmath.so.0": "libquadmath (dnf, installed by the bootstrap)",
-    "libz.so.1": "zlib (dnf, installed by the bootstrap)",
 }
+AL2023_BASE: Mapping[str, Mapping[str, str]] = {
+    machine: {loader: GLIBC, **{name: GLIBC for name in _GLIBC_SONAMES}, **_GCC_RUNTIME}
+    for machine, loader in (("x86_64", "ld-linux-x86-64.so.2"), ("aarch64", "ld-linux-aarch64.so.1"))
+}
+# What an EMR 7 GPU node provides besides the base: the driver's library.
+NVIDIA_DRIVER = {"libcuda.so.1": "the NVIDIA driver (EMR's GPU AMI)"}
+NODE_PROVIDED: Mapping[str, str] = {**AL2023_BASE["x86_64"], **NVIDIA_DRIVER}
+# The ELF e_machine of each node machine: the loader skips a file built for another.
+ELF_MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
 # The newest symbol version Amazon Linux 2023 provides per version family: glibc 2.34 and GCC 11's libstdc++
 # (GLIBCXX_3.4.29, CXXABI_1.3.13). A library asking for a newer one would fail to load there.
 NODE_SYMBOL_VERSION_LIMITS: Mapping[str, tuple[int, ...]] = {
@@ -155,33 +167,38 @@ def read_dynamic_info(path: Path) -> DynamicInfo:
     )
 
 
-def is_loadable_x86_64(path: Path) -> bool:
-    """Whether the loader would accept ``path`` for an x86_64 process (it skips other ELF classes and machines)."""
+def is_loadable(path: Path, machine: str = "x86_64") -> bool:
+    """Whether the loader would accept ``path`` for a 64-bit process of ``machine`` (x86_64 | aarch64); it skips
+    other ELF classes and machines."""
     try:
         with path.open("rb") as stream:
             header = ELFFile(stream).header
     except Exception:  # not an ELF file: the loader skips it and keeps searching
         return False
-    return header["e_ident"]["EI_CLASS"] == "ELFCLASS64" and header["e_machine"] == "EM_X86_64"
+    return header["e_ident"]["EI_CLASS"] == "ELFCLASS64" and header["e_machine"] == ELF_MACHINES[machine]
 
 
-def _find(name: str, directories: Iterable[Path]) -> Optional[Path]:
+def _find(name: str, directories: Iterable[Path], machine: str) -> Optional[Path]:
     for directory in directories:
         candidate = directory / name
-        if candidate.is_file() and is_loadable_x86_64(candidate):
+        if candidate.is_file() and is_loadable(candidate, machine):
             return candidate
     return None
 
 
 def resolve_closure(
-    roots: Sequence[Path], library_dirs: Sequence[Path], node_provided: Mapping[str, str] = NODE_PROVIDED
+    roots: Sequence[Path],
+    library_dirs: Sequence[Path],
+    node_provided: Mapping[str, str] = NODE_PROVIDED,
+    machine: str = "x86_64",
 ) -> Closure:
     """Follow DT_NEEDED from ``roots`` (loaded by absolute path, as Python's ctypes loads them).
 
     ``library_dirs`` stand for the loader configuration (ld.so.conf.d) the bootstrap writes. Per requested name the
     search is glibc's: if the requesting object has no DT_RUNPATH, the DT_RPATH of that object and then of each
     object up the chain that loaded it; otherwise its own DT_RUNPATH only; then ``library_dirs``. No LD_LIBRARY_PATH
-    is set on the nodes. A name found nowhere is resolved by ``node_provided`` or recorded as unresolved.
+    is set on the nodes. A name found nowhere is resolved by ``node_provided`` or recorded as unresolved. Only files
+    built for ``machine`` (x86_64 | aarch64) are taken, as the loader of such a node does.
     """
     closure = Closure()
     info_cache: dict[Path, DynamicInfo] = {}
@@ -198,7 +215,7 @@ def resolve_closure(
         rpath_chain = info.rpath + loader_rpaths
         own_search = info.runpath if info.runpath is not None else rpath_chain
         for name in info.needed:
-            found = _find(name, (*own_search, *library_dirs))
+            found = _find(name, (*own_search, *library_dirs), machine)
             if found is not None:
                 closure.resolved[name].add(found)
                 pending.append((found, rpath_chain))
@@ -229,6 +246,69 @@ def libraries_in(directories: Iterable[Path]) -> list[Path]:
         path for directory in directories for path in directory.iterdir()
         if path.is_file() and SHARED_LIBRARY_NAME.search(path.name)
     )
+
+
+def newest_versions(required_versions: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """The newest symbol version asked of each node library (GLIBC_2.27 over GLIBC_2.17)."""
+    return {
+        name: max(versions, key=lambda v: [int(x) if x.isdigit() else 0 for x in re.split(r"[._]", v)])
+        for name, versions in sorted(required_versions.items()) if versions
+    }
+
+
+# --- the recorded closures: what each machine's bootstrap must ensure ---------------------------------------------
+
+def bootstrap_system_libraries(machine: str) -> dict[str, str]:
+    """install-mxnet.sh's system libraries for ``machine``: {soname: dnf package, or '' when there is none}."""
+    listed = run([str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True).stdout.split()
+    return dict(line.split(":", 1) for line in listed)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def closure_record(
+    *, machine: str, compute: str, wheels: Sequence[Path], roots: Sequence[Path], closures: Sequence[Closure],
+    tree: Path,
+) -> dict:
+    """What a fixture records of ``closures`` (run with node_provided = AL2023_BASE[machine], plus the driver for
+    gpu): the wheels (file name -> sha256) and roots it came from, and ``system_libraries``, each soname that neither
+    the wheels nor the base provide, with the files (relative to ``tree``) that need it. The bootstrap's list for
+    ``machine`` must hold exactly the union of these over its records (test_bootstrap_system_libraries.py)."""
+    needers: dict[str, set[str]] = defaultdict(set)
+    required_versions: dict[str, set[str]] = defaultdict(set)
+    for closure in closures:
+        for name, files in closure.unresolved.items():
+            needers[name].update(str(file.relative_to(tree)) for file in files)
+        for name, versions in closure.required_versions.items():
+            required_versions[name].update(versions)
+    return {
+        "machine": machine,
+        "compute": compute,
+        "date": datetime.date.today().isoformat(),
+        "wheels": {wheel.name: sha256_of(wheel) for wheel in sorted(wheels)},
+        "roots": [str(root.relative_to(tree)) for root in roots],
+        "base_set": sorted(AL2023_BASE[machine]),
+        "resolved_from_wheels": sorted({name for closure in closures for name in closure.resolved}),
+        "provided_by_the_node": sorted({name for closure in closures for name in closure.provided}),
+        "system_libraries": {name: sorted(files) for name, files in sorted(needers.items())},
+        "newest_symbol_versions_asked_of_the_node": newest_versions(required_versions),
+        "symbol_versions_newer_than_the_node": versions_beyond_node(required_versions),
+    }
+
+
+def write_closure_record(record: Mapping) -> Path:
+    """Writes ``record`` to tests/bootstrap/fixtures/closure-<machine>-<compute>.json; returns the path."""
+    path = FIXTURES / f"closure-{record['machine']}-{record['compute']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
 
 
 # --- the real GPU wheelhouse ------------------------------------------------------------------------------------------
@@ -327,7 +407,16 @@ def check(cache: Path) -> dict:
     for library in libraries_in(library_dirs):
         names_in_dirs[library.name].append(library)
     used_wheels = {file_owner.get(path.resolve()) for path in from_frameworks.loaded}
-    unresolved = {**every_library.unresolved, **from_frameworks.unresolved}
+    record = closure_record(
+        machine="x86_64", compute="gpu", wheels=framework_wheels(wheel_dir), roots=framework_roots,
+        closures=(from_frameworks, every_library), tree=site_dir,
+    )
+    # What neither the wheels nor the base provide is the bootstrap's to ensure; anything else is unresolved.
+    ensured = bootstrap_system_libraries("x86_64")
+    unresolved = {
+        name: needers for name, needers in {**every_library.unresolved, **from_frameworks.unresolved}.items()
+        if name not in ensured
+    }
     conflicts = {**every_library.conflicts, **from_frameworks.conflicts}
     required_versions: dict[str, set[str]] = defaultdict(set)
     for closure in (from_frameworks, every_library):
@@ -356,14 +445,23 @@ def check(cache: Path) -> dict:
         "framework_libraries": list(FRAMEWORK_LIBRARIES),
         "resolved_from_wheelhouse": resolved_from_wheels,
         "provided_by_node": dict(sorted({**every_library.provided, **from_frameworks.provided}.items())),
-        "newest_symbol_versions_asked_of_the_node": {
-            name: max(versions, key=lambda v: [int(x) if x.isdigit() else 0 for x in re.split(r"[._]", v)])
-            for name, versions in sorted(required_versions.items()) if versions
-        },
+        "ensured_by_the_bootstrap": {name: ensured[name] for name in record["system_libraries"] if name in ensured},
+        "newest_symbol_versions_asked_of_the_node": newest_versions(required_versions),
         "other_libraries_checked": len(every_library.loaded - from_frameworks.loaded),
         "problems": problems,
         "ok": not any(problems.values()),
+        "closure_record": record,
     }
+
+
+def framework_wheels(wheel_dir: Path) -> list[Path]:
+    """The wheels of the two gpu runtimes (mxnet-cu117, onnxruntime-gpu) at requirements-gpu.txt's versions."""
+    pins = gpu_pins()
+    return sorted(
+        wheel for wheel in wheel_dir.glob("*.whl")
+        if (name := canonicalize_name(wheel.name.split("-")[0])) in ("mxnet-cu117", "onnxruntime-gpu")
+        and wheel.name.split("-")[1] == pins[name]
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -371,13 +469,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where wheels and the tree are kept")
     arguments = parser.parse_args(argv)
     report = check(arguments.cache.resolve())
+    record_path = write_closure_record(report.pop("closure_record"))
+    print(f"wrote {record_path.relative_to(REPO_ROOT)}", file=sys.stderr)
     report_path = arguments.cache / "result.json"
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     resolved = report["resolved_from_wheelhouse"]
     print(
         f"\n{report['date']}: {report['wheels']} wheels; {len(resolved)} libraries the two runtimes need resolve to "
-        f"the wheelhouse, {len(report['provided_by_node'])} to the node ({', '.join(report['provided_by_node'])}); "
+        f"the wheelhouse, {len(report['provided_by_node'])} to the node ({', '.join(report['provided_by_node'])}), "
+        f"{len(report['ensured_by_the_bootstrap'])} to the bootstrap's system libraries "
+        f"({', '.join(report['ensured_by_the_bootstrap'])}); "
         f"{report['other_libraries_checked']} more libraries in the loader path checked; "
         f"{'no problems' if report['ok'] else 'PROBLEMS: see problems above'} (written to {report_path})",
         file=sys.stderr,

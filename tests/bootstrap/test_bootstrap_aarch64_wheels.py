@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
-from bootstrap_helpers import INSTALL_SCRIPT, REPO_ROOT, SCRIPT_TIMEOUT_SECONDS, script_environment
+from bootstrap_helpers import INSTALL_SCRIPT, REPO_ROOT, SCRIPT_TIMEOUT_SECONDS, script_environment, stand_in_wheel
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
@@ -63,15 +62,6 @@ def test_native_wheels_are_aarch64_builds() -> None:
     """A wheel that is not pure Python must be built for aarch64 (an x86_64 one would install and fail to load)."""
     platforms = {tag.platform for _, wheel in recorded().values() for tag in parse_wheel_filename(wheel)[3]}
     assert platforms - {"any"} and all(platform.endswith("_aarch64") for platform in platforms - {"any"})
-
-
-def stand_in_wheel(file_name: str, directory: Path) -> None:
-    name, version, _, _ = parse_wheel_filename(file_name)
-    dist_info = f"{file_name.split('-')[0]}-{file_name.split('-')[1]}.dist-info"
-    with zipfile.ZipFile(directory / file_name, "w") as wheel:
-        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
-        wheel.writestr(f"{dist_info}/RECORD", "")
 
 
 @pytest.fixture(scope="module")

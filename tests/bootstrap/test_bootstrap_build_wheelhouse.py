@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from bootstrap_helpers import INSTALL_SCRIPT, SCRIPT_TIMEOUT_SECONDS, script_environment
+from bootstrap_helpers import INSTALL_SCRIPT, SCRIPT_TIMEOUT_SECONDS, script_environment, stand_in_wheel
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 
@@ -103,3 +103,38 @@ def test_build_wheelhouse_refuses_an_unknown_machine(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "machine must be one of x86_64 aarch64, got 'arm64'" in result.stderr
+
+
+def pins(compute: str) -> dict[str, str]:
+    listed = subprocess.run(
+        [str(INSTALL_SCRIPT), "--print-requirements", compute], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in listed}
+
+
+def test_a_gpu_wheelhouse_also_holds_the_cpu_build_for_the_primary_node(tmp_path: Path) -> None:
+    """Review finding 3: the primary of a gpu cluster has no GPU and installs the cpu build; without internet it has
+    only this wheelhouse. Stand-ins for the gpu wheels (3.9 GB for real), metadata-only wheels of the installed ones."""
+    package_index = tmp_path / "find-links"
+    package_index.mkdir()
+    for name in cpu_pins():
+        metadata_only_wheel(name, package_index)
+    for name, version in pins("gpu").items():
+        if name not in cpu_pins():
+            stand_in_wheel(f"{re.sub(r'[-_.]+', '_', name)}-{version}-py3-none-manylinux2014_x86_64.whl", package_index)
+    result = subprocess.run(
+        [str(INSTALL_SCRIPT), "--build-wheelhouse", "gpu", str(tmp_path / "wheelhouse")],
+        env=script_environment(
+            MXNET_BOOTSTRAP_PYTHON=sys.executable, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(package_index)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    downloaded = {
+        parse_wheel_filename(wheel.name)[0]: str(parse_wheel_filename(wheel.name)[1])
+        for wheel in (tmp_path / "wheelhouse" / "x86_64").glob("*.whl")
+    }
+    assert downloaded == {**pins("gpu"), **pins("cpu")}

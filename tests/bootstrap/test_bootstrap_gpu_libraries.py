@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from bootstrap_helpers import INSTALL_SCRIPT, script_environment
 from check_gpu_libraries import (
+    AL2023_BASE,
     NODE_PROVIDED,
+    is_loadable,
     read_dynamic_info,
     resolve_closure,
     versions_beyond_node,
@@ -54,32 +56,37 @@ def test_reads_runpath_and_symbol_versions_of_onnxruntime():
     assert any(version.startswith("GLIBC_") for version in info.required_versions["libc.so.6"])
 
 
-def test_cpu_runtimes_resolve_through_rpath_and_the_node():
-    closure = resolve_closure([LIBMXNET, onnxruntime_extension()], library_dirs=[])
-    assert dict(closure.unresolved) == {}
+def test_cpu_runtimes_resolve_through_rpath_and_leave_the_bootstraps_libraries():
+    closure = resolve_closure([LIBMXNET, onnxruntime_extension()], library_dirs=[], node_provided=AL2023_BASE["x86_64"])
     assert closure.conflicts == {}
     # Bundled in the wheel, found through libmxnet.so's DT_RPATH (and libopenblas.so.0's own for libgfortran).
     assert closure.resolved["libopenblas.so.0"] == {MXNET_DIR / "libopenblas.so.0"}
     assert closure.resolved["libgfortran.so.3"] == {MXNET_DIR / "libgfortran.so.3"}
-    # Needed by the bundled libgfortran, provided by the node's dnf package (review finding 7).
-    assert closure.provided["libquadmath.so.0"] == NODE_PROVIDED["libquadmath.so.0"]
-    assert closure.provided["libgomp.so.1"] == NODE_PROVIDED["libgomp.so.1"]
+    # Neither in the wheel nor on every node: what the bootstrap ensures with dnf (review finding 7), with who needs it.
+    assert dict(closure.unresolved) == {
+        "libquadmath.so.0": {MXNET_DIR / "libgfortran.so.3"},
+        "libgomp.so.1": {LIBMXNET, MXNET_DIR / "libopenblas.so.0"},
+    }
+    assert closure.provided["libc.so.6"] == NODE_PROVIDED["libc.so.6"]
 
 
-def test_a_library_the_node_does_not_provide_is_reported_with_who_needs_it():
-    without_libquadmath = {name: source for name, source in NODE_PROVIDED.items() if name != "libquadmath.so.0"}
-    closure = resolve_closure([LIBMXNET], library_dirs=[], node_provided=without_libquadmath)
-    assert dict(closure.unresolved) == {"libquadmath.so.0": {MXNET_DIR / "libgfortran.so.3"}}
+def test_only_files_of_the_nodes_machine_resolve():
+    """The loader of an aarch64 node skips x86_64 files: the x86_64 OpenBLAS beside libmxnet.so does not count."""
+    assert is_loadable(LIBMXNET, "x86_64") and not is_loadable(LIBMXNET, "aarch64")
+    closure = resolve_closure([LIBMXNET], library_dirs=[], node_provided=AL2023_BASE["aarch64"], machine="aarch64")
+    assert {"libopenblas.so.0", "libgfortran.so.3"} <= set(closure.unresolved) and not closure.resolved
 
 
 def test_library_dirs_stand_for_the_loader_configuration(tmp_path):
     """libmxnet.so alone in a directory: its ${ORIGIN} no longer holds OpenBLAS, so only the loader configuration's
     directories (what the bootstrap writes to ld.so.conf.d) can resolve it."""
     alone = link_or_copy(LIBMXNET, tmp_path)
+    system_libraries = {"libgomp.so.1", "libquadmath.so.0"}  # the bootstrap's to ensure, not the wheel's
     without = resolve_closure([alone], library_dirs=[])
-    assert set(without.unresolved) == {"libopenblas.so.0", "libgfortran.so.3"}
+    # libquadmath is libgfortran's need, and libgfortran is not found here.
+    assert set(without.unresolved) == {"libopenblas.so.0", "libgfortran.so.3", "libgomp.so.1"}
     with_dirs = resolve_closure([alone], library_dirs=[MXNET_DIR])
-    assert dict(with_dirs.unresolved) == {}
+    assert set(with_dirs.unresolved) == system_libraries
     assert with_dirs.resolved["libopenblas.so.0"] == {MXNET_DIR / "libopenblas.so.0"}
 
 

@@ -8,6 +8,7 @@ root), and downloads from PyPI.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -184,30 +185,90 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
     ) in result.stderr
 
 
-def fake_ldconfig(directory: Path, cache_architecture: str) -> Path:
-    """An ldconfig whose -p lists the runtime's system libraries for one architecture, as the real one prints them."""
+def system_libraries(machine: str) -> dict[str, str]:
+    """{soname: dnf package ('' when none)} that install-mxnet.sh ensures on ``machine``, in its order (held to the
+    recorded closures by test_bootstrap_system_libraries.py)."""
+    listed = subprocess.run(
+        [str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return dict(line.split(":", 1) for line in listed)
+
+
+def system_sonames(machine: str) -> list[str]:
+    return list(system_libraries(machine))
+
+
+def fake_ldconfig(directory: Path, cache_architecture: str, sonames: list[str]) -> Path:
+    """An ldconfig whose -p lists ``sonames`` for one architecture, as the real one prints them."""
     script = directory / "ldconfig"
-    entries = "".join(
-        f"\\t{soname} (libc6,{cache_architecture}) => /usr/lib64/{soname}\\n"
-        for soname in ("libgomp.so.1", "libquadmath.so.0", "libz.so.1")
-    )
-    script.write_text(f"#!/bin/sh\nprintf '3 libs found in cache\\n{entries}'\n")
+    entries = "".join(f"\\t{soname} (libc6,{cache_architecture}) => /usr/lib64/{soname}\\n" for soname in sonames)
+    script.write_text(f"#!/bin/sh\nprintf '{len(sonames)} libs found in cache\\n{entries}'\n")
     script.chmod(0o755)
     return script
 
 
-def test_an_aarch64_node_needs_aarch64_system_libraries(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
-    """The loader's cache of an x86_64 machine does not satisfy an aarch64 node."""
-    ldconfig = fake_ldconfig(tmp_path, "x86-64")
+def failing_dnf(directory: Path) -> tuple[dict[str, str], Path]:
+    """A `dnf` first on PATH that records its arguments, one call per line, and fails as dnf does for a package the
+    repositories lack. What it cannot prove: which packages Amazon Linux 2023's repositories really hold."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    calls = directory / "dnf-calls"
+    (bin_dir / "dnf").write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho "Error: Unable to find a match" >&2\nexit 1\n')
+    (bin_dir / "dnf").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS": "0"}, calls
+
+
+def test_an_aarch64_node_without_arm_performance_libraries_fails_before_any_download(
+    fresh_runtime: ThrowAwayRuntime, tmp_path: Path
+) -> None:
+    """MXNet's aarch64 wheel links ArmPL, which no Amazon Linux 2023 package provides (the recorded closure): the
+    script says so at once instead of retrying dnf. The loader's cache of an x86_64 machine does not count."""
+    environment, calls = failing_dnf(tmp_path)
+    ldconfig = fake_ldconfig(tmp_path, "x86-64", system_sonames("x86_64") + system_sonames("aarch64"))
     result = run_install_script(
-        "cpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_MACHINE="aarch64", MXNET_BOOTSTRAP_LDCONFIG=str(ldconfig)
+        "cpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_MACHINE="aarch64", MXNET_BOOTSTRAP_LDCONFIG=str(ldconfig),
+        **environment,
     )
     assert result.returncode == 1
-    assert "the runtime needs the system packages libgomp libquadmath zlib" in result.stderr
+    assert (
+        "this aarch64 node lacks libarmpl_lp64_mp.so libamath.so libastring.so, which the runtime links and no Amazon "
+        "Linux 2023 package provides"
+    ) in result.stderr
+    assert not calls.exists()
+
+
+@pytest.mark.parametrize(
+    ("machine", "cache_architecture", "packages"),
+    [("aarch64", "AArch64", "libgomp zlib"), ("x86_64", "x86-64", "libgomp libquadmath zlib")],
+)
+def test_dnf_is_asked_for_the_machines_own_packages(
+    fresh_runtime: ThrowAwayRuntime, tmp_path: Path, machine: str, cache_architecture: str, packages: str
+) -> None:
+    """Review finding 2: an aarch64 node asked dnf for libquadmath, which exists only where GCC has __float128 (x86,
+    ia64, ppc64le), and so failed its bootstrap. Here the cache holds only what no package provides (ArmPL)."""
+    environment, calls = failing_dnf(tmp_path)
+    without_packages = [soname for soname, package in system_libraries(machine).items() if not package]
+    result = run_install_script(
+        "cpu",
+        python=fresh_runtime.python,
+        MXNET_BOOTSTRAP_MACHINE=machine,
+        MXNET_BOOTSTRAP_LDCONFIG=str(fake_ldconfig(tmp_path, cache_architecture, without_packages)),
+        **environment,
+    )
+    assert result.returncode == 1
+    assert calls.read_text().splitlines() == [f"install -y {packages}"] * 3  # retried, then given up
+    assert "giving up after 3 attempts" in result.stderr
+
+
+def test_a_node_of_another_machine_is_refused_naming_it(fresh_runtime: ThrowAwayRuntime) -> None:
+    result = run_install_script("cpu", python=fresh_runtime.python, MXNET_BOOTSTRAP_MACHINE="armv7l")
+    assert result.returncode == 1
+    assert "this node's machine is 'armv7l'; EMR 7 nodes are one of x86_64 aarch64" in result.stderr
 
 
 def test_a_node_installs_from_its_own_machines_folder_only(fresh_runtime: ThrowAwayRuntime, tmp_path: Path) -> None:
-    """A Graviton node (aarch64) must not take the x86_64 folder's wheels."""
+    """A Graviton node (aarch64) must not take the x86_64 folder's wheels. Its loader's cache holds what an aarch64
+    node can have: no libquadmath (the old fake listed one, so the test could not see finding 2)."""
     wheelhouse = tmp_path / "wheelhouse"
     (wheelhouse / "x86_64").mkdir(parents=True)
     wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse / "x86_64")
@@ -216,10 +277,12 @@ def test_a_node_installs_from_its_own_machines_folder_only(fresh_runtime: ThrowA
         str(wheelhouse),
         python=fresh_runtime.python,
         MXNET_BOOTSTRAP_MACHINE="aarch64",
-        MXNET_BOOTSTRAP_LDCONFIG=str(fake_ldconfig(tmp_path, "AArch64")),
+        MXNET_BOOTSTRAP_LDCONFIG=str(fake_ldconfig(tmp_path, "AArch64", system_sonames("aarch64"))),
     )
     assert result.returncode == 1
-    assert "system libraries present: libgomp.so.1 libquadmath.so.0 libz.so.1" in result.stderr
+    assert (
+        "system libraries present: libgomp.so.1 libz.so.1 libarmpl_lp64_mp.so libamath.so libastring.so"
+    ) in result.stderr
     assert f"wheelhouse '{wheelhouse}/aarch64' holds no .whl files for this aarch64 node" in result.stderr
 
 

@@ -27,6 +27,7 @@ from bootstrap_helpers import (
     ThrowAwayRuntime,
     make_throw_away_runtime,
     run_install_script,
+    stand_in_wheel,
     wheel_from_installed,
 )
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -34,6 +35,20 @@ from werkzeug.serving import make_server
 
 BUCKET = "example-wheelhouse"
 PREFIX = "artifacts/wheels/"
+# A gpu wheelhouse as --build-wheelhouse gpu lays it out (the gpu build, the shared pins and the cpu build), and one
+# built before it held the cpu build. Besides the real wheel of the pin a first run installs, stand-ins named as the
+# gpu and cpu builds' wheels: the script chooses files by name and must never fetch those a node does not need.
+GPU_PREFIX = "artifacts/wheelhouse/gpu/"
+GPU_ONLY_PREFIX = "artifacts/old-wheelhouse/gpu/"
+GPU_BUILD_WHEELS = (
+    "mxnet_cu117-1.9.1-py3-none-manylinux2014_x86_64.whl",
+    "onnxruntime_gpu-1.20.2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    "nvidia_cudnn_cu12-9.1.0.70-py3-none-manylinux2014_x86_64.whl",
+)
+CPU_BUILD_WHEELS = (
+    "mxnet-1.9.1-py3-none-manylinux2014_x86_64.whl",
+    "onnxruntime-1.20.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+)
 # The environment's region differs from the node's on purpose: the script must use the node's, from IMDS.
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -62,16 +77,20 @@ class S3Run:
 
 
 class SigningRegions:
-    """WSGI middleware in front of moto that records the region of each request's SigV4 signature."""
+    """WSGI middleware in front of moto that records the region of each request's SigV4 signature, and the path of
+    each GET of a wheel (what the node downloaded)."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.regions: list[str] = []
+        self.wheel_gets: list[str] = []
 
     def __call__(self, environ, start_response):
         match = SIGNATURE_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
         if match:
             self.regions.append(match["region"])
+        if environ["REQUEST_METHOD"] == "GET" and environ.get("PATH_INFO", "").endswith(".whl"):
+            self.wheel_gets.append(environ["PATH_INFO"])
         return self.app(environ, start_response)
 
 
@@ -135,6 +154,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, signing_regions: Signi
     s3.create_bucket(Bucket=BUCKET)
     # The wheelhouse's folder for this machine's architecture, as --build-wheelhouse lays it out.
     s3.upload_file(str(wheel), BUCKET, f"{PREFIX}{MACHINE}/{wheel.name}")
+    for prefix, stand_ins in ((GPU_PREFIX, GPU_BUILD_WHEELS + CPU_BUILD_WHEELS), (GPU_ONLY_PREFIX, GPU_BUILD_WHEELS)):
+        s3.upload_file(str(wheel), BUCKET, f"{prefix}x86_64/{wheel.name}")
+        for name in stand_ins:
+            s3.upload_file(str(stand_in_wheel(name, wheelhouse)), BUCKET, f"{prefix}x86_64/{name}")
     signing_regions.regions.clear()
     yield endpoint
     server.shutdown()
@@ -142,14 +165,15 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, signing_regions: Signi
 
 
 def run_against(
-    endpoint: str, uri: str, runtime: ThrowAwayRuntime, download_parent: Path, imds: str, **environment: str
+    endpoint: str, uri: str, runtime: ThrowAwayRuntime, download_parent: Path, imds: str, compute: str = "cpu",
+    **environment: str,
 ) -> subprocess.CompletedProcess[str]:
     return run_install_script(
-        "cpu",
+        compute,
         uri,
         python=runtime.python,
         AWS_ENDPOINT_URL=endpoint,
-        TMPDIR=str(download_parent),
+        MXNET_BOOTSTRAP_DOWNLOAD_DIR=str(download_parent),
         MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS="0",
         MXNET_BOOTSTRAP_IMDS_ENDPOINT=imds,
         **{**FAKE_CREDENTIALS, **environment},
@@ -233,3 +257,71 @@ def test_a_hung_download_stops_at_the_scripts_deadline(
                          MXNET_BOOTSTRAP_DEADLINE_SECONDS="6")
     assert result.returncode == 1
     assert "the bootstrap's deadline of 6s" in result.stderr
+
+
+def no_nvidia_device(root: Path) -> dict[str, str]:
+    """A PCI bus with one device that is not NVIDIA's: a CPU primary node (a stand-in for /sys/bus/pci/devices)."""
+    device = root / "pci" / "0000:00:05.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text("0x1d0f\n")  # Amazon's (ENA)
+    return {"MXNET_BOOTSTRAP_PCI_DEVICES_DIR": str(root / "pci")}
+
+
+@pytest.mark.skipif(MACHINE != "x86_64", reason="the gpu wheelhouse is x86_64 only")
+def test_a_cpu_primary_of_a_gpu_cluster_fetches_only_the_cpu_builds_missing_wheels(
+    s3_endpoint: str, imds_endpoint: str, signing_regions: SigningRegions, tmp_path: Path
+) -> None:
+    """Review finding 3: the primary of a gpu cluster has no GPU, installs the cpu build, and copied the whole 3.9 GB
+    gpu folder first. It now chooses its build before fetching and downloads only the wheels of its missing pins."""
+    runtime = make_throw_away_runtime(tmp_path)
+    download_parent = tmp_path / "var-tmp"
+    download_parent.mkdir()
+    signing_regions.wheel_gets.clear()
+    result = run_against(s3_endpoint, f"s3://{BUCKET}/{GPU_PREFIX}", runtime, download_parent, imds_endpoint,
+                         compute="gpu", **no_nvidia_device(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "installing the cpu build" in result.stderr
+    # Of the gpu, cpu and shared wheels there, only the one pin this runtime lacks.
+    fetched = [path.rsplit("/", 1)[1] for path in signing_regions.wheel_gets]
+    assert len(fetched) == 1 and fetched[0].startswith(f"{LEFT_OUT_DISTRIBUTION}-"), fetched
+    assert "downloading the 1 wheels of the cpu build's missing pins" in result.stderr
+
+
+@pytest.mark.skipif(MACHINE != "x86_64", reason="the gpu wheelhouse is x86_64 only")
+def test_a_gpu_wheelhouse_without_the_cpu_build_is_refused_before_any_download(
+    s3_endpoint: str, imds_endpoint: str, signing_regions: SigningRegions, tmp_path: Path
+) -> None:
+    """A primary that misses the cpu build's mxnet, given a wheelhouse built before it held the cpu build: a clear
+    message naming the pin and the command, and nothing downloaded."""
+    runtime = make_throw_away_runtime(tmp_path, left_out="mxnet")
+    download_parent = tmp_path / "var-tmp"
+    download_parent.mkdir()
+    signing_regions.wheel_gets.clear()
+    result = run_against(s3_endpoint, f"s3://{BUCKET}/{GPU_ONLY_PREFIX}", runtime, download_parent, imds_endpoint,
+                         compute="gpu", **no_nvidia_device(tmp_path))
+    assert result.returncode == 1
+    assert "no wheel for mxnet==1.9.1" in result.stderr
+    assert "a gpu wheelhouse must hold the cpu build too, for the primary node: rebuild it with" in result.stderr
+    assert signing_regions.wheel_gets == [] and list(download_parent.iterdir()) == []
+
+
+def test_the_download_goes_to_var_tmp_not_to_tmpdir(
+    s3_endpoint: str, imds_endpoint: str, tmp_path: Path
+) -> None:
+    """Review finding 3: on Amazon Linux 2023 /tmp is a tmpfs of half the memory. Without MXNET_BOOTSTRAP_DOWNLOAD_DIR
+    the wheels go to /var/tmp (this machine's, removed on exit), whatever TMPDIR says."""
+    runtime = make_throw_away_runtime(tmp_path)
+    tmpdir = tmp_path / "tmpfs"
+    tmpdir.mkdir()
+    result = run_install_script(
+        "cpu",
+        f"s3://{BUCKET}/{PREFIX}",
+        python=runtime.python,
+        AWS_ENDPOINT_URL=s3_endpoint,
+        TMPDIR=str(tmpdir),
+        MXNET_BOOTSTRAP_IMDS_ENDPOINT=imds_endpoint,
+        **FAKE_CREDENTIALS,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"to /var/tmp/mxnet-wheelhouse\.\w+", result.stderr)
+    assert list(tmpdir.iterdir()) == []
