@@ -18,6 +18,7 @@ JVM's EMRFS/S3A); the IAM test covers those from the code that makes them (see t
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -35,6 +36,15 @@ ORIGINS = {
 # The trigger function's settings that name resources, read at the time of each of its calls (the tests give the
 # function other names than the stack does; the IAM test maps them onto the stack's).
 TRIGGER_SETTINGS = ("CLUSTER_MODE", "DATA_BUCKET", "CLAIMS_TABLE", "NOTIFICATION_TOPIC_ARN", "JOB_FLOW_DEFINITION_KEY")
+# The job's tools that write or inspect packages (STYLE.md, "the job package's rooms") run on a developer's machine with
+# the developer's credentials, never on the nodes: their calls are kept apart ("job-tool") and not judged against the
+# nodes' role. (file relative to the repository, function name or None for the whole module)
+JOB_TOOLS = (
+    ("job/quantize.py", None),
+    ("job/demo.py", None),
+    ("job/train_digits.py", None),
+    ("job/model_package.py", "main"),
+)
 HOOK = "before-parameter-build.*.*"
 
 
@@ -82,6 +92,9 @@ class Recorder:
                 self.errors.append(f"{type(error).__name__}: {error}")
 
     def _origin(self) -> Optional[str]:
+        """The kind of the innermost repository code on the stack ("job-tool" when a job tool called the job's code);
+        None for a call the tests made themselves."""
+        origin = None
         frame = sys._getframe(2)
         while frame is not None:
             filename = frame.f_code.co_filename
@@ -89,23 +102,38 @@ class Recorder:
                 self._origin_by_file[filename] = _classify(filename)
             kind = self._origin_by_file[filename]
             if kind == "test":
-                return None
-            if kind is not None:
-                return kind
+                return origin
+            if origin is None and kind is not None:
+                origin = kind
+            if origin == "job" and _is_job_tool(filename, frame.f_code.co_name):
+                return "job-tool"
             frame = frame.f_back
-        return None
+        return origin
 
     def calls_from(self, origin: str) -> list[RecordedCall]:
         with self._lock:
             return [call for call in self.calls if call.origin == origin]
 
 
+def _is_job_tool(filename: str, function: str) -> bool:
+    relative = _relative(filename)
+    return any(relative == tool_file and tool_function in (None, function) for tool_file, tool_function in JOB_TOOLS)
+
+
+@functools.lru_cache(maxsize=None)
+def _relative(filename: str) -> Optional[str]:
+    """``filename`` relative to the repository (POSIX form), or None outside it."""
+    try:
+        return Path(filename).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return None
+
+
 def _classify(filename: str) -> Optional[str]:
     """The origin of code in ``filename``: one of ORIGINS' values, "test" for the tests, None for anything else
     (the standard library, site-packages, this recorder)."""
-    try:
-        relative = Path(filename).resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
+    relative = _relative(filename)
+    if relative is None:
         return None
     if relative.startswith(".venv/") or relative == Path(__file__).resolve().relative_to(REPO_ROOT).as_posix():
         return None

@@ -36,6 +36,7 @@ denied calls):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -66,7 +67,10 @@ class Need:
     why: str = ""
 
     def describe(self) -> str:
-        context = f" with {json.dumps(dict(self.context), sort_keys=True)}" if self.context else ""
+        """One line; EMR's own tag keys (elasticmapreduce:RequestTag/..., ...ResourceTag/...) are left out: they
+        repeat the aws: ones."""
+        shown = {key: value for key, value in self.context.items() if not re.match(r"elasticmapreduce:\w+Tag/", key)}
+        context = f" with {json.dumps(shown, sort_keys=True)}" if shown else ""
         return f"{self.principal}: {self.action} on {self.resource}{context} ({self.why})"
 
 
@@ -243,7 +247,7 @@ class StackView:
                 properties = self.properties(logical)
                 if role_name in properties.get("Roles", []):
                     documents.append(properties["PolicyDocument"])
-        managed = json.loads(aws_managed_policies_data)
+        managed = _aws_managed_policies()
         for arn in role.get("ManagedPolicyArns", []):
             stack_policy = self._find("AWS::IAM::ManagedPolicy", arn)
             if stack_policy is not None:
@@ -258,6 +262,12 @@ class StackView:
             found = document["Statement"]
             statements.extend(found if isinstance(found, list) else [found])
         return statements
+
+
+@functools.lru_cache(maxsize=1)
+def _aws_managed_policies() -> dict:
+    """AWS's managed policies by name, as moto ships them (1,500 documents: parsed once)."""
+    return json.loads(aws_managed_policies_data)
 
 
 # --- the decision ----------------------------------------------------------------------------------------------------
@@ -480,8 +490,18 @@ def _emr_run_job_flow(params: dict, ctx: CallContext, operation: str) -> list[Ne
     needs.append(Need("iam:CreateServiceLinkedRole", cleanup_role,
                       {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"},
                       why="emr RunJobFlow, first cluster of an account (EMR cleanup service-linked role)"))  # fmt: skip
-    if "SecurityConfiguration" in params:
-        needs.extend(_security_configuration_needs(ctx.stack.security_configuration(params["SecurityConfiguration"])))
+    return needs + cluster_role_needs(params, ctx.stack)
+
+
+def cluster_role_needs(definition: dict, stack: StackView) -> list[Need]:
+    """What a cluster launched from ``definition`` (a RunJobFlow request, or the CloudFormation cluster's) needs of
+    its own roles: EMR, as the service role, passes the instance profile's role to EC2 (the v2 service policy does
+    not: EMR Management Guide, "Service role for Amazon EMR"), and the security configuration's keys."""
+    instance_role = stack.role_arn_of_instance_profile(definition["JobFlowRole"])
+    needs = [Need("iam:PassRole", instance_role, {"iam:PassedToService": "ec2.amazonaws.com"}, principal="service role",
+                  why="the cluster's service role passes the instance profile's role to EC2")]  # fmt: skip
+    if "SecurityConfiguration" in definition:
+        needs.extend(_security_configuration_needs(stack.security_configuration(definition["SecurityConfiguration"])))
     return needs
 
 
@@ -564,6 +584,8 @@ NEEDS: dict[tuple[str, str], tuple[Callable[[dict, CallContext, str], list[Need]
         "https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-auto-termination-policy.html; cleanup role: "
         "https://docs.aws.amazon.com/emr/latest/ManagementGuide/using-service-linked-roles-cleanup.html; security "
         "configuration keys: https://docs.aws.amazon.com/kms/latest/developerguide/services-emr.html and "
+        "https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-iam-role.html (service role passes the instance "
+        "role) and "
         "https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption-requirements.html",
     ),
     ("ec2", "DescribeSecurityGroups"): (_ec2_anything("ec2:DescribeSecurityGroups"), EC2_SAR + " (no resource type)"),

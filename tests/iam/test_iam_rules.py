@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,8 @@ CLEANUP_FUNCTION_FILE = REPO_ROOT / "infra" / "cleanup_function" / "handler.py"
 BOOTSTRAP_DIR = REPO_ROOT / "bootstrap"
 # Most lines of a failure message: the rest are counted.
 SHOWN_FAILURES = 40
+# Any idle timeout makes a persistent stack's trigger launch clusters (with an AutoTerminationPolicy) once it idled out.
+IDLE_TIMEOUT_MINUTES = 60
 
 
 # --- the stack ---------------------------------------------------------------------------------------------------------
@@ -68,9 +70,12 @@ class Variant:
     job_flow: dict  # the RunJobFlow definition the stack ships (resolved; no Steps)
     trigger_environment: dict[str, str]
     cleanup_properties: dict
+    _statements: dict[str, list[dict]] = field(default_factory=dict)
 
     def statements(self, principal: str) -> list[dict]:
-        return self.view.role_statements(self.roles[principal])
+        if principal not in self._statements:
+            self._statements[principal] = self.view.role_statements(self.roles[principal])
+        return self._statements[principal]
 
     @property
     def stack_tags(self) -> dict[str, str]:
@@ -101,8 +106,9 @@ def _variant(name: str, synthesized) -> Variant:
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory) -> dict[str, Variant]:
-    """The default (cpu) stack in both cluster modes, and a transient one whose nodes install from the shipped
-    wheelhouse (the only set-up in which a bootstrap script calls S3 itself)."""
+    """The default (cpu) stack in both cluster modes, and a persistent one whose cluster ends idle (so the trigger
+    launches clusters too) and whose nodes install from the shipped wheelhouse (the only set-up in which a bootstrap
+    script calls S3 itself)."""
     found = {}
     for name, settings in (
         ("transient", {"compute": "cpu", "cluster_mode": "transient"}),
@@ -115,13 +121,14 @@ def variants(tmp_path_factory) -> dict[str, Variant]:
     wheelhouse = source_root / "build" / "wheelhouse" / "cpu" / "x86_64"
     wheelhouse.mkdir(parents=True)
     (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"not a real wheel: only its presence is used")
-    found["offline-wheelhouse"] = _variant(
-        "offline-wheelhouse",
+    found["persistent-idle"] = _variant(
+        "persistent-idle",
         synthesize(
-            tmp_path_factory.mktemp("artifacts-offline"),
+            tmp_path_factory.mktemp("artifacts-persistent-idle"),
             source_root=source_root,
             compute="cpu",
-            cluster_mode="transient",
+            cluster_mode="persistent",
+            idle_timeout_minutes=IDLE_TIMEOUT_MINUTES,
             offline_wheelhouse=True,
         ),
     )
@@ -372,7 +379,8 @@ def failure_message(variant: Variant, verdict: Verdict) -> str:
     lines = [f"{variant.name} stack: {len(verdict.denied)} of {verdict.judged} needed authorizations are not granted, "
              f"{len(verdict.unmapped)} calls have no mapping"]  # fmt: skip
     for description, test in sorted(verdict.denied.items())[:SHOWN_FAILURES]:
-        lines.append(f"  DENIED {description}\n      first needed by a call in {test or '(unknown test)'}")
+        where = "this file's own scenarios" if test.startswith("tests/iam/") else test or "(unknown test)"
+        lines.append(f"  DENIED {description}\n      first needed by a call in {where}")
     for call, detail in sorted(verdict.unmapped.items())[:SHOWN_FAILURES]:
         lines.append(f"  UNMAPPED {call}: {detail}")
     if any("elasticmapreduce:AddTags" in description for description in verdict.denied):
@@ -398,7 +406,7 @@ def test_the_recorder_saw_every_kind_of_call_and_failed_on_none(recorded):
     assert recorded.calls_by_tests > 0  # the tests' own setup calls are seen, and not judged
 
 
-@pytest.mark.parametrize("name", ["transient", "persistent"])
+@pytest.mark.parametrize("name", ["transient", "persistent", "persistent-idle"])
 def test_the_trigger_roles_grant_every_call_of_the_trigger(recorded, variants, name):
     """Every recorded call of the trigger function made in this variant's cluster mode (and the roles a cluster it
     launches runs with: the security configuration's keys)."""
@@ -411,7 +419,8 @@ def test_the_trigger_roles_grant_every_call_of_the_trigger(recorded, variants, n
     ]
     assert calls, f"no call of the trigger function in {mode} mode was recorded"
     verdict = judge(variant, "trigger", calls)
-    assert not verdict.denied and not verdict.unmapped, failure_message(variant, verdict)
+    if verdict.denied or verdict.unmapped:
+        pytest.fail(failure_message(variant, verdict), pytrace=False)
 
 
 def test_review_2_finding_1_a_tagged_launch_may_add_its_tags(recorded, variants):
@@ -426,7 +435,8 @@ def test_review_2_finding_1_a_tagged_launch_may_add_its_tags(recorded, variants)
         need for need in needs_of("emr", "RunJobFlow", trigger_params(launch, variant), ctx)
         if need.action == "elasticmapreduce:AddTags"
     ]  # fmt: skip
-    assert decide(variant.statements("trigger"), add_tags).allowed, f"trigger role lacks {add_tags.describe()}"
+    if not decide(variant.statements("trigger"), add_tags).allowed:
+        pytest.fail(f"REVIEW 2 #1: the trigger role lacks {add_tags.describe()}", pytrace=False)
 
 
 @pytest.mark.parametrize("name", ["transient", "persistent"])
@@ -439,7 +449,8 @@ def test_the_cleanup_role_grants_every_call_of_the_cleanup(recorded, variants, n
     ]
     assert calls, "no call of the cleanup function was recorded"
     verdict = judge(variant, "cleanup", calls)
-    assert not verdict.denied and not verdict.unmapped, failure_message(variant, verdict)
+    if verdict.denied or verdict.unmapped:
+        pytest.fail(failure_message(variant, verdict), pytrace=False)
 
 
 @pytest.mark.parametrize("name", ["transient", "persistent"])
@@ -451,7 +462,21 @@ def test_the_instance_role_grants_every_call_of_the_job(recorded, variants, name
              for call in recorded_calls(recorded, "job")]  # fmt: skip
     assert calls, "no call of the job was recorded"
     verdict = judge(variant, "instance role", calls + emr_platform_calls(variant))
-    assert not verdict.denied and not verdict.unmapped, failure_message(variant, verdict)
+    if verdict.denied or verdict.unmapped:
+        pytest.fail(failure_message(variant, verdict), pytrace=False)
+
+
+@pytest.mark.parametrize("name", ["transient", "persistent", "persistent-idle"])
+def test_a_clusters_own_roles_grant_what_its_definition_needs(variants, name):
+    """Whoever launches it (the trigger, or CloudFormation for the persistent cluster), a cluster from the stack's
+    definition needs its service role to pass the instance role, and both roles to use the security configuration's
+    key (local-disk and EBS encryption)."""
+    variant = variants[name]
+    needs = iam_rules.cluster_role_needs(variant.job_flow, variant.view)
+    assert {need.principal for need in needs} == {"instance role", "service role"}
+    denied = [need.describe() for need in needs if not decide(variant.statements(need.principal), need).allowed]
+    if denied:
+        pytest.fail("\n".join(denied), pytrace=False)
 
 
 def emr_platform_calls(variant: Variant) -> list[tuple[str, str, dict, str]]:
@@ -511,7 +536,7 @@ def test_every_aws_cli_call_of_the_bootstrap_scripts_is_mapped():
     assert all(shlex.split(command)[:2] == ["aws", "s3"] for _, command in invocations)
 
 
-@pytest.mark.parametrize("name", ["transient", "offline-wheelhouse"])
+@pytest.mark.parametrize("name", ["transient", "persistent-idle"])
 def test_the_instance_role_grants_the_bootstrap_scripts_calls(variants, name):
     """Each bootstrap action whose script downloads from S3 with the AWS CLI, with the S3 arguments the stack gives it
     (none in the default set-up, which installs from PyPI; the wheelhouse prefix with offline_wheelhouse)."""
@@ -527,10 +552,11 @@ def test_the_instance_role_grants_the_bootstrap_scripts_calls(variants, name):
             bucket, key = split_s3(argument.rstrip("/") + f"/{machine}/")
             calls.append(("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": key}, f"{script} aws s3 cp"))
             calls.append(("s3", "GetObject", {"Bucket": bucket, "Key": key + "example.whl"}, f"{script} aws s3 cp"))
-    if name == "offline-wheelhouse":
+    if name == "persistent-idle":
         assert calls, "with offline_wheelhouse the bootstrap downloads the wheelhouse from S3"
     verdict = judge(variant, "instance role", calls)
-    assert not verdict.denied and not verdict.unmapped, failure_message(variant, verdict)
+    if verdict.denied or verdict.unmapped:
+        pytest.fail(failure_message(variant, verdict), pytrace=False)
 
 
 # --- the rule itself can fail ------------------------------------------------------------------------------------------
