@@ -209,6 +209,12 @@ class StackView:
         key = self.properties(logical).get("KmsMasterKeyId") if logical else None
         return self._key_arn(key) if key else None
 
+    def queue_key(self, queue_arn: str) -> Optional[str]:
+        """The queue's KMS key when it uses SSE-KMS; None for SSE-SQS (no KMS permission needed) or unknown queues."""
+        logical = next((q for q in self.of_type("AWS::SQS::Queue") if self.get_att(q, "Arn") == queue_arn), None)
+        key = self.properties(logical).get("KmsMasterKeyId") if logical else None
+        return self._key_arn(key) if key else None
+
     def _key_arn(self, key: str) -> str:
         if key.startswith("arn:"):
             return key
@@ -435,6 +441,19 @@ def _sns_publish(params: dict, ctx: CallContext, operation: str) -> list[Need]:
     )
 
 
+def _sqs(action: str, kms: tuple[str, ...]) -> Callable[[dict, CallContext, str], list[Need]]:
+    """``QueueUrl`` https://sqs.<region>.<suffix>/<account>/<name> -> arn:...:sqs:<region>:<account>:<name>."""
+
+    def needs(params: dict, ctx: CallContext, operation: str) -> list[Need]:
+        account, name = params["QueueUrl"].rstrip("/").split("/")[-2:]
+        arn = f"arn:{PARTITION}:sqs:{REGION}:{account}:{name}"
+        return [Need(action, arn, why=f"sqs {operation}")] + _kms_needs(
+            ctx.stack.queue_key(arn), kms, "sqs", f"sqs {operation} on an SSE-KMS queue"
+        )
+
+    return needs
+
+
 def _emr_cluster(action: str, id_param: str = "ClusterId") -> Callable[[dict, CallContext, str], list[Need]]:
     def needs(params: dict, ctx: CallContext, operation: str) -> list[Need]:
         ids = params[id_param] if isinstance(params[id_param], list) else [params[id_param]]
@@ -551,6 +570,8 @@ DYNAMODB_KMS = "https://docs.aws.amazon.com/amazondynamodb/latest/developerguide
 EMR_SAR = SAR + "list_amazonelasticmapreduce.html"
 EMR_TAGS = "https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-fine-grained-cluster-access.html"
 EC2_SAR = SAR + "list_amazonec2.html"
+SQS_SAR = SAR + "list_amazonsqs.html"
+SQS_KMS = "https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-key-management.html"
 
 # (botocore service name, operation) -> (needs of one call, where AWS documents them).
 NEEDS: dict[tuple[str, str], tuple[Callable[[dict, CallContext, str], list[Need]], str]] = {
@@ -573,6 +594,11 @@ NEEDS: dict[tuple[str, str], tuple[Callable[[dict, CallContext, str], list[Need]
         _sns_publish,
         SAR + "list_amazonsns.html; KMS: https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html",
     ),
+    ("sqs", "SendMessage"): (_sqs("sqs:SendMessage", ("kms:GenerateDataKey", "kms:Decrypt")), f"{SQS_SAR}; {SQS_KMS}"),
+    ("sqs", "ReceiveMessage"): (_sqs("sqs:ReceiveMessage", ("kms:Decrypt",)), f"{SQS_SAR}; {SQS_KMS}"),
+    ("sqs", "DeleteMessage"): (_sqs("sqs:DeleteMessage", ()), SQS_SAR),
+    ("sqs", "ChangeMessageVisibility"): (_sqs("sqs:ChangeMessageVisibility", ()), SQS_SAR),
+    ("sqs", "GetQueueAttributes"): (_sqs("sqs:GetQueueAttributes", ()), SQS_SAR),
     ("emr", "ListClusters"): (_emr_anything("elasticmapreduce:ListClusters"), EMR_SAR + " (no resource type)"),
     ("emr", "DescribeCluster"): (_emr_cluster("elasticmapreduce:DescribeCluster"), EMR_SAR),
     ("emr", "ListSteps"): (_emr_cluster("elasticmapreduce:ListSteps"), EMR_SAR),

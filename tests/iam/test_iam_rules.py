@@ -67,6 +67,7 @@ class Variant:
     stack: object
     view: StackView
     roles: dict[str, str]  # "trigger", "cleanup", "instance role", "service role" -> role logical id
+    function_id: str  # the trigger function's logical id
     job_flow: dict  # the RunJobFlow definition the stack ships (resolved; no Steps)
     trigger_environment: dict[str, str]
     cleanup_properties: dict
@@ -98,6 +99,7 @@ def _variant(name: str, synthesized) -> Variant:
         stack=stack,
         view=view,
         roles=roles,
+        function_id=logical_id(synthesized, stack.trigger.function),
         job_flow=view.resolve(stack.resolve(stack.cluster.job_flow)),
         trigger_environment=function["Environment"]["Variables"],
         cleanup_properties=cleanup,
@@ -423,6 +425,22 @@ def test_the_trigger_roles_grant_every_call_of_the_trigger(recorded, variants, n
         pytest.fail(failure_message(variant, verdict), pytrace=False)
 
 
+@pytest.mark.parametrize("name", ["transient", "persistent"])
+def test_the_trigger_role_grants_lambdas_polling_of_its_queue(variants, name):
+    """Lambda's SQS poller calls the queue with the function's role (Lambda Developer Guide, "Using Lambda with Amazon
+    SQS": execution role permissions; kms:Decrypt for an SSE-KMS queue). Not recorded: the service makes these calls."""
+    variant = variants[name]
+    (mapping,) = [variant.view.properties(m) for m in variant.view.of_type("AWS::Lambda::EventSourceMapping")
+                  if variant.view.properties(m)["FunctionName"] == variant.view.ref(variant.function_id)]  # fmt: skip
+    account, queue_name = mapping["EventSourceArn"].split(":")[-2:]
+    queue_url = f"https://sqs.{iam_rules.REGION}.{iam_rules.URL_SUFFIX}/{account}/{queue_name}"
+    calls = [("sqs", operation, {"QueueUrl": queue_url}, "Lambda's SQS event source")
+             for operation in ("ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility", "GetQueueAttributes")]
+    verdict = judge(variant, "trigger", calls)
+    if verdict.denied or verdict.unmapped:
+        pytest.fail(failure_message(variant, verdict), pytrace=False)
+
+
 def test_review_2_finding_1_a_tagged_launch_may_add_its_tags(recorded, variants):
     """REVIEW 2 #1, FAILS ON PURPOSE until the cluster construct grants it: creating a tagged cluster also needs
     ``elasticmapreduce:AddTags`` (EMR Management Guide, tag-based access: "To create a cluster with a tag, you must
@@ -545,7 +563,7 @@ def test_the_instance_role_grants_the_bootstrap_scripts_calls(variants, name):
     calls = []
     for action in variant.job_flow.get("BootstrapActions", []):
         script = action["ScriptBootstrapAction"]["Path"].rsplit("/", 1)[-1]
-        kinds = {kind for (name_, _), kind in BOOTSTRAP_AWS_CALLS.items() if name_ == script}
+        kinds = {kind for (script_name, _), kind in BOOTSTRAP_AWS_CALLS.items() if script_name == script}
         for argument in action["ScriptBootstrapAction"].get("Args", []):
             if not argument.startswith("s3://") or "read-recursive" not in kinds:
                 continue
