@@ -78,7 +78,7 @@ class UnmappedCall(LookupError):
     """A call with no row in ``NEEDS``: its grant cannot be judged until a row says what it needs."""
 
 
-# --- the synthesized stack, resolved ---------------------------------------------------------------------------------
+# --- the synthesized stack, resolved --------------------------------------------------------------------------------
 
 
 class StackView:
@@ -180,7 +180,7 @@ class StackView:
     def of_type(self, kind: str) -> list[str]:
         return [logical_id for logical_id, body in self.resources.items() if body["Type"] == kind]
 
-    # What the mapping asks ---------------------------------------------------------------------------------------------
+    # What the mapping asks ------------------------------------------------------------------------------------------
 
     def _find(self, kind: str, physical: str) -> Optional[str]:
         return next((logical for logical in self.of_type(kind) if self.ref(logical) == physical), None)
@@ -276,7 +276,7 @@ def _aws_managed_policies() -> dict:
     return json.loads(aws_managed_policies_data)
 
 
-# --- the decision ----------------------------------------------------------------------------------------------------
+# --- the decision ---------------------------------------------------------------------------------------------------
 
 # Condition operators for which a missing key does not make the condition false (IAM User Guide, "Condition operators":
 # ...IfExists; Null; ForAllValues is true for an empty set of values).
@@ -336,7 +336,7 @@ def _condition_holds(condition: dict, context: Mapping[str, Any]) -> bool:
     return result == PermissionResult.PERMITTED
 
 
-# --- the mapping table -----------------------------------------------------------------------------------------------
+# --- the mapping table ----------------------------------------------------------------------------------------------
 
 
 def s3_object_arn(bucket: str, key: str) -> str:

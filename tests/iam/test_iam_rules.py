@@ -56,7 +56,7 @@ SHOWN_FAILURES = 40
 IDLE_TIMEOUT_MINUTES = 60
 
 
-# --- the stack ---------------------------------------------------------------------------------------------------------
+# --- the stack ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -137,11 +137,11 @@ def variants(tmp_path_factory) -> dict[str, Variant]:
     return found
 
 
-# --- the scenarios run here ------------------------------------------------------------------------------------------
+# --- the scenarios run here -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def recorded(variants, tmp_path_factory) -> aws_call_recording.Recorder:
+def recorded(tmp_path_factory) -> aws_call_recording.Recorder:
     """The session's recorder, after this module's own scenarios ran (so a run of this file alone judges them)."""
     assert aws_call_recording.installed(), "tests/conftest.py must install the recorder before any test module"
     with pytest.MonkeyPatch.context() as env:
@@ -290,7 +290,7 @@ def _job_scenario(scratch: Path) -> None:
         s3_client.cache_clear()
 
 
-# --- binding the tests' names to the stack's ---------------------------------------------------------------------------
+# --- binding the tests' names to the stack's ------------------------------------------------------------------------
 
 
 def trigger_params(call: aws_call_recording.RecordedCall, variant: Variant) -> dict:
@@ -338,7 +338,7 @@ def _stack_clusters(params: dict, cluster_id: str) -> None:
         params["JobFlowIds"] = [cluster_id] * len(params["JobFlowIds"])
 
 
-# --- judging -----------------------------------------------------------------------------------------------------------
+# --- judging --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -390,20 +390,19 @@ def failure_message(variant: Variant, verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
-def recorded_calls(recorder, origin: str) -> list[aws_call_recording.RecordedCall]:
-    return recorder.calls_from(origin)
-
-
-# --- the rules ---------------------------------------------------------------------------------------------------------
+# --- the rules ------------------------------------------------------------------------------------------------------
 
 
 def test_the_recorder_saw_every_kind_of_call_and_failed_on_none(recorded):
     """The recording is what the rules judge: it must have seen the scenarios' calls, attributed to their code."""
     assert recorded.errors == []
     operations = {(call.origin, call.operation) for call in recorded.calls}
-    for expected in (("trigger", "RunJobFlow"), ("trigger", "AddJobFlowSteps"), ("trigger", "PutItem"),
-                     ("trigger", "Publish"), ("trigger", "DeleteObject"), ("cleanup", "TerminateJobFlows"),
-                     ("cleanup", "RevokeSecurityGroupIngress"), ("job", "GetObject"), ("job", "PutObject")):  # fmt: skip
+    expected_calls = (
+        ("trigger", "RunJobFlow"), ("trigger", "AddJobFlowSteps"), ("trigger", "PutItem"), ("trigger", "Publish"),
+        ("trigger", "DeleteObject"), ("cleanup", "TerminateJobFlows"), ("cleanup", "RevokeSecurityGroupIngress"),
+        ("job", "GetObject"), ("job", "PutObject"),
+    )  # fmt: skip
+    for expected in expected_calls:
         assert expected in operations, f"no {expected[1]} call of the {expected[0]} code was recorded"
     assert recorded.calls_by_tests > 0  # the tests' own setup calls are seen, and not judged
 
@@ -416,7 +415,7 @@ def test_the_trigger_roles_grant_every_call_of_the_trigger(recorded, variants, n
     mode = variant.trigger_environment["CLUSTER_MODE"]
     calls = [
         (call.service, call.operation, trigger_params(call, variant), call.test)
-        for call in recorded_calls(recorded, "trigger")
+        for call in recorded.calls_from("trigger")
         if call.settings.get("CLUSTER_MODE") == mode
     ]
     assert calls, f"no call of the trigger function in {mode} mode was recorded"
@@ -447,7 +446,7 @@ def test_review_2_finding_1_a_tagged_launch_may_add_its_tags(recorded, variants)
     also have permission for the elasticmapreduce:AddTags action"). The transient trigger launches every cluster with
     the stack's tags; without the grant EMR refuses RunJobFlow and every upload ends in the dead-letter queue."""
     variant = variants["transient"]
-    (launch, *_) = [call for call in recorded_calls(recorded, "trigger") if call.operation == "RunJobFlow"]
+    (launch, *_) = [call for call in recorded.calls_from("trigger") if call.operation == "RunJobFlow"]
     ctx = CallContext(stack=variant.view, cluster_tags=lambda _cluster_id: variant.stack_tags)
     (add_tags,) = [
         need for need in needs_of("emr", "RunJobFlow", trigger_params(launch, variant), ctx)
@@ -462,7 +461,7 @@ def test_the_cleanup_role_grants_every_call_of_the_cleanup(recorded, variants, n
     variant = variants[name]
     calls = [
         (call.service, call.operation, params, call.test)
-        for call in recorded_calls(recorded, "cleanup")
+        for call in recorded.calls_from("cleanup")
         for params in cleanup_params(call, variant)
     ]
     assert calls, "no call of the cleanup function was recorded"
@@ -477,7 +476,7 @@ def test_the_instance_role_grants_every_call_of_the_job(recorded, variants, name
     action's script, the step's job artifacts (spark-submit's py-files and entry point), the cluster's logs."""
     variant = variants[name]
     calls = [(call.service, call.operation, job_params(call, variant), call.test)
-             for call in recorded_calls(recorded, "job")]  # fmt: skip
+             for call in recorded.calls_from("job")]  # fmt: skip
     assert calls, "no call of the job was recorded"
     verdict = judge(variant, "instance role", calls + emr_platform_calls(variant))
     if verdict.denied or verdict.unmapped:
@@ -577,7 +576,7 @@ def test_the_instance_role_grants_the_bootstrap_scripts_calls(variants, name):
         pytest.fail(failure_message(variant, verdict), pytrace=False)
 
 
-# --- the rule itself can fail ------------------------------------------------------------------------------------------
+# --- the rule itself can fail ---------------------------------------------------------------------------------------
 
 
 def test_the_evaluation_denies_what_the_policies_do_not_grant(variants):
@@ -601,6 +600,13 @@ def test_the_evaluation_denies_what_the_policies_do_not_grant(variants):
     assert not decide(statements, Need("elasticmapreduce:RunJobFlow", "*", {})).allowed
     other_stack = iam_rules.tag_context({**variant.stack_tags, "mxnet-spark-inference:stack": "Another"}, "Request")
     assert not decide(statements, Need("elasticmapreduce:RunJobFlow", "*", other_stack)).allowed
+    # An Allow whose condition is false grants nothing and denies nothing (moto alone reports it as a deny): the
+    # statement on the cluster's own tags still allows the policy when the request's tag names another stack.
+    cluster = iam_rules.emr_cluster_arn("j-ANY")
+    ours_but_requested_as_other = {**iam_rules.tag_context(variant.stack_tags, "Resource"), **other_stack}
+    auto_termination = Need("elasticmapreduce:PutAutoTerminationPolicy", cluster, ours_but_requested_as_other)
+    assert decide(statements, auto_termination).allowed
+    assert not decide(statements, Need(auto_termination.action, cluster, other_stack)).allowed
 
 
 def test_a_call_without_a_mapping_fails(variants):
