@@ -29,8 +29,11 @@ def pytest_collection_modifyitems(session, config, items):
         items[:] = others + rules
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    """Each recorded call names the test during which it was made (failure messages point at it)."""
     aws_call_recording.RECORDER.current_test = item.nodeid
-    yield
-    aws_call_recording.RECORDER.current_test = ""
+    try:
+        return (yield)
+    finally:
+        aws_call_recording.RECORDER.current_test = ""

@@ -385,6 +385,8 @@ def failure_message(variant: Variant, verdict: Verdict) -> str:
         lines.append(f"  DENIED {description}\n      first needed by a call in {where}")
     for call, detail in sorted(verdict.unmapped.items())[:SHOWN_FAILURES]:
         lines.append(f"  UNMAPPED {call}: {detail}")
+    if verdict.taken_as_met:
+        lines.append(f"  (conditions moto does not evaluate, taken as met: {', '.join(sorted(verdict.taken_as_met))})")
     if any("elasticmapreduce:AddTags" in description for description in verdict.denied):
         lines.append("  (elasticmapreduce:AddTags for the tagged RunJobFlow is review 2 finding #1)")
     return "\n".join(lines)
