@@ -36,15 +36,15 @@ QUEUE_URL = f"https://sqs.{REGION}.amazonaws.com/123456789012/trigger-uploads"
 
 def transient_environment(definition_key: str, **changes: str) -> dict[str, str]:
     """The function's environment in transient mode (``changes`` replace variables)."""
-    return base_environment(
-        CLUSTER_MODE="transient",
-        JOB_FLOW_DEFINITION_KEY=definition_key,
-        CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
-        CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
-        CLUSTER_DEFINITION_TAG_KEY=DEFINITION_TAG["Key"],
-        CLUSTER_DEFINITION_TAG_VALUE=DEFINITION_TAG["Value"],
-        **changes,
-    )
+    transient = {
+        "CLUSTER_MODE": "transient",
+        "JOB_FLOW_DEFINITION_KEY": definition_key,
+        "CLUSTER_TAG_KEY": CLUSTER_TAG["Key"],
+        "CLUSTER_TAG_VALUE": CLUSTER_TAG["Value"],
+        "CLUSTER_DEFINITION_TAG_KEY": DEFINITION_TAG["Key"],
+        "CLUSTER_DEFINITION_TAG_VALUE": DEFINITION_TAG["Value"],
+    }
+    return base_environment(**{**transient, **changes})
 CLAIMS_TABLE = "trigger-claims"
 TOPIC_NAME = "trigger-notifications"
 # moto's default account: AWS's documentation example id, nobody's real account.
