@@ -232,7 +232,9 @@ class ClaimStore:
             lease_owner=item.get("lease_owner", {}).get("S", ""),
         )
 
-    def record_intent(self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime) -> None:
+    def record_intent(
+        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime
+    ) -> None:
         """Before the first step is sent: the batch is being submitted to ``cluster_id`` ("" when a cluster is being
         launched for it), under a lease. Crash recovery reads it to know where the step may be."""
         item = {
@@ -266,7 +268,9 @@ class ClaimStore:
             if error.response["Error"]["Code"] != CONDITION_FAILED:
                 raise
 
-    def record_submission(self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime) -> None:
+    def record_submission(
+        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime
+    ) -> None:
         """Mark the batch submitted (attempt 1) once EMR accepted its step (or it was found on a cluster); a batch
         already past *submitting* is left as it is."""
         values = {

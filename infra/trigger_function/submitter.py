@@ -9,9 +9,9 @@ claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
 
 1. A group's batch gets a new id, and each upload is claimed for it with one conditional write. The batch is formed only
    from the uploads this invocation claimed; its manifest lists them.
-2. Before the step is sent, the batch is recorded as *submitting*, naming the cluster it goes to ("" when a cluster is
-   launched for it). Then the step is sent; once EMR accepted it, the batch is recorded as *submitted*. An upload claimed
-   by a submitted batch is a duplicate: it is dropped with a log line naming the batch.
+2. Before the step is sent, the batch is recorded as *submitting*, naming the cluster it goes to ("" when a cluster
+   is launched for it). Then the step is sent; once EMR accepted it, the batch is recorded as *submitted*. An upload
+   claimed by a submitted batch is a duplicate: it is dropped with a log line naming the batch.
 3. A claim whose batch is not submitted belongs to an invocation that is running now or that died before recording.
    The recorded cluster and every cluster of this stack created since the batch began are searched for its step by
    name: if it is there, only the record is missing and it is written now (and a step found CANCELLED or INTERRUPTED is
@@ -23,8 +23,8 @@ claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
    claims them again. Any other outcome leaves it unknown whether EMR accepted the step: the claims stay, and point 3
    sorts it out.
 
-EMR's ``AddJobFlowSteps`` and ``RunJobFlow`` take no idempotency token, so botocore must never re-send them: after a lost
-response EMR may have carried out the first request, and a second one adds a second step or launches a second cluster.
+EMR's ``AddJobFlowSteps`` and ``RunJobFlow`` take no idempotency token, so botocore must never re-send them: after a
+lost response EMR may have carried out the first request, and a second one adds a second step or a second cluster.
 They go through a client that makes one attempt per call, and this module retries them itself, each time after
 searching for the step by name. Only the errors EMR answers for a request it did not carry out (``REFUSALS``, and
 throttling on every attempt) count as refusals.
@@ -36,8 +36,9 @@ shutting down, or queued on a cluster whose bootstrap failed. The stack's EventB
 queue; :meth:`StepSubmitter.retry` then submits the batch again as attempt n+1 (same manifest, its own results folder,
 see ``runs.py``), at most ``MAX_STEP_ATTEMPTS`` attempts in all, and reports the batch on the SNS topic when the last one
 was cancelled too. The batch record's attempt counter, changed only by conditional writes, makes a duplicated event
-start one retry, not two; a retry whose invocation died is resumed after its lease, after the same search by name. A
-batch an operator marked with a ``cancel#<batch id>`` item (they cancelled its step on purpose) is reported, not retried.
+start one retry, not two; a retry whose invocation died is resumed after its lease, after the same search by name.
+A batch an operator marked with a ``cancel#<batch id>`` item (they cancelled its step on purpose) is reported, not
+retried.
 """
 
 from __future__ import annotations
@@ -521,8 +522,8 @@ class StepSubmitter:
         return self._cluster_slots(self._launched_cluster_id) if self._launched_cluster_id else None
 
     def _stack_cluster_summaries(self, states, created_after: datetime | None = None):
-        """ListClusters summaries whose name is one of this stack's (``CLUSTER_NAME_PREFIX``): no other team's cluster is
-        described (reliability review #18)."""
+        """ListClusters summaries whose name is one of this stack's (``CLUSTER_NAME_PREFIX``): no other team's cluster
+        is described (reliability review #18)."""
         prefix = self._settings.cluster_name_prefix
         arguments = {"ClusterStates": list(states)}
         if created_after is not None:
@@ -697,8 +698,8 @@ class StepSubmitter:
         prefix = settings.cluster_name_prefix
         if prefix is not None and not str(request.get("Name", "")).startswith(prefix):
             raise ValueError(
-                f"{where} names the cluster {request.get('Name')!r}, which does not start with {prefix!r}; the function "
-                "finds the stack's clusters by that name (CLUSTER_NAME_PREFIX)"
+                f"{where} names the cluster {request.get('Name')!r}, which does not start with {prefix!r}; the "
+                "function finds the stack's clusters by that name (CLUSTER_NAME_PREFIX)"
             )
         tag = {"Key": settings.cluster_tag_key, "Value": settings.cluster_tag_value}
         if tag not in request.get("Tags", []):

@@ -56,7 +56,7 @@ class TriggerSettings:
     step_name_prefix: str
     cluster_mode: ClusterMode
     cluster_id: str | None  # persistent mode only
-    # Transient mode; in persistent mode optional: a cluster is launched from it when CLUSTER_ID no longer accepts steps.
+    # Transient mode; optional in persistent mode: a cluster is launched from it when CLUSTER_ID accepts no steps.
     job_flow_definition_key: str | None
     cluster_tag_key: str | None  # the tag that marks this stack's clusters (required when clusters may be launched)
     cluster_tag_value: str | None
@@ -150,7 +150,7 @@ class TriggerSettings:
             if cluster_id and not cluster_id.startswith("j-"):
                 problems.append(f"CLUSTER_ID={cluster_id!r}: expected an EMR cluster id like 'j-2AXXXXXXGAPLF'")
             # A persistent stack may ship a definition: a cluster is launched from it when CLUSTER_ID no longer
-            # accepts steps (it died; an unchanged deploy would not bring it back). Then every launch variable is needed.
+            # accepts steps (it died; an unchanged deploy would not bring it back). Every launch variable is needed.
             launches = bool(environ.get("JOB_FLOW_DEFINITION_KEY", "").strip())
             mode_only_names: tuple[str, ...] = ()
         else:

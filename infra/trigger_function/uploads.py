@@ -46,8 +46,8 @@ class Upload:
     etag: str
     sequencer: str  # orders events for one key; a re-upload of the same bytes gets a new sequencer
     kind: UploadKind
-    # The object version S3 names in the event (versioned buckets only); "" when the bucket is not versioned. Not part of
-    # the identity: the sequencer already tells two uploads of one key apart.
+    # The object version S3 names in the event (versioned buckets only); "" when the bucket is not versioned. Not part
+    # of the identity: the sequencer already tells two uploads of one key apart.
     version_id: str = ""
 
     @property

@@ -103,7 +103,9 @@ def redeliver_until_settled(handler, messages: dict[str, dict], responses: list[
     assert not failed
 
 
-def test_two_instances_racing_on_the_same_uploads_in_transient_mode_run_each_once(server_aws, load_handler, monkeypatch):
+def test_two_instances_racing_on_the_same_uploads_in_transient_mode_run_each_once(
+    server_aws, load_handler, monkeypatch
+):
     """Both instances get the same messages (SQS delivered them twice) and find no cluster: each may launch one, but
     no upload runs twice and no launched cluster is left without a recorded batch."""
     aws = server_aws

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from trigger_helpers import CLAIM_LEASE_SECONDS
 from trigger_helpers import (
     BUCKET,
+    CLAIM_LEASE_SECONDS,
     FakeLambdaContext,
     aws_clients,
     base_environment,

@@ -101,7 +101,7 @@ def only_batch(world: World) -> str:
     return batch_id
 
 
-# --- scenarios: each drives the function until its messages settle -----------------------------------------------------
+# --- scenarios: each drives the function until its messages settle ----------------------------------------------------
 
 
 def new_uploads_persistent(world: World) -> None:
@@ -277,7 +277,8 @@ def test_throttling_after_an_unclear_answer_is_not_read_as_a_refusal(world_facto
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "AddJobFlowSteps")
 
     # Registered first: moto never sees these requests (nothing is carried out).
-    world.handler.emr_submit_client.meta.events.register_first("before-send.emr.AddJobFlowSteps", time_out_then_throttle)
+    events = world.handler.emr_submit_client.meta.events
+    events.register_first("before-send.emr.AddJobFlowSteps", time_out_then_throttle)
     upload_images(world, "a", "b")
 
     response = invoke(world.handler, world.delivery.pending)

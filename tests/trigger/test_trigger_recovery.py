@@ -94,7 +94,7 @@ def set_step_state(cluster_id: str, step_name: str, state: str) -> None:
     step.state = state
 
 
-# --- reliability review #2: a step cancelled before its batch was recorded ----------------------------------------------
+# --- reliability review #2: a step cancelled before its batch was recorded --------------------------------------------
 
 
 def test_a_step_cancelled_before_its_batch_was_recorded_is_retried_by_its_event(
@@ -110,7 +110,8 @@ def test_a_step_cancelled_before_its_batch_was_recorded_is_retried_by_its_event(
 
     delivery.settle()
 
-    assert [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)] == [first["Name"], f"{first['Name']}-2"]
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names == [first["Name"], f"{first['Name']}-2"]
     assert_promises(aws, keys("a", "b"), ended_steps=frozenset({first["Name"]}))
 
 
@@ -129,7 +130,8 @@ def test_a_cancelled_step_found_by_crash_recovery_is_retried_not_dropped_as_a_du
     response = invoke(persistent_handler, messages)
 
     assert response == {"batchItemFailures": []}
-    assert [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)] == [first["Name"], f"{first['Name']}-2"]
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names == [first["Name"], f"{first['Name']}-2"]
     assert_promises(aws, keys("a", "b"), ended_steps=frozenset({first["Name"]}))
 
 
@@ -150,7 +152,7 @@ def test_an_event_for_an_unrecorded_batch_waits_out_the_lease_instead_of_being_d
     assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
-# --- reliability review #5: crash recovery looks where the step may be --------------------------------------------------
+# --- reliability review #5: crash recovery looks where the step may be ------------------------------------------------
 
 
 def test_crash_recovery_after_a_deploy_finds_the_step_on_the_cluster_of_the_old_definition(
@@ -195,7 +197,7 @@ def test_the_batch_record_names_the_target_cluster_before_the_step_is_sent(
     assert (record["state"], record["cluster_id"]) == ("submitting", persistent_cluster)
 
 
-# --- reliability review #18: only the stack's clusters are described ---------------------------------------------------
+# --- reliability review #18: only the stack's clusters are described --------------------------------------------------
 
 
 def test_only_clusters_named_like_the_stacks_are_described(aws, load_handler):
@@ -215,7 +217,7 @@ def test_only_clusters_named_like_the_stacks_are_described(aws, load_handler):
     assert len(submitted_steps(aws.emr, ours)) == 1
 
 
-# --- reliability review #10 and #21: uploaded manifests -----------------------------------------------------------------
+# --- reliability review #10 and #21: uploaded manifests ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -274,7 +276,9 @@ def test_a_persistent_stack_whose_cluster_ended_launches_one_from_its_definition
     assert_promises(aws, keys("a", "b"))
 
 
-def test_a_persistent_stack_without_a_definition_still_waits_for_its_cluster(aws, persistent_handler, persistent_cluster):
+def test_a_persistent_stack_without_a_definition_still_waits_for_its_cluster(
+    aws, persistent_handler, persistent_cluster
+):
     aws.emr.terminate_job_flows(JobFlowIds=[persistent_cluster])
 
     response = invoke(persistent_handler, images(aws, "a"))
@@ -283,7 +287,7 @@ def test_a_persistent_stack_without_a_definition_still_waits_for_its_cluster(aws
     assert all_cluster_ids(aws) == [persistent_cluster]
 
 
-# --- aws-validity-review-2 #14: a step an operator cancelled is not retried --------------------------------------------
+# --- aws-validity-review-2 #14: a step an operator cancelled is not retried -------------------------------------------
 
 
 def test_a_batch_an_operator_marked_cancelled_is_reported_not_retried(
@@ -306,7 +310,7 @@ def test_a_batch_an_operator_marked_cancelled_is_reported_not_retried(
     assert report["Subject"] == f"Batch {batch_id} not run: its step was cancelled by an operator"
 
 
-# --- aws-validity-review-2 #12: a batch refused for a passing reason comes back soon ------------------------------------
+# --- aws-validity-review-2 #12: a batch refused for a passing reason comes back soon ----------------------------------
 
 
 def test_records_of_a_batch_refused_for_a_passing_reason_come_back_after_a_minute(aws, load_handler):

@@ -18,9 +18,9 @@ from datetime import timedelta
 import pytest
 from botocore.stub import Stubber
 
-from trigger_helpers import CLAIM_LEASE_SECONDS
 from trigger_helpers import (
     BUCKET,
+    CLAIM_LEASE_SECONDS,
     STACK_CLUSTER_TAGS,
     MAX_STEP_ATTEMPTS,
     TOPIC_ARN,
@@ -41,6 +41,7 @@ from trigger_helpers import (
 )
 
 NO_FAILURES = {"batchItemFailures": []}
+LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
 
 
 class SimulatedCrash(BaseException):
@@ -215,7 +216,7 @@ def test_a_retry_whose_invocation_died_before_emr_took_it_is_resumed_after_the_l
 
     before = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)  # SQS delivers the event again
     monkeypatch.setattr(
-        persistent_handler.submitter, "utc_now", lambda: started + timedelta(seconds=CLAIM_LEASE_SECONDS) + timedelta(seconds=1)
+        persistent_handler.submitter, "utc_now", lambda: started + LEASE + timedelta(seconds=1)
     )
     after = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)
 
@@ -236,7 +237,7 @@ def test_a_retry_emr_took_before_its_invocation_died_is_found_by_name_not_added_
             step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)
     started = persistent_handler.submitter.utc_now()
     monkeypatch.setattr(
-        persistent_handler.submitter, "utc_now", lambda: started + timedelta(seconds=CLAIM_LEASE_SECONDS) + timedelta(seconds=1)
+        persistent_handler.submitter, "utc_now", lambda: started + LEASE + timedelta(seconds=1)
     )
 
     response = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)

@@ -192,7 +192,7 @@ def read_manifest(body: bytes) -> list:
         (b'["s3://b/incoming/a.png", 3]', "entry 1 is a int, not a URI"),
         # Reliability review #10: a manifest reads only what an uploader may upload, never what the nodes may read.
         (b'["s3://other-bucket/incoming/a.png"]', r"entry 0 \('s3://other-bucket/incoming/a.png'\) is not in the data"),
-        (b'["s3://b/models/default/weights.bin"]', r"entry 0 \('s3://b/models/default/weights.bin'\) is outside the allowed"),
+        (b'["s3://b/models/default/weights.bin"]', r"\('s3://b/models/default/weights.bin'\) is outside the allowed"),
         (b'["s3://b/results/x/summary.json"]', "is outside the allowed prefixes"),
         (b'["s3://b/manifests/20261201000000abcdef.json"]', "is outside the allowed prefixes"),
         (b'["s3://b/incoming/../models/default/model.onnx"]', r"has an empty, '.' or '..' path segment"),
