@@ -594,13 +594,21 @@ class StepSubmitter:
         """The step named ``step_name`` on the cluster recorded for the batch, the persistent cluster, or any cluster
         of this stack created since the batch began (whatever its definition tag or state): after a deploy or a crash
         the step may be on a cluster this invocation would no longer choose (reliability review #5)."""
-        candidates = [cluster_id for cluster_id in (recorded_cluster_id, self._settings.cluster_id) if cluster_id]
-        if self._settings.cluster_name_prefix is not None:
+        settings = self._settings
+        candidates = [cluster_id for cluster_id in (recorded_cluster_id, settings.cluster_id) if cluster_id]
+        # Only a function that may launch clusters can have put the step on another one (and only it may list them).
+        if settings.job_flow_definition_key and settings.cluster_name_prefix is not None:
             since = runs.batch_time(batch_id) - LAUNCH_SEARCH_MARGIN
             all_states = ACCEPTING_STATES + ENDED_STATES
             candidates += [summary["Id"] for summary in self._stack_cluster_summaries(all_states, created_after=since)]
         for cluster_id in dict.fromkeys(candidates):
-            found = self._steps_on(cluster_id, fresh=fresh).get(step_name)
+            try:
+                found = self._steps_on(cluster_id, fresh=fresh).get(step_name)
+            except ClientError as error:
+                # Named like the stack's clusters but not tagged as one: the function may not list its steps.
+                if error.response["Error"]["Code"] == "AccessDeniedException":
+                    continue
+                raise
             if found is not None:
                 return found
         return None
