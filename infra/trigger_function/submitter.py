@@ -365,7 +365,7 @@ class StepSubmitter:
         """Tell the uploader why their manifest will not run (reliability review #21): redelivery cannot fix it."""
         self._sns.publish(
             TopicArn=self._settings.notification_topic_arn,
-            Subject="Uploaded manifest not run"[:100],
+            Subject="Uploaded manifest not run",
             Message=(
                 f"The manifest s3://{self._settings.data_bucket}/{key} was not run: {reason}. Nothing was submitted "
                 "for it. Upload a corrected manifest (a new upload is a new run)."
