@@ -158,6 +158,22 @@ def resumed_retry(world: World, monkeypatch) -> None:
     world.delivery.settle()
 
 
+def retry_refused_then_fixed(world: World) -> None:
+    """Transient: the batch's cluster ended and its step was cancelled; the retry would launch from a definition of
+    another deploy, so it is refused and undone (back to attempt 1); once the definition is right, it runs."""
+    upload_images(world, "a", "b")
+    world.delivery.settle()
+    batch_id = only_batch(world)
+    world.aws.emr.terminate_job_flows(JobFlowIds=[batch_records(world.aws.dynamodb)[batch_id]["cluster_id"]])
+    stale = stack_definition(Tags=[{"Key": "inference-stack", "Value": "trigger-tests"}])
+    world.aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stale).encode())
+    end_step(world, batch_id, 1)
+    first = invoke(world.handler, world.delivery.pending)
+    assert len(first["batchItemFailures"]) == 1
+    world.aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
+    world.delivery.settle()
+
+
 def given_up(world: World) -> None:
     upload_images(world, "a", "b")
     world.delivery.settle()
@@ -183,6 +199,8 @@ CASES = [
     ("retry-add-job-flow-steps", "persistent", retried_once, "emr.AddJobFlowSteps", ("-2/",), 0),
     ("retry-finish", "persistent", retried_once, "dynamodb.UpdateItem", (":new_step_name",), 0),
     ("retry-resume", "persistent", resumed_retry, "dynamodb.UpdateItem", (":new_lease_owner",), 1),
+    # The first update setting a new attempt starts the retry; the second undoes it.
+    ("retry-undo", "transient", retry_refused_then_fixed, "dynamodb.UpdateItem", (":new_attempt",), 1),
     ("give-up-report", "persistent", given_up, "sns.Publish", (), 0),
     ("give-up-record", "persistent", given_up, "dynamodb.UpdateItem", ("gave_up",), 0),
 ]
