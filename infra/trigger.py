@@ -35,6 +35,11 @@ FUNCTION_DIR = Path(__file__).resolve().parent / "trigger_function"
 REQUIREMENTS_LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 HANDLER = "handler.lambda_handler"
 FUNCTION_TIMEOUT = Duration.minutes(2)
+# A claim (and a resubmission) is reserved for the invocation that wrote it for the function's timeout plus this margin
+# for clock skew between invocations: no live invocation holds one longer, and a crashed one's uploads are taken over
+# on the first redelivery (the queue's visibility timeout is longer) instead of two receives later
+# (aws-validity-review-2 #12).
+CLAIM_LEASE_MARGIN = Duration.minutes(1)
 # Lambda gives a function one vCPU at 1,769 MB (CPU grows with memory). Claiming 10,000 uploads is 10,000 DynamoDB
 # requests whose signing and parsing took 19 s of one core here (README, "How an upload becomes a run"): at 512 MB
 # (~0.3 vCPU) that would be about a minute of the two; at one vCPU it stays well inside. Cost: about $0.0006 for such
@@ -149,6 +154,10 @@ class Trigger(Construct):
                 "CLAIM_RETENTION_DAYS": str(CLAIM_RETENTION_DAYS),
                 "NOTIFICATION_TOPIC_ARN": self.topic.topic_arn,
                 "MAX_STEP_ATTEMPTS": str(MAX_STEP_ATTEMPTS),
+                "CLAIM_LEASE_SECONDS": str(int(FUNCTION_TIMEOUT.to_seconds() + CLAIM_LEASE_MARGIN.to_seconds())),
+                # Records refused for a passing reason get a shorter visibility timeout (the event source's consume
+                # grant includes sqs:ChangeMessageVisibility on this queue).
+                "UPLOAD_QUEUE_URL": self.queue.queue_url,
                 "POWERTOOLS_SERVICE_NAME": "inference-trigger",
             },
             log_group=logs.LogGroup(

@@ -19,8 +19,18 @@ us-east-1 list prices (S3 Standard; DynamoDB on demand since November 2024), for
   owning batch costs nothing more; a takeover is one conditional ``UpdateItem``; TTL deletes old items for free; items
   are independent, so concurrent invocations never block each other. Storage: about 300 bytes per upload for 30 days.
 
-The table also holds one item per batch, written when EMR accepted its step: the batch is then *submitted*, and its
-attempt counter drives the retries of cancelled steps (``submitter.StepSubmitter.retry``).
+The table also holds one item per batch. It is written *before* the step is sent, naming the cluster it goes to (state
+*submitting*), so that crash recovery knows where to look; once EMR accepted the step it becomes *submitted*, and its
+attempt counter drives the retries of cancelled steps (``submitter.StepSubmitter.retry``). An operator who cancels a
+step on purpose writes a third kind of item, ``cancel#<batch id>``: that batch is then not retried.
+
+Lost responses
+--------------
+botocore re-sends a request whose response was lost (a timeout, a reset connection, a 5xx) even when DynamoDB had
+carried it out. A re-sent conditional write then fails its own condition. Every conditional write here therefore reads
+a refusal against what it wrote: a claim refused because *this batch* holds it is this batch's own claim, and a batch
+update refused while the item already holds every value it set (including this invocation's token where two invocations
+could set the same values) is this invocation's own update.
 """
 
 from __future__ import annotations
@@ -35,18 +45,19 @@ from botocore.exceptions import ClientError
 
 from uploads import Upload
 
-# Lambda's maximum run time (900 s) plus a minute for clock skew: no live invocation can hold a claim older than this.
-CLAIM_LEASE = timedelta(seconds=900 + 60)
 # Concurrent DynamoDB requests per invocation (the client's connection pool is sized to match, see handler.py).
 CLAIM_THREADS = 16
 # The item attribute the table's TTL reads (the stack names the same one: infra/trigger.py, CLAIM_TTL_ATTRIBUTE).
 TTL_ATTRIBUTE = "expires_at"
 UPLOAD_KEY_PREFIX = "upload#"
 BATCH_KEY_PREFIX = "batch#"
+# An operator's mark on a batch whose step they cancelled on purpose: the batch is not submitted again.
+CANCEL_KEY_PREFIX = "cancel#"
 CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
 class BatchState(str, Enum):
+    SUBMITTING = "submitting"  # the first step is being sent to `cluster_id` ("" for a cluster being launched)
     SUBMITTED = "submitted"  # EMR accepted the step of attempt `attempt`
     RESUBMITTING = "resubmitting"  # attempt `attempt` is being submitted now, under a lease
     GAVE_UP = "gave_up"  # the last allowed attempt was cancelled or interrupted; reported, not retried
@@ -70,6 +81,7 @@ class BatchRecord:
     cluster_id: str
     manifest_key: str
     lease_until: datetime
+    lease_owner: str = ""  # the token of the invocation that holds a resubmission's lease
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,15 @@ class ClaimResult:
 class ClaimStore:
     """The claims table of one function instance (thread-safe; create once, module-level)."""
 
-    def __init__(self, *, table_name: str, dynamodb, retention: timedelta, threads: int = CLAIM_THREADS) -> None:
+    def __init__(
+        self, *, table_name: str, dynamodb, retention: timedelta, lease: timedelta, threads: int = CLAIM_THREADS
+    ) -> None:
+        """``lease``: how long a claim or a resubmission is reserved for the invocation that wrote it; longer than any
+        invocation can live (the function's timeout plus a margin for clock skew)."""
         self._table = table_name
         self._dynamodb = dynamodb
         self._retention = retention
+        self.lease = lease
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="claims")
 
     # --- uploads ------------------------------------------------------------------------------------------------------
@@ -163,7 +180,7 @@ class ClaimStore:
         item = {
             "pk": {"S": UPLOAD_KEY_PREFIX + upload.identity},
             "batch_id": {"S": batch_id},
-            "lease_until": {"N": str(_epoch(now + CLAIM_LEASE))},
+            "lease_until": {"N": str(_epoch(now + self.lease))},
             "message_ids": {"SS": sorted(message_ids)},
             "object_key": {"S": upload.key},
             TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
@@ -177,6 +194,9 @@ class ClaimStore:
                 raise
             # Every condition here holds for a missing item, so a refusal always comes with the existing one.
             existing = error.response["Item"]
+            if existing["batch_id"]["S"] == batch_id and existing["lease_until"] == item["lease_until"]:
+                # This very write, carried out before its response was lost and refused when botocore sent it again.
+                return upload, None
             return upload, UploadClaim(
                 batch_id=existing["batch_id"]["S"],
                 lease_until=_from_epoch(existing["lease_until"]["N"]),
@@ -209,40 +229,104 @@ class ClaimStore:
             cluster_id=item["cluster_id"]["S"],
             manifest_key=item["manifest_key"]["S"],
             lease_until=_from_epoch(item["lease_until"]["N"]),
+            lease_owner=item.get("lease_owner", {}).get("S", ""),
         )
 
-    def record_submission(self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime) -> None:
-        """Mark the batch submitted (attempt 1) once EMR accepted its step; a second writer changes nothing."""
+    def record_intent(
+        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime
+    ) -> None:
+        """Before the first step is sent: the batch is being submitted to ``cluster_id`` ("" when a cluster is being
+        launched for it), under a lease. Crash recovery reads it to know where the step may be."""
         item = {
             "pk": {"S": BATCH_KEY_PREFIX + batch_id},
-            "state": {"S": BatchState.SUBMITTED.value},
+            "state": {"S": BatchState.SUBMITTING.value},
             "attempt": {"N": "1"},
             "step_name": {"S": step_name},
             "cluster_id": {"S": cluster_id},
             "manifest_key": {"S": manifest_key},
-            "lease_until": {"N": "0"},
+            "lease_until": {"N": str(_epoch(now + self.lease))},
             TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
         }
         try:
             self._dynamodb.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
         except ClientError as error:
+            # Batch ids are never reused: the item that is there is this write, re-sent after a lost response.
             if error.response["Error"]["Code"] != CONDITION_FAILED:
                 raise
 
-    def start_retry(self, record: BatchRecord, *, now: datetime) -> bool:
-        """Move a submitted batch to its next attempt, under a lease; False when another invocation did it first."""
+    def forget_intent(self, batch_id: str) -> None:
+        """EMR refused the first step: the batch will never exist (its uploads are released and get a new batch)."""
+        try:
+            self._dynamodb.delete_item(
+                TableName=self._table,
+                Key={"pk": {"S": BATCH_KEY_PREFIX + batch_id}},
+                ConditionExpression="#state = :submitting",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":submitting": {"S": BatchState.SUBMITTING.value}},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != CONDITION_FAILED:
+                raise
+
+    def record_submission(
+        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime
+    ) -> None:
+        """Mark the batch submitted (attempt 1) once EMR accepted its step (or it was found on a cluster); a batch
+        already past *submitting* is left as it is."""
+        values = {
+            ":submitted": {"S": BatchState.SUBMITTED.value},
+            ":submitting": {"S": BatchState.SUBMITTING.value},
+            ":one": {"N": "1"},
+            ":step_name": {"S": step_name},
+            ":cluster_id": {"S": cluster_id},
+            ":manifest_key": {"S": manifest_key},
+            ":zero": {"N": "0"},
+            ":expires": {"N": str(_epoch(now + self._retention))},
+        }
+        try:
+            self._dynamodb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": BATCH_KEY_PREFIX + batch_id}},
+                UpdateExpression=(
+                    "SET #state = :submitted, attempt = :one, step_name = :step_name, cluster_id = :cluster_id, "
+                    "manifest_key = :manifest_key, lease_until = :zero, #expires = :expires"
+                ),
+                ConditionExpression="attribute_not_exists(pk) OR #state = :submitting",
+                ExpressionAttributeNames={"#state": "state", "#expires": TTL_ATTRIBUTE},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            # Recorded already: by this request before its response was lost, or by the step event's invocation.
+            if error.response["Error"]["Code"] != CONDITION_FAILED:
+                raise
+
+    def operator_cancelled(self, batch_id: str) -> bool:
+        """Whether an operator marked the batch as cancelled on purpose (an item ``cancel#<batch id>``)."""
+        item = self._dynamodb.get_item(
+            TableName=self._table, Key={"pk": {"S": CANCEL_KEY_PREFIX + batch_id}}, ConsistentRead=True
+        ).get("Item")
+        return item is not None
+
+    def start_retry(self, record: BatchRecord, *, now: datetime, token: str) -> bool:
+        """Move a submitted batch to its next attempt, under a lease held by ``token`` (one per invocation); False
+        when another invocation did it first."""
         return self._update_batch(
             record,
-            set_values={"attempt": record.attempt + 1, "state": BatchState.RESUBMITTING, "lease_until": now + CLAIM_LEASE},
+            set_values={
+                "attempt": record.attempt + 1,
+                "state": BatchState.RESUBMITTING,
+                "lease_until": now + self.lease,
+                "lease_owner": token,
+            },
             condition="attempt = :attempt AND #state = :state",
             condition_values={":attempt": record.attempt, ":state": BatchState.SUBMITTED},
         )
 
-    def resume_retry(self, record: BatchRecord, *, now: datetime) -> bool:
+    def resume_retry(self, record: BatchRecord, *, now: datetime, token: str) -> bool:
         """Take over a resubmission whose invocation died (its lease ended); False when someone else holds it."""
         return self._update_batch(
             record,
-            set_values={"lease_until": now + CLAIM_LEASE},
+            set_values={"lease_until": now + self.lease, "lease_owner": token},
             condition="attempt = :attempt AND #state = :state AND lease_until < :now",
             condition_values={":attempt": record.attempt, ":state": BatchState.RESUBMITTING, ":now": now},
         )
@@ -290,11 +374,15 @@ class ClaimStore:
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if error.response["Error"]["Code"] == CONDITION_FAILED:
-                return False
-            raise
+            if error.response["Error"]["Code"] != CONDITION_FAILED:
+                raise
+            # Refused: by someone else's update, or by this update's own effect when it was re-sent after a lost
+            # response. Only in the second case does the item already hold every value this update sets.
+            existing = error.response.get("Item") or {}
+            return all(existing.get(name) == _attribute(value) for name, value in set_values.items())
         return True
 
 

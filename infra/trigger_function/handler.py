@@ -7,13 +7,17 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
 - a record whose uploads belong to a batch that could not be submitted (cluster full or not accepting steps, an API error
   left after botocore's retries), or that carries an upload whose claim a live invocation holds and names this record,
   fails, so SQS delivers it again after the visibility timeout, and after the queue's maximum receive count it lands in
-  the dead-letter queue;
+  the dead-letter queue. A record failed for a reason that passes soon (:class:`submitter.BatchNotSubmitted`: a cluster
+  full, ending or starting over, a batch in flight) comes back sooner on its first ``SOON_RECEIVES`` receives: its
+  visibility timeout is shortened to ``RETRY_SOON_SECONDS``, doubled at each receive, so a replacement cluster is not
+  launched on top of the queue's 13 minutes; later receives keep the queue's timeout, so a cluster that stays full
+  still has the queue's whole retry budget before the DLQ;
 - a record carrying only uploads that another batch owns is processed: the duplicates are dropped (see submitter.py);
 - a record that is neither an S3 event notification nor one of this stack's step events is logged (message id and
   reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
   only spend the receive count before it reached the DLQ, taking retries from nothing;
-- an uploaded manifest that is not a usable list of URIs is logged and skipped for the same reason (uploading a fixed
-  manifest is a new event);
+- an uploaded manifest that is not a usable list of allowed entries is logged, reported on the notification topic with
+  its key and the reason, and skipped for the same reason (uploading a fixed manifest is a new event);
 - test events and objects that are not inputs (other prefixes, other suffixes) are processed by doing nothing.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import NamedTuple
 
 import boto3
 import botocore
@@ -39,8 +44,15 @@ from uploads import MalformedMessage, group_uploads, parse_message_body
 # Throttling and transient errors (5xx, timeouts, connection resets) are retried by botocore with exponential backoff and
 # jitter; errors left after the last attempt fail the batch's records, and SQS redelivers them. (botocore's `max_attempts`
 # counts retries only; `total_max_attempts` counts the first call too.)
-AWS_TOTAL_ATTEMPTS = 5
+AWS_TOTAL_ATTEMPTS = submitter.SUBMIT_ATTEMPTS
 AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": AWS_TOTAL_ATTEMPTS})
+# AddJobFlowSteps and RunJobFlow take no idempotency token: botocore must never send them twice (after a lost response
+# EMR may have carried out the first). One attempt per call; submitter.py retries them after searching for the step.
+EMR_SUBMIT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 1})
+# A record failed for a passing reason comes back after this long on its first receive and twice as long on its second;
+# from the third receive on, after the queue's own visibility timeout (6 x the function timeout + the batching window).
+RETRY_SOON_SECONDS = 60
+SOON_RECEIVES = 2
 
 logger = Logger()
 # The SDK is the one pinned in requirements.lock and shipped in the function's asset (infra/function_asset.py), not the
@@ -49,13 +61,16 @@ logger.info("Cold start", extra={"botocore_version": botocore.__version__, "boto
 settings = TriggerSettings.from_environment(os.environ)
 s3_client = boto3.client("s3", config=AWS_CONFIG)
 emr_client = boto3.client("emr", config=AWS_CONFIG)
+emr_submit_client = boto3.client("emr", config=EMR_SUBMIT_CONFIG)
 sns_client = boto3.client("sns", config=AWS_CONFIG)
+sqs_client = boto3.client("sqs", config=AWS_CONFIG)
 # One connection per claim thread, so the threads never wait for each other's connection.
 dynamodb_client = boto3.client("dynamodb", config=AWS_CONFIG.merge(Config(max_pool_connections=CLAIM_THREADS)))
 claim_store = ClaimStore(
     table_name=settings.claims_table,
     dynamodb=dynamodb_client,
     retention=timedelta(days=settings.claim_retention_days),
+    lease=timedelta(seconds=settings.claim_lease_seconds),
 )
 
 
@@ -79,10 +94,17 @@ class InvocationBatchProcessor(BatchProcessor):
 
     def _prepare(self) -> None:
         super()._prepare()
-        self.failures_by_message_id = submit_invocation(self.records)
+        outcome = submit_invocation(self.records)
+        self.failures_by_message_id = outcome.failures_by_message_id
+        bring_back_soon(self.records, outcome.retry_soon)
 
 
-def submit_invocation(records: list[dict]) -> dict[str, str]:
+class InvocationOutcome(NamedTuple):
+    failures_by_message_id: dict[str, str]  # message id -> why the record must come back
+    retry_soon: frozenset[str]  # the failed records whose reason passes soon (BatchNotSubmitted)
+
+
+def submit_invocation(records: list[dict]) -> InvocationOutcome:
     """Parse every record, group the uploads, submit each group's batch and retry each cancelled step; return the
     reasons of the records that must come back."""
     uploads_by_message = []
@@ -109,6 +131,7 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
         settings=settings,
         s3=s3_client,
         emr=emr_client,
+        emr_submit=emr_submit_client,
         sns=sns_client,
         claims=claim_store,
         clock=submitter.utc_now,
@@ -116,18 +139,29 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
     )
     groups = group_uploads(uploads_by_message)
     failures_by_message_id: dict[str, str] = {}
+    retry_soon: set[str] = set()
     batches = 0
     for group in groups:
         try:
             outcome = step_submitter.submit(group)
         except submitter.UnusableUserManifest as error:
-            logger.error("Skipping an unusable uploaded manifest", extra={"key": group.uploads[0].key, "reason": str(error)})
+            key = group.uploads[0].key
+            logger.error("Skipping an unusable uploaded manifest", extra={"key": key, "reason": str(error)})
+            try:
+                step_submitter.report_unusable_manifest(key, str(error))
+            except Exception as report_error:  # the report must reach the uploader: the message comes back
+                reason = f"unusable manifest not reported: {type(report_error).__name__}: {report_error}"
+                logger.exception("Unusable manifest not reported", extra={"key": key, "reason": reason})
+                failures_by_message_id.update(dict.fromkeys(group.message_ids, reason))
             continue
         except Exception as error:  # cluster full, API errors left after retries, bad cluster definition: retry, then DLQ
             reason = f"uploads not submitted: {type(error).__name__}: {error}"
-            log = logger.warning if isinstance(error, submitter.BatchNotSubmitted) else logger.exception
+            passing = isinstance(error, submitter.BatchNotSubmitted)
+            log = logger.warning if passing else logger.exception
             log("Batch not submitted", extra={"uploads": len(group.uploads), "reason": reason})
             failures_by_message_id.update(dict.fromkeys(group.message_ids, reason))
+            if passing:
+                retry_soon.update(group.message_ids)
             continue
         batches += outcome.batch is not None
         reason = "carries uploads whose claim a live invocation holds; retried after the claim's lease"
@@ -137,9 +171,12 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
             step_submitter.retry(step_event)
         except Exception as error:
             reason = f"batch {step_event.batch_id} not retried: {type(error).__name__}: {error}"
-            log = logger.warning if isinstance(error, submitter.BatchNotSubmitted) else logger.exception
+            passing = isinstance(error, submitter.BatchNotSubmitted)
+            log = logger.warning if passing else logger.exception
             log("Retry not submitted", extra={"batch_id": step_event.batch_id, "reason": reason})
             failures_by_message_id[message_id] = reason
+            if passing:
+                retry_soon.add(message_id)
     logger.info(
         "Invocation handled",
         extra={
@@ -150,7 +187,38 @@ def submit_invocation(records: list[dict]) -> dict[str, str]:
             "failed_records": len(failures_by_message_id),
         },
     )
-    return failures_by_message_id
+    return InvocationOutcome(failures_by_message_id, frozenset(retry_soon))
+
+
+def bring_back_soon(records: list[dict], message_ids: frozenset[str]) -> None:
+    """Shorten the visibility timeout of the records failed for a passing reason (aws-validity-review-2 #12).
+
+    Best effort: a record whose timeout could not be changed comes back after the queue's own timeout, as before.
+    """
+    entries = []
+    for raw_record in records:
+        record = SQSRecord(raw_record)
+        if record.message_id not in message_ids:
+            continue
+        receives = int(record.attributes.approximate_receive_count or 1)
+        if receives > SOON_RECEIVES:
+            continue
+        delay = RETRY_SOON_SECONDS * 2 ** (receives - 1)
+        entries.append({"Id": str(len(entries)), "ReceiptHandle": record.receipt_handle, "VisibilityTimeout": delay})
+    for start in range(0, len(entries), 10):  # SQS takes at most 10 entries per request
+        chunk = entries[start : start + 10]
+        try:
+            failed = sqs_client.change_message_visibility_batch(QueueUrl=settings.upload_queue_url, Entries=chunk).get(
+                "Failed", []
+            )
+        except Exception as error:
+            logger.warning("Visibility timeouts not shortened", extra={"records": len(chunk), "reason": str(error)})
+            continue
+        if failed:
+            logger.warning(
+                "Some visibility timeouts not shortened",
+                extra={"records": len(failed), "codes": sorted({item.get("Code", "") for item in failed})},
+            )
 
 
 processor = InvocationBatchProcessor()

@@ -10,7 +10,7 @@ All attempts share the batch's manifest.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timezone
 
 from trigger_settings import BATCH_ID_LENGTH
 
@@ -24,6 +24,11 @@ def new_batch_id(now: datetime) -> str:
     """A new batch id: ``YYYYMMDDHHMMSS`` (UTC) and 6 random hex digits (16.7 million per second before a collision
     becomes likely; the function makes a handful per invocation)."""
     return now.strftime(_TIME_FORMAT) + secrets.token_hex(_RANDOM_HEX_CHARS // 2)
+
+
+def batch_time(batch_id: str) -> datetime:
+    """When the batch id was made (UTC, to the second): the claims of the batch were written after it."""
+    return datetime.strptime(batch_id[: len("20261201123456")], _TIME_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def run_id(batch_id: str, attempt: int) -> str:

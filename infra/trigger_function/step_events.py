@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 import runs
 
@@ -27,6 +28,7 @@ class StepEnded:
     state: str
     step_id: str
     cluster_id: str
+    time: datetime | None = None  # when EventBridge saw the change (the event's "time"), None when absent or unreadable
 
 
 def parse_step_event(body: str, *, step_name_prefix: str) -> StepEnded | None:
@@ -57,5 +59,17 @@ def parse_step_event(body: str, *, step_name_prefix: str) -> StepEnded | None:
         state=detail["state"],
         step_id=str(detail.get("stepId", "")),
         cluster_id=str(detail.get("clusterId", "")),
+        time=_event_time(event.get("time")),
     )
+
+
+def _event_time(text) -> datetime | None:
+    """EventBridge's ISO 8601 UTC time ("2026-11-25T10:00:00Z")."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 

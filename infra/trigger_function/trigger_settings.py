@@ -25,6 +25,11 @@ MAX_STEP_ATTEMPTS_LIMIT = 9
 ATTEMPT_SUFFIX_CHARS = len(f"-{MAX_STEP_ATTEMPTS_LIMIT}")
 # Claims must outlive every message that could repeat an upload (see infra/trigger.py, CLAIM_RETENTION).
 MAX_CLAIM_RETENTION_DAYS = 365
+# Where manifest-listed inputs live when they are not uploads: a prefix that does not notify (reliability review #4).
+# The stack may name another one with STAGED_PREFIX; unset, this one is meant (the stack's own default).
+DEFAULT_STAGED_PREFIX = "staged/"
+# A claim's lease must outlive the invocation that holds it: at most Lambda's maximum run time (900 s) plus a minute.
+MAX_CLAIM_LEASE_SECONDS = 900 + 60
 
 
 class ClusterMode(str, Enum):
@@ -42,6 +47,7 @@ class SettingsError(ValueError):
 class TriggerSettings:
     data_bucket: str
     incoming_prefix: str
+    staged_prefix: str  # inputs that manifests may list and that never start a run themselves
     manifests_prefix: str
     results_prefix: str
     model_uri: str
@@ -50,17 +56,23 @@ class TriggerSettings:
     step_name_prefix: str
     cluster_mode: ClusterMode
     cluster_id: str | None  # persistent mode only
-    job_flow_definition_key: str | None  # transient mode only
-    cluster_tag_key: str | None  # transient mode only: the tag that marks this stack's clusters
+    # Transient mode; optional in persistent mode: a cluster is launched from it when CLUSTER_ID accepts no steps.
+    job_flow_definition_key: str | None
+    cluster_tag_key: str | None  # the tag that marks this stack's clusters (required when clusters may be launched)
     cluster_tag_value: str | None
-    # Transient mode only: the tag of the clusters launched from the current definition; only those get steps.
+    # The tag of the clusters launched from the current definition; only those get new batches.
     cluster_definition_tag_key: str | None
     cluster_definition_tag_value: str | None
+    # The stack's clusters are named "<stack>-<compute>": ListClusters returns names, so only clusters whose name starts
+    # with this are described (reliability review #18). None when the stack's tag is unknown (persistent, no launches).
+    cluster_name_prefix: str | None
     max_active_steps: int
     claims_table: str  # DynamoDB table of upload claims and batch records (claims.py)
     claim_retention_days: int
     notification_topic_arn: str  # where a batch whose step was cancelled MAX_STEP_ATTEMPTS times is reported
     max_step_attempts: int
+    claim_lease_seconds: int  # the function's timeout plus a margin (infra/trigger.py)
+    upload_queue_url: str  # the queue the function reads: records to retry soon get a shorter visibility timeout
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -89,11 +101,16 @@ class TriggerSettings:
 
         data_bucket = required("DATA_BUCKET")
         incoming_prefix = prefix("INCOMING_PREFIX")
+        staged_prefix = DEFAULT_STAGED_PREFIX
+        if environ.get("STAGED_PREFIX", "").strip():
+            staged_prefix = prefix("STAGED_PREFIX")
         manifests_prefix = prefix("MANIFESTS_PREFIX")
         results_prefix = prefix("RESULTS_PREFIX")
-        # Objects this function or the job writes must never count as uploads, or a run would trigger the next one.
+        # Objects this function or the job writes must never count as uploads, or a run would trigger the next one; and
+        # staged inputs must never be uploads, or a manifest's images would run twice.
         named_prefixes = [
             ("INCOMING_PREFIX", incoming_prefix),
+            ("STAGED_PREFIX", staged_prefix),
             ("MANIFESTS_PREFIX", manifests_prefix),
             ("RESULTS_PREFIX", results_prefix),
         ]
@@ -132,18 +149,31 @@ class TriggerSettings:
             cluster_id = required("CLUSTER_ID")
             if cluster_id and not cluster_id.startswith("j-"):
                 problems.append(f"CLUSTER_ID={cluster_id!r}: expected an EMR cluster id like 'j-2AXXXXXXGAPLF'")
-            mode_only_names = ("JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE")
+            # A persistent stack may ship a definition: a cluster is launched from it when CLUSTER_ID no longer
+            # accepts steps (it died; an unchanged deploy would not bring it back). Every launch variable is needed.
+            launches = bool(environ.get("JOB_FLOW_DEFINITION_KEY", "").strip())
+            mode_only_names: tuple[str, ...] = ()
         else:
+            launches = True
+            mode_only_names = ("CLUSTER_ID",)
+        if launches:
             job_flow_definition_key = required("JOB_FLOW_DEFINITION_KEY")
             cluster_tag_key = required("CLUSTER_TAG_KEY")
             cluster_tag_value = required("CLUSTER_TAG_VALUE")
             cluster_definition_tag_key = required("CLUSTER_DEFINITION_TAG_KEY")
             cluster_definition_tag_value = required("CLUSTER_DEFINITION_TAG_VALUE")
-            mode_only_names = ("CLUSTER_ID",)
+        else:
+            cluster_tag_key = environ.get("CLUSTER_TAG_KEY", "").strip() or None
+            cluster_tag_value = environ.get("CLUSTER_TAG_VALUE", "").strip() or None
+            mode_only_names = ("CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE")
         # A variable of the other mode means the stack and the function disagree about the mode: say so rather than guess.
         for name in mode_only_names:
             if environ.get(name, "").strip():
                 problems.append(f"{name} is set but CLUSTER_MODE={cluster_mode.value!r} does not use it")
+        cluster_name_prefix = environ.get("CLUSTER_NAME_PREFIX", "").strip() or None
+        if cluster_name_prefix is None and cluster_tag_value:
+            # The stack names its clusters "<stack>-<compute>" and tags them with the stack's name (infra/stack.py).
+            cluster_name_prefix = f"{cluster_tag_value}-"
 
         max_active_text = required("MAX_ACTIVE_STEPS")
         max_active_steps = EMR_MAX_ACTIVE_STEPS
@@ -167,12 +197,19 @@ class TriggerSettings:
         max_step_attempts = _integer_variable(
             problems, "MAX_STEP_ATTEMPTS", upper=MAX_STEP_ATTEMPTS_LIMIT, required=required
         )
+        claim_lease_seconds = _integer_variable(
+            problems, "CLAIM_LEASE_SECONDS", upper=MAX_CLAIM_LEASE_SECONDS, required=required
+        )
+        upload_queue_url = required("UPLOAD_QUEUE_URL")
+        if upload_queue_url and not upload_queue_url.startswith(("https://", "http://")):
+            problems.append(f"UPLOAD_QUEUE_URL={upload_queue_url!r}: expected the SQS queue's URL")
 
         if problems:
             raise SettingsError("Invalid trigger function environment:\n- " + "\n- ".join(problems))
         return cls(
             data_bucket=data_bucket,
             incoming_prefix=incoming_prefix,
+            staged_prefix=staged_prefix,
             manifests_prefix=manifests_prefix,
             results_prefix=results_prefix,
             model_uri=model_uri,
@@ -186,11 +223,14 @@ class TriggerSettings:
             cluster_tag_value=cluster_tag_value,
             cluster_definition_tag_key=cluster_definition_tag_key,
             cluster_definition_tag_value=cluster_definition_tag_value,
+            cluster_name_prefix=cluster_name_prefix,
             max_active_steps=max_active_steps,
             claims_table=claims_table,
             claim_retention_days=claim_retention_days,
             notification_topic_arn=notification_topic_arn,
             max_step_attempts=max_step_attempts,
+            claim_lease_seconds=claim_lease_seconds,
+            upload_queue_url=upload_queue_url,
         )
 
 

@@ -46,6 +46,9 @@ class Upload:
     etag: str
     sequencer: str  # orders events for one key; a re-upload of the same bytes gets a new sequencer
     kind: UploadKind
+    # The object version S3 names in the event (versioned buckets only); "" when the bucket is not versioned. Not part
+    # of the identity: the sequencer already tells two uploads of one key apart.
+    version_id: str = ""
 
     @property
     def identity(self) -> str:
@@ -114,6 +117,7 @@ def parse_message_body(body: str, *, bucket: str, incoming_prefix: str) -> list[
                     etag=s3_object.get("eTag", ""),
                     sequencer=s3_object.get("sequencer", ""),
                     kind=kind,
+                    version_id=_text(s3_object.get("versionId")),
                 )
             )
     return uploads
@@ -158,6 +162,36 @@ def group_uploads(uploads_by_message: Iterable[tuple[str, list[Upload]]]) -> lis
             )
         )
     return sorted(groups, key=lambda group: _upload_order(group.uploads[0]))
+
+
+def manifest_entry(upload: Upload) -> dict[str, str]:
+    """The manifest entry of an upload: the object and the version of it that was uploaded, so the job reads those bytes
+    or reports ``changed_since_upload`` (reliability review #16). ``version_id`` only when S3 named one."""
+    entry = {"uri": f"s3://{upload.bucket}/{upload.key}", "etag": upload.etag}
+    if upload.version_id:
+        entry["version_id"] = upload.version_id
+    return entry
+
+
+def latest_per_key(uploads: Iterable[Upload]) -> list[Upload]:
+    """One upload per key, keys sorted: of two uploads of one key, the later one (by S3's sequencer), which is the
+    object's current content. The earlier upload's bytes are gone from an unversioned bucket."""
+    latest: dict[str, Upload] = {}
+    for upload in uploads:
+        kept = latest.get(upload.key)
+        if kept is None or _sequencer_order(upload.sequencer) > _sequencer_order(kept.sequencer):
+            latest[upload.key] = upload
+    return [latest[key] for key in sorted(latest)]
+
+
+def _sequencer_order(sequencer: str) -> tuple[int, str]:
+    """S3 sequencers of one key compare as hexadecimal strings once padded to the same length (S3's documentation)."""
+    digits = sequencer.upper().lstrip("0")
+    return (len(digits), digits)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _upload_order(upload: Upload) -> tuple[str, str, str]:

@@ -44,6 +44,31 @@ def fake_aws_environment(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
 
 
+class FakeTime:
+    """The cleanup's clock and sleep: sleeping moves the clock, and ``on_sleep`` lets another actor act meanwhile."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+        self.on_sleep = lambda: None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        self.on_sleep()
+
+
+@pytest.fixture(autouse=True)
+def fake_time(monkeypatch) -> FakeTime:
+    """The quiet period (minutes) passes at once; the cleanup's logic is unchanged."""
+    fake = FakeTime()
+    monkeypatch.setattr(cleanup, "time", fake)
+    return fake
+
+
 @pytest.fixture
 def aws():
     with mock_aws():
@@ -83,9 +108,10 @@ def access_logged_bucket(s3) -> str:
     return "example-data-bucket"
 
 
-def run_cluster(emr, tags: list[dict]) -> str:
+def run_cluster(emr, tags: list[dict], name: str = f"{TAG['Value']}-cpu") -> str:
+    """A cluster named as the stack names its own ("<stack>-<compute>") unless ``name`` says otherwise."""
     return emr.run_job_flow(
-        Name="cluster",
+        Name=name,
         ReleaseLabel="emr-7.13.0",
         Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
         JobFlowRole="instance-profile",
@@ -120,7 +146,8 @@ def state(emr, cluster_id: str) -> str:
 
 def test_delete_terminates_only_the_stacks_clusters(aws):
     emr, ec2 = aws
-    ours, other = run_cluster(emr, [TAG]), run_cluster(emr, [{"Key": TAG["Key"], "Value": "AnotherStack"}])
+    ours = run_cluster(emr, [TAG])
+    other = run_cluster(emr, [{"Key": TAG["Key"], "Value": "AnotherStack"}], name=f"{TAG['Value']}-gpu")
     status, reason = cleanup.handle(
         delete_event(cross_referencing_groups(ec2)), emr, ec2, None, lambda: PLENTY_OF_TIME_MS
     )
@@ -171,8 +198,9 @@ def test_delete_without_an_access_logged_bucket_leaves_logging_alone(aws, s3):
 def test_clusters_still_terminating_when_time_runs_out_fail_the_delete():
     emr = boto3.client("emr", region_name=REGION)
     ec2 = boto3.client("ec2", region_name=REGION)
-    running = {"Cluster": {"Id": "j-1", "Name": "c", "Status": {"State": "TERMINATING"}, "Tags": [TAG]}}
-    summary = {"Id": "j-1", "Name": "c", "Status": {"State": "TERMINATING"}}
+    name = f"{TAG['Value']}-cpu"
+    running = {"Cluster": {"Id": "j-1", "Name": name, "Status": {"State": "TERMINATING"}, "Tags": [TAG]}}
+    summary = {"Id": "j-1", "Name": name, "Status": {"State": "TERMINATING"}}
     with Stubber(emr) as stub:
         stub.add_response("list_clusters", {"Clusters": [summary]}, {"ClusterStates": cleanup.ACTIVE_STATES})
         stub.add_response("describe_cluster", running, {"ClusterId": "j-1"})
@@ -182,6 +210,50 @@ def test_clusters_still_terminating_when_time_runs_out_fail_the_delete():
             delete_event(["sg-1"]), emr, ec2, None, lambda: cleanup.SAFETY_MARGIN_MS - 1
         )
     assert (status, reason) == ("FAILED", "clusters still terminating: j-1; run the destroy again")
+
+
+def test_a_cluster_launched_after_the_first_listing_is_terminated_too(aws, fake_time):
+    """Reliability review #19: a trigger invocation still running when the function was deleted launches a cluster after
+    the cleanup listed the clusters. The cleanup keeps listing until none new appeared for longer than the trigger
+    function can run, so that cluster is terminated before CloudFormation deletes what it runs on."""
+    emr, ec2 = aws
+    first = run_cluster(emr, [TAG])
+    late = []
+
+    def trigger_launches_once():
+        if not late:
+            late.append(run_cluster(emr, [TAG]))
+
+    fake_time.on_sleep = trigger_launches_once
+
+    status, reason = cleanup.handle(delete_event([]), emr, ec2, None, lambda: PLENTY_OF_TIME_MS)
+
+    assert (status, state(emr, first), state(emr, late[0])) == ("SUCCESS", "TERMINATED", "TERMINATED")
+    assert reason.startswith("terminated 2 cluster(s)")
+    assert fake_time.now >= cleanup.DEFAULT_QUIET_SECONDS  # and it listed on until the quiet period had passed
+
+
+def test_the_quiet_period_is_the_stacks_figure_when_given(aws, fake_time):
+    emr, ec2 = aws
+    event = delete_event([])
+    event["ResourceProperties"]["QuietSeconds"] = "30"
+
+    assert cleanup.handle(event, emr, ec2, None, lambda: PLENTY_OF_TIME_MS)[0] == "SUCCESS"
+    assert 30 <= fake_time.now < cleanup.DEFAULT_QUIET_SECONDS
+
+
+def test_only_clusters_named_like_the_stacks_are_described(aws):
+    """Reliability review #18: in a shared account, one DescribeCluster per foreign cluster is throttled."""
+    emr, ec2 = aws
+    foreign = [run_cluster(emr, [], name=f"other-team-{index}") for index in range(4)]
+    ours = run_cluster(emr, [TAG])
+    described = []
+    emr.meta.events.register("provide-client-params.emr.DescribeCluster", lambda params, **_: described.append(params))
+
+    status, _ = cleanup.handle(delete_event([]), emr, ec2, None, lambda: PLENTY_OF_TIME_MS)
+
+    assert status == "SUCCESS" and state(emr, ours) == "TERMINATED"
+    assert not {params["ClusterId"] for params in described} & set(foreign)
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -115,11 +115,17 @@ def load_handler(monkeypatch):
             "CLUSTER_TAG_VALUE",
             "CLUSTER_DEFINITION_TAG_KEY",
             "CLUSTER_DEFINITION_TAG_VALUE",
+            "CLUSTER_NAME_PREFIX",
+            "STAGED_PREFIX",
         ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        return import_trigger_handler()
+        handler = import_trigger_handler()
+        # The function's own back-off between step submissions is not waited in tests (botocore's is patched where a
+        # test counts it, see test_trigger_handler_faults.backoff_sleeps).
+        monkeypatch.setattr(handler.submitter, "pause", lambda seconds: None)
+        return handler
 
     yield load
     forget_trigger_modules()

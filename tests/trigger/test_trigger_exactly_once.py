@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from claims import CLAIM_LEASE
 from trigger_helpers import (
     BUCKET,
+    CLAIM_LEASE_SECONDS,
     FakeLambdaContext,
     aws_clients,
     base_environment,
@@ -157,7 +157,8 @@ def test_crash_after_emr_accepted_the_step_but_before_the_record_is_found_by_ste
         with pytest.raises(SimulatedCrash):
             invoke(persistent_handler, {"m-a": a, "m-b": b})
     (crashed_step,) = submitted_steps(aws.emr, persistent_cluster)
-    assert batch_records(aws.dynamodb) == {}
+    (crashed_record,) = batch_records(aws.dynamodb).values()
+    assert (crashed_record["state"], crashed_record["cluster_id"]) == ("submitting", persistent_cluster)
 
     regrouped = [invoke(persistent_handler, {"m-a": a, "m-c": c}), invoke(persistent_handler, {"m-b": b})]
 
@@ -184,14 +185,14 @@ def test_claims_of_an_invocation_that_died_before_submitting_are_taken_over_only
     dead_owner = die_after_claiming(aws, persistent_handler, monkeypatch, {"m-a": a, "m-b": b})
     claimed_at = clock.now
 
-    clock.now = claimed_at + CLAIM_LEASE - timedelta(seconds=1)
+    clock.now = claimed_at + timedelta(seconds=CLAIM_LEASE_SECONDS) - timedelta(seconds=1)
     before = invoke(persistent_handler, {"m-a": a, "m-b": b})  # SQS delivers the same messages again
 
     assert failed_message_ids(before) == ["m-a", "m-b"]
     assert submitted_steps(aws.emr, persistent_cluster) == []
     assert set(claimed_by(aws.dynamodb).values()) == {dead_owner}
 
-    clock.now = claimed_at + CLAIM_LEASE + timedelta(seconds=1)
+    clock.now = claimed_at + timedelta(seconds=CLAIM_LEASE_SECONDS) + timedelta(seconds=1)
     after = invoke(persistent_handler, {"m-a": a, "m-b": b})
 
     assert after == NO_FAILURES
@@ -213,7 +214,7 @@ def test_a_duplicate_in_another_message_is_dropped_while_the_dead_claims_own_mes
 
     assert during_lease == NO_FAILURES
     assert dropped_lines(caplog) == [(dead_owner, ["incoming/a.png"])]
-    clock.now = claimed_at + CLAIM_LEASE + timedelta(seconds=1)
+    clock.now = claimed_at + timedelta(seconds=CLAIM_LEASE_SECONDS) + timedelta(seconds=1)
     assert invoke(persistent_handler, {"m-a": a, "m-b": b}) == NO_FAILURES
     assert runs_per_object(aws, persistent_cluster) == {uri(name): 1 for name in "abc"}
 
@@ -351,7 +352,8 @@ def test_requests_grow_by_one_conditional_write_per_upload_and_a_duplicate_costs
     invoke(persistent_handler, messages)  # every record again
 
     assert first == {
-        "dynamodb.PutItem": uploads_count + 1,  # a claim per upload, then the batch record
+        "dynamodb.PutItem": uploads_count + 1,  # a claim per upload, then the batch record naming the target cluster
+        "dynamodb.UpdateItem": 1,  # the batch record: submitted
         "s3.PutObject": 1,  # the manifest
         "emr.DescribeCluster": 1,
         "emr.ListSteps": 1,

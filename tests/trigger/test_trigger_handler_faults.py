@@ -202,23 +202,20 @@ def test_throttling_beyond_the_retry_budget_fails_every_record(
     assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
-def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claims(
+def test_add_step_throttled_on_every_attempt_fails_the_records_and_releases_the_claims(
     aws, persistent_cluster, persistent_handler
 ):
+    """Throttling is EMR refusing a request it did not carry out: throttled on every one of the function's attempts,
+    nothing was accepted, so the claims and the manifest go and the redelivery starts clean."""
     event = sqs_event(image_notifications(aws, 2))
-    with Stubber(persistent_handler.emr_client) as stubber:
-        stubber.add_response(
-            "describe_cluster",
-            {"Cluster": {"Id": persistent_cluster, "Status": {"State": "WAITING"}}},
-            {"ClusterId": persistent_cluster},
-        )
-        stub_active_steps(stubber, persistent_cluster, 0)
-        stubber.add_client_error(
-            "add_job_flow_steps",
-            service_error_code="ThrottlingException",
-            service_message="Rate exceeded",
-            http_status_code=400,
-        )
+    with Stubber(persistent_handler.emr_submit_client) as stubber:
+        for _ in range(persistent_handler.submitter.SUBMIT_ATTEMPTS):
+            stubber.add_client_error(
+                "add_job_flow_steps",
+                service_error_code="ThrottlingException",
+                service_message="Rate exceeded",
+                http_status_code=400,
+            )
 
         response = persistent_handler.lambda_handler(event, FakeLambdaContext())
 
@@ -226,15 +223,20 @@ def test_add_step_refused_after_retries_fails_the_records_and_releases_the_claim
     assert failed_message_ids(response) == all_failed(event)
     assert claims_table_items(aws.dynamodb) == []  # the claims are released so the redelivery can submit
     assert object_keys(aws.s3, "manifests/") == []  # and the manifest of the batch that was never submitted removed
+    assert submitted_steps(aws.emr, persistent_cluster) == []
 
 
 def test_add_step_timing_out_keeps_the_claims_because_emr_may_have_accepted_it(
     aws, persistent_cluster, persistent_handler, backoff_sleeps
 ):
+    """The request times out before moto sees it (registered first): EMR never had it, but the function cannot know.
+    After each attempt it searches for the step by name; never found, the claims, the manifest and the batch's record
+    stay for the redelivery to sort out."""
+
     def time_out(request, **_):
         raise ReadTimeoutError(endpoint_url=request.url)
 
-    persistent_handler.emr_client.meta.events.register_first("before-send.emr.AddJobFlowSteps", time_out)
+    persistent_handler.emr_submit_client.meta.events.register_first("before-send.emr.AddJobFlowSteps", time_out)
     event = sqs_event(image_notifications(aws, 2))
 
     response = persistent_handler.lambda_handler(event, FakeLambdaContext())
@@ -244,3 +246,4 @@ def test_add_step_timing_out_keeps_the_claims_because_emr_may_have_accepted_it(
     (batch_id,) = set(owners.values())
     assert sorted(owners) == ["incoming/img-0.png", "incoming/img-1.png"]
     assert object_keys(aws.s3, "manifests/") == [f"manifests/{batch_id}.json"]
+    assert backoff_sleeps == []  # botocore never re-sent AddJobFlowSteps: the function's own attempts searched first

@@ -14,6 +14,7 @@ from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
     batch_records,
+    entry_uris,
     load_event,
     object_keys,
     queue_uploads_to_sqs,
@@ -56,7 +57,10 @@ def test_upload_notified_through_sqs_becomes_one_step_with_the_job_arguments(
     (step,) = submitted_steps(aws.emr, persistent_cluster)
     assert step["Name"] == f"mxnet-inference-{manifest['batch_id']}"
     assert emr_step.job_arguments(step) == expected_job_arguments(manifest["batch_id"])
-    assert manifest["objects"] == [f"s3://{BUCKET}/incoming/cat one.png"]
+    etag = aws.s3.head_object(Bucket=BUCKET, Key="incoming/cat one.png")["ETag"].strip('"')
+    # The uploaded version, not whatever the key holds when the job runs (reliability review #16): the job reads it
+    # with IfMatch and writes changed_since_upload when the object was overwritten since.
+    assert manifest["objects"] == [{"uri": f"s3://{BUCKET}/incoming/cat one.png", "etag": etag}]
 
 
 def image_notifications(aws, count: int, *, first_sequence: int = 1) -> list[dict]:
@@ -74,7 +78,9 @@ def test_thousand_image_records_in_one_invocation_become_one_step(aws, persisten
     assert response == {"batchItemFailures": []}
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
     _, manifest = only_manifest(aws)
-    assert manifest["objects"] == sorted(f"s3://{BUCKET}/incoming/batch/img-{index:04d}.jpg" for index in range(1000))
+    assert entry_uris(manifest["objects"]) == sorted(
+        f"s3://{BUCKET}/incoming/batch/img-{index:04d}.jpg" for index in range(1000)
+    )
 
 
 def test_step_name_and_manifest_share_the_batch_id(aws, persistent_cluster, persistent_handler):
@@ -99,7 +105,7 @@ def test_url_encoded_keys_reach_the_manifest_decoded(aws, persistent_cluster, pe
 
     assert response == {"batchItemFailures": []}
     _, manifest = only_manifest(aws)
-    assert manifest["objects"] == [
+    assert entry_uris(manifest["objects"]) == [
         f"s3://{BUCKET}/incoming/café ☕ 日本.png",
         f"s3://{BUCKET}/incoming/holiday photos/beach day (1).JPG",
     ]
@@ -122,7 +128,7 @@ def test_malformed_messages_are_skipped_without_losing_the_valid_one(aws, persis
 
     assert response == {"batchItemFailures": []}
     _, manifest = only_manifest(aws)
-    assert manifest["objects"] == [f"s3://{BUCKET}/incoming/cat.png"]
+    assert entry_uris(manifest["objects"]) == [f"s3://{BUCKET}/incoming/cat.png"]
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
 
 
@@ -143,7 +149,7 @@ def test_duplicate_events_in_one_invocation_list_each_object_once(aws, persisten
 
     assert response == {"batchItemFailures": []}
     _, manifest = only_manifest(aws)
-    assert manifest["objects"] == [
+    assert entry_uris(manifest["objects"]) == [
         f"s3://{BUCKET}/incoming/batch/img-0000.jpg",
         f"s3://{BUCKET}/incoming/batch/img-0001.jpg",
     ]
@@ -160,26 +166,26 @@ def test_same_images_uploaded_again_are_a_new_batch(aws, persistent_cluster, per
 
 
 def test_cifar_batches_and_manifests_are_batches_by_themselves(aws, persistent_cluster, persistent_handler):
-    aws.s3.put_object(Bucket=BUCKET, Key="datasets/a.png", Body=b"png")
+    aws.s3.put_object(Bucket=BUCKET, Key="staged/a.png", Body=b"png")
     notifications = image_notifications(aws, 2) + [
         upload(aws.s3, "incoming/cifar/test_batch.bin", b"\x03" * 3073, sequence=50),
-        upload(aws.s3, "incoming/run.json", b'{"objects": ["s3://%s/datasets/a.png"]}' % BUCKET.encode(), sequence=51),
+        upload(aws.s3, "incoming/run.json", b'{"objects": ["s3://%s/staged/a.png"]}' % BUCKET.encode(), sequence=51),
     ]
 
     response = persistent_handler.lambda_handler(sqs_event(notifications), FakeLambdaContext())
 
     assert response == {"batchItemFailures": []}
     manifests = [read_json(aws.s3, key) for key in object_keys(aws.s3, "manifests/")]
-    assert sorted(manifest["objects"] for manifest in manifests) == [
-        [f"s3://{BUCKET}/datasets/a.png"],
+    assert sorted(entry_uris(manifest["objects"]) for manifest in manifests) == [
         [f"s3://{BUCKET}/incoming/batch/img-0000.jpg", f"s3://{BUCKET}/incoming/batch/img-0001.jpg"],
         [f"s3://{BUCKET}/incoming/cifar/test_batch.bin"],
+        [f"s3://{BUCKET}/staged/a.png"],
     ]
     assert len(submitted_steps(aws.emr, persistent_cluster)) == 3
 
 
 def test_uploaded_manifest_as_a_plain_list_is_accepted(aws, persistent_cluster, persistent_handler):
-    objects = [f"s3://{BUCKET}/datasets/a.png", f"s3://{BUCKET}/datasets/b.jpg"]
+    objects = [f"s3://{BUCKET}/staged/a.png", f"s3://{BUCKET}/incoming/b.jpg"]
     notification = upload(aws.s3, "incoming/list.json", json.dumps(objects).encode(), sequence=1)
 
     persistent_handler.lambda_handler(sqs_event([notification]), FakeLambdaContext())

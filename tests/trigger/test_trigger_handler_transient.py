@@ -16,6 +16,7 @@ from trigger_helpers import (
     BUCKET,
     CLUSTER_TAG,
     DEFINITION_TAG,
+    STACK_CLUSTER_NAME,
     STACK_CLUSTER_TAGS,
     FakeLambdaContext,
     batch_records,
@@ -57,7 +58,7 @@ def test_without_a_running_cluster_one_is_launched_from_the_definition_with_the_
     assert response == {"batchItemFailures": []}
     (cluster_id,) = cluster_ids(aws)
     cluster = aws.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
-    assert (cluster["Name"], cluster["AutoTerminate"]) == ("mxnet-inference-transient", True)
+    assert (cluster["Name"], cluster["AutoTerminate"]) == (STACK_CLUSTER_NAME, True)
     assert all(tag in cluster["Tags"] for tag in STACK_CLUSTER_TAGS)  # found by later uploads
     (step,) = submitted_steps(aws.emr, cluster_id)
     (manifest_key,) = object_keys(aws.s3, "manifests/")
@@ -190,8 +191,9 @@ def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handl
             "list_clusters",
             {
                 "Clusters": [
-                    {"Id": foreign, "Status": {"State": "RUNNING"}},
-                    {"Id": ours, "Status": {"State": "WAITING"}},
+                    # Named like the stack's clusters, so the name filter passes it to DescribeCluster.
+                    {"Id": foreign, "Name": STACK_CLUSTER_NAME, "Status": {"State": "RUNNING"}},
+                    {"Id": ours, "Name": STACK_CLUSTER_NAME, "Status": {"State": "WAITING"}},
                 ]
             },
             {"ClusterStates": ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]},
@@ -206,9 +208,11 @@ def test_clusters_the_function_may_not_describe_are_skipped(aws, transient_handl
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
         stubber.add_response("describe_cluster", tagged, {"ClusterId": ours})
         stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": ours, "StepStates": ["PENDING", "RUNNING"]})
-        stubber.add_response("add_job_flow_steps", {"StepIds": ["s-1"]}, {"JobFlowId": ours, "Steps": ANY})
+        with Stubber(transient_handler.emr_submit_client) as submit_stubber:
+            submit_stubber.add_response("add_job_flow_steps", {"StepIds": ["s-1"]}, {"JobFlowId": ours, "Steps": ANY})
 
-        response = transient_handler.lambda_handler(event, FakeLambdaContext())
+            response = transient_handler.lambda_handler(event, FakeLambdaContext())
 
+            submit_stubber.assert_no_pending_responses()
         stubber.assert_no_pending_responses()
     assert response == {"batchItemFailures": []}

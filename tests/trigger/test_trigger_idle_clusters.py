@@ -15,6 +15,7 @@ from botocore.stub import ANY, Stubber
 
 from trigger_helpers import (
     BUCKET,
+    STACK_CLUSTER_NAME,
     STACK_CLUSTER_TAGS,
     FakeLambdaContext,
     batch_records,
@@ -61,7 +62,7 @@ def event_for(aws, key: str, sequence: int) -> dict:
 
 def test_a_kept_alive_definition_with_an_idle_timeout_is_launched_with_its_policy(aws, handler):
     sent = []
-    handler.emr_client.meta.events.register(
+    handler.emr_submit_client.meta.events.register(
         "provide-client-params.emr.RunJobFlow", lambda params, **_: sent.append(params)
     )
 
@@ -105,22 +106,26 @@ def test_a_cluster_that_starts_shutting_down_as_the_step_is_added_loses_no_batch
     event = event_for(aws, "incoming/a.png", 1)
     with Stubber(handler.emr_client) as stubber:
         stubber.add_response(
-            "list_clusters", {"Clusters": [{"Id": idle, "Status": {"State": "WAITING"}}]}, {"ClusterStates": ANY}
+            "list_clusters",
+            {"Clusters": [{"Id": idle, "Name": STACK_CLUSTER_NAME, "Status": {"State": "WAITING"}}]},
+            {"ClusterStates": ANY},
         )
         waiting = {"Cluster": {"Id": idle, "Status": {"State": "WAITING"}, "Tags": STACK_CLUSTER_TAGS}}
         stubber.add_response("describe_cluster", waiting, {"ClusterId": idle})
         stubber.add_response("describe_cluster", waiting, {"ClusterId": idle})
         stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": idle, "StepStates": ["PENDING", "RUNNING"]})
-        stubber.add_client_error(
-            "add_job_flow_steps",
-            service_error_code="ValidationException",
-            service_message=SHUTTING_DOWN,
-            http_status_code=400,
-            expected_params={"JobFlowId": idle, "Steps": ANY},
-        )
+        with Stubber(handler.emr_submit_client) as submit_stubber:
+            submit_stubber.add_client_error(
+                "add_job_flow_steps",
+                service_error_code="ValidationException",
+                service_message=SHUTTING_DOWN,
+                http_status_code=400,
+                expected_params={"JobFlowId": idle, "Steps": ANY},
+            )
 
-        refused = handler.lambda_handler(event, FakeLambdaContext())
+            refused = handler.lambda_handler(event, FakeLambdaContext())
 
+            submit_stubber.assert_no_pending_responses()
         stubber.assert_no_pending_responses()
     assert failed_message_ids(refused) == ["msg-1"]
     assert object_keys(aws.s3, "manifests/") == []

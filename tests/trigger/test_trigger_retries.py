@@ -18,9 +18,9 @@ from datetime import timedelta
 import pytest
 from botocore.stub import Stubber
 
-from claims import CLAIM_LEASE
 from trigger_helpers import (
     BUCKET,
+    CLAIM_LEASE_SECONDS,
     STACK_CLUSTER_TAGS,
     MAX_STEP_ATTEMPTS,
     TOPIC_ARN,
@@ -41,6 +41,7 @@ from trigger_helpers import (
 )
 
 NO_FAILURES = {"batchItemFailures": []}
+LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
 
 
 class SimulatedCrash(BaseException):
@@ -185,10 +186,10 @@ def test_a_retry_on_a_full_cluster_waits_on_the_queue_and_keeps_the_attempt(aws,
 def test_a_refused_retry_is_undone_so_the_redelivered_event_tries_again(aws, persistent_cluster, persistent_handler):
     batch_id = submit_one_batch(aws, persistent_handler)
     name = f"mxnet-inference-{batch_id}"
-    with Stubber(persistent_handler.emr_client) as stubber:
+    with Stubber(persistent_handler.emr_client) as stubber, Stubber(persistent_handler.emr_submit_client) as submit:
         stubber.add_response("describe_cluster", {"Cluster": {"Id": persistent_cluster, "Status": {"State": "WAITING"}}})
         stubber.add_response("list_steps", {"Steps": []})
-        stubber.add_client_error("add_job_flow_steps", service_error_code="ValidationException", http_status_code=400)
+        submit.add_client_error("add_job_flow_steps", service_error_code="ValidationException", http_status_code=400)
         refused = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)
     assert failed_message_ids(refused) == ["event-1"]
     assert (batch_records(aws.dynamodb)[batch_id]["attempt"], batch_records(aws.dynamodb)[batch_id]["state"]) == (
@@ -215,7 +216,7 @@ def test_a_retry_whose_invocation_died_before_emr_took_it_is_resumed_after_the_l
 
     before = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)  # SQS delivers the event again
     monkeypatch.setattr(
-        persistent_handler.submitter, "utc_now", lambda: started + CLAIM_LEASE + timedelta(seconds=1)
+        persistent_handler.submitter, "utc_now", lambda: started + LEASE + timedelta(seconds=1)
     )
     after = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)
 
@@ -236,7 +237,7 @@ def test_a_retry_emr_took_before_its_invocation_died_is_found_by_name_not_added_
             step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)
     started = persistent_handler.submitter.utc_now()
     monkeypatch.setattr(
-        persistent_handler.submitter, "utc_now", lambda: started + CLAIM_LEASE + timedelta(seconds=1)
+        persistent_handler.submitter, "utc_now", lambda: started + LEASE + timedelta(seconds=1)
     )
 
     response = step_ended(persistent_handler, name, "CANCELLED", persistent_cluster)

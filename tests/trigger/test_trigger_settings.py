@@ -7,7 +7,7 @@ from trigger_helpers import base_environment
 
 from emr_step import JobArtifacts, JobOptions
 from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings
-from trigger_helpers import BUCKET, CLAIMS_TABLE, MAX_STEP_ATTEMPTS, TOPIC_ARN
+from trigger_helpers import BUCKET, CLAIM_LEASE_SECONDS, CLAIMS_TABLE, MAX_STEP_ATTEMPTS, QUEUE_URL, TOPIC_ARN
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
 TRANSIENT = base_environment(
@@ -26,6 +26,7 @@ def test_persistent_environment_is_read_into_typed_settings():
     assert settings == TriggerSettings(
         data_bucket=BUCKET,
         incoming_prefix="incoming/",
+        staged_prefix="staged/",
         manifests_prefix="manifests/",
         results_prefix="results/",
         model_uri=f"s3://{BUCKET}/models/resnet18/",
@@ -41,12 +42,36 @@ def test_persistent_environment_is_read_into_typed_settings():
         cluster_tag_value=None,
         cluster_definition_tag_key=None,
         cluster_definition_tag_value=None,
+        cluster_name_prefix=None,
         max_active_steps=EMR_MAX_ACTIVE_STEPS,
         claims_table=CLAIMS_TABLE,
         claim_retention_days=30,
         notification_topic_arn=TOPIC_ARN,
         max_step_attempts=MAX_STEP_ATTEMPTS,
+        claim_lease_seconds=CLAIM_LEASE_SECONDS,
+        upload_queue_url=QUEUE_URL,
     )
+
+
+def test_the_staged_prefix_defaults_to_staged_and_may_be_named():
+    assert TriggerSettings.from_environment(PERSISTENT).staged_prefix == "staged/"
+    assert TriggerSettings.from_environment({**PERSISTENT, "STAGED_PREFIX": "lists/"}).staged_prefix == "lists/"
+
+
+def test_a_persistent_stack_with_a_definition_may_launch_a_replacement_cluster():
+    settings = TriggerSettings.from_environment(
+        {**TRANSIENT, "CLUSTER_MODE": "persistent", "CLUSTER_ID": "j-2AXXXXXXGAPLF"}
+    )
+
+    assert (settings.cluster_mode, settings.cluster_id) == (ClusterMode.PERSISTENT, "j-2AXXXXXXGAPLF")
+    assert settings.job_flow_definition_key == "artifacts/cluster/run-job-flow.json"
+    assert settings.cluster_definition_tag_value == "0123456789ab"
+
+
+def test_the_cluster_name_prefix_is_the_stack_tag_unless_named():
+    """The stack names its clusters "<stack>-<compute>" and tags them "<stack>": only those names are described."""
+    assert TriggerSettings.from_environment(TRANSIENT).cluster_name_prefix == "inference-"
+    assert TriggerSettings.from_environment({**TRANSIENT, "CLUSTER_NAME_PREFIX": "x-"}).cluster_name_prefix == "x-"
 
 
 def test_transient_environment_keeps_the_definition_and_tag():
@@ -70,7 +95,7 @@ def test_every_missing_variable_is_named_in_one_error():
 
     for name in ("DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
                  "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "MAX_ACTIVE_STEPS", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS",
-                 "NOTIFICATION_TOPIC_ARN", "MAX_STEP_ATTEMPTS"):  # fmt: skip
+                 "NOTIFICATION_TOPIC_ARN", "MAX_STEP_ATTEMPTS", "CLAIM_LEASE_SECONDS", "UPLOAD_QUEUE_URL"):  # fmt: skip
         assert f"{name} is missing" in str(raised.value)
 
 
@@ -111,9 +136,19 @@ def test_every_missing_variable_is_named_in_one_error():
         ({"CLUSTER_ID": "cluster-1"}, r"CLUSTER_ID='cluster-1': expected an EMR cluster id"),
         ({"CLUSTER_ID": ""}, r"CLUSTER_ID is missing or empty"),
         (
-            {"JOB_FLOW_DEFINITION_KEY": "x.json"},
-            r"JOB_FLOW_DEFINITION_KEY is set but CLUSTER_MODE='persistent' does not use it",
+            {"CLUSTER_DEFINITION_TAG_VALUE": "0123456789ab"},
+            r"CLUSTER_DEFINITION_TAG_VALUE is set but CLUSTER_MODE='persistent' does not use it",
         ),
+        # A persistent stack that ships a definition (to replace a dead cluster) needs every launch variable.
+        ({"JOB_FLOW_DEFINITION_KEY": "x.json"}, r"CLUSTER_TAG_KEY is missing or empty"),
+        ({"STAGED_PREFIX": "staged"}, r"STAGED_PREFIX='staged': expected a key prefix"),
+        (
+            {"STAGED_PREFIX": "incoming/staged/"},
+            r"INCOMING_PREFIX='incoming/' and STAGED_PREFIX='incoming/staged/' overlap",
+        ),
+        ({"CLAIM_LEASE_SECONDS": "0"}, r"CLAIM_LEASE_SECONDS=0: expected an integer from 1 to 960"),
+        ({"CLAIM_LEASE_SECONDS": "3600"}, r"CLAIM_LEASE_SECONDS=3600: expected an integer from 1 to 960"),
+        ({"UPLOAD_QUEUE_URL": "trigger-uploads"}, r"UPLOAD_QUEUE_URL='trigger-uploads': expected the SQS queue's URL"),
         ({"MAX_ACTIVE_STEPS": "0"}, r"MAX_ACTIVE_STEPS=0: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "257"}, r"MAX_ACTIVE_STEPS=257: expected an integer from 1 to 256"),
         ({"MAX_ACTIVE_STEPS": "many"}, r"MAX_ACTIVE_STEPS='many': expected an integer from 1 to 256"),

@@ -12,7 +12,16 @@ from step_events import StepEnded, parse_step_event
 from submitter import UnusableUserManifest, user_manifest_objects
 from trigger_helpers import BUCKET, bodies, load_event, s3_notification, step_status_event
 from trigger_settings import BATCH_ID_LENGTH
-from uploads import MalformedMessage, Upload, UploadKind, group_uploads, parse_message_body, upload_kind
+from uploads import (
+    MalformedMessage,
+    Upload,
+    UploadKind,
+    group_uploads,
+    latest_per_key,
+    manifest_entry,
+    parse_message_body,
+    upload_kind,
+)
 
 
 def parse(body) -> list[Upload]:
@@ -164,24 +173,92 @@ def test_text_that_is_no_run_id_is_refused(text):
     assert runs.parse_run_id(text) is None
 
 
+MANIFEST_KEY = "incoming/run.json"
+ALLOWED = ("incoming/", "staged/")
+
+
+def read_manifest(body: bytes) -> list:
+    return user_manifest_objects(body, key=MANIFEST_KEY, bucket="b", allowed_prefixes=ALLOWED)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         (b"not json", "is not JSON"),
         (b"[]", "must be a non-empty JSON list"),
-        (b'{"objects": "s3://b/a.png"}', "must be a non-empty JSON list"),
-        (b'{"items": ["s3://b/a.png"]}', "must be a non-empty JSON list"),
-        (b'["s3://b/a.png", "datasets/b.png", 3]', "has 2 entries that are not s3:// URIs \\(first at index 1\\)"),
+        (b'{"objects": "s3://b/incoming/a.png"}', "must be a non-empty JSON list"),
+        (b'{"items": ["s3://b/incoming/a.png"]}', "must be a non-empty JSON list"),
+        (b'["s3://b/incoming/a.png", "datasets/b.png", 3]', r"entry 1 \('datasets/b.png'\) is not in the data bucket"),
+        (b'["s3://b/incoming/a.png", 3]', "entry 1 is a int, not a URI"),
+        # Reliability review #10: a manifest reads only what an uploader may upload, never what the nodes may read.
+        (b'["s3://other-bucket/incoming/a.png"]', r"entry 0 \('s3://other-bucket/incoming/a.png'\) is not in the data"),
+        (b'["s3://b/models/default/weights.bin"]', r"\('s3://b/models/default/weights.bin'\) is outside the allowed"),
+        (b'["s3://b/results/x/summary.json"]', "is outside the allowed prefixes"),
+        (b'["s3://b/manifests/20261201000000abcdef.json"]', "is outside the allowed prefixes"),
+        (b'["s3://b/incoming/../models/default/model.onnx"]', r"has an empty, '.' or '..' path segment"),
+        (b'["s3://b/staged//etc/passwd.png"]', r"has an empty, '.' or '..' path segment"),
+        (b'[{"uri": "s3://b/incoming/a.png", "sha": "x"}]', r"entry 0 has unknown fields \['sha'\]"),
+        (b'[{"uri": "s3://b/incoming/a.png", "etag": 7}]', "has an etag or version_id that is not a string"),
+        (b'[{"etag": "abc"}]', "entry 0 is a NoneType, not a URI"),
     ],
 )
 def test_unusable_uploaded_manifest_says_why(body, message):
-    with pytest.raises(UnusableUserManifest, match=message):
-        user_manifest_objects(body, key="incoming/run.json")
+    with pytest.raises(UnusableUserManifest, match=message) as raised:
+        read_manifest(body)
+    assert MANIFEST_KEY in str(raised.value)
 
 
-@pytest.mark.parametrize("document", [["s3://b/a.png"], {"objects": ["s3://b/a.png"], "note": "ignored"}])
+@pytest.mark.parametrize(
+    "document",
+    [
+        ["s3://b/incoming/a.png", "s3://b/staged/photos/b.jpg"],
+        {"objects": ["s3://b/incoming/a.png", "s3://b/staged/photos/b.jpg"], "note": "ignored"},
+    ],
+)
 def test_uploaded_manifest_lists_its_objects(document):
-    assert user_manifest_objects(json.dumps(document).encode(), key="incoming/run.json") == ["s3://b/a.png"]
+    assert read_manifest(json.dumps(document).encode()) == ["s3://b/incoming/a.png", "s3://b/staged/photos/b.jpg"]
+
+
+def test_uploaded_manifest_may_pin_versions_with_entry_objects():
+    entries = [{"uri": "s3://b/staged/a.png", "etag": "9b2cf535f27731c974343645a3985328", "version_id": "3HL4kqtJ"}]
+
+    assert read_manifest(json.dumps(entries).encode()) == entries
+
+
+def test_a_staged_object_is_never_an_upload():
+    """Reliability review #4: images a manifest lists live under staged/, which must never start a run of their own."""
+    assert upload_kind("staged/run-1/a.png", incoming_prefix="incoming/") is None
+    assert upload_kind("staged/run-1/list.json", incoming_prefix="incoming/") is None
+
+
+def test_a_manifest_entry_names_the_uploaded_version():
+    plain = Upload(bucket="b", key="incoming/a.png", etag="e1", sequencer="0A", kind=UploadKind.IMAGE)
+    versioned = Upload(
+        bucket="b", key="incoming/a.png", etag="e1", sequencer="0A", kind=UploadKind.IMAGE, version_id="v1"
+    )
+
+    assert manifest_entry(plain) == {"uri": "s3://b/incoming/a.png", "etag": "e1"}
+    assert manifest_entry(versioned) == {"uri": "s3://b/incoming/a.png", "etag": "e1", "version_id": "v1"}
+
+
+def test_of_two_uploads_of_one_key_the_later_by_sequencer_is_listed():
+    """S3 sequencers compare as hex once padded: '0FF' < '100' although 'F' > '1' at the first differing place."""
+    earlier = Upload(bucket="b", key="incoming/a.png", etag="old", sequencer="0FF", kind=UploadKind.IMAGE)
+    later = Upload(bucket="b", key="incoming/a.png", etag="new", sequencer="100", kind=UploadKind.IMAGE)
+    other = Upload(bucket="b", key="incoming/0.png", etag="x", sequencer="1", kind=UploadKind.IMAGE)
+
+    assert latest_per_key([later, other, earlier]) == [other, later]
+    assert latest_per_key([earlier, later]) == [later]
+
+
+def test_the_version_id_of_an_s3_event_is_kept():
+    body = json.loads(load_event("sqs_s3_put_image.json")["Records"][0]["body"])
+    body["Records"][0]["s3"]["object"]["versionId"] = "3HL4kqtJlcpXroDTDmJ"
+
+    (parsed,) = parse_message_body(json.dumps(body), bucket=body["Records"][0]["s3"]["bucket"]["name"],
+                                   incoming_prefix="incoming/")  # fmt: skip
+
+    assert parsed.version_id == "3HL4kqtJlcpXroDTDmJ"
 
 
 # --- step events (the EventBridge rule sends this stack's cancelled and interrupted steps to the queue) ---------------
@@ -194,7 +271,12 @@ def test_a_cancelled_step_event_names_its_batch_and_attempt(suffix, attempt):
     parsed = parse_step_event(json.dumps(event), step_name_prefix="mxnet-inference-")
 
     assert parsed == StepEnded(
-        batch_id="20261125100000abcdef", attempt=attempt, state="CANCELLED", step_id="s-ZYXWVUTSRQPON", cluster_id="j-1ABC"
+        batch_id="20261125100000abcdef",
+        attempt=attempt,
+        state="CANCELLED",
+        step_id="s-ZYXWVUTSRQPON",
+        cluster_id="j-1ABC",
+        time=datetime(2026, 11, 25, 10, 20, tzinfo=timezone.utc),  # the fixture's EventBridge time
     )
 
 

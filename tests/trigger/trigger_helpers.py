@@ -27,19 +27,24 @@ REGION = "us-east-1"
 CLUSTER_TAG = {"Key": "inference-stack", "Value": "trigger-tests"}
 DEFINITION_TAG = {"Key": "inference-stack:definition", "Value": "definition-1"}
 STACK_CLUSTER_TAGS = [CLUSTER_TAG, DEFINITION_TAG]  # a cluster launched from the stack's current definition
+# The stack names its clusters "<stack>-<compute>" and tags them with the stack's name (CLUSTER_TAG's value).
+STACK_CLUSTER_NAME = f"{CLUSTER_TAG['Value']}-cpu"
+# The function's timeout plus a margin, as infra/trigger.py derives it.
+CLAIM_LEASE_SECONDS = 180
+QUEUE_URL = f"https://sqs.{REGION}.amazonaws.com/123456789012/trigger-uploads"
 
 
 def transient_environment(definition_key: str, **changes: str) -> dict[str, str]:
     """The function's environment in transient mode (``changes`` replace variables)."""
-    return base_environment(
-        CLUSTER_MODE="transient",
-        JOB_FLOW_DEFINITION_KEY=definition_key,
-        CLUSTER_TAG_KEY=CLUSTER_TAG["Key"],
-        CLUSTER_TAG_VALUE=CLUSTER_TAG["Value"],
-        CLUSTER_DEFINITION_TAG_KEY=DEFINITION_TAG["Key"],
-        CLUSTER_DEFINITION_TAG_VALUE=DEFINITION_TAG["Value"],
-        **changes,
-    )
+    transient = {
+        "CLUSTER_MODE": "transient",
+        "JOB_FLOW_DEFINITION_KEY": definition_key,
+        "CLUSTER_TAG_KEY": CLUSTER_TAG["Key"],
+        "CLUSTER_TAG_VALUE": CLUSTER_TAG["Value"],
+        "CLUSTER_DEFINITION_TAG_KEY": DEFINITION_TAG["Key"],
+        "CLUSTER_DEFINITION_TAG_VALUE": DEFINITION_TAG["Value"],
+    }
+    return base_environment(**{**transient, **changes})
 CLAIMS_TABLE = "trigger-claims"
 TOPIC_NAME = "trigger-notifications"
 # moto's default account: AWS's documentation example id, nobody's real account.
@@ -165,7 +170,7 @@ def object_keys(s3, prefix: str) -> list[str]:
 def stack_definition(**changes) -> dict:
     """The stack's transient RunJobFlow request, without Steps, as the stack uploads it (``changes`` replace keys)."""
     definition = {
-        "Name": "mxnet-inference-transient",
+        "Name": STACK_CLUSTER_NAME,
         "ReleaseLabel": "emr-7.5.0",
         "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": False},
         "JobFlowRole": "EMR_EC2_DefaultRole",
@@ -176,10 +181,10 @@ def stack_definition(**changes) -> dict:
     return definition
 
 
-def create_cluster(emr, *, keep_alive: bool, tags: list[dict] | None = None) -> str:
+def create_cluster(emr, *, keep_alive: bool, tags: list[dict] | None = None, name: str = STACK_CLUSTER_NAME) -> str:
     """A cluster in moto's EMR (moto starts it WAITING)."""
     return emr.run_job_flow(
-        Name="inference",
+        Name=name,
         ReleaseLabel="emr-7.5.0",
         Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": keep_alive},
         JobFlowRole="EMR_EC2_DefaultRole",
@@ -256,6 +261,8 @@ def base_environment(**overrides: str) -> dict[str, str]:
         "CLAIM_RETENTION_DAYS": "30",
         "NOTIFICATION_TOPIC_ARN": TOPIC_ARN,
         "MAX_STEP_ATTEMPTS": str(MAX_STEP_ATTEMPTS),
+        "CLAIM_LEASE_SECONDS": str(CLAIM_LEASE_SECONDS),
+        "UPLOAD_QUEUE_URL": QUEUE_URL,
     }
     environment.update(overrides)
     return {name: value for name, value in environment.items() if value is not None}
@@ -268,13 +275,23 @@ def step_status_event(step_name: str, state: str, *, cluster_id: str, step_id: s
     return event
 
 
-def manifest_objects(s3, step: dict) -> list[str]:
-    """The objects listed by the manifest a step (as ``submitted_steps`` returns it) points at."""
+def manifest_entries(s3, step: dict) -> list:
+    """The entries of the manifest a step (as ``submitted_steps`` returns it) points at, as written."""
     import emr_step
 
     arguments = emr_step.job_arguments(step)
     manifest_uri = arguments[arguments.index("--manifest") + 1]
     return read_json(s3, manifest_uri.removeprefix(f"s3://{BUCKET}/"))["objects"]
+
+
+def entry_uris(entries: list) -> list[str]:
+    """The object URIs of manifest entries: plain URI strings, or objects {"uri", "etag", "version_id"}."""
+    return [entry["uri"] if isinstance(entry, dict) else entry for entry in entries]
+
+
+def manifest_objects(s3, step: dict) -> list[str]:
+    """The object URIs listed by the manifest a step (as ``submitted_steps`` returns it) points at."""
+    return entry_uris(manifest_entries(s3, step))
 
 
 def step_output(step: dict) -> str:
@@ -337,6 +354,8 @@ def count_requests(handler) -> dict[str, int]:
         with lock:
             counts[f"{service}.{operation}"] = counts.get(f"{service}.{operation}", 0) + 1
 
-    for client in (handler.s3_client, handler.emr_client, handler.dynamodb_client, handler.sns_client):
+    for client in (
+        handler.s3_client, handler.emr_client, handler.emr_submit_client, handler.dynamodb_client, handler.sns_client
+    ):
         client.meta.events.register("before-call.*.*", count)
     return counts

@@ -1,0 +1,341 @@
+"""Crash recovery, cancelled steps, replacement clusters and refused manifests (reliability review #2, #5, #10, #18,
+#21; aws-validity-review-2 #10, #12, #14).
+
+moto serves S3, EMR, SQS, SNS and DynamoDB. What moto cannot show: it never ends a step, so a cancelled step is made so
+by setting its state in moto's backend (as EMR would have), or announced by the event the test sends; moto evaluates
+no IAM; and ListClusters in moto lists oldest first, EMR newest first (the search here does not depend on the order).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.emr.models import emr_backends
+from promises import Delivery, FrozenClock, all_cluster_ids, assert_promises, invoke
+
+from trigger_helpers import (
+    BUCKET,
+    CLAIM_LEASE_SECONDS,
+    CLUSTER_TAG,
+    DEFINITION_TAG,
+    QUEUE_URL,
+    FakeLambdaContext,
+    REGION,
+    TOPIC_ARN,
+    base_environment,
+    batch_records,
+    create_cluster,
+    failed_message_ids,
+    manifest_objects,
+    stack_definition,
+    step_status_event,
+    submitted_steps,
+    transient_environment,
+    upload,
+)
+
+DEFINITION_KEY = "artifacts/job-flow.json"
+LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
+
+
+class SimulatedCrash(BaseException):
+    """The invocation dies here: nothing after it runs and no response is returned."""
+
+
+def crash(*_args, **_kwargs):
+    raise SimulatedCrash
+
+
+@pytest.fixture
+def reports(aws):
+    """A queue subscribed to the notification topic; returns a function reading what was published since."""
+    queue_url = aws.sqs.create_queue(QueueName="reports")["QueueUrl"]
+    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.sns.subscribe(TopicArn=TOPIC_ARN, Protocol="sqs", Endpoint=queue_arn)
+
+    def read() -> list[dict]:
+        messages = aws.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(message["Body"]) for message in messages]
+
+    return read
+
+
+def frozen(handler, monkeypatch) -> FrozenClock:
+    clock = FrozenClock()
+    monkeypatch.setattr(handler.submitter, "utc_now", clock)
+    return clock
+
+
+def images(aws, *names: str, first_sequence: int = 1) -> dict[str, dict]:
+    return {
+        f"m-{name}": upload(aws.s3, f"incoming/{name}.png", b"png bytes of " + name.encode(), sequence=sequence)
+        for sequence, name in enumerate(names, start=first_sequence)
+    }
+
+
+def keys(*names: str) -> list[str]:
+    return [f"incoming/{name}.png" for name in names]
+
+
+def crash_after_emr_accepted(handler, messages, monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(handler.claim_store, "record_submission", crash)
+        with pytest.raises(SimulatedCrash):
+            invoke(handler, messages)
+
+
+def set_step_state(cluster_id: str, step_name: str, state: str) -> None:
+    """What EMR does when it cancels a step (moto implements no cancellation)."""
+    cluster = emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id]
+    (step,) = [step for step in cluster.steps if step.name == step_name]
+    step.state = state
+
+
+# --- reliability review #2: a step cancelled before its batch was recorded --------------------------------------------
+
+
+def test_a_step_cancelled_before_its_batch_was_recorded_is_retried_by_its_event(
+    aws, persistent_cluster, persistent_handler, monkeypatch
+):
+    clock = frozen(persistent_handler, monkeypatch)
+    messages = images(aws, "a", "b")
+    crash_after_emr_accepted(persistent_handler, messages, monkeypatch)
+    (first,) = submitted_steps(aws.emr, persistent_cluster)
+    event = step_status_event(first["Name"], "CANCELLED", cluster_id=persistent_cluster)
+    delivery = Delivery(persistent_handler, clock, LEASE)
+    delivery.add({"event": event, **messages})  # the event and the uploads' messages come back together
+
+    delivery.settle()
+
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names == [first["Name"], f"{first['Name']}-2"]
+    assert_promises(aws, keys("a", "b"), ended_steps=frozenset({first["Name"]}))
+
+
+def test_a_cancelled_step_found_by_crash_recovery_is_retried_not_dropped_as_a_duplicate(
+    aws, persistent_cluster, persistent_handler, monkeypatch
+):
+    """The uploads' messages come back first: the step found by name is CANCELLED, so the batch is recorded and retried
+    at once. The old code recorded it as submitted and dropped the uploads: nothing ever ran them."""
+    clock = frozen(persistent_handler, monkeypatch)
+    messages = images(aws, "a", "b")
+    crash_after_emr_accepted(persistent_handler, messages, monkeypatch)
+    (first,) = submitted_steps(aws.emr, persistent_cluster)
+    set_step_state(persistent_cluster, first["Name"], "CANCELLED")
+    clock.now += LEASE + timedelta(seconds=1)
+
+    response = invoke(persistent_handler, messages)
+
+    assert response == {"batchItemFailures": []}
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names == [first["Name"], f"{first['Name']}-2"]
+    assert_promises(aws, keys("a", "b"), ended_steps=frozenset({first["Name"]}))
+
+
+def test_an_event_for_an_unrecorded_batch_waits_out_the_lease_instead_of_being_dropped(
+    aws, persistent_cluster, persistent_handler, monkeypatch
+):
+    clock = frozen(persistent_handler, monkeypatch)
+    name = "mxnet-inference-20261201085959abcdef"
+    event = step_status_event(name, "CANCELLED", cluster_id=persistent_cluster)
+    event["time"] = clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    during = invoke(persistent_handler, {"event": event})
+    clock.now += LEASE + timedelta(seconds=1)
+    after = invoke(persistent_handler, {"event": event})
+
+    assert failed_message_ids(during) == ["event"]  # its invocation may still record it
+    assert after == {"batchItemFailures": []}  # no batch will ever be recorded for it: nothing to retry
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+
+
+# --- reliability review #5: crash recovery looks where the step may be ------------------------------------------------
+
+
+def test_crash_recovery_after_a_deploy_finds_the_step_on_the_cluster_of_the_old_definition(
+    aws, load_handler, monkeypatch
+):
+    """An invocation launched C1 with its step and died before recording it; a deploy then changed the definition tag,
+    so the function would no longer choose C1. After the lease, the redelivery must find the step on C1, not launch C2
+    and run the uploads again (the old code searched no cluster in this case)."""
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
+    old = load_handler(transient_environment(DEFINITION_KEY))
+    clock = frozen(old, monkeypatch)
+    messages = images(aws, "a", "b")
+    crash_after_emr_accepted(old, messages, monkeypatch)
+    (launched,) = all_cluster_ids(aws)
+    new_tag = {**DEFINITION_TAG, "Value": "definition-2"}
+    new_definition = stack_definition(Tags=[CLUSTER_TAG, new_tag])
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(new_definition).encode())
+    new = load_handler(transient_environment(DEFINITION_KEY, CLUSTER_DEFINITION_TAG_VALUE=new_tag["Value"]))
+    monkeypatch.setattr(new.submitter, "utc_now", clock)
+    clock.now += LEASE + timedelta(seconds=1)
+
+    response = invoke(new, messages)
+
+    assert response == {"batchItemFailures": []}
+    assert all_cluster_ids(aws) == [launched]
+    (record,) = batch_records(aws.dynamodb).values()
+    assert (record["state"], record["cluster_id"]) == ("submitted", launched)
+    assert_promises(aws, keys("a", "b"))
+
+
+def test_the_batch_record_names_the_target_cluster_before_the_step_is_sent(
+    aws, persistent_cluster, persistent_handler, monkeypatch
+):
+    seen = []
+    persistent_handler.emr_submit_client.meta.events.register(
+        "before-call.emr.AddJobFlowSteps", lambda **_: seen.append(batch_records(aws.dynamodb))
+    )
+
+    invoke(persistent_handler, images(aws, "a"))
+
+    ((record,),) = [list(records.values()) for records in seen]
+    assert (record["state"], record["cluster_id"]) == ("submitting", persistent_cluster)
+
+
+# --- reliability review #18: only the stack's clusters are described --------------------------------------------------
+
+
+def test_only_clusters_named_like_the_stacks_are_described(aws, load_handler):
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
+    others = [create_cluster(aws.emr, keep_alive=True, tags=[], name=f"other-team-{index}") for index in range(5)]
+    ours = create_cluster(aws.emr, keep_alive=True)
+    handler = load_handler(transient_environment(DEFINITION_KEY))
+    described = []
+    handler.emr_client.meta.events.register(
+        "provide-client-params.emr.DescribeCluster", lambda params, **_: described.append(params["ClusterId"])
+    )
+
+    response = invoke(handler, images(aws, "a"))
+
+    assert response == {"batchItemFailures": []}
+    assert set(described) == {ours} and not set(others) & set(described)
+    assert len(submitted_steps(aws.emr, ours)) == 1
+
+
+# --- reliability review #10 and #21: uploaded manifests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objects", "reason"),
+    [
+        (["s3://%s/models/default/weights.bin" % BUCKET], "is outside the allowed prefixes"),
+        (["s3://another-bucket/incoming/a.png"], "is not in the data bucket"),
+        ("not a list", "must be a non-empty JSON list"),
+    ],
+)
+def test_a_refused_uploaded_manifest_is_reported_with_its_key_and_reason(
+    aws, persistent_cluster, persistent_handler, reports, objects, reason
+):
+    notification = upload(aws.s3, "incoming/run-7/list.json", json.dumps(objects).encode(), sequence=1)
+
+    response = invoke(persistent_handler, {"m-manifest": notification})
+
+    assert response == {"batchItemFailures": []}  # redelivery cannot fix it
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+    (report,) = reports()
+    assert f"s3://{BUCKET}/incoming/run-7/list.json" in report["Message"] and reason in report["Message"]
+
+
+def test_an_uploaded_manifest_of_staged_images_runs_them_once(aws, persistent_cluster, persistent_handler):
+    """Reliability review #4: the images a manifest lists live under staged/, which never notifies, so they run only in
+    the manifest's step."""
+    staged = [f"s3://{BUCKET}/staged/run-1/{index}.png" for index in range(3)]
+    for uri in staged:
+        aws.s3.put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"), Body=b"png")
+    notification = upload(aws.s3, "incoming/run-1.json", json.dumps({"objects": staged}).encode(), sequence=1)
+
+    response = invoke(persistent_handler, {"m-manifest": notification})
+
+    assert response == {"batchItemFailures": []}
+    (step,) = submitted_steps(aws.emr, persistent_cluster)
+    assert manifest_objects(aws.s3, step) == staged
+
+
+# --- aws-validity-review-2 #10: a persistent cluster that died is replaced -------------------------------------------
+
+
+def test_a_persistent_stack_whose_cluster_ended_launches_one_from_its_definition(aws, load_handler):
+    cluster_id = create_cluster(aws.emr, keep_alive=True)
+    aws.emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    aws.s3.put_object(Bucket=BUCKET, Key=DEFINITION_KEY, Body=json.dumps(stack_definition()).encode())
+    handler = load_handler(
+        transient_environment(DEFINITION_KEY, CLUSTER_MODE="persistent", CLUSTER_ID=cluster_id)
+    )
+
+    first = invoke(handler, images(aws, "a"))
+    second = invoke(handler, images(aws, "b", first_sequence=2))
+
+    assert first == second == {"batchItemFailures": []}
+    (replacement,) = [found for found in all_cluster_ids(aws) if found != cluster_id]
+    assert len(submitted_steps(aws.emr, replacement)) == 2  # the second batch joined the replacement
+    assert_promises(aws, keys("a", "b"))
+
+
+def test_a_persistent_stack_without_a_definition_still_waits_for_its_cluster(
+    aws, persistent_handler, persistent_cluster
+):
+    aws.emr.terminate_job_flows(JobFlowIds=[persistent_cluster])
+
+    response = invoke(persistent_handler, images(aws, "a"))
+
+    assert failed_message_ids(response) == ["m-a"]
+    assert all_cluster_ids(aws) == [persistent_cluster]
+
+
+# --- aws-validity-review-2 #14: a step an operator cancelled is not retried -------------------------------------------
+
+
+def test_a_batch_an_operator_marked_cancelled_is_reported_not_retried(
+    aws, persistent_cluster, persistent_handler, reports
+):
+    invoke(persistent_handler, images(aws, "a"))
+    (batch_id,) = batch_records(aws.dynamodb)
+    # The documented mark: one item in the claims table, written before (or after) cancelling the step.
+    aws.dynamodb.put_item(TableName="trigger-claims", Item={"pk": {"S": f"cancel#{batch_id}"}})
+
+    response = invoke(
+        persistent_handler,
+        {"event": step_status_event(f"mxnet-inference-{batch_id}", "CANCELLED", cluster_id=persistent_cluster)},
+    )
+
+    assert response == {"batchItemFailures": []}
+    assert len(submitted_steps(aws.emr, persistent_cluster)) == 1
+    assert batch_records(aws.dynamodb)[batch_id]["state"] == "gave_up"
+    (report,) = reports()
+    assert report["Subject"] == f"Batch {batch_id} not run: its step was cancelled by an operator"
+
+
+# --- aws-validity-review-2 #12: a batch refused for a passing reason comes back soon ----------------------------------
+
+
+def test_records_of_a_batch_refused_for_a_passing_reason_come_back_after_a_minute(aws, load_handler):
+    queue_url = aws.sqs.create_queue(QueueName="trigger-uploads", Attributes={"VisibilityTimeout": "780"})["QueueUrl"]
+    assert queue_url.endswith("/trigger-uploads") and QUEUE_URL.endswith("/trigger-uploads")
+    cluster_id = create_cluster(aws.emr, keep_alive=True)
+    aws.emr.terminate_job_flows(JobFlowIds=[cluster_id])  # ClusterNotAccepting: a passing reason
+    handler = load_handler(base_environment(CLUSTER_ID=cluster_id, UPLOAD_QUEUE_URL=queue_url))
+    for body in images(aws, "a", "b").values():
+        aws.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(body))
+    received = aws.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+    changes = []
+    handler.sqs_client.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **_: changes.append(params)
+    )
+    event = {"Records": [
+        {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
+         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "eventSource": "aws:sqs",
+         "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:trigger-uploads", "awsRegion": REGION}
+        for message in received
+    ]}  # fmt: skip
+
+    response = handler.lambda_handler(event, FakeLambdaContext())
+
+    assert len(response["batchItemFailures"]) == 2
+    ((change,),) = [[params] for params in changes]
+    assert sorted(entry["VisibilityTimeout"] for entry in change["Entries"]) == [60, 60]
+    assert {entry["ReceiptHandle"] for entry in change["Entries"]} == {m["ReceiptHandle"] for m in received}
