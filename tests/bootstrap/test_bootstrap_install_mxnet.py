@@ -232,6 +232,7 @@ def graviton_node_run(tmp_path: Path, loader_knows: list[str]) -> tuple[ThrowAwa
     both mxnet and the one small pin, from a wheelhouse whose aarch64 folder holds only that small pin's wheel.
     What the stand-ins cannot prove: that the aarch64 wheels of ONNX Runtime, numpy, pyarrow... load on a Graviton
     node (they are this machine's x86_64 ones; `make arch-check` reads the aarch64 ones' ELF needs offline)."""
+    (tmp_path / "runtime-root").mkdir()
     runtime = make_throw_away_runtime(tmp_path / "runtime-root", left_out=(LEFT_OUT_DISTRIBUTION, "mxnet"))
     wheelhouse = tmp_path / "wheelhouse"
     (wheelhouse / "aarch64").mkdir(parents=True)
@@ -248,7 +249,6 @@ def test_a_stock_graviton_node_installs_everything_but_mxnet_and_checks_what_it_
     """MXNet's aarch64 wheel links ArmPL, which no Amazon Linux 2023 package provides, so a stock node stopped with
     nothing installed. ONNX Runtime needs none of it: the node now installs every other pin, says once that MXNet
     packages will be refused, and its final check imports what it installed and runs ONNX Runtime, not MXNet."""
-    (tmp_path / "runtime-root").mkdir()
     runtime, result = graviton_node_run(tmp_path, ["libgomp.so.1", "libz.so.1"])
     assert result.returncode == 0, result.stderr
     messages = log_messages(result.stderr)
@@ -267,7 +267,6 @@ def test_a_stock_graviton_node_installs_everything_but_mxnet_and_checks_what_it_
 def test_a_graviton_node_with_arm_performance_libraries_installs_mxnet_as_before(tmp_path: Path) -> None:
     """The same node and wheelhouse, but its loader knows ArmPL (an EMR custom AMI): mxnet is among the pins to
     install, so this wheelhouse, which lacks its wheel, fails the install (pip, retried)."""
-    (tmp_path / "runtime-root").mkdir()
     _, result = graviton_node_run(tmp_path, ["libgomp.so.1", "libz.so.1", *ARMPL])
     assert result.returncode == 1
     messages = log_messages(result.stderr)
