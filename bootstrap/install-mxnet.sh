@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # EMR bootstrap action: installs the inference job's Python runtime (MXNet 1.9.1 and its pinned companions) into the
 # Python that PySpark uses on EMR 7.x (Amazon Linux 2023, python3.11), then proves it works with one forward pass.
+# A Graviton (aarch64) node without Arm Performance Libraries, which MXNet's aarch64 wheel links and no Amazon Linux
+# 2023 package provides (every stock EMR node), gets everything but MXNet: it runs ONNX packages only.
 #
 # Usage:
 #   install-mxnet.sh cpu|gpu [WHEELHOUSE]                    # on an EMR node (the bootstrap action)
@@ -8,8 +10,10 @@
 #                                                             # anywhere with pip and PyPI: fills DIRECTORY/<machine>/
 #   install-mxnet.sh --print-requirements cpu|gpu             # the pinned list, one per line
 #   install-mxnet.sh --print-cuda-library-dirs                # where the installed CUDA wheels keep their libraries
-#   install-mxnet.sh --print-system-libraries x86_64|aarch64  # the system libraries a node of that machine must have,
-#                                                             # one soname:package per line (empty package: no dnf one)
+#   install-mxnet.sh --print-system-libraries x86_64|aarch64  # the system libraries of a node of that machine, one
+#                                                             # soname:package[:framework] per line (empty package: no
+#                                                             # dnf one; a framework: only it links the library, and a
+#                                                             # node without the library installs all but it)
 #
 #   cpu|gpu     which MXNet and ONNX Runtime builds to install (see GPU_REQUIREMENTS for the CUDA choice). With
 #               gpu, a node without an NVIDIA device (a CPU primary) gets the cpu build and the log says so.
@@ -75,13 +79,16 @@ readonly SYSTEM_LIBRARIES_X86_64=("libgomp.so.1:libgomp" "libquadmath.so.0:libqu
 # aarch64: libmxnet.so needs libgomp, and its bundled libgfortran.so.5 needs zlib. No libquadmath: GCC builds it only
 # where it has __float128 (x86, ia64, ppc64le), and the aarch64 libgfortran does not link it. libmxnet.so also links
 # Arm Performance Libraries (ArmPL: libarmpl_lp64_mp.so, libamath.so, libastring.so), which the wheel leaves out for
-# their licence (apache/mxnet#20294) and no Amazon Linux 2023 repository carries: a node must already have them.
+# their licence (apache/mxnet#20294) and no Amazon Linux 2023 repository carries. Only MXNet links them (ONNX Runtime
+# needs none of these), so they are optional, marked with a third field naming the framework that links them: a node
+# that has them (an EMR custom AMI) installs MXNet, a node without them (a stock one) installs everything but MXNet and
+# runs ONNX packages only.
 readonly SYSTEM_LIBRARIES_AARCH64=(
   "libgomp.so.1:libgomp"
   "libz.so.1:zlib"
-  "libarmpl_lp64_mp.so:"
-  "libamath.so:"
-  "libastring.so:"
+  "libarmpl_lp64_mp.so::mxnet"
+  "libamath.so::mxnet"
+  "libastring.so::mxnet"
 )
 readonly LDCONFIG=${MXNET_BOOTSTRAP_LDCONFIG:-/sbin/ldconfig}
 # Where an s3:// wheelhouse is downloaded to: the root volume (EBS_ROOT_VOLUME_GIB in infra/cluster_definition.py),
@@ -260,6 +267,17 @@ requirements_for() {
     printf '%s\n' "${GPU_REQUIREMENTS[@]}"
   else
     printf '%s\n' "${CPU_REQUIREMENTS[@]}"
+  fi
+}
+
+# Prints the pins this node installs for compute $1: requirements_for's, without MXNet's when this node refuses it
+# (MXNET_REFUSED, set by ensure_system_libraries). The wheelhouse keeps the mxnet wheel either way: it is the same
+# for a node that has ArmPL.
+node_requirements() {
+  if [[ -n ${MXNET_REFUSED:-} ]]; then
+    requirements_for "$1" | grep -v '^mxnet=='
+  else
+    requirements_for "$1"
   fi
 }
 
@@ -465,34 +483,56 @@ sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(marker)))'; then
   retry "${AS_ROOT[@]}" "$PYTHON" -m pip install "${pip_options[@]}" "$@"
 }
 
-# verify_runtime COMPUTE [CUDA_LIBRARY_DIR...]: imports everything, runs one forward pass per device, and with gpu
-# proves that ONNX Runtime really runs on CUDA and that every CUDA library the process loaded came from the wheels.
+# verify_runtime COMPUTE FRAMEWORKS [CUDA_LIBRARY_DIR...]: imports everything installed, runs one forward pass per
+# device, and with gpu proves that ONNX Runtime really runs on CUDA and that every CUDA library the process loaded
+# came from the wheels. FRAMEWORKS is mxnet+onnxruntime, or onnxruntime on a node that refuses MXNet: MXNet is then
+# not imported, and the forward pass is ONNX Runtime's.
 verify_runtime() {
   "$PYTHON" - "$@" <<'PY'
 import os
 import sys
 
-compute, cuda_library_dirs = sys.argv[1], set(sys.argv[2:])
+compute, frameworks, cuda_library_dirs = sys.argv[1], sys.argv[2].split("+"), set(sys.argv[3:])
 
 import boto3
 import cv2
 import jinja2
 import markupsafe
 import matplotlib
-import mxnet as mx
 import numpy as np
 import onnxruntime
 import pandas
 import PIL
 import pyarrow
 
+if "mxnet" in frameworks:
+    import mxnet as mx
+
+    mxnet_version = f"mxnet {mx.__version__}"
+else:
+    mxnet_version = "no mxnet (ONNX packages only)"
 print(
-    f"imports ok: mxnet {mx.__version__}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, "
+    f"imports ok: {mxnet_version}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, "
     f"pyarrow {pyarrow.__version__}, pandas {pandas.__version__}, pillow {PIL.__version__}, "
     f"opencv {cv2.__version__}, boto3 {boto3.__version__}, jinja2 {jinja2.__version__}, "
     f"markupsafe {markupsafe.__version__}, matplotlib {matplotlib.__version__} (the run report's)",
     file=sys.stderr,
 )
+
+if "mxnet" not in frameworks:
+    # compute is cpu here (gpu is refused on aarch64): one ONNX Runtime session on the CPU, as the job runs it.
+    from onnxruntime.datasets import get_example
+
+    session = onnxruntime.InferenceSession(get_example("sigmoid.onnx"), providers=["CPUExecutionProvider"])
+    session_input = session.get_inputs()[0]
+    shape = [size if isinstance(size, int) else 1 for size in session_input.shape]
+    output = session.run(None, {session_input.name: np.zeros(shape, dtype=np.float32)})[0]
+    if output.shape != tuple(shape) or not np.allclose(output, 0.5):
+        sys.exit(f"ONNX Runtime's forward pass of sigmoid(0) gave shape {output.shape} (expected {tuple(shape)}) or "
+                 f"values other than 0.5")
+    print(f"forward pass with ONNX Runtime on {session.get_providers()[0]} ok: output shape {output.shape}",
+          file=sys.stderr)
+    sys.exit(0)
 
 contexts = [mx.cpu()]
 if compute == "gpu":
@@ -612,7 +652,7 @@ loader_knows() {
     '$1 == soname && index($0, "," arch ")") { found = 1 } END { exit !found }'
 }
 
-# Prints the system libraries of machine $1 (see SYSTEM_LIBRARIES_X86_64), one soname:package per line.
+# Prints the system libraries of machine $1 (see SYSTEM_LIBRARIES_X86_64), one soname:package[:framework] per line.
 system_libraries_for() {
   if [[ $1 == "aarch64" ]]; then
     printf '%s\n' "${SYSTEM_LIBRARIES_AARCH64[@]}"
@@ -622,17 +662,20 @@ system_libraries_for() {
 }
 
 # Installs with dnf this machine's system libraries that the loader does not know yet; does nothing (and needs no
-# network) when all are there. Fails at once, before any download, on a missing library that no Amazon Linux 2023
-# package provides. The Amazon Linux 2023 repositories are in S3, so dnf works through the VPC's S3 gateway endpoint.
+# network) when all are there. A missing library that only MXNet links and no package provides (ArmPL on aarch64)
+# sets MXNET_REFUSED: the node then installs everything but MXNet. Fails at once, before any download, on any other
+# missing library that no Amazon Linux 2023 package provides. The Amazon Linux 2023 repositories are in S3, so dnf
+# works through the VPC's S3 gateway endpoint.
 ensure_system_libraries() {
-  local entry soname package
-  local -a entries present=() missing_packages=() unavailable=()
+  local entry soname package framework
+  local -a entries present=() missing_packages=() unavailable=() missing_for_mxnet=()
   mapfile -t entries < <(system_libraries_for "$MACHINE")
   for entry in "${entries[@]}"; do
-    soname=${entry%%:*}
-    package=${entry#*:}
+    IFS=: read -r soname package framework <<<"$entry"
     if loader_knows "$soname"; then
       present+=("$soname")
+    elif [[ $framework == "mxnet" ]]; then
+      missing_for_mxnet+=("$soname")
     elif [[ -z $package ]]; then
       unavailable+=("$soname")
     else
@@ -641,9 +684,15 @@ ensure_system_libraries() {
   done
   if ((${#unavailable[@]} > 0)); then
     fail "this $MACHINE node lacks ${unavailable[*]}, which the runtime links and no Amazon Linux 2023 package" \
-      "provides: they come with Arm Performance Libraries (ArmPL), which MXNet's aarch64 wheel links but does not" \
-      "ship (apache/mxnet#20294). Use an EMR custom AMI with ArmPL installed and known to the loader (ldconfig)," \
-      "or x86_64 instance types"
+      "provides"
+  fi
+  MXNET_REFUSED=""
+  if ((${#missing_for_mxnet[@]} > 0)); then
+    MXNET_REFUSED="this $MACHINE node lacks ${missing_for_mxnet[*]}"
+    log "MXNet packages will be refused on this node: it lacks ${missing_for_mxnet[*]} (Arm Performance" \
+      "Libraries), which MXNet's $MACHINE wheel links but does not ship (apache/mxnet#20294) and no Amazon Linux" \
+      "2023 package provides; installing everything but MXNet, for ONNX packages (for MXNet packages, use an EMR" \
+      "custom AMI with ArmPL known to the loader, or x86_64 instance types)"
   fi
   if ((${#missing_packages[@]} == 0)); then
     log "system libraries present: ${present[*]}"
@@ -655,7 +704,10 @@ ensure_system_libraries() {
   log "installing ${missing_packages[*]} with dnf (already present: ${present[*]:-none})"
   retry "${SUDO[@]}" dnf install -y "${missing_packages[@]}"
   for entry in "${entries[@]}"; do
-    loader_knows "${entry%%:*}" || fail "${entry%%:*} is still unknown to the loader after dnf installed ${entry#*:}"
+    IFS=: read -r soname package framework <<<"$entry"
+    if [[ -n $package ]]; then
+      loader_knows "$soname" || fail "$soname is still unknown to the loader after dnf installed $package"
+    fi
   done
 }
 
@@ -827,7 +879,7 @@ install_runtime() {
 
   log "step: comparing installed packages with the pins"
   local -a requirements
-  mapfile -t requirements < <(requirements_for "$compute")
+  mapfile -t requirements < <(node_requirements "$compute")
   find_missing "${requirements[@]}"
   if ((${#MISSING[@]} == 0)); then
     log "all ${#requirements[@]} pinned packages already installed; nothing to install"
@@ -852,10 +904,15 @@ install_runtime() {
     configure_cuda_libraries
   fi
 
+  local frameworks="mxnet+onnxruntime" runtime="the $compute runtime"
+  if [[ -n $MXNET_REFUSED ]]; then
+    frameworks="onnxruntime"
+    runtime="the $compute runtime without MXNet (ONNX packages only)"
+  fi
   log "step: verifying imports and one forward pass"
-  verify_runtime "$compute" "${CUDA_LIBRARY_DIRS[@]}" ||
-    fail "the $compute runtime does not work (the lines above say why)"
-  log "done: the $compute runtime is installed and works"
+  verify_runtime "$compute" "$frameworks" "${CUDA_LIBRARY_DIRS[@]}" ||
+    fail "$runtime does not work (the lines above say why)"
+  log "done: $runtime is installed and works"
 }
 
 main() {

@@ -8,6 +8,7 @@ The driver never loads the model and never collects predictions.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -75,10 +76,25 @@ def check_device_request(config: JobConfig, spark_conf) -> None:
             "--device auto/cpu")
 
 
+def check_framework(package: ModelPackage) -> None:
+    """An ``mxnet`` package needs ``mxnet`` on the nodes; a Graviton node of a stock EMR AMI has none (its bootstrap
+    installs everything but MXNet: MXNet's aarch64 wheel links Arm Performance Libraries, which no Amazon Linux 2023
+    package provides). The driver's Python stands for the workers' (the stack sets one PYSPARK_PYTHON for all nodes of
+    one architecture, and every node of a cluster is of one). find_spec only looks: the driver never imports a
+    framework."""
+    if package.format == "mxnet" and importlib.util.find_spec("mxnet") is None:
+        raise ConfigError(
+            f"--model {package.uri} is an mxnet package, but this {platform.machine()} node's Python "
+            f"({sys.executable}) has no mxnet (a Graviton node without Arm Performance Libraries runs ONNX packages "
+            f"only): convert it with `python -m job.model_package to-onnx --package {package.uri} --out DIR` and pass "
+            "the onnx package, or run on x86_64 nodes")
+
+
 def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, Listing, float]:
     """Everything that can fail on bad arguments, done before Spark starts. Returns listing seconds too."""
     storage = Storage(config.s3_endpoint_url)
     package = read_package(config.model, storage)
+    check_framework(package)
     check_output(config, storage)
     started = time.perf_counter()
     try:

@@ -63,13 +63,14 @@ def base_interpreter() -> Path:
     return Path(sys.base_prefix) / "bin" / f"python{version}"
 
 
-def make_throw_away_runtime(root: Path, left_out: str = LEFT_OUT_DISTRIBUTION) -> ThrowAwayRuntime:
-    """A venv that sees the project's installed packages except `left_out`."""
+def make_throw_away_runtime(root: Path, left_out: str | tuple[str, ...] = LEFT_OUT_DISTRIBUTION) -> ThrowAwayRuntime:
+    """A venv that sees the project's installed packages except `left_out` (one distribution's name, or several)."""
     # Resolved: the .venv may be a symlink (a worktree sharing another checkout's), and file paths resolve through it.
     project_site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
     left_out_paths = {
         (project_site_packages / file).resolve()
-        for file in importlib.metadata.distribution(left_out).files or []
+        for name in ((left_out,) if isinstance(left_out, str) else left_out)
+        for file in importlib.metadata.distribution(name).files or []
     }
     left_out_top_level = {path.relative_to(project_site_packages).parts[0] for path in left_out_paths}
     view = root / "site-packages-view"

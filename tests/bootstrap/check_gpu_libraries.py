@@ -259,9 +259,10 @@ def newest_versions(required_versions: Mapping[str, Iterable[str]]) -> dict[str,
 # --- the recorded closures: what each machine's bootstrap must ensure ---------------------------------------------
 
 def bootstrap_system_libraries(machine: str) -> dict[str, str]:
-    """install-mxnet.sh's system libraries for ``machine``: {soname: dnf package, or '' when there is none}."""
+    """install-mxnet.sh's system libraries for ``machine``: {soname: dnf package, or '' when there is none} (a line's
+    third field, the one framework that links an optional library, is not read here)."""
     listed = run([str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True).stdout.split()
-    return dict(line.split(":", 1) for line in listed)
+    return dict(line.split(":")[:2] for line in listed)
 
 
 def sha256_of(path: Path) -> str:

@@ -187,11 +187,11 @@ def test_empty_wheelhouse_fails_with_how_to_build_one(fresh_runtime: ThrowAwayRu
 
 def system_libraries(machine: str) -> dict[str, str]:
     """{soname: dnf package ('' when none)} that install-mxnet.sh ensures on ``machine``, in its order (held to the
-    recorded closures by test_bootstrap_system_libraries.py)."""
+    recorded closures by test_bootstrap_system_libraries.py); an optional library's third field is not kept."""
     listed = subprocess.run(
         [str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True, text=True, check=True
     ).stdout.split()
-    return dict(line.split(":", 1) for line in listed)
+    return dict(line.split(":")[:2] for line in listed)
 
 
 def system_sonames(machine: str) -> list[str]:
@@ -218,11 +218,70 @@ def failing_dnf(directory: Path) -> tuple[dict[str, str], Path]:
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS": "0"}, calls
 
 
-def test_an_aarch64_node_without_arm_performance_libraries_fails_before_any_download(
+ARMPL = ("libarmpl_lp64_mp.so", "libamath.so", "libastring.so")
+MXNET_REFUSED_LINE = (
+    "MXNet packages will be refused on this node: it lacks libarmpl_lp64_mp.so libamath.so libastring.so (Arm "
+    "Performance Libraries), which MXNet's aarch64 wheel links but does not ship (apache/mxnet#20294) and no Amazon "
+    "Linux 2023 package provides; installing everything but MXNet, for ONNX packages (for MXNet packages, use an EMR "
+    "custom AMI with ArmPL known to the loader, or x86_64 instance types)"
+)
+
+
+def graviton_node_run(tmp_path: Path, loader_knows: list[str]) -> tuple[ThrowAwayRuntime, subprocess.CompletedProcess]:
+    """install-mxnet.sh cpu as on an aarch64 node whose loader knows ``loader_knows``, into a runtime that lacks
+    both mxnet and the one small pin, from a wheelhouse whose aarch64 folder holds only that small pin's wheel.
+    What the stand-ins cannot prove: that the aarch64 wheels of ONNX Runtime, numpy, pyarrow... load on a Graviton
+    node (they are this machine's x86_64 ones; `make arch-check` reads the aarch64 ones' ELF needs offline)."""
+    (tmp_path / "runtime-root").mkdir()
+    runtime = make_throw_away_runtime(tmp_path / "runtime-root", left_out=(LEFT_OUT_DISTRIBUTION, "mxnet"))
+    wheelhouse = tmp_path / "wheelhouse"
+    (wheelhouse / "aarch64").mkdir(parents=True)
+    wheel_from_installed(LEFT_OUT_DISTRIBUTION, wheelhouse / "aarch64")
+    result = run_install_script(
+        "cpu", str(wheelhouse), python=runtime.python, MXNET_BOOTSTRAP_MACHINE="aarch64",
+        MXNET_BOOTSTRAP_LDCONFIG=str(fake_ldconfig(tmp_path, "AArch64", loader_knows)),
+        MXNET_BOOTSTRAP_RETRY_DELAY_SECONDS="0",
+    )
+    return runtime, result
+
+
+def test_a_stock_graviton_node_installs_everything_but_mxnet_and_checks_what_it_installed(tmp_path: Path) -> None:
+    """MXNet's aarch64 wheel links ArmPL, which no Amazon Linux 2023 package provides, so a stock node stopped with
+    nothing installed. ONNX Runtime needs none of it: the node now installs every other pin, says once that MXNet
+    packages will be refused, and its final check imports what it installed and runs ONNX Runtime, not MXNet."""
+    runtime, result = graviton_node_run(tmp_path, ["libgomp.so.1", "libz.so.1"])
+    assert result.returncode == 0, result.stderr
+    messages = log_messages(result.stderr)
+    assert [message for message in messages if message.startswith("MXNet packages")] == [MXNET_REFUSED_LINE]
+    requirement = f"{LEFT_OUT_DISTRIBUTION}=={pinned_version(LEFT_OUT_DISTRIBUTION)}"
+    assert f"installed 1 packages: {requirement}" in messages
+    assert not list(runtime.own_site_packages.glob("mxnet*"))
+    hidden = subprocess.run([str(runtime.python), "-c", "import importlib.util; print(importlib.util.find_spec("
+                             "'mxnet') is None)"], capture_output=True, text=True, check=True).stdout.strip()
+    assert hidden == "True"
+    assert "imports ok: no mxnet (ONNX packages only), numpy " in result.stderr
+    assert "forward pass with ONNX Runtime on CPUExecutionProvider ok: output shape (3, 4, 5)" in result.stderr
+    assert "done: the cpu runtime without MXNet (ONNX packages only) is installed and works" in messages
+
+
+def test_a_graviton_node_with_arm_performance_libraries_installs_mxnet_as_before(tmp_path: Path) -> None:
+    """The same node and wheelhouse, but its loader knows ArmPL (an EMR custom AMI): mxnet is among the pins to
+    install, so this wheelhouse, which lacks its wheel, fails the install (pip, retried)."""
+    _, result = graviton_node_run(tmp_path, ["libgomp.so.1", "libz.so.1", *ARMPL])
+    assert result.returncode == 1
+    messages = log_messages(result.stderr)
+    assert not any(message.startswith("MXNet packages") for message in messages)
+    requirement = f"{LEFT_OUT_DISTRIBUTION}=={pinned_version(LEFT_OUT_DISTRIBUTION)}"
+    assert any(re.fullmatch(rf"2 of \d+ pinned packages to install: {requirement} mxnet==1\.9\.1", message)
+               for message in messages), messages
+    assert "No matching distribution found for mxnet==1.9.1" in result.stderr + result.stdout
+
+
+def test_the_loader_cache_of_an_x86_64_machine_does_not_count_on_an_aarch64_node(
     fresh_runtime: ThrowAwayRuntime, tmp_path: Path
 ) -> None:
-    """MXNet's aarch64 wheel links ArmPL, which no Amazon Linux 2023 package provides (the recorded closure): the
-    script says so at once instead of retrying dnf. The loader's cache of an x86_64 machine does not count."""
+    """Every soname of both machines, listed as x86-64: the aarch64 node still lacks ArmPL (so refuses MXNet) and
+    asks dnf for its own packages."""
     environment, calls = failing_dnf(tmp_path)
     ldconfig = fake_ldconfig(tmp_path, "x86-64", system_sonames("x86_64") + system_sonames("aarch64"))
     result = run_install_script(
@@ -230,11 +289,8 @@ def test_an_aarch64_node_without_arm_performance_libraries_fails_before_any_down
         **environment,
     )
     assert result.returncode == 1
-    assert (
-        "this aarch64 node lacks libarmpl_lp64_mp.so libamath.so libastring.so, which the runtime links and no Amazon "
-        "Linux 2023 package provides"
-    ) in result.stderr
-    assert not calls.exists()
+    assert MXNET_REFUSED_LINE in log_messages(result.stderr)
+    assert calls.read_text().splitlines() == ["install -y libgomp zlib"] * 3
 
 
 @pytest.mark.parametrize(

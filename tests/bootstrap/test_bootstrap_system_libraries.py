@@ -5,7 +5,9 @@
 (check_gpu_libraries.resolve_closure). What neither the wheels nor every Amazon Linux 2023 node provides is recorded in
 tests/bootstrap/fixtures/closure-<machine>-<compute>.json with the date and the wheels' hashes. These tests hold the
 bootstrap's per-machine list (`--print-system-libraries`) to exactly the union of its machine's records, and the
-records to the pinned wheels, so a pin bump without a new closure fails here. Not proved: that dnf on a real node
+records to the pinned wheels, so a pin bump without a new closure fails here. A library is optional (a third field
+naming the framework, `soname::mxnet`: a node without it installs all but MXNet) exactly when no dnf package provides
+it and only MXNet's files need it; every other one is required. Not proved: that dnf on a real node
 installs these packages, and that the libraries then load (no arm64 machine, no dnf here).
 """
 
@@ -39,12 +41,18 @@ def records() -> dict[tuple[str, str], dict]:
     return found
 
 
-def bootstrap_list(machine: str) -> dict[str, str]:
-    """{soname: dnf package ('' when none)} as install-mxnet.sh prints it for ``machine``."""
+def bootstrap_lines(machine: str) -> list[list[str]]:
+    """install-mxnet.sh's lines for ``machine``, each [soname, dnf package ('' when none)] or, for an optional
+    library, [soname, package, the one framework that links it]."""
     listed = subprocess.run(
         [str(INSTALL_SCRIPT), "--print-system-libraries", machine], capture_output=True, text=True, check=True
     ).stdout.split()
-    return dict(line.split(":", 1) for line in listed)
+    return [line.split(":") for line in listed]
+
+
+def bootstrap_list(machine: str) -> dict[str, str]:
+    """{soname: dnf package ('' when none)} as install-mxnet.sh prints it for ``machine``."""
+    return {fields[0]: fields[1] for fields in bootstrap_lines(machine)}
 
 
 def pinned_hashes(requirements_file: Path, names: tuple[str, ...]) -> dict[str, str]:
@@ -77,6 +85,32 @@ def test_the_bootstraps_list_is_exactly_what_the_recorded_closures_need(machine:
     assert sorted(bootstrap_list(machine)) == sorted(needed), (
         f"install-mxnet.sh's {machine} system libraries differ from the closure recorded for {provenance}"
     )
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_a_library_is_optional_exactly_when_only_mxnet_links_it_and_no_package_provides_it(machine: str) -> None:
+    """Graviton: ArmPL, which MXNet's aarch64 wheel links and no Amazon Linux 2023 package provides, was required, so
+    a stock node installed nothing. ONNX Runtime needs none of it: a node without it now installs all but MXNet."""
+    needers: dict[str, set[str]] = {}
+    for (record_machine, _), record in records().items():
+        if record_machine == machine:
+            for name, files in record["system_libraries"].items():
+                needers.setdefault(name, set()).update(files)
+    lines = bootstrap_lines(machine)
+    assert all(len(fields) == 2 or (len(fields) == 3 and fields[2] == "mxnet") for fields in lines), lines
+    optional = {fields[0] for fields in lines if len(fields) == 3}
+    packages = {fields[0]: fields[1] for fields in lines}
+    only_mxnet_without_package = {
+        name for name, files in needers.items()
+        if not packages.get(name) and all(file.startswith("mxnet/") for file in files)
+    }
+    assert optional == only_mxnet_without_package
+
+
+def test_arm_performance_libraries_are_optional_on_aarch64_only() -> None:
+    armpl = {"libarmpl_lp64_mp.so", "libamath.so", "libastring.so"}
+    optional = {machine: {fields[0] for fields in bootstrap_lines(machine) if len(fields) == 3} for machine in MACHINES}
+    assert optional == {"aarch64": armpl, "x86_64": set()}
 
 
 @pytest.mark.parametrize("machine", MACHINES)
