@@ -147,6 +147,11 @@ class Cluster(Construct):
             )
 
     @property
+    def launch_tag_keys(self) -> list[str]:
+        """The keys of the tags every cluster of this stack is launched with (the definition's ``Tags``), sorted."""
+        return sorted(tag["Key"] for tag in self.job_flow["Tags"])
+
+    @property
     def cluster_id(self) -> Optional[str]:
         return self.cfn_cluster.ref if self.cfn_cluster else None
 
@@ -203,6 +208,25 @@ class Cluster(Construct):
                 ],
                 resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
                 conditions={"StringEquals": {f"aws:RequestTag/{self._tag_key}": tag_value}},
+            ),
+            # A RunJobFlow that carries tags also needs AddTags ("IAM policies for tag-based access to clusters",
+            # EMR Management Guide: "To create a cluster with a tag, you must also have permission for the AddTags
+            # action"). Whether EMR then checks the request's tags or the new cluster's is not documented: both are
+            # allowed, each limited to this stack's tag, and to the definition's own tag keys (no other tag can be set).
+            *(
+                iam.PolicyStatement(
+                    sid=sid,
+                    actions=["elasticmapreduce:AddTags"],
+                    resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                    conditions={
+                        "StringEquals": {f"aws:{tag_condition}/{self._tag_key}": tag_value},
+                        "ForAllValues:StringEquals": {"aws:TagKeys": self.launch_tag_keys},
+                    },
+                )
+                for sid, tag_condition in (
+                    ("TagClustersLaunchedByThisStack", "RequestTag"),
+                    ("TagClustersOfThisStack", "ResourceTag"),
+                )
             ),
             # ListClusters has no resource-level permissions; it only reveals ids, states and names.
             iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),

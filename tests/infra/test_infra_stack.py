@@ -453,6 +453,31 @@ def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_rol
     }
 
 
+def test_transient_lambda_may_tag_the_clusters_it_launches_with_the_definitions_tag_keys_only(synth):
+    """A RunJobFlow with tags needs elasticmapreduce:AddTags too (EMR Management Guide, "IAM policies for tag-based
+    access to clusters", https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-fine-grained-cluster-access.html).
+    Which tag condition EMR evaluates for it inside RunJobFlow is not documented, so both the request's and the
+    resource's tag variants must be there, each limited to the shipped definition's tag keys. IAM's evaluation itself is
+    not run here (no account): the statements' shape is what is checked."""
+    variant = synth(cluster_mode="transient")
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    add_tags = [s for s in statements if "elasticmapreduce:AddTags" in as_list(s["Action"])]
+    definition_keys = sorted(tag["Key"] for tag in variant.stack.cluster.job_flow["Tags"])
+    assert definition_keys == sorted([CLUSTER_TAG_KEY, CLUSTER_DEFINITION_TAG_KEY, EMR_MANAGED_POLICY_TAG[0]])
+    assert sorted(json.dumps(s["Condition"], sort_keys=True) for s in add_tags) == sorted(
+        json.dumps(
+            {
+                "StringEquals": {f"aws:{kind}/{CLUSTER_TAG_KEY}": STACK_ID},
+                "ForAllValues:StringEquals": {"aws:TagKeys": definition_keys},
+            },
+            sort_keys=True,
+        )
+        for kind in ("RequestTag", "ResourceTag")
+    )
+    assert all(as_list(s["Action"]) == ["elasticmapreduce:AddTags"] for s in add_tags)
+    assert all(":cluster/*" in json.dumps(s["Resource"]) for s in add_tags)
+
+
 def test_transient_lambda_may_create_emrs_cleanup_role_in_a_fresh_account(synth):
     """EMR creates AWSServiceRoleForEMRCleanup at an account's first cluster, as the RunJobFlow caller: without this
     the first transient cluster fails. Scoped as AmazonEMRFullAccessPolicy_v2's ElasticMapReduceServiceLinkedRole.
