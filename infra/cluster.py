@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, Optional, Sequence
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -60,6 +60,7 @@ class Cluster(Construct):
         managed_scaling: Optional[ManagedScaling],
         idle_timeout_minutes: Optional[int],
         step_concurrency_level: int,
+        step_timeout_minutes: int,
         persistent: bool,
         network: Network,
         data_bucket: s3.IBucket,
@@ -78,13 +79,22 @@ class Cluster(Construct):
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.instance_role)
         self.service_role = self._service_role(key)
         security_configuration = _security_configuration(key.key_arn)
+        # Named after the stack (names are unique per account and region; cdk-nag matches clusters to it by name) and
+        # after its content: CloudFormation replaces a security configuration on any change, and cannot replace a
+        # resource whose custom name stays the same. The definition names it by this literal (known at synth), not by a
+        # Ref, so that its hash - the definition tag - changes with it (review 2, #11). When it is replaced,
+        # CloudFormation deletes the old one in the update's clean-up; EMR refuses while a cluster still uses it (a
+        # transient cluster idling out), and that old configuration is then left in the account, unused and free of
+        # charge, for the user to delete (infra README, "Changing settings on a running stack").
+        self.security_configuration_name = (
+            f"{Stack.of(self).stack_name}-{_content_hash(Stack.of(self).resolve(security_configuration))}"
+        )
+        if Token.is_unresolved(self.security_configuration_name):
+            raise ValueError("the stack's name must be known at synth: the security configuration is named after it")
         self.security_configuration = emr.CfnSecurityConfiguration(
             self,
             "SecurityConfiguration",
-            # Named after the stack (names are unique per account and region; cdk-nag matches clusters to it by name)
-            # and after its content: CloudFormation replaces a security configuration on any change, and cannot replace
-            # a resource whose custom name stays the same.
-            name=f"{Stack.of(self).stack_name}-{_content_hash(Stack.of(self).resolve(security_configuration))}",
+            name=self.security_configuration_name,
             security_configuration=security_configuration,
         )
         stack = Stack.of(self)
@@ -104,11 +114,12 @@ class Cluster(Construct):
                 service_access_security_group_id=network.service_access_security_group.security_group_id,
                 service_role_name=self.service_role.role_name,
                 instance_profile_name=self.instance_profile.instance_profile_name,
-                security_configuration_name=self.security_configuration.ref,
+                security_configuration_name=self.security_configuration_name,
                 log_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
                 wheelhouse_uri=wheelhouse_uri,
                 step_concurrency_level=step_concurrency_level,
+                step_timeout_minutes=step_timeout_minutes,
                 # The v2 service policy acts only on resources with this tag; EMR copies cluster tags to its instances.
                 tags={tag_key: tag_value, EMR_MANAGED_POLICY_TAG[0]: EMR_MANAGED_POLICY_TAG[1]},
             )

@@ -106,6 +106,10 @@ MAX_NAT_GATEWAYS = 2
 # The same default as the step builder's (emr_step.DEFAULT_STEP_TIMEOUT_MINUTES, tested equal); at most a week.
 DEFAULT_STEP_TIMEOUT_MINUTES = 240
 MAX_STEP_TIMEOUT_MINUTES = 7 * 24 * 60
+# A model's input size in pixels: at most 1,024 (a 1,024 x 1,024 float batch of one image is 12 MiB, within a batch's
+# byte limit on every compute).
+MIN_MODEL_INPUT_SIZE = 8
+MAX_MODEL_INPUT_SIZE = 1024
 # Athena cancels a query of the stack's workgroup once it has scanned this much (GB = 10^9 bytes; Athena bills $5 per TB
 # scanned in us-east-1, so the default caps a query at $0.05). Predictions take about 40 bytes per image in Parquet
 # (README, "Querying results"), so 10 GB is every column of some 250 million images; Athena reads only the columns a
@@ -162,6 +166,10 @@ class Settings:
     model_name: str = "default"
     job_device: str = "auto"
     job_batch_size: int = 256
+    # The model's input height and width in pixels (a package's input_shape[-1]): the executors are sized for batches
+    # of this size, and job_batch_size is lowered to fit them (cluster_definition.MAX_BATCH_BYTES). 224 (ImageNet
+    # models) is the safe default; 32 for CIFAR-size models keeps batches of job_batch_size.
+    model_input_size: int = 224
     job_top_k: int = 5
     job_max_failure_ratio: float = 0.01
     # Wall-clock limit of one EMR step (spark-submit runs under `timeout`); a hung step cannot keep a cluster billing.
@@ -389,6 +397,7 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     pattern("notification_email", EMAIL_PATTERN, "null or an e-mail address", optional=True)
     pattern("model_name", MODEL_NAME_PATTERN, "1-128 characters: letters, digits, '.', '_', '-' (no '/')")
     integer("job_batch_size", 1, 65_536)
+    integer("model_input_size", MIN_MODEL_INPUT_SIZE, MAX_MODEL_INPUT_SIZE)
     integer("job_top_k", 1, 1000)
     number("job_max_failure_ratio", 0.0, 1.0)
     integer("step_timeout_minutes", 5, MAX_STEP_TIMEOUT_MINUTES)

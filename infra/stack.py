@@ -16,7 +16,13 @@ from infra.artifacts import Artifacts, wheelhouse_uri
 from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
-from infra.cluster_definition import InstanceFleet, ManagedScaling
+from infra.cluster_definition import (
+    PYTHON_WORKERS_PER_EXECUTOR,
+    InstanceFleet,
+    ManagedScaling,
+    batch_size_limit,
+    task_slots,
+)
 from infra.network import Network
 from infra.packaging import bootstrap_digest
 from infra.settings import Settings
@@ -68,16 +74,18 @@ class InferenceStack(Stack):
         self.network = Network(
             self, "Network", vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, nat_gateways=settings.nat_gateways
         )
+        fleets, managed_scaling = _instance_fleets(settings), _managed_scaling(settings)
         self.cluster = Cluster(
             self,
             "Emr",
             compute=settings.compute,
             release_label=settings.release_label,
-            fleets=_instance_fleets(settings),
+            fleets=fleets,
             spot_timeout_minutes=settings.spot_timeout_minutes,
-            managed_scaling=_managed_scaling(settings),
+            managed_scaling=managed_scaling,
             idle_timeout_minutes=settings.resolved_idle_timeout_minutes,
             step_concurrency_level=settings.step_concurrency_level,
+            step_timeout_minutes=settings.step_timeout_minutes,
             persistent=persistent,
             network=self.network,
             data_bucket=data_bucket,
@@ -112,10 +120,13 @@ class InferenceStack(Stack):
 
         self.job_options = JobOptions(
             device=settings.job_device,
-            batch_size=settings.job_batch_size,
+            # The executors are sized for batches of at most MAX_BATCH_BYTES of the model's input size.
+            batch_size=min(settings.job_batch_size, batch_size_limit(settings.compute, settings.model_input_size)),
             top_k=settings.job_top_k,
             max_failure_ratio=settings.job_max_failure_ratio,
             timeout_minutes=settings.step_timeout_minutes,
+            default_parallelism=task_slots(settings.compute, fleets, managed_scaling),
+            executor_task_slots=PYTHON_WORKERS_PER_EXECUTOR[settings.compute],
         )
         self.model_uri = data_bucket.s3_url_for_object(f"{MODELS_PREFIX}{settings.model_name}/")
         environment = {

@@ -8,6 +8,8 @@ import pytest
 from infra_helpers import REPO_ROOT
 
 from infra.cluster_definition import (
+    DECOMMISSIONING_TIMEOUT,
+    MAX_AM_RESOURCE_PERCENT,
     GPU_CGROUP_ROOT,
     GPU_CGROUP_SCRIPT_NAME,
     GPU_DISCOVERY_SCRIPT,
@@ -73,6 +75,7 @@ def inputs(
         bootstrap_uri_prefix=BOOTSTRAP_PREFIX,
         wheelhouse_uri=wheelhouse_uri,
         step_concurrency_level=3,
+        step_timeout_minutes=240,
         tags={"stack-tag": "stack-name"},
     )
 
@@ -229,9 +232,26 @@ def test_cfn_rendering_keeps_fleets_configurations_bootstrap_actions_and_policie
 )
 def test_spark_plans_for_every_slot_of_the_workers_not_for_an_empty_start(compute, task_count, slots):
     """EMR starts an application under dynamic allocation with no executors, where Spark's defaultParallelism is 2; the
-    job plans its tasks from spark.default.parallelism, so it must hold the workers' slots (the primary has none)."""
-    job_flow = build_job_flow(inputs(compute, task_count=task_count))
-    assert classification(job_flow, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(slots)
+    job plans its tasks from spark.default.parallelism, so it must hold the workers' slots (the primary has none). The
+    stack passes task_slots to each step (JOB_OPTIONS.default_parallelism, tested in test_infra_emr_step.py)."""
+    assert task_slots(compute, fleets(compute, task_count=task_count)) == slots
+
+
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_no_capacity_count_reaches_the_clusters_configurations(compute):
+    """Review 2, #6: Configurations is a create-only property of AWS::EMR::Cluster (it replaces the cluster), so a
+    resize (node counts, managed scaling's maximum) must change only the fleets' targets and the scaling limits."""
+    small = build_job_flow(inputs(compute, task_count=1))
+    large = build_job_flow(
+        inputs(compute, task_count=5, scaling=ManagedScaling(min_instance_count=1, max_instance_count=40))
+    )
+    assert "spark.default.parallelism" not in classification(small, "spark-defaults")["Properties"]
+    without_yarn_site = [c for c in small["Configurations"] if c["Classification"] != "yarn-site"]
+    # Managed scaling adds the decommissioning timeout (a duration, not a count): everything else is equal.
+    assert without_yarn_site == [c for c in large["Configurations"] if c["Classification"] != "yarn-site"]
+    small_yarn, large_yarn = classification(small, "yarn-site"), classification(large, "yarn-site")
+    large_without_timeout = {k: v for k, v in large_yarn["Properties"].items() if k != DECOMMISSIONING_TIMEOUT}
+    assert large_without_timeout == small_yarn["Properties"]
 
 
 def test_multi_gpu_nodes_count_one_slot_per_gpu():
@@ -317,6 +337,46 @@ def test_spot_nodes_never_host_the_yarn_application_master():
     assert "yarn-site" not in {c["Classification"] for c in build_job_flow(inputs("cpu"))["Configurations"]}
 
 
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_parallel_steps_each_find_room_for_their_application_master_in_the_on_demand_partition(compute):
+    """Review 2, #7 (AWS, "Using managed scaling in Amazon EMR", considerations: with node labels, set
+    maximum-am-resource-percent to 1 to run applications in parallel). Set whenever there are Spot nodes, so that a
+    change of step_concurrency_level changes no Configurations. YARN's scheduling itself is not run here."""
+    with_spot = classification(build_job_flow(inputs(compute, task_count=1)), "capacity-scheduler")["Properties"]
+    assert with_spot[MAX_AM_RESOURCE_PERCENT] == "1"
+    without_spot = build_job_flow(inputs(compute))["Configurations"]
+    assert all(MAX_AM_RESOURCE_PERCENT not in c["Properties"] for c in without_spot)
+
+
+def test_scale_in_lets_the_longest_step_finish_before_it_removes_a_node():
+    """Review 2, #7: graceful decommissioning (Hadoop's default 3,600 s) must outlast a step's time limit, or managed
+    scaling's scale-in cuts long tasks, which then run again."""
+    scaling = ManagedScaling(min_instance_count=1, max_instance_count=6)
+    yarn_site = classification(build_job_flow(inputs("cpu", task_count=1, scaling=scaling)), "yarn-site")["Properties"]
+    assert int(yarn_site[DECOMMISSIONING_TIMEOUT]) >= 240 * 60
+    unscaled = classification(build_job_flow(inputs("cpu", task_count=1)), "yarn-site")["Properties"]
+    assert DECOMMISSIONING_TIMEOUT not in unscaled
+
+
+def test_every_resize_of_a_worker_fleet_has_its_own_timeout_and_strategies():
+    """Review 2, #14: LaunchSpecifications cover the launch only; Spot replacements and managed-scaling scale-outs use
+    ResizeSpecifications (API InstanceFleetConfig). EMR's behaviour on a resize timeout is not run here."""
+    job_flow = build_job_flow(inputs("cpu", task_count=2))
+    requests = fleet_requests(job_flow)
+    assert "ResizeSpecifications" not in requests["MASTER"]  # the primary is never resized
+    for role in ("CORE", "TASK"):
+        assert requests[role]["ResizeSpecifications"] == {
+            "OnDemandResizeSpecification": {"AllocationStrategy": "lowest-price", "TimeoutDurationMinutes": 12},
+            "SpotResizeSpecification": {"AllocationStrategy": "price-capacity-optimized", "TimeoutDurationMinutes": 12},
+        }
+    cfn = to_cfn_cluster_properties(job_flow)["instances"]
+    assert cfn["taskInstanceFleets"][0]["resizeSpecifications"]["spotResizeSpecification"] == {
+        "allocationStrategy": "price-capacity-optimized", "timeoutDurationMinutes": 12,
+    }  # fmt: skip
+    assert "resizeSpecifications" in cfn["coreInstanceFleet"]
+    assert "resizeSpecifications" not in cfn["masterInstanceFleet"]
+
+
 def test_gpu_cluster_with_spot_nodes_has_one_yarn_site_with_both_the_gpu_plugin_and_the_am_placement():
     job_flow = build_job_flow(inputs("gpu", task_count=1))
     yarn_site = classification(job_flow, "yarn-site")["Properties"]
@@ -360,14 +420,10 @@ def test_scaling_limits_count_task_nodes_in_units_of_the_first_task_type():
 def test_parallelism_counts_the_slots_of_the_largest_cluster_managed_scaling_may_reach():
     """Dynamic allocation starts with no executors: planning for fewer slots than the scaled-up cluster would leave
     the added nodes idle; planning for more only adds a round of tasks."""
-    scaled = build_job_flow(
-        inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6))
-    )
-    assert classification(scaled, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(6 * 8)
-    gpu = build_job_flow(
-        inputs("gpu", task_count=1, scaling=ManagedScaling(min_instance_count=1, max_instance_count=10))
-    )
-    assert classification(gpu, "spark-defaults")["Properties"]["spark.default.parallelism"] == "10"
+    scaling = ManagedScaling(min_instance_count=2, max_instance_count=6)
+    assert task_slots("cpu", fleets("cpu", task_count=1), scaling) == 6 * 8
+    gpu_scaling = ManagedScaling(min_instance_count=1, max_instance_count=10)
+    assert task_slots("gpu", fleets("gpu", task_count=1), gpu_scaling) == 10
 
 
 @pytest.mark.parametrize(

@@ -201,6 +201,14 @@ def test_every_problem_is_reported_at_once():
             {"athena_scan_limit_gb": 0.5},
             r"athena_scan_limit_gb: 0.5 is not allowed; allowed: an integer from 1 to 10000",
         ),
+        (
+            {"model_input_size": 4},
+            r"model_input_size: 4 is not allowed; allowed: an integer from 8 to 1024",
+        ),
+        (
+            {"model_input_size": "224px"},
+            r"model_input_size: '224px' is not allowed; allowed: an integer from 8 to 1024",
+        ),
     ],
 )
 def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, expected_message):
@@ -226,6 +234,8 @@ def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, exp
         {"trigger_batch_size": 10, "trigger_batching_window_seconds": 0},
         {"job_max_failure_ratio": 0},
         {"athena_scan_limit_gb": 10_000},
+        {"model_input_size": 32},
+        {"model_input_size": 1024},
     ],
 )
 def test_valid_setting_is_accepted(overrides):

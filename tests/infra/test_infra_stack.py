@@ -19,7 +19,7 @@ from infra_helpers import (
     synthesize,
 )
 
-from infra.cluster_definition import PYTHON
+from infra.cluster_definition import MAX_BATCH_BYTES, PYTHON, batch_size_limit
 from infra.network import EMR_MANAGED_POLICY_TAG
 from infra.artifacts import JOB_FLOW_DEFINITION_NAME
 from infra.stack import CLUSTER_DEFINITION_TAG_KEY, CLUSTER_TAG_KEY
@@ -208,6 +208,21 @@ def test_security_configuration_is_named_after_its_content(variant):
     assert _content_hash({"a": 1}) != _content_hash({"a": 2})
 
 
+def test_clusters_name_their_security_configuration_literally_so_the_definition_tag_follows_it(variant):
+    """Review 2, #11: with a Ref the definition hash saw a token, so a new security configuration left the definition
+    tag unchanged and old clusters kept receiving steps. The literal name is in the hashed definition."""
+    _, configuration = variant.only("AWS::EMR::SecurityConfiguration")
+    definition = variant.stack.resolve(variant.stack.cluster.job_flow)
+    assert definition["SecurityConfiguration"] == configuration["Properties"]["Name"]
+    if variant.stack.cluster.cfn_cluster is not None:
+        _, cluster = variant.only("AWS::EMR::Cluster")
+        assert cluster["Properties"]["SecurityConfiguration"] == configuration["Properties"]["Name"]
+        # Named, not referenced: the cluster must still be created after (and deleted before) the configuration.
+        assert variant.stack.resolve(variant.stack.get_logical_id(variant.stack.cluster.security_configuration)) in (
+            cluster["DependsOn"]
+        )
+
+
 def test_subnets_and_security_groups_carry_the_emr_managed_policy_tag(variant):
     tag = {"Key": EMR_MANAGED_POLICY_TAG[0], "Value": EMR_MANAGED_POLICY_TAG[1]}
     groups = variant.resources_of_type("AWS::EC2::SecurityGroup")
@@ -332,6 +347,7 @@ def test_lambda_environment_values_follow_the_settings(synth):
     variant = synth(
         job_top_k=3,
         job_batch_size=64,
+        model_input_size=32,
         job_device="cpu",
         job_max_failure_ratio=0.5,
         max_active_steps=17,
@@ -340,6 +356,7 @@ def test_lambda_environment_values_follow_the_settings(synth):
     env = environment(variant)
     assert json.loads(env["JOB_OPTIONS"]) == {
         "device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5, "timeout_minutes": 30,
+        "default_parallelism": 24, "executor_task_slots": 4,
     }  # fmt: skip
     assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == (
         "17",
@@ -347,6 +364,20 @@ def test_lambda_environment_values_follow_the_settings(synth):
         f"{STACK_ID}-batch-",
     )
     assert env["MODEL_URI"]["Fn::Join"][1][-1] == "/models/default/"
+
+
+@pytest.mark.parametrize(("compute", "model_input_size", "batch_size"), [
+    ("cpu", 224, 27),  # 16 MiB / (3 x 224 x 224 x 4 B)
+    ("cpu", 32, 256),  # the setting: 256 CIFAR-size images are 3 MiB
+    ("gpu", 224, 111),  # 64 MiB / 602,112 B
+])  # fmt: skip
+def test_the_batch_size_is_lowered_to_the_bytes_the_executors_are_sized_for(synth, compute, model_input_size, batch_size):
+    """Review 2, #4: 256 images of 224 x 224 are a 154 MB float batch per Python worker, with three batches alive and
+    four workers per CPU executor; the executors are sized for MAX_BATCH_BYTES (tests/infra/test_infra_executor_memory.py
+    measures a worker at this batch size)."""
+    variant = synth(compute=compute, model_input_size=model_input_size, cluster_mode="persistent")
+    assert json.loads(environment(variant)["JOB_OPTIONS"])["batch_size"] == batch_size
+    assert batch_size_limit(compute, model_input_size) * 3 * model_input_size**2 * 4 <= MAX_BATCH_BYTES[compute]
 
 
 def test_persistent_lambda_targets_the_stacks_cluster(synth):
