@@ -87,7 +87,8 @@ def stack_sizing(synth) -> dict:
     """The default stack's executor settings (as written into its Configurations) and the job's batch size."""
     stack = synth().stack
     definition = stack.resolve(stack.cluster.job_flow)
-    (spark_defaults,) = [c["Properties"] for c in definition["Configurations"] if c["Classification"] == "spark-defaults"]
+    configurations = definition["Configurations"]
+    (spark_defaults,) = [c["Properties"] for c in configurations if c["Classification"] == "spark-defaults"]
     return {**spark_defaults, "batch_size": stack.job_options.batch_size}
 
 
