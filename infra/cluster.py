@@ -166,25 +166,11 @@ class Cluster(Construct):
     def cluster_id(self) -> Optional[str]:
         return self.cfn_cluster.ref if self.cfn_cluster else None
 
-    def grant_step_submission(self, function: lambda_.Function, *, launch_clusters: bool) -> None:
-        """Let ``function`` submit steps: to the persistent cluster only, or (``launch_clusters``) to clusters carrying
-        this stack's tag, launching them from the definition with this stack's two roles and nothing else."""
+    def grant_step_submission(self, function: lambda_.Function) -> None:
+        """Let ``function`` submit steps to clusters carrying this stack's tag (the persistent cluster carries it too),
+        and launch such clusters from the definition with this stack's two roles and nothing else: in transient mode,
+        and in persistent mode to replace a persistent cluster that no longer accepts steps (review 2, #10)."""
         stack = Stack.of(self)
-        if not launch_clusters:
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="StepsOnThisStacksCluster",
-                    actions=[
-                        "elasticmapreduce:AddJobFlowSteps",
-                        "elasticmapreduce:ListSteps",
-                        "elasticmapreduce:DescribeCluster",
-                    ],
-                    resources=[
-                        stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name=self.cluster_id)
-                    ],
-                )
-            )
-            return
         tag_value = self._tag_value
         statements = [
             # RunJobFlow has no resource-level permission (the cluster does not exist yet): the condition is the limit,

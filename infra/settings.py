@@ -215,9 +215,11 @@ class Settings:
         return self.vpc_id is None
 
     @property
-    def launches_clusters(self) -> bool:
-        """Whether the trigger may have to launch a cluster: always in transient mode, and in persistent mode when the
-        stack's cluster can end by itself (auto-termination), so that the next batch finds it gone."""
+    def finds_clusters_by_tag(self) -> bool:
+        """Whether the trigger finds the cluster for a batch by the stack's tags (and launches one when none accepts
+        steps): always in transient mode, and in persistent mode when the stack's cluster can end by itself
+        (auto-termination). Otherwise it sends steps to the persistent cluster by its id, and launches a cluster from
+        the same definition only when that one no longer accepts steps."""
         return self.cluster_mode == "transient" or self.resolved_idle_timeout_minutes is not None
 
     @classmethod

@@ -61,9 +61,9 @@ class InferenceStack(Stack):
         self.step_name_prefix = f"{self.stack_name}-batch-"
         self.cluster_tag_value = self.stack_name
         persistent = settings.cluster_mode == "persistent"
-        # The trigger launches clusters from the shipped definition in transient mode, and in persistent mode when the
-        # stack's cluster can end idle (it may be gone when the next batch comes).
-        launches_clusters = settings.launches_clusters
+        # The trigger finds clusters by tag in transient mode, and in persistent mode when the stack's cluster can end
+        # idle (it may be gone when the next batch comes); otherwise it uses the persistent cluster by id.
+        by_tag = settings.finds_clusters_by_tag
 
         self.storage = Storage(
             self, "Storage", retain_data=settings.retain_data_on_destroy, log_retention_days=settings.log_retention_days
@@ -104,7 +104,9 @@ class InferenceStack(Stack):
             data_bucket=data_bucket,
             source_root=source_root,
             staging_dir=staging_dir,
-            job_flow=self.cluster.job_flow if launches_clusters else None,
+            # Shipped in every mode: a persistent cluster that ended (lost primary, terminated by hand) is replaced
+            # by the trigger from this definition, not fed batches that go to the dead-letter queue (review 2, #10).
+            job_flow=self.cluster.job_flow,
             compute=settings.compute,
             architecture=settings.architecture,
             offline_wheelhouse=settings.offline_wheelhouse,
@@ -139,18 +141,17 @@ class InferenceStack(Stack):
             "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
             "JOB_OPTIONS": json.dumps(dataclasses.asdict(self.job_options), sort_keys=True),
             "STEP_NAME_PREFIX": self.step_name_prefix,
-            # How the trigger finds the cluster: the stack's own by id ("persistent"), or by tag, launching one from
-            # the definition when none accepts steps ("transient").
-            "CLUSTER_MODE": "transient" if launches_clusters else "persistent",
+            # How the trigger finds the cluster: the stack's own by id ("persistent"), or by tag ("transient"); in
+            # both, it launches one from the shipped definition when its cluster does not accept steps.
+            "CLUSTER_MODE": "transient" if by_tag else "persistent",
             "CLUSTER_TAG_KEY": CLUSTER_TAG_KEY,
             "CLUSTER_TAG_VALUE": self.cluster_tag_value,
             "MAX_ACTIVE_STEPS": str(settings.max_active_steps),
         }
-        if launches_clusters:
-            environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
-            environment["CLUSTER_DEFINITION_TAG_KEY"] = CLUSTER_DEFINITION_TAG_KEY
-            environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
-        else:
+        environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
+        environment["CLUSTER_DEFINITION_TAG_KEY"] = CLUSTER_DEFINITION_TAG_KEY
+        environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
+        if not by_tag:
             environment["CLUSTER_ID"] = self.cluster.cluster_id
 
         self.trigger = Trigger(
@@ -169,7 +170,7 @@ class InferenceStack(Stack):
             # Beside the artifacts' staging folder (which is emptied at every synth), shared by this machine's synths.
             function_zip_path=staging_dir.parent / "trigger-function" / "trigger-function.zip",
         )
-        self.cluster.grant_step_submission(self.trigger.function, launch_clusters=launches_clusters)
+        self.cluster.grant_step_submission(self.trigger.function)
         network = self.network
         self.cleanup = ClusterCleanup(
             self,

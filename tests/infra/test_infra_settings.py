@@ -269,9 +269,11 @@ def test_task_types_follow_the_core_types_unless_set():
         ({"cluster_mode": "persistent", "idle_timeout_minutes": 240}, 240, True),
     ],
 )
-def test_idle_timeout_defaults_per_mode_and_decides_whether_the_trigger_may_launch(overrides, idle_minutes, launches):
+def test_idle_timeout_defaults_per_mode_and_decides_whether_the_trigger_finds_clusters_by_tag(
+    overrides, idle_minutes, launches
+):
     settings = Settings.from_context(overrides)
-    assert (settings.resolved_idle_timeout_minutes, settings.launches_clusters) == (idle_minutes, launches)
+    assert (settings.resolved_idle_timeout_minutes, settings.finds_clusters_by_tag) == (idle_minutes, launches)
 
 
 # --- settings given the CDK way: -c KEY=VALUE -------------------------------------------------------------------------

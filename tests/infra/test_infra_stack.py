@@ -32,10 +32,9 @@ COMMON_ENVIRONMENT = {
     "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
     "MAX_STEP_ATTEMPTS",
 }  # fmt: skip
-MODE_ENVIRONMENT = {
-    "persistent": {"CLUSTER_ID"},
-    "transient": {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"},
-}
+# The definition to launch from is set in both modes: a persistent cluster that ended is replaced from it.
+LAUNCH_ENVIRONMENT = {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"}
+MODE_ENVIRONMENT = {"persistent": {"CLUSTER_ID", *LAUNCH_ENVIRONMENT}, "transient": LAUNCH_ENVIRONMENT}
 
 
 def trigger_function(variant) -> dict:
@@ -111,8 +110,11 @@ def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
     ]
 
 
-def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
-    variant = synth(cluster_mode="transient")
+@pytest.mark.parametrize("mode", ["transient", "persistent"])
+def test_the_definition_is_shipped_as_json_for_the_lambda_in_both_modes(synth, mode):
+    """Review 2, #10: in persistent mode too, so that the trigger can replace a persistent cluster that ended (an
+    unchanged `cdk deploy` does nothing: CloudFormation touches only changed resources)."""
+    variant = synth(cluster_mode=mode)
     assembly = variant.app.synth()
     deployment = deployment_resource(variant, variant.stack.artifacts.job_deployment)
     assert environment(variant)["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME
@@ -127,7 +129,11 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     shipped = json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', text))
     # Kept between steps, ended by EMR's idle timeout (README, "Idle clusters").
     assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
-    assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
+    if mode == "transient":
+        assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
+    else:  # the replacement is persistent too: it runs until destroyed, like the cluster it replaces
+        assert "AutoTerminationPolicy" not in shipped
+        assert environment(variant)["CLUSTER_ID"] == {"Ref": variant.only("AWS::EMR::Cluster")[0]}
     assert shipped["Configurations"] == deploy_time_values_as_placeholders(
         variant.stack.resolve(variant.stack.cluster.job_flow["Configurations"])
     )
@@ -457,14 +463,23 @@ def emr_statements(variant) -> list[dict]:
     ]
 
 
-def test_persistent_lambda_may_act_only_on_the_stacks_cluster(synth):
-    variant = synth(cluster_mode="persistent")
-    cluster_id, _ = variant.only("AWS::EMR::Cluster")
-    (statement,) = emr_statements(variant)
-    assert sorted(as_list(statement["Action"])) == [
-        "elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:DescribeCluster", "elasticmapreduce:ListSteps",
-    ]  # fmt: skip
-    assert {"Ref": cluster_id} in statement["Resource"]["Fn::Join"][1]
+def test_persistent_lambda_may_replace_its_cluster_with_the_same_grants_as_transient_mode(synth):
+    """Review 2, #10: the trigger falls back to launching from the definition when CLUSTER_ID no longer accepts steps,
+    so persistent mode has the launch grants (the persistent cluster carries the stack tag they are conditioned on)."""
+    persistent, transient = synth(cluster_mode="persistent"), synth(cluster_mode="transient")
+
+    def launch_statements(variant) -> list[str]:
+        statements = role_statements(variant, variant.stack.trigger.function.role)
+        return sorted(
+            json.dumps(s, sort_keys=True)
+            for s in statements
+            if any(action.startswith(("elasticmapreduce:", "iam:")) for action in as_list(s["Action"]))
+        )
+
+    assert launch_statements(persistent) == launch_statements(transient)
+    assert any("elasticmapreduce:RunJobFlow" in statement for statement in launch_statements(persistent))
+    _, cluster = persistent.only("AWS::EMR::Cluster")
+    assert {"Key": CLUSTER_TAG_KEY, "Value": STACK_ID} in cluster["Properties"]["Tags"]
 
 
 def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_roles(synth):
@@ -521,13 +536,6 @@ def test_transient_lambda_may_create_emrs_cleanup_role_in_a_fresh_account(synth)
     assert create["Condition"] == {
         "StringEquals": {"iam:AWSServiceName": ["elasticmapreduce.amazonaws.com", "elasticmapreduce.amazonaws.com.cn"]}
     }
-
-
-def test_persistent_lambda_creates_no_service_linked_role(synth):
-    """In persistent mode CloudFormation launches the one cluster (and so creates the role) with the deployer's rights."""
-    variant = synth(cluster_mode="persistent")
-    statements = role_statements(variant, variant.stack.trigger.function.role)
-    assert not [s for s in statements if "iam:CreateServiceLinkedRole" in as_list(s["Action"])]
 
 
 def test_lambda_writes_only_manifests(variant):
