@@ -30,6 +30,7 @@ from infra.storage import (
     MANIFESTS_PREFIX,
     MODELS_PREFIX,
     RESULTS_PREFIX,
+    STAGED_PREFIX,
 )
 
 EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
@@ -284,7 +285,7 @@ class Cluster(Construct):
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="EMR nodes of the inference stack: read inputs/models/artifacts, write results and logs",
         )
-        readable = [MODELS_PREFIX, INCOMING_PREFIX, MANIFESTS_PREFIX, ARTIFACTS_PREFIX, RESULTS_PREFIX]
+        readable = [MODELS_PREFIX, INCOMING_PREFIX, STAGED_PREFIX, MANIFESTS_PREFIX, ARTIFACTS_PREFIX, RESULTS_PREFIX]
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadInputsModelsArtifacts",
@@ -337,6 +338,7 @@ class Cluster(Construct):
         for bucket, prefix, reason in (
             (data_bucket, MODELS_PREFIX, "Any model package under models/ can be chosen per run; read-only."),
             (data_bucket, INCOMING_PREFIX, "Inputs are any object uploaded under incoming/; read-only."),
+            (data_bucket, STAGED_PREFIX, "Inputs a manifest lists are any object under staged/; read-only."),
             (data_bucket, MANIFESTS_PREFIX, "One manifest per batch, named by the batch id; read-only."),
             (data_bucket, ARTIFACTS_PREFIX, "The job zip, entry point and bootstrap scripts; read-only."),
             (data_bucket, RESULTS_PREFIX, "Each step writes its own results/<batch id>/ prefix."),

@@ -7,12 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, CustomResourceProviderBase, Stack
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
 from infra.alarms import Alarms
-from infra.artifacts import Artifacts, wheelhouse_uri
+from infra.artifacts import DEPLOYMENT_FUNCTION_ID_PREFIX, Artifacts, wheelhouse_uri
 from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
@@ -33,7 +34,10 @@ from infra.storage import (
     MANIFESTS_PREFIX,
     MODELS_PREFIX,
     RESULTS_PREFIX,
+    MODEL_PUBLISHER_TAG_KEY,
+    STAGED_PREFIX,
     Storage,
+    UploadAccess,
 )
 from infra.trigger import Trigger
 from infra.trigger_function.emr_step import JobOptions, build_step
@@ -41,6 +45,8 @@ from infra.trigger_function.emr_step import JobOptions, build_step
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
 # On every cluster of the stack: a hash of the definition and bootstrap scripts it was launched with (infra/cluster.py).
 CLUSTER_DEFINITION_TAG_KEY = "mxnet-spark-inference:definition"
+# CDK's provider of the buckets' auto-delete custom resources (a child of the stack).
+AUTO_DELETE_PROVIDER_ID = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 
 
 class InferenceStack(Stack):
@@ -213,7 +219,29 @@ class InferenceStack(Stack):
             cluster_name=self.cluster.job_flow["Name"],
             emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
         )
+        self.upload_access = UploadAccess(
+            self,
+            "UploadAccess",
+            data_bucket=data_bucket,
+            stack_name=self.stack_name,
+            artifact_writer_arns=self._artifact_writer_arns(),
+        )
         self._outputs()
+
+    def _artifact_writer_arns(self) -> list[str]:
+        """The roles that write artifacts/ (CDK's bucket-deployment functions, one per memory size) and that empty the
+        bucket on destroy (CDK's auto-delete provider, unless the data is retained)."""
+        arns = [
+            child.role.role_arn
+            for child in self.node.children
+            if child.node.id.startswith(DEPLOYMENT_FUNCTION_ID_PREFIX) and isinstance(child, lambda_.Function)
+        ]
+        if not arns:
+            raise RuntimeError("no bucket-deployment function found: artifacts/ would have no writer")
+        auto_delete = self.node.try_find_child(AUTO_DELETE_PROVIDER_ID)
+        if isinstance(auto_delete, CustomResourceProviderBase):
+            arns.append(auto_delete.role_arn)
+        return arns
 
     def _outputs(self) -> None:
         data_bucket = self.storage.data_bucket
@@ -224,6 +252,7 @@ class InferenceStack(Stack):
         for name, prefix in (
             ("ModelsPrefix", MODELS_PREFIX),
             ("IncomingPrefix", INCOMING_PREFIX),
+            ("StagedPrefix", STAGED_PREFIX),
             ("ManifestsPrefix", MANIFESTS_PREFIX),
             ("ResultsPrefix", RESULTS_PREFIX),
             ("ArtifactsPrefix", ARTIFACTS_PREFIX),
@@ -265,6 +294,19 @@ class InferenceStack(Stack):
         )
         CfnOutput(
             self, "ResultsWorkgroup", value=self.catalog.workgroup.ref, description="Athena workgroup to query in"
+        )
+        CfnOutput(
+            self,
+            "UploaderPolicyArn",
+            value=self.upload_access.uploader_policy.managed_policy_arn,
+            description=f"Attach to whoever uploads inputs: writes {INCOMING_PREFIX} and {STAGED_PREFIX} only",
+        )
+        CfnOutput(
+            self,
+            "ModelPublisherPolicyArn",
+            value=self.upload_access.model_publisher_policy.managed_policy_arn,
+            description=f"Attach to whoever publishes models (writes {MODELS_PREFIX}); the principal also needs the tag "
+            f"{MODEL_PUBLISHER_TAG_KEY}={self.stack_name}",
         )
         CfnOutput(
             self,
