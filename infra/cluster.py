@@ -61,7 +61,6 @@ class Cluster(Construct):
         managed_scaling: Optional[ManagedScaling],
         idle_timeout_minutes: Optional[int],
         step_concurrency_level: int,
-        step_timeout_minutes: int,
         persistent: bool,
         network: Network,
         data_bucket: s3.IBucket,
@@ -120,7 +119,6 @@ class Cluster(Construct):
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
                 wheelhouse_uri=wheelhouse_uri,
                 step_concurrency_level=step_concurrency_level,
-                step_timeout_minutes=step_timeout_minutes,
                 # The v2 service policy acts only on resources with this tag; EMR copies cluster tags to its instances.
                 tags={tag_key: tag_value, EMR_MANAGED_POLICY_TAG[0]: EMR_MANAGED_POLICY_TAG[1]},
             )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from infra.instance_types import task_slots_per_node
+from infra.settings import MAX_STEP_TIMEOUT_MINUTES
 from infra.trigger_function.emr_step import STEP_KILL_GRACE_SECONDS
 
 PYTHON = "/usr/bin/python3.11"  # EMR 7.1+ ships Python 3.11 beside the default 3.9; the job needs 3.11.
@@ -127,6 +128,7 @@ KEEP_ALIVE_WHEN_NO_STEPS = True
 SCALE_DOWN_BEHAVIOR = "TERMINATE_AT_TASK_COMPLETION"
 MAX_AM_RESOURCE_PERCENT = "yarn.scheduler.capacity.maximum-am-resource-percent"
 DECOMMISSIONING_TIMEOUT = "yarn.resourcemanager.decommissioning.timeout"
+DECOMMISSIONING_TIMEOUT_SECONDS = MAX_STEP_TIMEOUT_MINUTES * 60 + STEP_KILL_GRACE_SECONDS
 SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
 ON_DEMAND_ALLOCATION_STRATEGY = "lowest-price"
 SPOT_TIMEOUT_ACTION = "SWITCH_TO_ON_DEMAND"
@@ -175,7 +177,6 @@ class ClusterInputs:
     bootstrap_uri_prefix: str  # s3://bucket/artifacts/bootstrap/ (ends with '/')
     wheelhouse_uri: Optional[str]  # s3://.../wheelhouse/<compute>/: nodes install MXNet from it, not from PyPI
     step_concurrency_level: int
-    step_timeout_minutes: int  # the longest a step may run (emr_step.JobOptions.timeout_minutes)
     tags: Mapping[str, str]
 
 
@@ -246,16 +247,13 @@ def task_slots(compute: str, fleets: Sequence[InstanceFleet], scaling: Optional[
     return slots
 
 
-def spark_configurations(
-    compute: str, *, region: str, spot: bool = False, decommissioning_timeout_seconds: Optional[int] = None
-) -> list[dict[str, Any]]:
+def spark_configurations(compute: str, *, region: str, spot: bool = False) -> list[dict[str, Any]]:
     """EMR ``Configurations`` (classifications) for the inference job on ``compute`` (cpu | gpu).
 
     No capacity count is written here (review 2, #6): ``Configurations`` cannot change on a running CloudFormation
     cluster without replacing it, so a resize would replace the cluster. ``spark.default.parallelism`` (the cluster's
     task slots) goes into each step instead (emr_step.build_step, from JOB_OPTIONS). ``spot``: the cluster has Spot
-    nodes (see SPOT_SAFE_YARN_SITE). ``decommissioning_timeout_seconds`` (managed scaling): how long a node YARN is
-    decommissioning may keep running containers.
+    nodes (see SPOT_SAFE_YARN_SITE).
     """
     spark_defaults = {
         "spark.pyspark.python": PYTHON,
@@ -270,7 +268,13 @@ def spark_configurations(
         **(GPU_EXECUTOR_SIZING if compute == "gpu" else CPU_EXECUTOR_SIZING),
         **SPOT_TOLERANT_SPARK_DEFAULTS,
     }
-    yarn_site: dict[str, str] = dict(SPOT_SAFE_YARN_SITE) if spot else {}
+    # Graceful decommissioning (managed scaling's scale-in, a shrunk fleet) waits this long for a node's containers
+    # before it cuts them (Hadoop's default: 3,600 s); AWS: longer than the longest application. The longest step
+    # any setting allows, so that neither step_timeout_minutes nor turning managed scaling on changes Configurations
+    # (which would replace a persistent cluster).
+    yarn_site: dict[str, str] = {DECOMMISSIONING_TIMEOUT: str(DECOMMISSIONING_TIMEOUT_SECONDS)}
+    if spot:
+        yarn_site.update(SPOT_SAFE_YARN_SITE)
     capacity_scheduler: dict[str, str] = {}
     if spot:
         # With ApplicationMasters confined to the ON_DEMAND partition, steps running in parallel each need an AM there;
@@ -278,10 +282,6 @@ def spark_configurations(
         # considerations: set it to 1 when running several applications in parallel. Set whenever there are Spot
         # nodes (harmless with one step at a time) so that step_concurrency_level stays an in-place change.
         capacity_scheduler[MAX_AM_RESOURCE_PERCENT] = "1"
-    if decommissioning_timeout_seconds is not None:
-        # Managed scaling's scale-in decommissions nodes gracefully for at most this long (Hadoop's default: 3,600 s),
-        # after which their running tasks are cut; AWS: longer than the longest application.
-        yarn_site[DECOMMISSIONING_TIMEOUT] = str(decommissioning_timeout_seconds)
     configurations: list[dict[str, Any]] = [
         {
             "Classification": "spark-env",
@@ -319,8 +319,7 @@ def spark_configurations(
                 "yarn.nodemanager.container-executor.class": LINUX_CONTAINER_EXECUTOR,
             }
         )
-    if yarn_site:
-        configurations.append({"Classification": "yarn-site", "Properties": yarn_site})
+    configurations.append({"Classification": "yarn-site", "Properties": yarn_site})
     if compute == "gpu":
         configurations += [
             {
@@ -421,9 +420,6 @@ def build_job_flow(inputs: ClusterInputs) -> dict[str, Any]:
             inputs.compute,
             region=inputs.region,
             spot=spot,
-            decommissioning_timeout_seconds=(
-                inputs.step_timeout_minutes * 60 + STEP_KILL_GRACE_SECONDS if inputs.managed_scaling else None
-            ),
         ),
         "BootstrapActions": bootstrap_actions(inputs.compute, inputs.bootstrap_uri_prefix, inputs.wheelhouse_uri),
         "Instances": {

@@ -91,7 +91,6 @@ class InferenceStack(Stack):
             managed_scaling=managed_scaling,
             idle_timeout_minutes=settings.resolved_idle_timeout_minutes,
             step_concurrency_level=settings.step_concurrency_level,
-            step_timeout_minutes=settings.step_timeout_minutes,
             persistent=persistent,
             network=self.network,
             data_bucket=data_bucket,

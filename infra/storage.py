@@ -146,7 +146,7 @@ class UploadAccess(Construct):
                     sid="UploadInputs",
                     # Multipart uploads (aws s3 cp of large files) are s3:PutObject too; abort cleans one up.
                     actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                    resources=[data_bucket.arn_for_objects(prefix + "*") for prefix in (INCOMING_PREFIX, STAGED_PREFIX)],
+                    resources=[data_bucket.arn_for_objects(p + "*") for p in (INCOMING_PREFIX, STAGED_PREFIX)],
                 )
             ],
         )
