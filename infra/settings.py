@@ -91,6 +91,10 @@ VPC_ID_PATTERN = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID_PATTERN = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_STACK_NAME = "MxnetSparkInference"
+# CloudFormation's stack-name rule (a letter, then letters, digits and hyphens), at most 64 characters: the Athena
+# workgroup "<stack>-results" and the step names "<stack>-batch-<batch id>-<n>" must stay within their limits.
+STACK_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 # Top-level context keys of this shape are taken for settings given with -c; CDK's own keys never have it (feature
 # flags start with '@', its internal keys with 'aws:', lookups hold ':' or '=', and its other keys use '-').
 SETTING_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -126,6 +130,11 @@ class SettingsError(ValueError):
 class Settings:
     """Everything a user can set in ``cdk.json`` under the ``inference`` context key; defaults are the field defaults."""
 
+    # The CloudFormation stack's name, from which every physical name of the deployment is derived (security
+    # configuration, clusters and their tags, step names, Glue database, Athena workgroup, alarms; CDK derives the
+    # buckets', roles' and functions' names from it): deployments with different names live side by side in one account
+    # and region (dev, prod, a second model). Changing it on a deployed stack deploys a second stack beside the first.
+    stack_name: str = DEFAULT_STACK_NAME
     compute: str = "cpu"
     cluster_mode: str = "transient"
     release_label: str = DEFAULT_RELEASE_LABEL
@@ -362,6 +371,11 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             else:
                 checked[key] = tuple(value)
 
+    pattern(
+        "stack_name",
+        STACK_NAME_PATTERN,
+        "1-64 characters: a letter, then letters, digits and '-' (CloudFormation's stack-name rule)",
+    )
     choice("compute", COMPUTE_CHOICES)
     choice("cluster_mode", CLUSTER_MODES)
     choice("architecture", ARCHITECTURES)

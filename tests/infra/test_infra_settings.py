@@ -202,6 +202,14 @@ def test_every_problem_is_reported_at_once():
             r"athena_scan_limit_gb: 0.5 is not allowed; allowed: an integer from 1 to 10000",
         ),
         (
+            {"stack_name": "1st-stack"},
+            r"stack_name: '1st-stack' is not allowed; allowed: 1-64 characters: a letter, then letters, digits and '-'",
+        ),
+        (
+            {"stack_name": "a" * 65},
+            r"stack_name: 'a{65}' is not allowed; allowed: 1-64 characters",
+        ),
+        (
             {"model_input_size": 4},
             r"model_input_size: 4 is not allowed; allowed: an integer from 8 to 1024",
         ),
@@ -236,6 +244,8 @@ def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, exp
         {"athena_scan_limit_gb": 10_000},
         {"model_input_size": 32},
         {"model_input_size": 1024},
+        {"stack_name": "dev"},
+        {"stack_name": "Prod-Inference-2"},
     ],
 )
 def test_valid_setting_is_accepted(overrides):
