@@ -45,8 +45,8 @@ class Cluster(Construct):
     """Everything an inference cluster needs, and (``persistent``) the cluster itself.
 
     ``job_flow`` is the single ``RunJobFlow`` definition: the ``persistent`` cluster is rendered from it, and the stack
-    ships it as JSON for the trigger Lambda to launch clusters from (transient mode, or a persistent cluster with an
-    idle timeout, which the next batch may find gone).
+    ships it as JSON for the trigger Lambda to launch clusters from (transient mode; in persistent mode, a replacement
+    for a persistent cluster that ended or no longer accepts steps).
     """
 
     def __init__(
