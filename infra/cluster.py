@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, Optional, Sequence
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -30,6 +30,7 @@ from infra.storage import (
     MANIFESTS_PREFIX,
     MODELS_PREFIX,
     RESULTS_PREFIX,
+    STAGED_PREFIX,
 )
 
 EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
@@ -44,8 +45,8 @@ class Cluster(Construct):
     """Everything an inference cluster needs, and (``persistent``) the cluster itself.
 
     ``job_flow`` is the single ``RunJobFlow`` definition: the ``persistent`` cluster is rendered from it, and the stack
-    ships it as JSON for the trigger Lambda to launch clusters from (transient mode, or a persistent cluster with an
-    idle timeout, which the next batch may find gone).
+    ships it as JSON for the trigger Lambda to launch clusters from (transient mode; in persistent mode, a replacement
+    for a persistent cluster that ended or no longer accepts steps).
     """
 
     def __init__(
@@ -78,13 +79,22 @@ class Cluster(Construct):
         self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.instance_role)
         self.service_role = self._service_role(key)
         security_configuration = _security_configuration(key.key_arn)
+        # Named after the stack (names are unique per account and region; cdk-nag matches clusters to it by name) and
+        # after its content: CloudFormation replaces a security configuration on any change, and cannot replace a
+        # resource whose custom name stays the same. The definition names it by this literal (known at synth), not by a
+        # Ref, so that its hash - the definition tag - changes with it (review 2, #11). When it is replaced,
+        # CloudFormation deletes the old one in the update's clean-up; EMR refuses while a cluster still uses it (a
+        # transient cluster idling out), and that old configuration is then left in the account, unused and free of
+        # charge, for the user to delete (infra README, "Changing settings on a running stack").
+        self.security_configuration_name = (
+            f"{Stack.of(self).stack_name}-{_content_hash(Stack.of(self).resolve(security_configuration))}"
+        )
+        if Token.is_unresolved(self.security_configuration_name):
+            raise ValueError("the stack's name must be known at synth: the security configuration is named after it")
         self.security_configuration = emr.CfnSecurityConfiguration(
             self,
             "SecurityConfiguration",
-            # Named after the stack (names are unique per account and region; cdk-nag matches clusters to it by name)
-            # and after its content: CloudFormation replaces a security configuration on any change, and cannot replace
-            # a resource whose custom name stays the same.
-            name=f"{Stack.of(self).stack_name}-{_content_hash(Stack.of(self).resolve(security_configuration))}",
+            name=self.security_configuration_name,
             security_configuration=security_configuration,
         )
         stack = Stack.of(self)
@@ -104,7 +114,7 @@ class Cluster(Construct):
                 service_access_security_group_id=network.service_access_security_group.security_group_id,
                 service_role_name=self.service_role.role_name,
                 instance_profile_name=self.instance_profile.instance_profile_name,
-                security_configuration_name=self.security_configuration.ref,
+                security_configuration_name=self.security_configuration_name,
                 log_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
                 bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
                 wheelhouse_uri=wheelhouse_uri,
@@ -147,28 +157,19 @@ class Cluster(Construct):
             )
 
     @property
+    def launch_tag_keys(self) -> list[str]:
+        """The keys of the tags every cluster of this stack is launched with (the definition's ``Tags``), sorted."""
+        return sorted(tag["Key"] for tag in self.job_flow["Tags"])
+
+    @property
     def cluster_id(self) -> Optional[str]:
         return self.cfn_cluster.ref if self.cfn_cluster else None
 
-    def grant_step_submission(self, function: lambda_.Function, *, launch_clusters: bool) -> None:
-        """Let ``function`` submit steps: to the persistent cluster only, or (``launch_clusters``) to clusters carrying
-        this stack's tag, launching them from the definition with this stack's two roles and nothing else."""
+    def grant_step_submission(self, function: lambda_.Function) -> None:
+        """Let ``function`` submit steps to clusters carrying this stack's tag (the persistent cluster carries it too),
+        and launch such clusters from the definition with this stack's two roles and nothing else: in transient mode,
+        and in persistent mode to replace a persistent cluster that no longer accepts steps (review 2, #10)."""
         stack = Stack.of(self)
-        if not launch_clusters:
-            function.add_to_role_policy(
-                iam.PolicyStatement(
-                    sid="StepsOnThisStacksCluster",
-                    actions=[
-                        "elasticmapreduce:AddJobFlowSteps",
-                        "elasticmapreduce:ListSteps",
-                        "elasticmapreduce:DescribeCluster",
-                    ],
-                    resources=[
-                        stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name=self.cluster_id)
-                    ],
-                )
-            )
-            return
         tag_value = self._tag_value
         statements = [
             # RunJobFlow has no resource-level permission (the cluster does not exist yet): the condition is the limit,
@@ -203,6 +204,25 @@ class Cluster(Construct):
                 ],
                 resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
                 conditions={"StringEquals": {f"aws:RequestTag/{self._tag_key}": tag_value}},
+            ),
+            # A RunJobFlow that carries tags also needs AddTags ("IAM policies for tag-based access to clusters",
+            # EMR Management Guide: "To create a cluster with a tag, you must also have permission for the AddTags
+            # action"). Whether EMR then checks the request's tags or the new cluster's is not documented: both are
+            # allowed, each limited to this stack's tag, and to the definition's own tag keys (no other tag can be set).
+            *(
+                iam.PolicyStatement(
+                    sid=sid,
+                    actions=["elasticmapreduce:AddTags"],
+                    resources=[stack.format_arn(service="elasticmapreduce", resource="cluster", resource_name="*")],
+                    conditions={
+                        "StringEquals": {f"aws:{tag_condition}/{self._tag_key}": tag_value},
+                        "ForAllValues:StringEquals": {"aws:TagKeys": self.launch_tag_keys},
+                    },
+                )
+                for sid, tag_condition in (
+                    ("TagClustersLaunchedByThisStack", "RequestTag"),
+                    ("TagClustersOfThisStack", "ResourceTag"),
+                )
             ),
             # ListClusters has no resource-level permissions; it only reveals ids, states and names.
             iam.PolicyStatement(sid="FindRunningClusters", actions=["elasticmapreduce:ListClusters"], resources=["*"]),
@@ -263,7 +283,7 @@ class Cluster(Construct):
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="EMR nodes of the inference stack: read inputs/models/artifacts, write results and logs",
         )
-        readable = [MODELS_PREFIX, INCOMING_PREFIX, MANIFESTS_PREFIX, ARTIFACTS_PREFIX, RESULTS_PREFIX]
+        readable = [MODELS_PREFIX, INCOMING_PREFIX, STAGED_PREFIX, MANIFESTS_PREFIX, ARTIFACTS_PREFIX, RESULTS_PREFIX]
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadInputsModelsArtifacts",
@@ -316,6 +336,7 @@ class Cluster(Construct):
         for bucket, prefix, reason in (
             (data_bucket, MODELS_PREFIX, "Any model package under models/ can be chosen per run; read-only."),
             (data_bucket, INCOMING_PREFIX, "Inputs are any object uploaded under incoming/; read-only."),
+            (data_bucket, STAGED_PREFIX, "Inputs a manifest lists are any object under staged/; read-only."),
             (data_bucket, MANIFESTS_PREFIX, "One manifest per batch, named by the batch id; read-only."),
             (data_bucket, ARTIFACTS_PREFIX, "The job zip, entry point and bootstrap scripts; read-only."),
             (data_bucket, RESULTS_PREFIX, "Each step writes its own results/<batch id>/ prefix."),

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from infra.instance_types import task_slots_per_node
+from infra.settings import MAX_STEP_TIMEOUT_MINUTES
+from infra.trigger_function.emr_step import STEP_KILL_GRACE_SECONDS
 
 PYTHON = "/usr/bin/python3.11"  # EMR 7.1+ ships Python 3.11 beside the default 3.9; the job needs 3.11.
 # Installed on every GPU node by bootstrap/getGpusResources.sh --install (EMR ships Spark's copy under /usr/lib/spark
@@ -36,13 +38,48 @@ MXNET_BOOTSTRAP_SCRIPT_NAME = "install-mxnet.sh"
 # Room for the CUDA build of MXNet and its libraries on the root volume (EMR's default root volume is 15 GiB).
 EBS_ROOT_VOLUME_GIB = 40
 
-# Executor sizing per compute kind, sized for the default worker types (c5.2xlarge: 8 vCPU, YARN ~12 GiB;
-# g4dn.xlarge: 4 vCPU, YARN ~12 GiB, one T4). The Python workers (model + decoded batches) live outside the JVM
-# heap, so the overhead is large and the heap small: the JVM only moves bytes and Arrow batches.
+# Executor memory, per compute kind, for the default worker types (c5.2xlarge: 8 vCPU, YARN ~12 GiB; g4dn.xlarge:
+# 4 vCPU, YARN ~12 GiB, one T4). YARN kills a container whose processes' resident memory (the executor JVM and its
+# Python workers, one per task slot) exceeds spark.executor.memory + spark.executor.memoryOverhead
+# (+ spark.executor.pyspark.memory). The Python workers hold the model and the decoded batches; the JVM only moves work
+# items and Arrow batches, so the heap is small and the overhead holds the workers: a reserve for the JVM's own
+# off-heap memory plus PYTHON_WORKER_MIB per worker. tests/infra/test_infra_executor_memory.py measures a worker's
+# peak resident memory on real 224x224 JPEGs with a ResNet-18 (ONNX and MXNet packages) at the stack's batch size
+# and checks that it fits.
+#
+# spark.executor.pyspark.memory stays unset, deliberately: Spark turns it into an RLIMIT_AS (address space, not
+# resident memory) of pyspark.memory / executor cores on every Python worker (BasePythonRunner, worker.py). A worker's
+# address space is far above its resident memory (thread stacks, malloc arenas, mapped libraries): measured here,
+# an MXNet ResNet-18 worker with 0.57 GB resident aborts under a 1.3 GB address-space limit, and CUDA cannot start
+# under any such limit. Spark's documentation: without it, "it is up to the application to avoid exceeding the
+# overhead memory space shared with other non-JVM processes" - which this sizing does.
+JVM_OFF_HEAP_MIB = 512  # the executor JVM's metaspace, thread stacks and Netty/Arrow buffers (Spark's own minimum: 384)
+PYTHON_WORKER_MIB = {"cpu": 1024, "gpu": 5632}
+EXECUTOR_HEAP = {"cpu": "1g", "gpu": "4g"}
+# Python workers per executor: one per task slot (spark.executor.cores / spark.task.cpus).
+PYTHON_WORKERS_PER_EXECUTOR = {"cpu": 4, "gpu": 1}
+# The most bytes of one float32 batch (images x 3 x height x width x 4 B) that a worker decodes; up to
+# worker.PREFETCH_BATCHES + 1 batches, their uint8 images and the model's activations for them are alive at once.
+# The stack lowers job_batch_size to fit it for model_input_size (224x224: 602,112 B an image, so 27 images on cpu
+# and 111 on gpu; 32x32: the default 256). A GPU batch may be larger: its activations live on the device.
+MAX_BATCH_BYTES = {"cpu": 16 * 2**20, "gpu": 64 * 2**20}
+
+
+def executor_overhead_mib(compute: str) -> int:
+    """spark.executor.memoryOverhead in MiB: the JVM's off-heap reserve plus every Python worker's budget."""
+    return JVM_OFF_HEAP_MIB + PYTHON_WORKERS_PER_EXECUTOR[compute] * PYTHON_WORKER_MIB[compute]
+
+
+def batch_size_limit(compute: str, model_input_size: int) -> int:
+    """The most images per batch whose float32 batch of ``model_input_size`` x ``model_input_size`` RGB images fits
+    MAX_BATCH_BYTES (at least 1)."""
+    return max(1, MAX_BATCH_BYTES[compute] // (3 * model_input_size * model_input_size * 4))
+
+
 CPU_EXECUTOR_SIZING = {
-    "spark.executor.cores": "4",  # two executors per c5.2xlarge
-    "spark.executor.memory": "3g",
-    "spark.executor.memoryOverhead": "2560m",
+    "spark.executor.cores": str(PYTHON_WORKERS_PER_EXECUTOR["cpu"]),  # two executors per c5.2xlarge
+    "spark.executor.memory": EXECUTOR_HEAP["cpu"],
+    "spark.executor.memoryOverhead": f"{executor_overhead_mib('cpu')}m",
 }
 # Even in client mode Spark runs a small YARN ApplicationMaster (the ExecutorLauncher) in a container on a worker, and
 # with the DominantResourceCalculator that GPU scheduling needs, its vcore counts. An executor asking for all 4 vcores of
@@ -55,8 +92,8 @@ YARN_AM_SIZING = {
 GPU_EXECUTOR_SIZING = {
     "spark.executor.cores": "3",  # one executor per GPU; the node's 4th vcore is left for the ApplicationMaster
     "spark.task.cpus": "3",  # one task at a time on the GPU, with the executor's vCPUs for fetch and decode threads
-    "spark.executor.memory": "4g",
-    "spark.executor.memoryOverhead": "6g",
+    "spark.executor.memory": EXECUTOR_HEAP["gpu"],
+    "spark.executor.memoryOverhead": f"{executor_overhead_mib('gpu')}m",
 }
 # With Spot task nodes, Spark's YARN ApplicationMaster (the ExecutorLauncher of client mode) must not run on one: if its
 # node is reclaimed the whole application ends, and with spark.yarn.maxAppAttempts=1 the step fails. EMR 6 and 7 place
@@ -89,6 +126,9 @@ KEEP_ALIVE_WHEN_NO_STEPS = True
 # Scale-in waits for the YARN containers on a node to finish before it removes the node (EMR's default from 5.1.0, set
 # explicitly): managed scaling never cuts a running step short.
 SCALE_DOWN_BEHAVIOR = "TERMINATE_AT_TASK_COMPLETION"
+MAX_AM_RESOURCE_PERCENT = "yarn.scheduler.capacity.maximum-am-resource-percent"
+DECOMMISSIONING_TIMEOUT = "yarn.resourcemanager.decommissioning.timeout"
+DECOMMISSIONING_TIMEOUT_SECONDS = MAX_STEP_TIMEOUT_MINUTES * 60 + STEP_KILL_GRACE_SECONDS
 SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
 ON_DEMAND_ALLOCATION_STRATEGY = "lowest-price"
 SPOT_TIMEOUT_ACTION = "SWITCH_TO_ON_DEMAND"
@@ -207,13 +247,13 @@ def task_slots(compute: str, fleets: Sequence[InstanceFleet], scaling: Optional[
     return slots
 
 
-def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bool = False) -> list[dict[str, Any]]:
+def spark_configurations(compute: str, *, region: str, spot: bool = False) -> list[dict[str, Any]]:
     """EMR ``Configurations`` (classifications) for the inference job on ``compute`` (cpu | gpu).
 
-    ``task_slots`` becomes ``spark.default.parallelism``, from which the job plans its tasks. EMR turns on dynamic
-    allocation, so a Spark application starts with no executors and Spark's own default would be 2: two tasks for the
-    whole cluster. With the cluster's real slot count the job plans enough tasks, and dynamic allocation asks YARN for
-    an executor for each of them. ``spot``: the cluster has Spot nodes (see SPOT_SAFE_YARN_SITE).
+    No capacity count is written here (review 2, #6): ``Configurations`` cannot change on a running CloudFormation
+    cluster without replacing it, so a resize would replace the cluster. ``spark.default.parallelism`` (the cluster's
+    task slots) goes into each step instead (emr_step.build_step, from JOB_OPTIONS). ``spot``: the cluster has Spot
+    nodes (see SPOT_SAFE_YARN_SITE).
     """
     spark_defaults = {
         "spark.pyspark.python": PYTHON,
@@ -221,7 +261,6 @@ def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bo
         "spark.python.worker.reuse": "true",  # keeps each worker's loaded model for the next task
         # A second attempt would find the first attempt's partial output and stop (the job refuses to overwrite).
         "spark.yarn.maxAppAttempts": "1",
-        "spark.default.parallelism": str(task_slots),
         # boto3 in the executors' Python workers has no region otherwise, and would call the us-east-1 global S3
         # endpoint, which an S3 gateway endpoint in another region does not route.
         "spark.executorEnv.AWS_DEFAULT_REGION": region,
@@ -229,7 +268,20 @@ def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bo
         **(GPU_EXECUTOR_SIZING if compute == "gpu" else CPU_EXECUTOR_SIZING),
         **SPOT_TOLERANT_SPARK_DEFAULTS,
     }
-    yarn_site: dict[str, str] = dict(SPOT_SAFE_YARN_SITE) if spot else {}
+    # Graceful decommissioning (managed scaling's scale-in, a shrunk fleet) waits this long for a node's containers
+    # before it cuts them (Hadoop's default: 3,600 s); AWS: longer than the longest application. The longest step
+    # any setting allows, so that neither step_timeout_minutes nor turning managed scaling on changes Configurations
+    # (which would replace a persistent cluster).
+    yarn_site: dict[str, str] = {DECOMMISSIONING_TIMEOUT: str(DECOMMISSIONING_TIMEOUT_SECONDS)}
+    if spot:
+        yarn_site.update(SPOT_SAFE_YARN_SITE)
+    capacity_scheduler: dict[str, str] = {}
+    if spot:
+        # With ApplicationMasters confined to the ON_DEMAND partition, steps running in parallel each need an AM there;
+        # YARN's default AM share (10 % of the queue) would keep the second one pending. AWS's "Using managed scaling"
+        # considerations: set it to 1 when running several applications in parallel. Set whenever there are Spot
+        # nodes (harmless with one step at a time) so that step_concurrency_level stays an in-place change.
+        capacity_scheduler[MAX_AM_RESOURCE_PERCENT] = "1"
     configurations: list[dict[str, Any]] = [
         {
             "Classification": "spark-env",
@@ -267,8 +319,7 @@ def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bo
                 "yarn.nodemanager.container-executor.class": LINUX_CONTAINER_EXECUTOR,
             }
         )
-    if yarn_site:
-        configurations.append({"Classification": "yarn-site", "Properties": yarn_site})
+    configurations.append({"Classification": "yarn-site", "Properties": yarn_site})
     if compute == "gpu":
         configurations += [
             {
@@ -279,12 +330,11 @@ def spark_configurations(compute: str, *, task_slots: int, region: str, spot: bo
                     {"Classification": "cgroups", "Properties": {"root": GPU_CGROUP_ROOT, "yarn-hierarchy": "yarn"}},
                 ],
             },
-            {
-                # YARN counts GPUs only with the dominant resource calculator (the default one sees memory alone).
-                "Classification": "capacity-scheduler",
-                "Properties": {"yarn.scheduler.capacity.resource-calculator": DOMINANT_RESOURCE_CALCULATOR},
-            },
         ]
+        # YARN counts GPUs only with the dominant resource calculator (the default one sees memory alone).
+        capacity_scheduler["yarn.scheduler.capacity.resource-calculator"] = DOMINANT_RESOURCE_CALCULATOR
+    if capacity_scheduler:
+        configurations.append({"Classification": "capacity-scheduler", "Properties": capacity_scheduler})
     configurations.append({"Classification": "spark-defaults", "Properties": spark_defaults})
     return configurations
 
@@ -339,6 +389,22 @@ def _fleet_request(compute: str, fleet: InstanceFleet, spot_timeout_minutes: int
             "TimeoutDurationMinutes": spot_timeout_minutes,
             "TimeoutAction": SPOT_TIMEOUT_ACTION,
         }
+    if fleet.role != "MASTER":
+        # LaunchSpecifications apply to the launch only. Every later resize of a worker fleet (managed scaling, a
+        # replaced Spot node, a changed target) has its own specification: the same strategies, and the same wait
+        # as the launch's Spot timeout before EMR stops trying. A resize has no on-demand fallback (API
+        # SpotResizingSpecification: "the resize workflow will stop provisioning of Spot instances"); managed scaling
+        # tries again at its next evaluation.
+        request["ResizeSpecifications"] = {
+            "OnDemandResizeSpecification": {
+                "AllocationStrategy": ON_DEMAND_ALLOCATION_STRATEGY,
+                "TimeoutDurationMinutes": spot_timeout_minutes,
+            },
+            "SpotResizeSpecification": {
+                "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+                "TimeoutDurationMinutes": spot_timeout_minutes,
+            },
+        }
     return request
 
 
@@ -352,7 +418,6 @@ def build_job_flow(inputs: ClusterInputs) -> dict[str, Any]:
         "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
         "Configurations": spark_configurations(
             inputs.compute,
-            task_slots=task_slots(inputs.compute, inputs.fleets, inputs.managed_scaling),
             region=inputs.region,
             spot=spot,
         ),
@@ -411,9 +476,13 @@ def _cfn_fleet(fleet: Mapping[str, Any]) -> dict[str, Any]:
             {"instanceType": config["InstanceType"], "weightedCapacity": config["WeightedCapacity"]}
             for config in fleet["InstanceTypeConfigs"]
         ],
-        "launchSpecifications": {
-            _camel(kind): {_camel(key): value for key, value in specification.items()}
-            for kind, specification in fleet["LaunchSpecifications"].items()
+        **{
+            _camel(field): {
+                _camel(kind): {_camel(key): value for key, value in specification.items()}
+                for kind, specification in fleet[field].items()
+            }
+            for field in ("LaunchSpecifications", "ResizeSpecifications")
+            if field in fleet
         },
     }
 

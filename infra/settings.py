@@ -91,6 +91,10 @@ VPC_ID_PATTERN = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID_PATTERN = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_STACK_NAME = "MxnetSparkInference"
+# CloudFormation's stack-name rule (a letter, then letters, digits and hyphens), at most 64 characters: the Athena
+# workgroup "<stack>-results" and the step names "<stack>-batch-<batch id>-<n>" must stay within their limits.
+STACK_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 # Top-level context keys of this shape are taken for settings given with -c; CDK's own keys never have it (feature
 # flags start with '@', its internal keys with 'aws:', lookups hold ':' or '=', and its other keys use '-').
 SETTING_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -106,6 +110,10 @@ MAX_NAT_GATEWAYS = 2
 # The same default as the step builder's (emr_step.DEFAULT_STEP_TIMEOUT_MINUTES, tested equal); at most a week.
 DEFAULT_STEP_TIMEOUT_MINUTES = 240
 MAX_STEP_TIMEOUT_MINUTES = 7 * 24 * 60
+# A model's input size in pixels: at most 1,024 (a 1,024 x 1,024 float batch of one image is 12 MiB, within a batch's
+# byte limit on every compute).
+MIN_MODEL_INPUT_SIZE = 8
+MAX_MODEL_INPUT_SIZE = 1024
 # Athena cancels a query of the stack's workgroup once it has scanned this much (GB = 10^9 bytes; Athena bills $5 per TB
 # scanned in us-east-1, so the default caps a query at $0.05). Predictions take about 40 bytes per image in Parquet
 # (README, "Querying results"), so 10 GB is every column of some 250 million images; Athena reads only the columns a
@@ -122,6 +130,11 @@ class SettingsError(ValueError):
 class Settings:
     """Everything a user can set in ``cdk.json`` under the ``inference`` context key; defaults are the field defaults."""
 
+    # The CloudFormation stack's name, from which every physical name of the deployment is derived (security
+    # configuration, clusters and their tags, step names, Glue database, Athena workgroup, alarms; CDK derives the
+    # buckets', roles' and functions' names from it): deployments with different names live side by side in one account
+    # and region (dev, prod, a second model). Changing it on a deployed stack deploys a second stack beside the first.
+    stack_name: str = DEFAULT_STACK_NAME
     compute: str = "cpu"
     cluster_mode: str = "transient"
     release_label: str = DEFAULT_RELEASE_LABEL
@@ -162,6 +175,10 @@ class Settings:
     model_name: str = "default"
     job_device: str = "auto"
     job_batch_size: int = 256
+    # The model's input height and width in pixels (a package's input_shape[-1]): the executors are sized for batches
+    # of this size, and job_batch_size is lowered to fit them (cluster_definition.MAX_BATCH_BYTES). 224 (ImageNet
+    # models) is the safe default; 32 for CIFAR-size models keeps batches of job_batch_size.
+    model_input_size: int = 224
     job_top_k: int = 5
     job_max_failure_ratio: float = 0.01
     # Wall-clock limit of one EMR step (spark-submit runs under `timeout`); a hung step cannot keep a cluster billing.
@@ -207,9 +224,11 @@ class Settings:
         return self.vpc_id is None
 
     @property
-    def launches_clusters(self) -> bool:
-        """Whether the trigger may have to launch a cluster: always in transient mode, and in persistent mode when the
-        stack's cluster can end by itself (auto-termination), so that the next batch finds it gone."""
+    def finds_clusters_by_tag(self) -> bool:
+        """Whether the trigger finds the cluster for a batch by the stack's tags (and launches one when none accepts
+        steps): always in transient mode, and in persistent mode when the stack's cluster can end by itself
+        (auto-termination). Otherwise it sends steps to the persistent cluster by its id, and launches a cluster from
+        the same definition only when that one no longer accepts steps."""
         return self.cluster_mode == "transient" or self.resolved_idle_timeout_minutes is not None
 
     @classmethod
@@ -352,6 +371,11 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             else:
                 checked[key] = tuple(value)
 
+    pattern(
+        "stack_name",
+        STACK_NAME_PATTERN,
+        "1-64 characters: a letter, then letters, digits and '-' (CloudFormation's stack-name rule)",
+    )
     choice("compute", COMPUTE_CHOICES)
     choice("cluster_mode", CLUSTER_MODES)
     choice("architecture", ARCHITECTURES)
@@ -389,6 +413,7 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     pattern("notification_email", EMAIL_PATTERN, "null or an e-mail address", optional=True)
     pattern("model_name", MODEL_NAME_PATTERN, "1-128 characters: letters, digits, '.', '_', '-' (no '/')")
     integer("job_batch_size", 1, 65_536)
+    integer("model_input_size", MIN_MODEL_INPUT_SIZE, MAX_MODEL_INPUT_SIZE)
     integer("job_top_k", 1, 1000)
     number("job_max_failure_ratio", 0.0, 1.0)
     integer("step_timeout_minutes", 5, MAX_STEP_TIMEOUT_MINUTES)

@@ -7,16 +7,23 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, CustomResourceProviderBase, Stack
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
 from infra.alarms import Alarms
-from infra.artifacts import Artifacts, wheelhouse_uri
+from infra.artifacts import DEPLOYMENT_FUNCTION_ID_PREFIX, Artifacts, wheelhouse_uri
 from infra.catalog import ResultsCatalog
 from infra.cleanup import ClusterCleanup
 from infra.cluster import Cluster, stack_key
-from infra.cluster_definition import InstanceFleet, ManagedScaling
+from infra.cluster_definition import (
+    PYTHON_WORKERS_PER_EXECUTOR,
+    InstanceFleet,
+    ManagedScaling,
+    batch_size_limit,
+    task_slots,
+)
 from infra.network import Network
 from infra.packaging import bootstrap_digest
 from infra.settings import Settings
@@ -27,7 +34,10 @@ from infra.storage import (
     MANIFESTS_PREFIX,
     MODELS_PREFIX,
     RESULTS_PREFIX,
+    MODEL_PUBLISHER_TAG_KEY,
+    STAGED_PREFIX,
     Storage,
+    UploadAccess,
 )
 from infra.trigger import Trigger
 from infra.trigger_function.emr_step import JobOptions, build_step
@@ -35,6 +45,8 @@ from infra.trigger_function.emr_step import JobOptions, build_step
 CLUSTER_TAG_KEY = "mxnet-spark-inference:stack"
 # On every cluster of the stack: a hash of the definition and bootstrap scripts it was launched with (infra/cluster.py).
 CLUSTER_DEFINITION_TAG_KEY = "mxnet-spark-inference:definition"
+# CDK's provider of the buckets' auto-delete custom resources (a child of the stack).
+AUTO_DELETE_PROVIDER_ID = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 
 
 class InferenceStack(Stack):
@@ -55,9 +67,9 @@ class InferenceStack(Stack):
         self.step_name_prefix = f"{self.stack_name}-batch-"
         self.cluster_tag_value = self.stack_name
         persistent = settings.cluster_mode == "persistent"
-        # The trigger launches clusters from the shipped definition in transient mode, and in persistent mode when the
-        # stack's cluster can end idle (it may be gone when the next batch comes).
-        launches_clusters = settings.launches_clusters
+        # The trigger finds clusters by tag in transient mode, and in persistent mode when the stack's cluster can end
+        # idle (it may be gone when the next batch comes); otherwise it uses the persistent cluster by id.
+        by_tag = settings.finds_clusters_by_tag
 
         self.storage = Storage(
             self, "Storage", retain_data=settings.retain_data_on_destroy, log_retention_days=settings.log_retention_days
@@ -68,14 +80,15 @@ class InferenceStack(Stack):
         self.network = Network(
             self, "Network", vpc_id=settings.vpc_id, subnet_ids=settings.subnet_ids, nat_gateways=settings.nat_gateways
         )
+        fleets, managed_scaling = _instance_fleets(settings), _managed_scaling(settings)
         self.cluster = Cluster(
             self,
             "Emr",
             compute=settings.compute,
             release_label=settings.release_label,
-            fleets=_instance_fleets(settings),
+            fleets=fleets,
             spot_timeout_minutes=settings.spot_timeout_minutes,
-            managed_scaling=_managed_scaling(settings),
+            managed_scaling=managed_scaling,
             idle_timeout_minutes=settings.resolved_idle_timeout_minutes,
             step_concurrency_level=settings.step_concurrency_level,
             persistent=persistent,
@@ -96,7 +109,9 @@ class InferenceStack(Stack):
             data_bucket=data_bucket,
             source_root=source_root,
             staging_dir=staging_dir,
-            job_flow=self.cluster.job_flow if launches_clusters else None,
+            # Shipped in every mode: a persistent cluster that ended (lost primary, terminated by hand) is replaced
+            # by the trigger from this definition, not fed batches that go to the dead-letter queue (review 2, #10).
+            job_flow=self.cluster.job_flow,
             compute=settings.compute,
             architecture=settings.architecture,
             offline_wheelhouse=settings.offline_wheelhouse,
@@ -112,10 +127,13 @@ class InferenceStack(Stack):
 
         self.job_options = JobOptions(
             device=settings.job_device,
-            batch_size=settings.job_batch_size,
+            # The executors are sized for batches of at most MAX_BATCH_BYTES of the model's input size.
+            batch_size=min(settings.job_batch_size, batch_size_limit(settings.compute, settings.model_input_size)),
             top_k=settings.job_top_k,
             max_failure_ratio=settings.job_max_failure_ratio,
             timeout_minutes=settings.step_timeout_minutes,
+            default_parallelism=task_slots(settings.compute, fleets, managed_scaling),
+            executor_task_slots=PYTHON_WORKERS_PER_EXECUTOR[settings.compute],
         )
         self.model_uri = data_bucket.s3_url_for_object(f"{MODELS_PREFIX}{settings.model_name}/")
         environment = {
@@ -128,18 +146,17 @@ class InferenceStack(Stack):
             "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
             "JOB_OPTIONS": json.dumps(dataclasses.asdict(self.job_options), sort_keys=True),
             "STEP_NAME_PREFIX": self.step_name_prefix,
-            # How the trigger finds the cluster: the stack's own by id ("persistent"), or by tag, launching one from
-            # the definition when none accepts steps ("transient").
-            "CLUSTER_MODE": "transient" if launches_clusters else "persistent",
+            # How the trigger finds the cluster: the stack's own by id ("persistent"), or by tag ("transient"); in
+            # both, it launches one from the shipped definition when its cluster does not accept steps.
+            "CLUSTER_MODE": "transient" if by_tag else "persistent",
             "CLUSTER_TAG_KEY": CLUSTER_TAG_KEY,
             "CLUSTER_TAG_VALUE": self.cluster_tag_value,
             "MAX_ACTIVE_STEPS": str(settings.max_active_steps),
         }
-        if launches_clusters:
-            environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
-            environment["CLUSTER_DEFINITION_TAG_KEY"] = CLUSTER_DEFINITION_TAG_KEY
-            environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
-        else:
+        environment["JOB_FLOW_DEFINITION_KEY"] = job_flow_definition_key
+        environment["CLUSTER_DEFINITION_TAG_KEY"] = CLUSTER_DEFINITION_TAG_KEY
+        environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
+        if not by_tag:
             environment["CLUSTER_ID"] = self.cluster.cluster_id
 
         self.trigger = Trigger(
@@ -158,7 +175,7 @@ class InferenceStack(Stack):
             # Beside the artifacts' staging folder (which is emptied at every synth), shared by this machine's synths.
             function_zip_path=staging_dir.parent / "trigger-function" / "trigger-function.zip",
         )
-        self.cluster.grant_step_submission(self.trigger.function, launch_clusters=launches_clusters)
+        self.cluster.grant_step_submission(self.trigger.function)
         network = self.network
         self.cleanup = ClusterCleanup(
             self,
@@ -201,7 +218,29 @@ class InferenceStack(Stack):
             cluster_name=self.cluster.job_flow["Name"],
             emr_logs_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
         )
+        self.upload_access = UploadAccess(
+            self,
+            "UploadAccess",
+            data_bucket=data_bucket,
+            stack_name=self.stack_name,
+            artifact_writer_arns=self._artifact_writer_arns(),
+        )
         self._outputs()
+
+    def _artifact_writer_arns(self) -> list[str]:
+        """The roles that write artifacts/ (CDK's bucket-deployment functions, one per memory size) and that empty the
+        bucket on destroy (CDK's auto-delete provider, unless the data is retained)."""
+        arns = [
+            child.role.role_arn
+            for child in self.node.children
+            if child.node.id.startswith(DEPLOYMENT_FUNCTION_ID_PREFIX) and isinstance(child, lambda_.Function)
+        ]
+        if not arns:
+            raise RuntimeError("no bucket-deployment function found: artifacts/ would have no writer")
+        auto_delete = self.node.try_find_child(AUTO_DELETE_PROVIDER_ID)
+        if isinstance(auto_delete, CustomResourceProviderBase):
+            arns.append(auto_delete.role_arn)
+        return arns
 
     def _outputs(self) -> None:
         data_bucket = self.storage.data_bucket
@@ -212,6 +251,7 @@ class InferenceStack(Stack):
         for name, prefix in (
             ("ModelsPrefix", MODELS_PREFIX),
             ("IncomingPrefix", INCOMING_PREFIX),
+            ("StagedPrefix", STAGED_PREFIX),
             ("ManifestsPrefix", MANIFESTS_PREFIX),
             ("ResultsPrefix", RESULTS_PREFIX),
             ("ArtifactsPrefix", ARTIFACTS_PREFIX),
@@ -253,6 +293,19 @@ class InferenceStack(Stack):
         )
         CfnOutput(
             self, "ResultsWorkgroup", value=self.catalog.workgroup.ref, description="Athena workgroup to query in"
+        )
+        CfnOutput(
+            self,
+            "UploaderPolicyArn",
+            value=self.upload_access.uploader_policy.managed_policy_arn,
+            description=f"Attach to whoever uploads inputs: writes {INCOMING_PREFIX} and {STAGED_PREFIX} only",
+        )
+        CfnOutput(
+            self,
+            "ModelPublisherPolicyArn",
+            value=self.upload_access.model_publisher_policy.managed_policy_arn,
+            description=f"Attach to whoever publishes models (writes {MODELS_PREFIX}); the principal also needs the tag "
+            f"{MODEL_PUBLISHER_TAG_KEY}={self.stack_name}",
         )
         CfnOutput(
             self,

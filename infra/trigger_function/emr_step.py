@@ -7,7 +7,9 @@ This module imports nothing outside the standard library: it runs inside the Lam
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 COMMAND_RUNNER_JAR = "command-runner.jar"
 # EMR rejects a step whose strings add up to more than this many characters; a manifest URI keeps us far below it.
@@ -16,6 +18,11 @@ DEFAULT_STEP_TIMEOUT_MINUTES = 240
 # After the time limit, `timeout` sends SIGTERM (Spark stops its context and releases its YARN containers); a driver
 # still alive this long after that is killed.
 STEP_KILL_GRACE_SECONDS = 120
+# A step asks for at most one executor per this many images per task slot of an executor (review 2, #8): a small batch
+# then runs on the executors the cluster already has, instead of dynamic allocation asking YARN for an executor per
+# planned task and managed scaling adding Spot nodes that finish bootstrapping after the work is done. 500 images are
+# about 10 s of one CPU slot's work at 224x224 (benchmarks/results.json), far less than a node's bootstrap.
+MIN_IMAGES_PER_EXECUTOR_SLOT = 500
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,12 @@ class JobOptions:
     max_failure_ratio: float = 0.01
     # Wall-clock limit of the whole step: a hung step cannot keep a cluster (and a transient cluster's bill) alive.
     timeout_minutes: int = DEFAULT_STEP_TIMEOUT_MINUTES
+    # The cluster's task slots (the most tasks its workers run at once), computed by the stack from the fleets and
+    # managed scaling's maximum: the step's spark.default.parallelism, from which the job plans its tasks. None: Spark's
+    # own default. Kept out of the cluster's Configurations so that a resize does not replace the cluster.
+    default_parallelism: Optional[int] = None
+    # Task slots per executor (spark.executor.cores / spark.task.cpus): 4 on cpu, 1 on gpu.
+    executor_task_slots: int = 1
 
 
 def build_step(
@@ -46,6 +59,7 @@ def build_step(
     model_uri: str,
     output_uri: str,
     options: JobOptions,
+    image_count: Optional[int] = None,
     action_on_failure: str = "CONTINUE",
 ) -> dict:
     """Return an EMR ``StepConfig`` (the shape ``AddJobFlowSteps`` and ``RunJobFlow`` take) that runs the job on a manifest.
@@ -56,6 +70,9 @@ def build_step(
       take a YARN container on a worker: with the GPU sizing (an executor asks for the vcores a GPU node can spare) that
       node could host no executor, and with one core node the step would wait forever. Client mode also puts the
       driver's output (the job's traceback on failure) in the step's own stderr log.
+    - ``--conf``: the cluster's task slots as ``spark.default.parallelism`` (``options.default_parallelism``) and,
+      when the batch's ``image_count`` is known, a cap on the executors dynamic allocation may ask for (see
+      :func:`max_executors`).
     - ``timeout``: EMR steps have no time limit of their own. coreutils' ``timeout`` (on every EMR node) ends
       spark-submit after ``options.timeout_minutes`` (exit code 124, so the step is FAILED), which stops the Spark
       application, and a transient cluster can then end.
@@ -68,6 +85,7 @@ def build_step(
         "spark-submit",
         "--deploy-mode",
         "client",
+        *_spark_conf(options, image_count),
         "--py-files",
         artifacts.py_files_uri,
         artifacts.entry_point_uri,
@@ -97,6 +115,24 @@ def build_step(
         "ActionOnFailure": action_on_failure,
         "HadoopJarStep": {"Jar": COMMAND_RUNNER_JAR, "Args": args},
     }
+
+
+def max_executors(image_count: int, options: JobOptions) -> int:
+    """The most executors a step over ``image_count`` images may ask for: one per MIN_IMAGES_PER_EXECUTOR_SLOT images
+    per executor slot, at least 1, and never more than the cluster's slots hold (when known)."""
+    wanted = max(1, math.ceil(image_count / (MIN_IMAGES_PER_EXECUTOR_SLOT * options.executor_task_slots)))
+    if options.default_parallelism is not None:
+        wanted = min(wanted, max(1, options.default_parallelism // options.executor_task_slots))
+    return wanted
+
+
+def _spark_conf(options: JobOptions, image_count: Optional[int]) -> list[str]:
+    conf = []
+    if options.default_parallelism is not None:
+        conf.append(f"spark.default.parallelism={options.default_parallelism}")
+    if image_count is not None:
+        conf.append(f"spark.dynamicAllocation.maxExecutors={max_executors(image_count, options)}")
+    return [argument for setting in conf for argument in ("--conf", setting)]
 
 
 def job_arguments(step: dict) -> list[str]:

@@ -8,6 +8,8 @@ import pytest
 from infra_helpers import REPO_ROOT
 
 from infra.cluster_definition import (
+    DECOMMISSIONING_TIMEOUT,
+    MAX_AM_RESOURCE_PERCENT,
     GPU_CGROUP_ROOT,
     GPU_CGROUP_SCRIPT_NAME,
     GPU_DISCOVERY_SCRIPT,
@@ -27,6 +29,7 @@ from infra.cluster_definition import (
     to_cfn_cluster_properties,
 )
 from infra.instance_types import vcpus
+from infra.settings import MAX_STEP_TIMEOUT_MINUTES
 
 BOOTSTRAP_PREFIX = "s3://data-bucket/artifacts/bootstrap/"
 
@@ -125,8 +128,9 @@ def test_gpu_yarn_schedules_gpus_through_cgroup_isolation():
 def test_cpu_cluster_has_no_gpu_configuration():
     job_flow = build_job_flow(inputs("cpu"))
     names = {c["Classification"] for c in job_flow["Configurations"]}
-    assert names == {"spark-env", "spark-defaults"}
+    assert names == {"spark-env", "spark-defaults", "yarn-site"}
     assert not any("gpu" in key for key in classification(job_flow, "spark-defaults")["Properties"])
+    assert not any("gpu" in key for key in classification(job_flow, "yarn-site")["Properties"])
 
 
 def test_cgroup_script_mounts_where_yarn_looks():
@@ -229,30 +233,22 @@ def test_cfn_rendering_keeps_fleets_configurations_bootstrap_actions_and_policie
 )
 def test_spark_plans_for_every_slot_of_the_workers_not_for_an_empty_start(compute, task_count, slots):
     """EMR starts an application under dynamic allocation with no executors, where Spark's defaultParallelism is 2; the
-    job plans its tasks from spark.default.parallelism, so it must hold the workers' slots (the primary has none)."""
-    job_flow = build_job_flow(inputs(compute, task_count=task_count))
-    assert classification(job_flow, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(slots)
+    job plans its tasks from spark.default.parallelism, so it must hold the workers' slots (the primary has none). The
+    stack passes task_slots to each step (JOB_OPTIONS.default_parallelism, tested in test_infra_emr_step.py)."""
+    assert task_slots(compute, fleets(compute, task_count=task_count)) == slots
 
 
-def test_multi_gpu_nodes_count_one_slot_per_gpu():
-    cluster = (
-        InstanceFleet("MASTER", "Primary", ("m5.xlarge",), 1),
-        InstanceFleet("CORE", "Core", ("g5.12xlarge",), 2),
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_no_capacity_count_reaches_the_clusters_configurations(compute):
+    """Review 2, #6: Configurations is a create-only property of AWS::EMR::Cluster (it replaces the cluster), so a
+    resize (node counts, managed scaling on or its maximum) must change only the fleets' targets and the scaling
+    limits."""
+    small = build_job_flow(inputs(compute, task_count=1))
+    large = build_job_flow(
+        inputs(compute, task_count=5, scaling=ManagedScaling(min_instance_count=1, max_instance_count=40))
     )
-    assert task_slots("gpu", cluster) == 8
-
-
-def test_gpu_executor_and_the_yarn_application_master_fit_on_one_g4dn_xlarge():
-    """In client mode the driver runs on the primary, but Spark still puts a YARN ApplicationMaster on a worker; with
-    the DominantResourceCalculator (GPU scheduling) its vcores count. An executor that asked for all of a g4dn.xlarge's
-    4 vcores could never run on that node: with one core node no executor would ever start. What YARN does with real
-    NodeManagers is not run here; this checks the arithmetic the sizing relies on (YARN vcores = the type's vCPUs)."""
-    node_vcores = vcpus("g4dn.xlarge")
-    spark_defaults = classification(build_job_flow(inputs("gpu")), "spark-defaults")["Properties"]
-    executor_cores = int(spark_defaults["spark.executor.cores"])
-    assert executor_cores + int(spark_defaults["spark.yarn.am.cores"]) <= node_vcores
-    assert spark_defaults["spark.task.cpus"] == GPU_EXECUTOR_SIZING["spark.task.cpus"] == str(executor_cores)
-    assert spark_defaults["spark.yarn.am.cores"] == YARN_AM_SIZING["spark.yarn.am.cores"]
+    assert "spark.default.parallelism" not in classification(small, "spark-defaults")["Properties"]
+    assert small["Configurations"] == large["Configurations"]
 
 
 @pytest.mark.parametrize("compute", ["cpu", "gpu"])
@@ -314,7 +310,47 @@ def test_spot_nodes_never_host_the_yarn_application_master():
     with_spot = classification(build_job_flow(inputs("cpu", task_count=1)), "yarn-site")["Properties"]
     assert with_spot.items() >= SPOT_SAFE_YARN_SITE.items()
     assert with_spot["yarn.node-labels.am.default-node-label-expression"] == "ON_DEMAND"
-    assert "yarn-site" not in {c["Classification"] for c in build_job_flow(inputs("cpu"))["Configurations"]}
+    without_spot = classification(build_job_flow(inputs("cpu")), "yarn-site")["Properties"]
+    assert not without_spot.keys() & SPOT_SAFE_YARN_SITE.keys()
+
+
+@pytest.mark.parametrize("compute", ["cpu", "gpu"])
+def test_parallel_steps_each_find_room_for_their_application_master_in_the_on_demand_partition(compute):
+    """Review 2, #7 (AWS, "Using managed scaling in Amazon EMR", considerations: with node labels, set
+    maximum-am-resource-percent to 1 to run applications in parallel). Set whenever there are Spot nodes, so that a
+    change of step_concurrency_level changes no Configurations. YARN's scheduling itself is not run here."""
+    with_spot = classification(build_job_flow(inputs(compute, task_count=1)), "capacity-scheduler")["Properties"]
+    assert with_spot[MAX_AM_RESOURCE_PERCENT] == "1"
+    without_spot = build_job_flow(inputs(compute))["Configurations"]
+    assert all(MAX_AM_RESOURCE_PERCENT not in c["Properties"] for c in without_spot)
+
+
+@pytest.mark.parametrize("task_count", [0, 1])
+def test_scale_in_lets_the_longest_step_finish_before_it_removes_a_node(task_count):
+    """Review 2, #7: graceful decommissioning (Hadoop's default 3,600 s) must outlast a step's time limit, or a
+    scale-in cuts long tasks, which then run again. The longest limit any setting allows, on every cluster: neither a
+    step_timeout_minutes change nor turning managed scaling on then changes Configurations."""
+    yarn_site = classification(build_job_flow(inputs("cpu", task_count=task_count)), "yarn-site")["Properties"]
+    assert int(yarn_site[DECOMMISSIONING_TIMEOUT]) >= MAX_STEP_TIMEOUT_MINUTES * 60
+
+
+def test_every_resize_of_a_worker_fleet_has_its_own_timeout_and_strategies():
+    """Review 2, #14: LaunchSpecifications cover the launch only; Spot replacements and managed-scaling scale-outs use
+    ResizeSpecifications (API InstanceFleetConfig). EMR's behaviour on a resize timeout is not run here."""
+    job_flow = build_job_flow(inputs("cpu", task_count=2))
+    requests = fleet_requests(job_flow)
+    assert "ResizeSpecifications" not in requests["MASTER"]  # the primary is never resized
+    for role in ("CORE", "TASK"):
+        assert requests[role]["ResizeSpecifications"] == {
+            "OnDemandResizeSpecification": {"AllocationStrategy": "lowest-price", "TimeoutDurationMinutes": 12},
+            "SpotResizeSpecification": {"AllocationStrategy": "price-capacity-optimized", "TimeoutDurationMinutes": 12},
+        }
+    cfn = to_cfn_cluster_properties(job_flow)["instances"]
+    assert cfn["taskInstanceFleets"][0]["resizeSpecifications"]["spotResizeSpecification"] == {
+        "allocationStrategy": "price-capacity-optimized", "timeoutDurationMinutes": 12,
+    }  # fmt: skip
+    assert "resizeSpecifications" in cfn["coreInstanceFleet"]
+    assert "resizeSpecifications" not in cfn["masterInstanceFleet"]
 
 
 def test_gpu_cluster_with_spot_nodes_has_one_yarn_site_with_both_the_gpu_plugin_and_the_am_placement():
@@ -360,14 +396,10 @@ def test_scaling_limits_count_task_nodes_in_units_of_the_first_task_type():
 def test_parallelism_counts_the_slots_of_the_largest_cluster_managed_scaling_may_reach():
     """Dynamic allocation starts with no executors: planning for fewer slots than the scaled-up cluster would leave
     the added nodes idle; planning for more only adds a round of tasks."""
-    scaled = build_job_flow(
-        inputs("cpu", task_count=1, scaling=ManagedScaling(min_instance_count=2, max_instance_count=6))
-    )
-    assert classification(scaled, "spark-defaults")["Properties"]["spark.default.parallelism"] == str(6 * 8)
-    gpu = build_job_flow(
-        inputs("gpu", task_count=1, scaling=ManagedScaling(min_instance_count=1, max_instance_count=10))
-    )
-    assert classification(gpu, "spark-defaults")["Properties"]["spark.default.parallelism"] == "10"
+    scaling = ManagedScaling(min_instance_count=2, max_instance_count=6)
+    assert task_slots("cpu", fleets("cpu", task_count=1), scaling) == 6 * 8
+    gpu_scaling = ManagedScaling(min_instance_count=1, max_instance_count=10)
+    assert task_slots("gpu", fleets("gpu", task_count=1), gpu_scaling) == 10
 
 
 @pytest.mark.parametrize(

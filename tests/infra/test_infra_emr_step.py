@@ -14,10 +14,12 @@ from infra_helpers import logical_id
 
 from infra.trigger_function.emr_step import (
     DEFAULT_STEP_TIMEOUT_MINUTES,
+    MIN_IMAGES_PER_EXECUTOR_SLOT,
     JobArtifacts,
     JobOptions,
     build_step,
     job_arguments,
+    max_executors,
 )
 from infra.settings import DEFAULT_STEP_TIMEOUT_MINUTES as SETTINGS_DEFAULT_STEP_TIMEOUT_MINUTES
 
@@ -82,3 +84,54 @@ def test_step_timeout_setting_reaches_the_lambda_and_the_example_step(synth):
     assert job_options["timeout_minutes"] == 45
     example = variant.stack.resolve(variant.template.to_json()["Outputs"]["ExampleStep"]["Value"])
     assert '\\"45m\\"' in json.dumps(example) or '"45m"' in json.dumps(example)
+
+
+def test_the_clusters_slots_reach_spark_through_the_step_not_the_clusters_configurations():
+    """Review 2, #6: spark.default.parallelism is a --conf of spark-submit (before the application), so a resize that
+    changes the slot count changes JOB_OPTIONS, not the cluster's create-only Configurations."""
+    args = step(default_parallelism=24, executor_task_slots=4)["HadoopJarStep"]["Args"]
+    submit = spark_submit_arguments(args)
+    conf_at = submit.index("--conf")
+    assert submit[conf_at : conf_at + 2] == ["--conf", "spark.default.parallelism=24"]
+    assert conf_at < submit.index("--py-files") < submit.index(ARTIFACTS.entry_point_uri)
+    assert "--conf" not in spark_submit_arguments(step()["HadoopJarStep"]["Args"])  # unknown slots: Spark's default
+    assert job_arguments(step(default_parallelism=24))[:2] == ["--manifest", "s3://bucket/manifests/1.json"]
+
+
+def max_executors_conf(image_count: int, **options) -> list[str]:
+    args = build_step(
+        name="stack-batch-1", artifacts=ARTIFACTS, manifest_uri="s3://bucket/manifests/1.json",
+        model_uri="s3://bucket/models/default/", output_uri="s3://bucket/results/1/", options=JobOptions(**options),
+        image_count=image_count,
+    )["HadoopJarStep"]["Args"]  # fmt: skip
+    return [a for a in args if a.startswith("spark.dynamicAllocation.maxExecutors=")]
+
+
+def test_a_small_batch_asks_for_no_more_executors_than_its_images_need():
+    """Review 2, #8: a 150-image batch on a cluster that may scale to 160 slots asked YARN for ~38 executors, and
+    managed scaling added Spot nodes that came after the work was done. One executor per MIN_IMAGES_PER_EXECUTOR_SLOT
+    images per slot, capped by the cluster's slots. (Managed scaling's reaction to the demand needs an account.)"""
+    cpu = {"default_parallelism": 160, "executor_task_slots": 4}
+    assert max_executors_conf(150, **cpu) == ["spark.dynamicAllocation.maxExecutors=1"]
+    per_executor = MIN_IMAGES_PER_EXECUTOR_SLOT * 4
+    assert max_executors_conf(5 * per_executor, **cpu) == ["spark.dynamicAllocation.maxExecutors=5"]
+    assert max_executors_conf(5 * per_executor + 1, **cpu) == ["spark.dynamicAllocation.maxExecutors=6"]
+    assert max_executors_conf(10**7, **cpu) == ["spark.dynamicAllocation.maxExecutors=40"]  # 160 slots / 4
+    gpu = {"default_parallelism": 10, "executor_task_slots": 1}
+    assert max_executors_conf(1, **gpu) == ["spark.dynamicAllocation.maxExecutors=1"]
+    assert max_executors_conf(10**6, **gpu) == ["spark.dynamicAllocation.maxExecutors=10"]
+    assert max_executors_conf(0) == ["spark.dynamicAllocation.maxExecutors=1"]
+    assert max_executors(150, JobOptions(**cpu)) == 1
+
+
+def test_the_stack_gives_each_step_the_clusters_slots_and_its_executors_slots(synth):
+    """The default cluster: 1 core + 2 task c5.2xlarge-sized nodes of 8 vCPUs = 24 slots, 4 per executor."""
+    job_options = json.loads(environment_of(synth())["JOB_OPTIONS"])
+    assert (job_options["default_parallelism"], job_options["executor_task_slots"]) == (24, 4)
+    gpu_options = json.loads(environment_of(synth(compute="gpu", cluster_mode="persistent"))["JOB_OPTIONS"])
+    assert (gpu_options["default_parallelism"], gpu_options["executor_task_slots"]) == (3, 1)
+
+
+def environment_of(variant) -> dict:
+    function = variant.resources[logical_id(variant, variant.stack.trigger.function)]
+    return function["Properties"]["Environment"]["Variables"]

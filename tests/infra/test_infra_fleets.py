@@ -182,9 +182,10 @@ def test_no_managed_scaling_policy_unless_asked(variant):
 
 
 def test_parallelism_plans_for_the_largest_cluster_scaling_may_reach(synth):
-    definition = synth(cluster_mode="persistent", managed_scaling_max_instance_count=10).stack.cluster.job_flow
-    (spark_defaults,) = [c for c in definition["Configurations"] if c["Classification"] == "spark-defaults"]
-    assert spark_defaults["Properties"]["spark.default.parallelism"] == str(10 * 8)
+    """The slots go into each step (JOB_OPTIONS), not into the cluster's Configurations (review 2, #6)."""
+    variant = synth(cluster_mode="persistent", managed_scaling_max_instance_count=10)
+    assert json.loads(environment(variant)["JOB_OPTIONS"])["default_parallelism"] == 10 * 8
+    assert "spark.default.parallelism" not in json.dumps(variant.stack.resolve(variant.stack.cluster.job_flow))
 
 
 def test_persistent_cluster_runs_until_destroyed_by_default(synth):

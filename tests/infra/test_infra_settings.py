@@ -201,6 +201,22 @@ def test_every_problem_is_reported_at_once():
             {"athena_scan_limit_gb": 0.5},
             r"athena_scan_limit_gb: 0.5 is not allowed; allowed: an integer from 1 to 10000",
         ),
+        (
+            {"stack_name": "1st-stack"},
+            r"stack_name: '1st-stack' is not allowed; allowed: 1-64 characters: a letter, then letters, digits and '-'",
+        ),
+        (
+            {"stack_name": "a" * 65},
+            r"stack_name: 'a{65}' is not allowed; allowed: 1-64 characters",
+        ),
+        (
+            {"model_input_size": 4},
+            r"model_input_size: 4 is not allowed; allowed: an integer from 8 to 1024",
+        ),
+        (
+            {"model_input_size": "224px"},
+            r"model_input_size: '224px' is not allowed; allowed: an integer from 8 to 1024",
+        ),
     ],
 )
 def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, expected_message):
@@ -226,6 +242,10 @@ def test_invalid_setting_is_rejected_naming_key_value_and_allowed(overrides, exp
         {"trigger_batch_size": 10, "trigger_batching_window_seconds": 0},
         {"job_max_failure_ratio": 0},
         {"athena_scan_limit_gb": 10_000},
+        {"model_input_size": 32},
+        {"model_input_size": 1024},
+        {"stack_name": "dev"},
+        {"stack_name": "Prod-Inference-2"},
     ],
 )
 def test_valid_setting_is_accepted(overrides):
@@ -259,9 +279,11 @@ def test_task_types_follow_the_core_types_unless_set():
         ({"cluster_mode": "persistent", "idle_timeout_minutes": 240}, 240, True),
     ],
 )
-def test_idle_timeout_defaults_per_mode_and_decides_whether_the_trigger_may_launch(overrides, idle_minutes, launches):
+def test_idle_timeout_defaults_per_mode_and_decides_whether_the_trigger_finds_clusters_by_tag(
+    overrides, idle_minutes, launches
+):
     settings = Settings.from_context(overrides)
-    assert (settings.resolved_idle_timeout_minutes, settings.launches_clusters) == (idle_minutes, launches)
+    assert (settings.resolved_idle_timeout_minutes, settings.finds_clusters_by_tag) == (idle_minutes, launches)
 
 
 # --- settings given the CDK way: -c KEY=VALUE -------------------------------------------------------------------------

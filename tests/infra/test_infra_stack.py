@@ -19,7 +19,7 @@ from infra_helpers import (
     synthesize,
 )
 
-from infra.cluster_definition import PYTHON
+from infra.cluster_definition import MAX_BATCH_BYTES, PYTHON, batch_size_limit
 from infra.network import EMR_MANAGED_POLICY_TAG
 from infra.artifacts import JOB_FLOW_DEFINITION_NAME
 from infra.stack import CLUSTER_DEFINITION_TAG_KEY, CLUSTER_TAG_KEY
@@ -32,10 +32,9 @@ COMMON_ENVIRONMENT = {
     "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
     "MAX_STEP_ATTEMPTS",
 }  # fmt: skip
-MODE_ENVIRONMENT = {
-    "persistent": {"CLUSTER_ID"},
-    "transient": {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"},
-}
+# The definition to launch from is set in both modes: a persistent cluster that ended is replaced from it.
+LAUNCH_ENVIRONMENT = {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"}
+MODE_ENVIRONMENT = {"persistent": {"CLUSTER_ID", *LAUNCH_ENVIRONMENT}, "transient": LAUNCH_ENVIRONMENT}
 
 
 def trigger_function(variant) -> dict:
@@ -111,8 +110,11 @@ def test_persistent_cluster_is_rendered_from_the_one_definition(synth):
     ]
 
 
-def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
-    variant = synth(cluster_mode="transient")
+@pytest.mark.parametrize("mode", ["transient", "persistent"])
+def test_the_definition_is_shipped_as_json_for_the_lambda_in_both_modes(synth, mode):
+    """Review 2, #10: in persistent mode too, so that the trigger can replace a persistent cluster that ended (an
+    unchanged `cdk deploy` does nothing: CloudFormation touches only changed resources)."""
+    variant = synth(cluster_mode=mode)
     assembly = variant.app.synth()
     deployment = deployment_resource(variant, variant.stack.artifacts.job_deployment)
     assert environment(variant)["JOB_FLOW_DEFINITION_KEY"] == "artifacts/" + JOB_FLOW_DEFINITION_NAME
@@ -127,7 +129,11 @@ def test_transient_definition_is_shipped_as_json_for_the_lambda(synth):
     shipped = json.loads(re.sub(r"<<marker:0x[0-9a-f]+:\d+>>", '"deploy-time value"', text))
     # Kept between steps, ended by EMR's idle timeout (README, "Idle clusters").
     assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
-    assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
+    if mode == "transient":
+        assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
+    else:  # the replacement is persistent too: it runs until destroyed, like the cluster it replaces
+        assert "AutoTerminationPolicy" not in shipped
+        assert environment(variant)["CLUSTER_ID"] == {"Ref": variant.only("AWS::EMR::Cluster")[0]}
     assert shipped["Configurations"] == deploy_time_values_as_placeholders(
         variant.stack.resolve(variant.stack.cluster.job_flow["Configurations"])
     )
@@ -206,6 +212,21 @@ def test_security_configuration_is_named_after_its_content(variant):
     properties = configuration["Properties"]
     assert properties["Name"] == f"{STACK_ID}-{_content_hash(properties['SecurityConfiguration'])}"
     assert _content_hash({"a": 1}) != _content_hash({"a": 2})
+
+
+def test_clusters_name_their_security_configuration_literally_so_the_definition_tag_follows_it(variant):
+    """Review 2, #11: with a Ref the definition hash saw a token, so a new security configuration left the definition
+    tag unchanged and old clusters kept receiving steps. The literal name is in the hashed definition."""
+    _, configuration = variant.only("AWS::EMR::SecurityConfiguration")
+    definition = variant.stack.resolve(variant.stack.cluster.job_flow)
+    assert definition["SecurityConfiguration"] == configuration["Properties"]["Name"]
+    if variant.stack.cluster.cfn_cluster is not None:
+        _, cluster = variant.only("AWS::EMR::Cluster")
+        assert cluster["Properties"]["SecurityConfiguration"] == configuration["Properties"]["Name"]
+        # Named, not referenced: the cluster must still be created after (and deleted before) the configuration.
+        assert variant.stack.resolve(variant.stack.get_logical_id(variant.stack.cluster.security_configuration)) in (
+            cluster["DependsOn"]
+        )
 
 
 def test_subnets_and_security_groups_carry_the_emr_managed_policy_tag(variant):
@@ -332,6 +353,7 @@ def test_lambda_environment_values_follow_the_settings(synth):
     variant = synth(
         job_top_k=3,
         job_batch_size=64,
+        model_input_size=32,
         job_device="cpu",
         job_max_failure_ratio=0.5,
         max_active_steps=17,
@@ -340,6 +362,7 @@ def test_lambda_environment_values_follow_the_settings(synth):
     env = environment(variant)
     assert json.loads(env["JOB_OPTIONS"]) == {
         "device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5, "timeout_minutes": 30,
+        "default_parallelism": 24, "executor_task_slots": 4,
     }  # fmt: skip
     assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == (
         "17",
@@ -347,6 +370,20 @@ def test_lambda_environment_values_follow_the_settings(synth):
         f"{STACK_ID}-batch-",
     )
     assert env["MODEL_URI"]["Fn::Join"][1][-1] == "/models/default/"
+
+
+@pytest.mark.parametrize(("compute", "model_input_size", "batch_size"), [
+    ("cpu", 224, 27),  # 16 MiB / (3 x 224 x 224 x 4 B)
+    ("cpu", 32, 256),  # the setting: 256 CIFAR-size images are 3 MiB
+    ("gpu", 224, 111),  # 64 MiB / 602,112 B
+])  # fmt: skip
+def test_the_batch_size_is_lowered_to_the_bytes_the_executors_are_sized_for(synth, compute, model_input_size, batch_size):
+    """Review 2, #4: 256 images of 224 x 224 are a 154 MB float batch per Python worker, with three batches alive and
+    four workers per CPU executor; the executors are sized for MAX_BATCH_BYTES (tests/infra/test_infra_executor_memory.py
+    measures a worker at this batch size)."""
+    variant = synth(compute=compute, model_input_size=model_input_size, cluster_mode="persistent")
+    assert json.loads(environment(variant)["JOB_OPTIONS"])["batch_size"] == batch_size
+    assert batch_size_limit(compute, model_input_size) * 3 * model_input_size**2 * 4 <= MAX_BATCH_BYTES[compute]
 
 
 def test_persistent_lambda_targets_the_stacks_cluster(synth):
@@ -426,14 +463,23 @@ def emr_statements(variant) -> list[dict]:
     ]
 
 
-def test_persistent_lambda_may_act_only_on_the_stacks_cluster(synth):
-    variant = synth(cluster_mode="persistent")
-    cluster_id, _ = variant.only("AWS::EMR::Cluster")
-    (statement,) = emr_statements(variant)
-    assert sorted(as_list(statement["Action"])) == [
-        "elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:DescribeCluster", "elasticmapreduce:ListSteps",
-    ]  # fmt: skip
-    assert {"Ref": cluster_id} in statement["Resource"]["Fn::Join"][1]
+def test_persistent_lambda_may_replace_its_cluster_with_the_same_grants_as_transient_mode(synth):
+    """Review 2, #10: the trigger falls back to launching from the definition when CLUSTER_ID no longer accepts steps,
+    so persistent mode has the launch grants (the persistent cluster carries the stack tag they are conditioned on)."""
+    persistent, transient = synth(cluster_mode="persistent"), synth(cluster_mode="transient")
+
+    def launch_statements(variant) -> list[str]:
+        statements = role_statements(variant, variant.stack.trigger.function.role)
+        return sorted(
+            json.dumps(s, sort_keys=True)
+            for s in statements
+            if any(action.startswith(("elasticmapreduce:", "iam:")) for action in as_list(s["Action"]))
+        )
+
+    assert launch_statements(persistent) == launch_statements(transient)
+    assert any("elasticmapreduce:RunJobFlow" in statement for statement in launch_statements(persistent))
+    _, cluster = persistent.only("AWS::EMR::Cluster")
+    assert {"Key": CLUSTER_TAG_KEY, "Value": STACK_ID} in cluster["Properties"]["Tags"]
 
 
 def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_roles(synth):
@@ -453,6 +499,31 @@ def test_transient_lambda_launches_only_tagged_clusters_with_only_the_stacks_rol
     }
 
 
+def test_transient_lambda_may_tag_the_clusters_it_launches_with_the_definitions_tag_keys_only(synth):
+    """A RunJobFlow with tags needs elasticmapreduce:AddTags too (EMR Management Guide, "IAM policies for tag-based
+    access to clusters", https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-fine-grained-cluster-access.html).
+    Which tag condition EMR evaluates for it inside RunJobFlow is not documented, so both the request's and the
+    resource's tag variants must be there, each limited to the shipped definition's tag keys. IAM's evaluation itself is
+    not run here (no account): the statements' shape is what is checked."""
+    variant = synth(cluster_mode="transient")
+    statements = role_statements(variant, variant.stack.trigger.function.role)
+    add_tags = [s for s in statements if "elasticmapreduce:AddTags" in as_list(s["Action"])]
+    definition_keys = sorted(tag["Key"] for tag in variant.stack.cluster.job_flow["Tags"])
+    assert definition_keys == sorted([CLUSTER_TAG_KEY, CLUSTER_DEFINITION_TAG_KEY, EMR_MANAGED_POLICY_TAG[0]])
+    assert sorted(json.dumps(s["Condition"], sort_keys=True) for s in add_tags) == sorted(
+        json.dumps(
+            {
+                "StringEquals": {f"aws:{kind}/{CLUSTER_TAG_KEY}": STACK_ID},
+                "ForAllValues:StringEquals": {"aws:TagKeys": definition_keys},
+            },
+            sort_keys=True,
+        )
+        for kind in ("RequestTag", "ResourceTag")
+    )
+    assert all(as_list(s["Action"]) == ["elasticmapreduce:AddTags"] for s in add_tags)
+    assert all(":cluster/*" in json.dumps(s["Resource"]) for s in add_tags)
+
+
 def test_transient_lambda_may_create_emrs_cleanup_role_in_a_fresh_account(synth):
     """EMR creates AWSServiceRoleForEMRCleanup at an account's first cluster, as the RunJobFlow caller: without this
     the first transient cluster fails. Scoped as AmazonEMRFullAccessPolicy_v2's ElasticMapReduceServiceLinkedRole.
@@ -465,13 +536,6 @@ def test_transient_lambda_may_create_emrs_cleanup_role_in_a_fresh_account(synth)
     assert create["Condition"] == {
         "StringEquals": {"iam:AWSServiceName": ["elasticmapreduce.amazonaws.com", "elasticmapreduce.amazonaws.com.cn"]}
     }
-
-
-def test_persistent_lambda_creates_no_service_linked_role(synth):
-    """In persistent mode CloudFormation launches the one cluster (and so creates the role) with the deployer's rights."""
-    variant = synth(cluster_mode="persistent")
-    statements = role_statements(variant, variant.stack.trigger.function.role)
-    assert not [s for s in statements if "iam:CreateServiceLinkedRole" in as_list(s["Action"])]
 
 
 def test_lambda_writes_only_manifests(variant):
