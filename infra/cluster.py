@@ -22,6 +22,7 @@ from infra.cluster_definition import (
     to_cfn_cluster_properties,
 )
 from infra.nag import acknowledge, object_wildcard_finding
+from infra.packaging import bootstrap_key_prefix
 from infra.network import EMR_MANAGED_POLICY_TAG, Network
 from infra.storage import (
     ARTIFACTS_PREFIX,
@@ -36,7 +37,6 @@ from infra.storage import (
 EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
 EMR_SERVICE_PRINCIPAL = "elasticmapreduce.amazonaws.com"
 EMR_CLEANUP_SERVICE_LINKED_ROLE = "AWSServiceRoleForEMRCleanup"
-BOOTSTRAP_PREFIX = ARTIFACTS_PREFIX + "bootstrap/"
 KEY_PENDING_WINDOW_DAYS = 7
 CONTENT_HASH_CHARS = 12  # of the security configuration's name and the definition tag: 48 bits, collisions moot
 
@@ -116,7 +116,9 @@ class Cluster(Construct):
                 instance_profile_name=self.instance_profile.instance_profile_name,
                 security_configuration_name=self.security_configuration_name,
                 log_uri=logs_bucket.s3_url_for_object(EMR_LOGS_PREFIX),
-                bootstrap_uri_prefix=data_bucket.s3_url_for_object(BOOTSTRAP_PREFIX),
+                # The scripts' own digest path (infra/packaging.py): a change of scripts changes BootstrapActions, which
+                # replaces the CloudFormation cluster, and nodes a cluster adds later run the scripts it started with.
+                bootstrap_uri_prefix=data_bucket.s3_url_for_object(bootstrap_key_prefix(bootstrap_digest)),
                 wheelhouse_uri=wheelhouse_uri,
                 step_concurrency_level=step_concurrency_level,
                 # The v2 service policy acts only on resources with this tag; EMR copies cluster tags to its instances.

@@ -4,17 +4,18 @@ architecture, and so how many of the job's tasks it runs at once.
 No AWS call: synth needs no credentials. vCPUs follow EC2's size naming, which holds for every family EMR runs on
 (medium 1, large 2, xlarge 4, Nxlarge 4N); ``metal`` sizes differ per family, so they are refused with a message.
 GPU counts come from the table below (EC2's accelerated-computing pages), for the GPU families EMR supports. The
-architecture is aws-cdk-lib's reading of the name (``ec2.InstanceType(...).architecture``: family ``a``, or a ``g``
-among the letters after the generation, as in c7g, c6gn, m7gd, is Graviton).
+architecture is read from the name by aws-cdk-lib's rule (``ec2.InstanceType(...).architecture``: family ``a``, or a
+``g`` among the letters after the generation, as in c7g, c6gn, m7gd, is Graviton), without importing aws-cdk-lib, so
+that the cost model (``make cost``) needs no CDK and no Node; a test holds the two readings equal.
 """
 
 from __future__ import annotations
 
 import re
 
-from aws_cdk import aws_ec2 as ec2
-
 SIZE_PATTERN = re.compile(r"^(?:(\d+)xlarge|xlarge|large|medium)$")
+# aws-cdk-lib's parse of an instance type name: family, generation, capabilities, size (InstanceType.architecture).
+INSTANCE_TYPE_PATTERN = re.compile(r"^([a-z]+)(\d{1,2})([a-z\-]*)\.([a-z0-9\-]+)$")
 VCPUS_PER_XLARGE = 4
 
 # GPUs per instance by family and size: every size of a family has one GPU except those listed.
@@ -78,12 +79,14 @@ def gpus(instance_type: str) -> int:
 
 def architecture(instance_type: str) -> str:
     """:data:`ARM64` for Graviton types, :data:`X86_64` for the others; raises :class:`UnknownArchitecture` for a name
-    aws-cdk-lib cannot parse."""
-    try:
-        arm = ec2.InstanceType(instance_type).architecture == ec2.InstanceArchitecture.ARM_64
-    except RuntimeError as error:  # jsii re-raises the TypeScript library's error
-        raise UnknownArchitecture(f"{instance_type!r}: aws-cdk-lib cannot tell its architecture ({error})") from None
-    return ARM64 if arm else X86_64
+    that is not FAMILY GENERATION [CAPABILITIES] . SIZE (aws-cdk-lib refuses the same names)."""
+    parsed = INSTANCE_TYPE_PATTERN.match(instance_type)
+    if parsed is None:
+        raise UnknownArchitecture(
+            f"{instance_type!r}: not an instance type name like 'c7g.2xlarge' (family, generation, capabilities, "
+            "'.', size), so its architecture is unknown")
+    instance_family, _, capabilities, _ = parsed.groups()
+    return ARM64 if instance_family == "a" or "g" in capabilities else X86_64
 
 
 def task_slots_per_node(compute: str, instance_type: str) -> int:

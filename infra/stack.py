@@ -140,6 +140,7 @@ class InferenceStack(Stack):
             "DATA_BUCKET": data_bucket.bucket_name,
             "INCOMING_PREFIX": INCOMING_PREFIX,
             "MANIFESTS_PREFIX": MANIFESTS_PREFIX,
+            "STAGED_PREFIX": STAGED_PREFIX,
             "RESULTS_PREFIX": RESULTS_PREFIX,
             "MODEL_URI": self.model_uri,
             "JOB_PY_FILES_URI": self.job_artifacts.py_files_uri,

@@ -218,11 +218,9 @@ def test_cost_help_imports_no_cdk():
     assert loaded == []
 
 
-@pytest.mark.xfail(strict=True, reason="infra/instance_types.py imports aws_cdk to read an instance type's "
-                                       "architecture; make cost is CDK-free once it reads the name itself")
 def test_the_cost_table_imports_no_cdk():
-    """`make cost` prints its table without aws-cdk-lib. Strict: this starts failing (XPASS) once the settings stop
-    importing the CDK, and the mark must then go."""
+    """`make cost` prints its table without aws-cdk-lib (infra/instance_types.py reads an architecture from the name
+    itself; tests/infra/test_infra_instance_types.py holds that reading equal to aws-cdk-lib's)."""
     loaded = modules_loaded_by(
         "import contextlib, io\nfrom infra.cost import main\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n    main(['--results', {str(RESULTS_FILE)!r}, "

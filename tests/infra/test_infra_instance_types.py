@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.instance_types import UnknownInstanceSize, gpus, vcpus
+from infra.instance_types import ARM64, X86_64, UnknownArchitecture, UnknownInstanceSize, architecture, gpus, vcpus
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,29 @@ def test_sizes_that_do_not_tell_their_vcpus_are_refused(instance_type):
 )
 def test_gpus_per_instance(instance_type, expected):
     assert gpus(instance_type) == expected
+
+
+# Names of every kind the rule must tell apart: first-generation Graviton (a1), Graviton with capability letters
+# after the g (c6gn, m7gd, x2gd, im4gn, g5g), Intel/AMD with letters that hold no g (m5dn, c5ad, m7i-flex, g4dn),
+# and GPU families.
+ARCHITECTURE_NAMES = [
+    "a1.xlarge", "c6g.2xlarge", "c6gn.xlarge", "c7g.16xlarge", "m7gd.large", "r8g.4xlarge", "x2gd.xlarge",
+    "im4gn.large", "g5g.xlarge", "m5.xlarge", "m5dn.2xlarge", "c5ad.4xlarge", "m7i-flex.large", "c7a.2xlarge",
+    "g4dn.xlarge", "g6e.12xlarge", "p4d.24xlarge", "inf2.xlarge", "c5.metal",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("instance_type", ARCHITECTURE_NAMES)
+def test_the_architecture_read_from_the_name_is_aws_cdk_libs(instance_type):
+    """infra/instance_types.py reads the architecture without aws-cdk-lib (so that `make cost` needs no CDK); this
+    holds its reading equal to aws-cdk-lib's own ``InstanceType.architecture`` for every kind of name."""
+    from aws_cdk import aws_ec2 as ec2
+
+    cdk_arm = ec2.InstanceType(instance_type).architecture == ec2.InstanceArchitecture.ARM_64
+    assert architecture(instance_type) == (ARM64 if cdk_arm else X86_64)
+
+
+@pytest.mark.parametrize("instance_type", ["c5", "C5.xlarge", "c.xlarge", "5c.large"])
+def test_names_aws_cdk_lib_cannot_parse_have_no_architecture(instance_type):
+    with pytest.raises(UnknownArchitecture, match="not an instance type name"):
+        architecture(instance_type)

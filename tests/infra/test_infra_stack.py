@@ -30,7 +30,7 @@ COMMON_ENVIRONMENT = {
     "DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
     "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE",
     "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
-    "MAX_STEP_ATTEMPTS",
+    "MAX_STEP_ATTEMPTS", "STAGED_PREFIX", "CLAIM_LEASE_SECONDS", "UPLOAD_QUEUE_URL",
 }  # fmt: skip
 # The definition to launch from is set in both modes: a persistent cluster that ended is replaced from it.
 LAUNCH_ENVIRONMENT = {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"}
@@ -326,8 +326,9 @@ def test_artifacts_are_deployed_under_the_artifacts_prefix(variant):
     deployment = deployment_resource(variant, variant.stack.artifacts.job_deployment)
     assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "artifacts/"
     assert deployment["Properties"]["Prune"] is True
-    # Pruning artifacts/ leaves the wheelhouse, which has its own deployment under artifacts/wheelhouse/.
-    assert deployment["Properties"]["Exclude"] == ["wheelhouse/*"]
+    # Pruning artifacts/ leaves the bootstrap scripts and the wheelhouse, which have deployments of their own (the
+    # scripts under a digest path each cluster keeps reading: infra/artifacts.py).
+    assert sorted(deployment["Properties"]["Exclude"]) == ["bootstrap/*", "wheelhouse/*"]
 
 
 def test_offline_wheelhouse_is_deployed_and_passed_to_the_install_script(offline_wheelhouse_variant):
