@@ -293,6 +293,15 @@ class Cluster(Construct):
                 resources=[data_bucket.arn_for_objects(prefix + "*") for prefix in readable],
             )
         )
+        # A manifest entry may pin the version to read ({"uri", "version_id"}: job/sources.py); reading a named version
+        # is s3:GetObjectVersion. Inputs only: models are pinned by ETag, which s3:GetObject covers.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadPinnedInputVersions",
+                actions=["s3:GetObjectVersion"],
+                resources=[data_bucket.arn_for_objects(prefix + "*") for prefix in (INCOMING_PREFIX, STAGED_PREFIX)],
+            )
+        )
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="ListInputPrefixes",

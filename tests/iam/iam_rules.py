@@ -379,7 +379,10 @@ def _kms_needs(key_arn: Optional[str], actions: tuple[str, ...], service: str, w
 
 def _s3_get(params: dict, ctx: CallContext, operation: str) -> list[Need]:
     bucket, key = params["Bucket"], params["Key"]
-    return [Need("s3:GetObject", s3_object_arn(bucket, key), why=f"s3 {operation}")] + _kms_needs(
+    # A read of a named version is authorized as s3:GetObjectVersion, not s3:GetObject (manifest entries pinned by
+    # version_id: job/sources.py).
+    action = "s3:GetObjectVersion" if params.get("VersionId") else "s3:GetObject"
+    return [Need(action, s3_object_arn(bucket, key), why=f"s3 {operation}")] + _kms_needs(
         ctx.stack.bucket_key(bucket), ("kms:Decrypt",), "s3", f"s3 {operation} of an SSE-KMS object"
     )
 

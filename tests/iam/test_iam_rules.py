@@ -270,19 +270,26 @@ def _job_scenario(scratch: Path) -> None:
         with mock_aws():
             s3 = boto3.client("s3", region_name=iam_rules.REGION)
             s3.create_bucket(Bucket=bucket)
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
             for key in ("models/resnet/model.json", "models/resnet/model.onnx", "incoming/run/a.png",
-                        "incoming/run/records.bin"):  # fmt: skip
+                        "incoming/run/records.bin", "staged/photos/b.png"):  # fmt: skip
                 s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 4096)
             s3.put_object(Bucket=bucket, Key="manifests/b1.json", Body=b'{"objects": []}')
+            model_etag = s3.head_object(Bucket=bucket, Key="models/resnet/model.onnx")["ETag"]
+            staged = s3.head_object(Bucket=bucket, Key="staged/photos/b.png")
             storage = Storage()
             storage.read(f"s3://{bucket}/models/resnet/model.json")
-            storage.size(f"s3://{bucket}/models/resnet/model.onnx")
-            storage.download_prefix(f"s3://{bucket}/models/resnet/", str(scratch / "model"))
+            storage.stat(f"s3://{bucket}/models/resnet/model.onnx")
+            # A worker copies the files model.json names, each pinned to the ETag the driver read.
+            storage.download_files(f"s3://{bucket}/models/resnet/", {"model.onnx": model_etag}, str(scratch / "model"))
             storage.read(f"s3://{bucket}/manifests/b1.json")
             storage.size(f"s3://{bucket}/incoming/run/a.png")
             storage.list_objects(f"s3://{bucket}/incoming/run/")
-            storage.read(f"s3://{bucket}/incoming/run/a.png")
+            storage.read(f"s3://{bucket}/incoming/run/a.png", max_bytes=8192)
             storage.read(f"s3://{bucket}/incoming/run/records.bin", 3073, 3073)
+            # Manifest entries pinned by ETag and by version (a staged input, as `{"uri", "etag", "version_id"}`).
+            storage.read(f"s3://{bucket}/staged/photos/b.png", etag=staged["ETag"])
+            storage.read(f"s3://{bucket}/staged/photos/b.png", version_id=staged["VersionId"])
             storage.exists_below(f"s3://{bucket}/results/b1/")
             storage.write(f"s3://{bucket}/results/b1/summary.json", b"{}", content_type="application/json")
             storage.write(f"s3://{bucket}/results/b1/report.html", b"<html></html>", content_type="text/html")
