@@ -8,8 +8,15 @@ A package is a directory or S3 prefix holding ``model.json`` and the model files
       "format": "mxnet",                      # or "onnx" (run by ONNX Runtime)
       "files": {"symbol": "model-symbol.json", "params": "model-0000.params"},   # onnx: {"onnx": "model.onnx"}
       "input_name": "data",
-      "input_shape": [3, 32, 32],             # C, H, W of one image; the batch dimension is free
-      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],   # per channel, on pixels scaled to [0, 1]
+      "input_shape": [3, 32, 32],             # one image as the model takes it: [3, H, W] (NCHW) or [H, W, 3] (NHWC)
+      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],   # per model channel, on pixels scaled to [0, 1]
+      "preprocessing": {                      # optional; every key optional, defaults as shown (the original format)
+        "resize": "stretch",                  # or "center_crop" (with "crop_fraction", default 0.875) or "pad"
+        "interpolation": "bilinear",          # or "bicubic", "nearest"
+        "channel_order": "RGB",               # or "BGR"
+        "layout": "NCHW",                     # or "NHWC"
+        "input_dtype": "float32"              # or "uint8": pixels 0-255 as they are, no mean and std (onnx only)
+      },
       "labels": ["0", "1", ...],              # class names; their count is the model's number of outputs
       "output": "logits",                     # or "probabilities"
       "trained": true,                        # false: random weights, labels are meaningless
@@ -63,6 +70,15 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 16
 # A subgraph nested deeper than this (If/Loop bodies inside each other) is refused rather than walked.
 MAX_ONNX_NESTING = 64
+# Preprocessing (docs/model-packages.md, "Preprocessing"): the first value of each is the default, today's behaviour
+# for every package written before these fields existed.
+RESIZE_MODES = ("stretch", "center_crop", "pad")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CHANNEL_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+INPUT_DTYPES = ("float32", "uint8")
+# torchvision's and timm's ImageNet evaluation: resize to 256, cut the centre 224 (224 / 256).
+DEFAULT_CROP_FRACTION = 0.875
 
 
 class ModelPackageError(ValueError):
@@ -85,29 +101,71 @@ class ModelOutputError(ModelPackageError):
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """What the job does to a decoded image before the model sees it; the defaults are the original format's.
+
+    - ``resize``: ``stretch`` to the input size (aspect not kept); ``center_crop``: scale, keeping the aspect, to the
+      smallest size that covers ``floor(H / crop_fraction)`` x ``floor(W / crop_fraction)``, then cut the centre
+      H x W (torchvision's ``Resize(256)`` + ``CenterCrop(224)`` for 224 and 0.875); ``pad``: scale, keeping the
+      aspect, to fit inside H x W and fill the rest with black (value 0), the picture centred.
+    - ``interpolation`` of that scaling; ``channel_order`` and ``layout`` of the model's input;
+    - ``input_dtype``: ``float32`` gets ``(pixel / 255 - mean) / std`` per model channel; ``uint8`` gets the pixels
+      0-255 unchanged (the model normalises them itself), and the package then has no ``mean`` or ``std``.
+    """
+
+    resize: str = RESIZE_MODES[0]
+    crop_fraction: float = DEFAULT_CROP_FRACTION
+    interpolation: str = INTERPOLATIONS[0]
+    channel_order: str = CHANNEL_ORDERS[0]
+    layout: str = LAYOUTS[0]
+    input_dtype: str = INPUT_DTYPES[0]
+
+    def manifest(self) -> dict:
+        """The ``preprocessing`` object of ``model.json``: only what differs from the defaults."""
+        default = Preprocessing()
+        fields = {key: getattr(self, key) for key in ("resize", "interpolation", "channel_order", "layout",
+                                                         "input_dtype") if getattr(self, key) != getattr(default, key)}
+        if self.resize == "center_crop":
+            fields["crop_fraction"] = self.crop_fraction
+        return fields
+
+
+@dataclass(frozen=True)
 class ModelPackage:
     uri: str
     name: str
     format: str
     files: dict
     input_name: str
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    input_shape: tuple[int, int, int]  # one image as the model takes it: (3, H, W) for NCHW, (H, W, 3) for NHWC
+    mean: Optional[tuple[float, float, float]]  # None for input_dtype uint8
+    std: Optional[tuple[float, float, float]]
     labels: tuple[str, ...]
     output: str
     trained: bool
     provenance: dict
     # File name -> the S3 ETag it had when the driver checked the package; workers download exactly those versions.
     file_etags: dict = field(default_factory=dict)
+    preprocessing: Preprocessing = Preprocessing()
 
     @property
     def height(self) -> int:
-        return self.input_shape[1]
+        return self.input_shape[1 if self.preprocessing.layout == "NCHW" else 0]
 
     @property
     def width(self) -> int:
-        return self.input_shape[2]
+        return self.input_shape[2 if self.preprocessing.layout == "NCHW" else 1]
+
+    def manifest_fields(self) -> dict:
+        """The ``model.json`` fields that describe the model's input and output, for a tool that writes a package of
+        the same model (``to-onnx``, ``quantize``)."""
+        fields: dict = {"input_shape": list(self.input_shape)}
+        if self.mean is not None:
+            fields.update(mean=list(self.mean), std=list(self.std))
+        fields.update(labels=list(self.labels), output=self.output, trained=self.trained)
+        if self.preprocessing.manifest():
+            fields["preprocessing"] = self.preprocessing.manifest()
+        return fields
 
 
 def _number_triple(document: dict, key: str, problems: list[str], positive: bool = False) -> tuple:
@@ -118,6 +176,42 @@ def _number_triple(document: dict, key: str, problems: list[str], positive: bool
         problems.append(f"{key!r} must be a list of 3 {'positive ' if positive else ''}numbers (one per channel); got {value!r}")
         return (0.0, 0.0, 1.0)
     return tuple(float(v) for v in value)
+
+
+def _choice(section: dict, key: str, allowed: tuple, problems: list[str]) -> str:
+    value = section.get(key, allowed[0])
+    if value not in allowed:
+        problems.append(f"'preprocessing.{key}' must be one of {list(allowed)}; got {_abridged(value)}")
+        return allowed[0]
+    return value
+
+
+def _parse_preprocessing(section: object, problems: list[str]) -> Preprocessing:
+    """The ``preprocessing`` object; every problem appended to ``problems``."""
+    if section is None:
+        return Preprocessing()
+    if not isinstance(section, dict):
+        problems.append(f"'preprocessing' must be an object; got {_abridged(section)}")
+        return Preprocessing()
+    known = ("resize", "crop_fraction", "interpolation", "channel_order", "layout", "input_dtype")
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        problems.append(f"unknown keys in 'preprocessing' {_abridged(unknown)}; allowed: {sorted(known)}")
+    resize = _choice(section, "resize", RESIZE_MODES, problems)
+    crop_fraction = section.get("crop_fraction", DEFAULT_CROP_FRACTION)
+    if "crop_fraction" in section and resize != "center_crop":
+        problems.append(f"'preprocessing.crop_fraction' applies only to resize 'center_crop'; resize is {resize!r}")
+    elif (not isinstance(crop_fraction, (int, float)) or isinstance(crop_fraction, bool)
+          or not 0.05 <= crop_fraction <= 1):
+        problems.append(f"'preprocessing.crop_fraction' must be a number from 0.05 to 1 (the centre's share of the "
+                        f"scaled image; 0.875 cuts 224 out of 256); got {_abridged(crop_fraction)}")
+        crop_fraction = DEFAULT_CROP_FRACTION
+    return Preprocessing(
+        resize=resize, crop_fraction=float(crop_fraction),
+        interpolation=_choice(section, "interpolation", INTERPOLATIONS, problems),
+        channel_order=_choice(section, "channel_order", CHANNEL_ORDERS, problems),
+        layout=_choice(section, "layout", LAYOUTS, problems),
+        input_dtype=_choice(section, "input_dtype", INPUT_DTYPES, problems))
 
 
 def _abridged(value: object, limit: int = 200) -> str:
@@ -132,7 +226,7 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
         raise ModelPackageError(f"{join(uri, MANIFEST_NAME)}: expected a JSON object; got {type(document).__name__}")
     problems: list[str] = []
     known = {"format_version", "name", "format", "files", "input_name", "input_shape", "mean", "std", "labels", "output",
-             "trained", "provenance"}
+             "trained", "provenance", "preprocessing"}
     unknown = sorted(set(document) - known)
     if unknown:
         problems.append(f"unknown keys {unknown}; allowed: {sorted(known)}")
@@ -157,14 +251,26 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
             if missing:
                 problems.append(
                     f"'files' needs {list(FORMATS[model_format])} for format {model_format!r}; missing {missing}")
+    preprocessing = _parse_preprocessing(document.get("preprocessing"), problems)
+    channels_first = preprocessing.layout == "NCHW"
     shape = document.get("input_shape")
-    if (not isinstance(shape, list) or len(shape) != 3 or shape[0] != 3
+    if (not isinstance(shape, list) or len(shape) != 3 or shape[0 if channels_first else 2] != 3
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in shape)):
-        problems.append(f"'input_shape' must be [3, height, width] with height and width integers from 1 to "
-                        f"{MAX_INPUT_SIDE}; got {_abridged(shape)}")
-        shape = [3, 1, 1]
-    mean = _number_triple(document, "mean", problems)
-    std = _number_triple(document, "std", problems, positive=True)
+        problems.append(f"'input_shape' must be {'[3, height, width]' if channels_first else '[height, width, 3]'} "
+                        f"with height and width integers from 1 to {MAX_INPUT_SIDE} (layout {preprocessing.layout}); "
+                        f"got {_abridged(shape)}")
+        shape = [3, 1, 1] if channels_first else [1, 1, 3]
+    if preprocessing.input_dtype == "uint8":
+        mean = std = None
+        given = [key for key in ("mean", "std") if key in document]
+        if given:
+            problems.append(f"{given} must be left out with 'preprocessing.input_dtype' 'uint8': the model gets the "
+                            "pixels 0-255 unchanged and normalises them itself")
+        if model_format == "mxnet":
+            problems.append("'preprocessing.input_dtype' 'uint8' needs format 'onnx'; mxnet packages take float32")
+    else:
+        mean = _number_triple(document, "mean", problems)
+        std = _number_triple(document, "std", problems, positive=True)
     labels = document.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
         problems.append(f"'labels' must be a non-empty list of class names; got {_abridged(labels)}")
@@ -197,6 +303,7 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
         output=output,
         trained=trained,
         provenance=dict(document.get("provenance") or {}),
+        preprocessing=preprocessing,
     )
 
 
@@ -434,10 +541,8 @@ def export_onnx(package: ModelPackage, directory: str) -> str:
     onnx.checker.check_model(model)
     onnx.save(model, onnx_path)
     return write_manifest(
-        directory, name=package.name, format="onnx", files={"onnx": "model.onnx"},
-        input_name=graph_inputs[0].name, input_shape=list(package.input_shape), mean=list(package.mean),
-        std=list(package.std), labels=list(package.labels), output=package.output, trained=package.trained,
-        provenance={**package.provenance, "converted_from": package.uri},
+        directory, name=package.name, format="onnx", files={"onnx": "model.onnx"}, input_name=graph_inputs[0].name,
+        **package.manifest_fields(), provenance={**package.provenance, "converted_from": package.uri},
     )
 
 

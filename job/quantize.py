@@ -163,8 +163,8 @@ def split_images(items: Sequence[WorkItem], calibration_images: int, held_out_im
 
 def decoded_batches(items: Sequence[WorkItem], package: ModelPackage, s3_endpoint_url: Optional[str]
                     ) -> Iterator[PreparedBatch]:
-    """The job's fetch, decode and normalisation of ``items``: ``batch.pixels`` is ``float32[N, 3, H, W]`` for the
-    rows whose ``batch.errors`` entry is None."""
+    """The job's fetch, decode and normalisation of ``items``: ``batch.pixels`` is the model's input (e.g.
+    ``float32[N, 3, H, W]``) for the rows whose ``batch.errors`` entry is None."""
     settings = WorkerSettings(package=package, device="cpu", batch_size=DECODE_BATCH, top_k=1,
                               fetch_threads=FETCH_THREADS, s3_endpoint_url=s3_endpoint_url)
     preparer = BatchPreparer(settings)
@@ -201,8 +201,8 @@ def _classifier_nodes(model) -> list[str]:
 
 
 def quantize_onnx(fp32_path: str, int8_path: str, calibration: np.ndarray, input_name: str) -> list[str]:
-    """Write the static INT8 (QDQ) model of ``fp32_path`` calibrated on ``calibration`` (``float32[N, 3, H, W]``);
-    return the names of the nodes kept in float32."""
+    """Write the static INT8 (QDQ) model of ``fp32_path`` calibrated on ``calibration`` (the model's input, e.g.
+    ``float32[N, 3, H, W]``); return the names of the nodes kept in float32."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -329,8 +329,7 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
 
         write_manifest(
             out_dir, name=f"{source.name}-int8", format="onnx", files={"onnx": "model.onnx"},
-            input_name=fp32_package.input_name, input_shape=list(source.input_shape), mean=list(source.mean),
-            std=list(source.std), labels=list(source.labels), output=source.output, trained=source.trained,
+            input_name=fp32_package.input_name, **source.manifest_fields(),
             provenance={
                 **source.provenance,
                 "quantization": {
@@ -384,7 +383,10 @@ def inspect_session(package: ModelPackage, directory: str, *, threads: int = 1, 
     if package.format != "onnx":
         raise ModelPackageError(f"inspect reads onnx packages; {package.uri} is {package.format!r}")
     model_path = os.path.join(directory, package.files["onnx"])
-    batch = np.random.default_rng(0).standard_normal((batch_size, *package.input_shape)).astype(np.float32)
+    random = np.random.default_rng(0)
+    batch = (random.integers(0, 256, (batch_size, *package.input_shape), dtype=np.uint8)
+             if package.preprocessing.input_dtype == "uint8"
+             else random.standard_normal((batch_size, *package.input_shape)).astype(np.float32))
     scratch = tempfile.mkdtemp(prefix="inspect-")
     try:
         options = onnx_session_options(threads)
