@@ -35,10 +35,12 @@ PILLOW_FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP")
 EXIF_ORIENTATION = 0x0112
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
-# The package's interpolation names on each path. OpenCV's INTER_NEAREST_EXACT samples pixel centres as Pillow's
-# NEAREST does (INTER_NEAREST is shifted by half a pixel).
-OPENCV_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST_EXACT}
+# The package's interpolation names. Scaling is Pillow's on both paths (torchvision, timm and Keras scale PIL images:
+# Pillow's filters widen when they shrink, so a large photo is smoothed, not aliased), except the original format's
+# stretch with bilinear, which keeps OpenCV's INTER_LINEAR on the OpenCV path so that existing packages get the same
+# input as before.
 PILLOW_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+ORIGINAL_SCALING = ("stretch", "bilinear")
 
 
 class DecodeError(ValueError):
@@ -191,8 +193,9 @@ def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", cr
     problem when the data is bad. Only the formats in :data:`PILLOW_FORMATS` are read. Image dimensions are checked
     from the header before any pixel is decoded. Both paths apply a JPEG's EXIF orientation, and both let libjpeg
     scale a large JPEG down in the DCT (by 2, 4 or 8) as far as it stays at least the size :func:`plan_resize` scales
-    it to. ``mode``, ``crop_fraction`` and ``interpolation`` are the package's (:func:`plan_resize`); each path
-    scales with its own library (OpenCV's or Pillow's filter of that name).
+    it to. ``mode``, ``crop_fraction`` and ``interpolation`` are the package's (:func:`plan_resize`); both paths
+    scale with Pillow's filter of that name, except stretch with bilinear on the OpenCV path (OpenCV's INTER_LINEAR,
+    as the original format did).
     """
     if not data:
         raise DecodeError("empty_file: the object has zero bytes")
@@ -223,9 +226,11 @@ def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", cr
         return _decode_with_pillow(data, height, width, mode, crop_fraction, interpolation)
     if plan is None:  # a PNG: its pixels as decoded
         plan = plan_resize(decoded.shape[1], decoded.shape[0], width, height, mode, crop_fraction)
-    if decoded.shape[:2] != plan.scaled[::-1]:
-        decoded = cv2.resize(decoded, plan.scaled, interpolation=OPENCV_INTERPOLATION[interpolation])
-    return _place(decoded[:, :, ::-1], plan)  # OpenCV's BGR to RGB; a view, copied once into the batch
+    if decoded.shape[:2] == plan.scaled[::-1]:
+        return _place(decoded[:, :, ::-1], plan)  # OpenCV's BGR to RGB; a view, copied once into the batch
+    if (mode, interpolation) == ORIGINAL_SCALING:
+        return cv2.resize(decoded, plan.scaled, interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    return _scale_with_pillow(Image.fromarray(np.ascontiguousarray(decoded[:, :, ::-1])), plan, interpolation)
 
 
 def decode_cifar_records(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875,
