@@ -233,6 +233,30 @@ def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", cr
     return _scale_with_pillow(Image.fromarray(np.ascontiguousarray(decoded[:, :, ::-1])), plan, interpolation)
 
 
+def describe_decoding(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875) -> str:
+    """What :func:`decode_image` will do to ``data`` for a ``height`` x ``width`` input, read from the header only:
+    the format and size, the decoder path, the JPEG DCT scaling and the resize plan (``ResizePlan.describe``)."""
+    try:
+        header = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DecodeError(f"not_an_image: {error}") from error
+    turned = header.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS
+    upright = (header.height, header.width) if turned else header.size
+    plan = plan_resize(*upright, width, height, mode, crop_fraction)
+    text = f"{header.format} {header.width}x{header.height}" + (", EXIF-turned" if turned else "")
+    if header.format == "PNG":
+        text += ", OpenCV path"
+    elif header.format == "JPEG" and data.rstrip(b"\0")[-2:] == JPEG_END:
+        scaled_width, scaled_height = plan.scaled
+        flags = _jpeg_reduction_flag(header.width, header.height, scaled_height if turned else scaled_width,
+                                     scaled_width if turned else scaled_height)
+        factor = next((factor for factor, flag in JPEG_REDUCTIONS if flag == flags), 1)
+        text += f", OpenCV path, DCT scaling 1/{factor}" if factor > 1 else ", OpenCV path"
+    else:
+        text += ", Pillow path"
+    return f"{text}; {plan.describe()}"
+
+
 def decode_cifar_records(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875,
                          interpolation: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 binary records (1 label byte + 3,072 pixel bytes, channel-planar 32x32) to images and labels.

@@ -35,9 +35,12 @@ Commands::
     python -m job.model_package to-onnx --package DIR --out DIR                         # same model, ONNX format
     python -m job.model_package quantize --package URI --calibration URI --out DIR      # calibrated INT8, gated
     python -m job.model_package inspect --package URI    # the operators the job's session runs here, and how fast
+    python -m job.model_package init --onnx model.onnx --labels labels.txt --preset imagenet-torchvision --out DIR
+    python -m job.model_package validate --package URI --images PATH [PATH ...]   # what the job does to an image
 
-``quantize`` is in :mod:`job.quantize`; it exits 3 without writing anything when the INT8 model's top-1 agreement with
-the FP32 package is below ``--min-agreement``, and 2 on bad arguments.
+``init`` and ``validate`` are in :mod:`job.package_init`. ``quantize`` is in :mod:`job.quantize`; it exits 3 without
+writing anything when the INT8 model's top-1 agreement with the FP32 package is below ``--min-agreement``, and 2 on
+bad arguments.
 """
 
 from __future__ import annotations
@@ -648,9 +651,75 @@ def _inspect(args) -> int:
     return 0
 
 
-EPILOG = """exit codes: 0 done; 2 bad arguments, a missing or malformed package, or an AWS error on an s3:// argument
-(no credentials, access denied, no such bucket, wrong region); 3 quantize refused: the INT8 package agreed too little
-with the FP32 one (nothing written). Package format and examples: docs/model-packages.md."""
+def _add_byo_parsers(commands) -> None:
+    from job.package_init import PRESETS
+
+    init = commands.add_parser(
+        "init", help="an onnx package from any ONNX file: input name, shape, layout and dtype read from the graph",
+        epilog="example: python -m job.model_package init --onnx resnet50.onnx --labels imagenet.txt "
+               "--preset imagenet-torchvision --out build/resnet50")
+    init.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX model (local file)")
+    init.add_argument("--labels", required=True, metavar="FILE",
+                      help="class names, one a line, in the order of the model's outputs")
+    init.add_argument("--out", required=True, metavar="DIR", help="new or empty local directory for the package")
+    init.add_argument("--preset", choices=sorted(PRESETS),
+                      help="the preprocessing the model was trained with (docs/bring-your-own-model.md)")
+    init.add_argument("--input-size", type=_positive(int), metavar="N",
+                      help="height and width when the graph leaves them free (default: the preset's)")
+    init.add_argument("--mean", type=float, nargs=3, metavar="M", help="per model channel, on pixels / 255")
+    init.add_argument("--std", type=float, nargs=3, metavar="S", help="per model channel, on pixels / 255")
+    init.add_argument("--resize", choices=RESIZE_MODES, help="overrides the preset's (default stretch)")
+    init.add_argument("--crop-fraction", type=float, metavar="F",
+                      help=f"with --resize center_crop: the centre's share (default {DEFAULT_CROP_FRACTION})")
+    init.add_argument("--interpolation", choices=INTERPOLATIONS, help="overrides the preset's (default bilinear)")
+    init.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="overrides the preset's (default RGB)")
+    init.add_argument("--output", choices=OUTPUTS, help="what the model returns (default: the preset's, else logits)")
+    init.add_argument("--name", help="the package's name (default: the ONNX file's name)")
+    validate = commands.add_parser(
+        "validate", help="run a package once on a few images and print what it does to each, and the top labels",
+        epilog="example: python -m job.model_package validate --package build/resnet50 --images cat.jpg dog.png")
+    validate.add_argument("--package", required=True, metavar="URI", help="the package: directory or S3 prefix")
+    validate.add_argument("--images", required=True, nargs="+", metavar="URI", help="image files or S3 objects")
+    validate.add_argument("--top-k", type=_positive(int), default=5, metavar="K",
+                          help="labels shown per image (default 5)")
+    validate.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+
+
+def _init(args) -> int:
+    from job.package_init import init_package
+
+    try:
+        package = init_package(
+            args.onnx, args.labels, args.out, preset=args.preset, input_size=args.input_size, mean=args.mean,
+            std=args.std, resize=args.resize, crop_fraction=args.crop_fraction, interpolation=args.interpolation,
+            channel_order=args.channel_order, output=args.output, name=args.name)
+    except (ValueError, OSError) as error:  # ModelPackageError is a ValueError; OSError: a missing --onnx or --labels
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.join(args.out, MANIFEST_NAME)}: input {package.input_name!r} "
+          f"{package.preprocessing.input_dtype} {package.preprocessing.layout} {list(package.input_shape)}, "
+          f"{len(package.labels)} labels; check it with: python -m job.model_package validate --package {args.out} "
+          "--images IMAGE ...")
+    return 0
+
+
+def _validate(args) -> int:
+    from job.package_init import validate_package
+
+    try:
+        report, failed = validate_package(args.package, args.images, top_k=args.top_k,
+                                          s3_endpoint_url=args.s3_endpoint_url)
+    except (ValueError, ObjectNotFound) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    return 2 if failed else 0
+
+
+EPILOG = """exit codes: 0 done; 2 bad arguments, a missing or malformed package, an image validate could not classify,
+or an AWS error on an s3:// argument (no credentials, access denied, no such bucket, wrong region); 3 quantize
+refused: the INT8 package agreed too little with the FP32 one (nothing written). Package format and examples:
+docs/model-packages.md; your own model: docs/bring-your-own-model.md."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -680,6 +749,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seconds", type=_positive(float), default=5.0,
                          help="how long to time batches, more than 0 (default 5)")
     inspect.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+    _add_byo_parsers(commands)
     return parser
 
 
@@ -688,6 +758,7 @@ def _named_uris(args) -> list[tuple[str, str]]:
     pairs = [("--package", getattr(args, "package", None)),
              ("--calibration-manifest", getattr(args, "calibration_manifest", None))]
     pairs += [("--calibration", uri) for uri in getattr(args, "calibration", None) or []]
+    pairs += [("--images", uri) for uri in getattr(args, "images", None) or []]
     return [(flag, uri) for flag, uri in pairs if uri]
 
 
@@ -696,6 +767,10 @@ def _run(args) -> int:
         return _quantize(args)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "init":
+        return _init(args)
+    if args.command == "validate":
+        return _validate(args)
     if args.command == "export-zoo":
         path = export_gluon(
             zoo_resnet18(args.classes, args.seed), args.out, name="resnet18_v1-untrained",
