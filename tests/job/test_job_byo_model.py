@@ -195,3 +195,21 @@ def test_init_records_the_preset_and_its_source(digits_onnx_package, tmp_path):
     assert document["preprocessing"] == {"resize": "center_crop", "interpolation": "bicubic", "crop_fraction": 0.875}
     assert document["provenance"]["preset_source"] == PRESETS["imagenet-timm"].source
     assert document["input_shape"] == [3, 32, 32]  # from the graph, not the preset's 224
+
+
+def test_to_onnx_keeps_the_packages_preprocessing(untrained_package, tmp_path):
+    """An mxnet package with its own preprocessing converts to an onnx package that means the same."""
+    import shutil
+
+    from job.model_package import export_onnx
+
+    source = tmp_path / "mxnet"
+    shutil.copytree(untrained_package, source)
+    document = json.loads((source / "model.json").read_text())
+    document["preprocessing"] = {"resize": "center_crop", "crop_fraction": 0.9, "interpolation": "bicubic",
+                                 "channel_order": "BGR"}
+    (source / "model.json").write_text(json.dumps(document))
+    export_onnx(read_package(str(source), Storage()), str(tmp_path / "onnx"))
+    converted = read_package(str(tmp_path / "onnx"), Storage())
+    assert converted.preprocessing == read_package(str(source), Storage()).preprocessing
+    assert (converted.mean, converted.std) == (tuple(document["mean"]), tuple(document["std"]))
