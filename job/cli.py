@@ -12,7 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, parse_args
-from job.model_package import ModelPackageError
+from job.package_format import ModelPackageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

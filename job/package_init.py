@@ -21,9 +21,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from job.model_package import (INPUT_DTYPES, ModelPackage, ModelPackageError, Preprocessing,
-                               onnx_external_locations, read_package, write_manifest)
-from job.storage import Storage, safe_relative_name
+from job.package_format import (INPUT_DTYPES, ModelPackage, ModelPackageError, Preprocessing,
+                                onnx_external_locations, safe_relative_name, write_manifest)
+from job.package_store import local_copy, read_package
+from job.storage import Storage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -227,7 +228,6 @@ def validate_package(package_uri: str, images: Sequence[str], *, top_k: int = 5,
     """Run the package once on ``images`` as the job would; return the report and how many images failed."""
     from job.config import DEFAULT_MAX_OBJECT_BYTES
     from job.decode import DecodeError, decode_image, describe_decoding
-    from job.quantize import local_copy
     from job.worker import model_input, top_k_labels
 
     storage = Storage(s3_endpoint_url)

@@ -20,7 +20,8 @@ from pyspark import AccumulatorParam
 
 from job import __version__
 from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, images_per_batch
-from job.model_package import ModelPackage, read_package
+from job.package_format import ModelPackage
+from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, join
 from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow

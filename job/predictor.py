@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job.model_package import ModelOutputError, ModelPackage, check_onnx_file, download_package
+from job.package_format import ModelOutputError, ModelPackage, check_onnx_file
+from job.package_store import download_package
 from job.storage import Storage, is_s3, local_path
 
 Predict = Callable[[np.ndarray], np.ndarray]

@@ -37,7 +37,7 @@ from pyspark.sql import functions as F
 
 from job.config import DEFAULT_MAX_OBJECT_BYTES
 from job.decode import decode_cifar_records, decode_image
-from job.model_package import ModelPackage
+from job.package_format import ModelPackage
 from job.sources import CIFAR_RECORD_BYTES, is_cifar_batch
 from job.storage import Storage
 

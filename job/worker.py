@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from job.config import DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_OBJECT_BYTES
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
-from job.model_package import ModelPackage, ModelPackageError
+from job.package_format import ModelPackage, ModelPackageError
 from job.predictor import cached_predictor
 from job.sources import CIFAR_RECORD_BYTES, KIND_CIFAR, KIND_IMAGE, WorkItem
 from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage

@@ -80,9 +80,9 @@ def test_a_huge_label_list_is_not_copied_into_the_message():
 
 
 def test_a_model_json_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    import job.model_package
+    import job.package_store
 
-    monkeypatch.setattr(job.model_package, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(job.package_store, "MAX_MANIFEST_BYTES", 100)
     (tmp_path / "model.json").write_text(json.dumps({**VALID, "labels": ["x" * 50] * 3}))
     with pytest.raises(ModelPackageError, match="larger than 100 bytes"):
         read_package(str(tmp_path), Storage())
