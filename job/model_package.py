@@ -289,6 +289,13 @@ def main(argv=None) -> int:
         requests = aws_errors.watch(s3_client(getattr(args, "s3_endpoint_url", None)))
     try:
         return _run(args)
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("job."):
+            raise
+        # A node's job.zip may ship the run path and `inspect` without the tools that need MXNet or onnx.
+        print(f"error: {args.command}: its tool ({error.name}) is not installed here; run it in the development "
+              "environment (make venv) and upload the package it writes", file=sys.stderr)
+        return 2
     except Exception as error:
         from job import aws_errors
 

@@ -100,3 +100,17 @@ def test_the_tools_entry_keeps_its_command_and_names():
 
     assert all(callable(name) for name in (export_gluon, main, parse_manifest, read_package, zoo_resnet18))
     assert issubclass(ModelPackageError, ValueError)
+
+
+def test_a_tool_left_out_of_an_installation_is_named_with_exit_2(monkeypatch, tmp_path, capsys):
+    """As on a node whose job.zip leaves the MXNet/onnx tools out: the sub-command says so, no traceback."""
+    from job import model_package
+
+    monkeypatch.setitem(sys.modules, "job.quantize", None)  # `import job.quantize` now fails as a missing module
+    assert model_package.main(["quantize", "--package", str(tmp_path), "--calibration", str(tmp_path),
+                               "--out", str(tmp_path / "int8")]) == 2
+    assert "quantize: its tool (job.quantize) is not installed here" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "job.convert", None)
+    assert model_package.main(["export-zoo", "--out", str(tmp_path / "zoo")]) == 2
+    assert "export-zoo: its tool (job.convert) is not installed here" in capsys.readouterr().err
+    assert not (tmp_path / "zoo").exists() and not (tmp_path / "int8").exists()
