@@ -172,11 +172,13 @@ def test_an_old_model_json_gives_byte_identical_input(cifar_samples):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(photo(90, 60)).save(turned, format="JPEG", exif=exif)
-    inputs = [data for _, data, _ in cifar_samples[:3]] + [
-        encode(photo(97, 61), "PNG"), encode(photo(1600, 1200), "JPEG"), turned.getvalue(), encode(photo(50, 70), "BMP")]
+    inputs = [data for _, data, _ in cifar_samples[:3]] + [encode(photo(97, 61), "PNG"),
+                                                           encode(photo(1600, 1200), "JPEG"), turned.getvalue(),
+                                                           encode(photo(50, 70), "BMP")]
     for package in (old_package, spelled_out):
         height, width = package.height, package.width
-        resize = (package.preprocessing.resize, package.preprocessing.crop_fraction, package.preprocessing.interpolation)
+        preprocessing = package.preprocessing
+        resize = (preprocessing.resize, preprocessing.crop_fraction, preprocessing.interpolation)
         new = np.stack([decode_image(data, height, width, *resize) for data in inputs])
         old = np.stack([before.decode_image(data, height, width) for data in inputs])
         assert new.tobytes() == old.tobytes()
