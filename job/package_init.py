@@ -13,6 +13,7 @@ order, mean and std) and the top labels.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
@@ -99,8 +100,9 @@ def read_labels(path: str) -> list[str]:
 
 
 def describe_input(onnx_path: str, input_size: Optional[int]) -> dict:
-    """The ONNX graph's one input as ONNX Runtime reads it: ``{"name", "layout", "dtype", "shape", "outputs"}``;
-    ``shape`` is one image's (no batch). Raises :class:`ModelPackageError` naming what does not fit."""
+    """The ONNX graph's one input as ONNX Runtime reads it: ``{"name", "layout", "dtype", "shape", "free_sides",
+    "outputs"}``; ``shape`` is one image's (no batch), ``free_sides`` how many of its height and width the graph
+    leaves free. Raises :class:`ModelPackageError` naming what does not fit."""
     import onnxruntime
 
     try:
@@ -124,12 +126,13 @@ def describe_input(onnx_path: str, input_size: Optional[int]) -> dict:
         layout = "NCHW" if shape[1] == 3 else "NHWC"
         sides = shape[2:4] if layout == "NCHW" else shape[1:3]
     height, width = [side if isinstance(side, int) and side > 0 else input_size for side in sides]
+    free_sides = sum(not (isinstance(side, int) and side > 0) for side in sides)
     if not problems and (height is None or width is None):
         problems.append(f"input {graph_input.name!r} has shape {shape} with a free height or width: give "
                         "--input-size (or a --preset, which has one)")
     if problems:
         raise ModelPackageError(f"--onnx {onnx_path}: " + "; ".join(problems))
-    return {"name": graph_input.name, "layout": layout, "dtype": dtype,
+    return {"name": graph_input.name, "layout": layout, "dtype": dtype, "free_sides": free_sides,
             "shape": [3, height, width] if layout == "NCHW" else [height, width, 3],
             "outputs": [list(output.shape) for output in session.get_outputs()]}
 
@@ -147,7 +150,16 @@ def init_package(onnx_path: str, labels_path: str, out: str, *, preset: Optional
     if problem:
         raise ValueError(problem)
     chosen = PRESETS[preset] if preset else None
+    # Before ONNX Runtime opens the model: it would follow a tensor's external data to any path of this machine.
+    locations = _external_locations(onnx_path)
+    unsafe = [location for location in locations if not safe_relative_name(location)]
+    if unsafe:
+        raise ModelPackageError(f"--onnx {onnx_path} reads external data from {unsafe}: only plain relative file "
+                                "names beside the model can be copied into a package")
     graph = describe_input(onnx_path, input_size or (chosen.size if chosen else None))
+    fixed = graph["shape"][1:] if graph["layout"] == "NCHW" else graph["shape"][:2]
+    if input_size is not None and fixed != [input_size, input_size] and graph["free_sides"] == 0:
+        raise ValueError(f"--input-size {input_size}: the graph's input is fixed at {fixed[0]}x{fixed[1]}")
     labels = read_labels(labels_path)
     classes = {shape[1] for shape in graph["outputs"][:1] if len(shape) == 2 and isinstance(shape[1], int)}
     if classes and classes != {len(labels)}:
@@ -168,11 +180,9 @@ def init_package(onnx_path: str, labels_path: str, out: str, *, preset: Optional
             raise ValueError("a float32 model needs --mean and --std (3 numbers each, on pixels / 255, in the "
                              "model's channel order) or a --preset")
         fields.update(mean=[float(value) for value in mean], std=[float(value) for value in std])
-    locations = _external_locations(onnx_path)
-    unsafe = [location for location in locations if not safe_relative_name(location)]
-    if unsafe:
-        raise ModelPackageError(f"--onnx {onnx_path} reads external data from {unsafe}: only plain relative file "
-                                "names beside the model can be copied into a package")
+    elif mean is not None or std is not None:
+        raise ValueError(f"--mean and --std do not apply: the model's input {graph['name']!r} is uint8, so it gets "
+                         "the pixels 0-255 unchanged and normalises them itself")
     files = {"onnx": "model.onnx", **{f"data_{index}": location for index, location in enumerate(locations)}}
     if preprocessing.manifest():
         fields["preprocessing"] = preprocessing.manifest()
@@ -213,8 +223,14 @@ def init_package(onnx_path: str, labels_path: str, out: str, *, preset: Optional
 
 
 def _external_locations(onnx_path: str) -> list[str]:
+    """The files the model's tensors read their data from, read without ONNX Runtime or the onnx package."""
     with open(onnx_path, "rb") as file:
-        return sorted(set(onnx_external_locations(file.read())))
+        size = os.fstat(file.fileno()).st_size
+        try:
+            with (mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else memoryview(b"")) as buffer:
+                return sorted(set(onnx_external_locations(buffer)))
+        except ValueError as error:
+            raise ModelPackageError(f"--onnx {onnx_path} is not an ONNX model: {error}") from error
 
 
 def _predict_once(package: ModelPackage, directory: str):

@@ -213,3 +213,30 @@ def test_to_onnx_keeps_the_packages_preprocessing(untrained_package, tmp_path):
     converted = read_package(str(tmp_path / "onnx"), Storage())
     assert converted.preprocessing == read_package(str(source), Storage()).preprocessing
     assert (converted.mean, converted.std) == (tuple(document["mean"]), tuple(document["std"]))
+
+
+def test_init_refuses_bad_models_and_arguments_before_writing(digits_onnx_package, twins, tmp_path, capsys):
+    """Each case exits 2 with a line naming the problem, and ``--out`` is never created. The model whose tensor reads
+    ``../../etc/passwd`` is refused before ONNX Runtime opens it (it would follow that path)."""
+    from hostile_packages import onnx_model
+
+    onnx.save(onnx_model(10, external="../../etc/passwd"), tmp_path / "climbs.onnx")
+    (tmp_path / "notes.onnx").write_bytes(b"\xff" * 64)
+    (tmp_path / "labels.txt").write_text("\n".join(str(n) for n in range(10)))
+    cases = [
+        (["--onnx", str(tmp_path / "climbs.onnx"), "--preset", "cifar"],
+         "reads external data from ['../../etc/passwd']"),
+        (["--onnx", str(tmp_path / "notes.onnx"), "--preset", "cifar"], "is not an ONNX model"),
+        (["--onnx", f"{digits_onnx_package}/model.onnx", "--preset", "cifar", "--input-size", "224"],
+         "--input-size 224: the graph's input is fixed at 32x32"),
+        (["--onnx", f"{twins[1].uri}/model.onnx", "--mean", "0.5", "0.5", "0.5"], "--mean and --std do not apply"),
+        (["--onnx", f"{digits_onnx_package}/model.onnx"], "a float32 model needs --mean and --std"),
+        (["--onnx", f"{digits_onnx_package}/model.onnx", "--preset", "cifar", "--crop-fraction", "0.9"],
+         "--crop-fraction applies only to --resize center_crop"),
+    ]
+    for arguments, message in cases:
+        out = tmp_path / "package"
+        assert model_package.main(["init", *arguments, "--labels", str(tmp_path / "labels.txt"),
+                                   "--out", str(out)]) == 2, message
+        assert message in capsys.readouterr().err
+        assert not out.exists()
