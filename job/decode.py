@@ -238,8 +238,11 @@ def describe_decoding(data: bytes, height: int, width: int, mode: str = "stretch
     the format and size, the decoder path, the JPEG DCT scaling and the resize plan (``ResizePlan.describe``)."""
     try:
         header = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DecodeError(f"not_an_image: {error}") from error
+    except Image.UnidentifiedImageError as error:
+        raise DecodeError(f"not_an_image: the data is none of the image formats read ({', '.join(PILLOW_FORMATS)})"
+                          ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DecodeError(f"corrupt_image: {error}") from error
     turned = header.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS
     upright = (header.height, header.width) if turned else header.size
     plan = plan_resize(*upright, width, height, mode, crop_fraction)
