@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from job.config import ConfigError, JobConfig, parse_args
-from job.model_package import ModelPackageError
+from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, parse_args
+from job.package_format import ModelPackageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None, use_spark_submit_master: bool = F
         return EXIT_BAD_INPUT
     # Imported after argument parsing so that `--help` and bad arguments answer without loading Spark.
     from job import aws_errors
-    from job.pipeline import DEFAULT_LOCAL_MASTER, JobFailed, run
+    from job.pipeline import JobFailed, run
     from job.storage import s3_client
 
     arguments = named_uris(config)

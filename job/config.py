@@ -29,6 +29,9 @@ DEFAULT_MAX_OBJECT_BYTES = 64 * MIB
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * MIB
 DEFAULT_MAX_BATCH_BYTES = 256 * MIB
 DECODED_BYTES_PER_PIXEL = 3 + 3 * 4
+# `python -m job` without --master: every core, and a failed task (e.g. a crashed Python worker) retried up to 4 times,
+# as a cluster would.
+DEFAULT_LOCAL_MASTER = "local[*,4]"
 
 
 class ConfigError(ValueError):
@@ -98,7 +101,8 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help=f"decoded bytes of one batch ({DECODED_BYTES_PER_PIXEL} per input pixel); a large model "
                              f"input gets fewer images per batch (default {DEFAULT_MAX_BATCH_BYTES})")
     parser.add_argument("--master", metavar="URL",
-                        help="Spark master for `python -m job` (default: local[*]); ignored under spark-submit")
+                        help=f"Spark master for `python -m job` (default {DEFAULT_LOCAL_MASTER}: every core, a failed "
+                             "task retried up to 4 times); ignored under spark-submit")
     parser.add_argument("--test-kill-worker-once", dest="kill_worker_once_marker", help=argparse.SUPPRESS)
     parser.add_argument("--test-kill-worker-after-images", dest="kill_worker_after_images", type=int, default=0,
                         help=argparse.SUPPRESS)

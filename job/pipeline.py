@@ -20,16 +20,15 @@ from typing import Optional
 from pyspark import AccumulatorParam
 
 from job import __version__
-from job.config import ConfigError, JobConfig, images_per_batch
-from job.model_package import ModelPackage, read_package
+from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, images_per_batch
+from job.package_format import ModelPackage
+from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, join
 from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow
 
 PREDICTIONS_DIR = "predictions"
 SUMMARY_NAME = "summary.json"
-# Local runs retry a failed task (e.g. a crashed Python worker) up to 4 times, as a cluster would.
-DEFAULT_LOCAL_MASTER = "local[*,4]"
 WORK_ITEM_SCHEMA = ("source string, kind string, start bigint, count bigint, error string, etag string, "
                     "version_id string")
 

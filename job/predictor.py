@@ -1,6 +1,7 @@
 """Running a model package: device choice, framework loading (lazy imports), and the per-worker model cache.
 
-``load_predictor`` returns ``predict(batch) -> probabilities`` where ``batch`` is ``float32[N, 3, H, W]`` and the result is
+``load_predictor`` returns ``predict(batch) -> probabilities`` where ``batch`` is the package's input
+(``float32[N, 3, H, W]`` by default; its ``preprocessing`` may make it NHWC or uint8) and the result is
 ``float32[N, classes]``. The cache keeps one loaded model per Python worker process: Spark reuses workers across tasks
 (``spark.python.worker.reuse``, on by default), so a model is loaded once per worker, not once per task.
 """
@@ -17,7 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job.model_package import ModelOutputError, ModelPackage, check_onnx_file, download_package
+from job.package_format import ModelOutputError, ModelPackage, check_onnx_file
+from job.package_store import download_package
 from job.storage import Storage, is_s3, local_path
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -185,7 +187,8 @@ def _onnx_predictor(package: ModelPackage, directory: str, device: Device) -> Pr
 
 
 def load_predictor(package: ModelPackage, directory: str, device: Device) -> Predict:
-    """``predict(float32[N, 3, H, W]) -> float32[N, len(labels)]`` probabilities, for a package stored in ``directory``.
+    """``predict(input[N, *input_shape]) -> float32[N, len(labels)]`` probabilities, for a package stored in
+    ``directory``; the input's dtype is the package's ``preprocessing.input_dtype``.
 
     One forward pass of a single blank image checks the output's shape before any input is classified. Raises
     :class:`DeviceError` when the framework cannot run on ``device`` after all (ONNX Runtime without CUDA), and
@@ -204,7 +207,7 @@ def load_predictor(package: ModelPackage, directory: str, device: Device) -> Pre
                 f"the {expected_classes} labels in model.json")
         return softmax(scores) if package.output == "logits" else scores
 
-    predict(np.zeros((1, *package.input_shape), dtype=np.float32))
+    predict(np.zeros((1, *package.input_shape), dtype=package.preprocessing.input_dtype))
     return predict
 
 

@@ -2,7 +2,7 @@
 
     python -m job.model_package quantize --package P --calibration URI [--calibration URI ...] --out Q
     python -m job.model_package quantize --package P --calibration-manifest URI --out Q
-    python -m job.model_package inspect --package Q     # on a node: which kernels the job's session runs, how fast
+    python -m job.model_package inspect --package Q     # on a node: which kernels (job/inspect_package.py), how fast
 
 The images (a directory, an S3 prefix, single objects or a manifest, exactly as the job's ``--input``/``--manifest``)
 are listed, shuffled with a fixed seed and split in two disjoint sets: ``--calibration-images`` of them set the
@@ -28,29 +28,24 @@ The method (ONNX Runtime static quantization, QDQ format):
 
 from __future__ import annotations
 
-import collections
-import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from job.model_package import (ModelPackage, ModelPackageError, download_package, export_onnx, read_package,
-                               write_manifest)
-from job.predictor import Device, int8_instructions, load_predictor, onnx_session_options
+from job.convert import export_onnx
+from job.package_format import ModelPackage, ModelPackageError, write_manifest
+from job.package_store import local_copy, read_package
+from job.predictor import Device, int8_instructions, load_predictor
+from job.quantize_defaults import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_HELD_OUT_IMAGES, DEFAULT_MIN_AGREEMENT,
+                                   MIN_HELD_OUT_IMAGES)
 from job.sources import KIND_CIFAR, KIND_IMAGE, WorkItem, list_inputs
 from job.storage import Storage, is_s3, local_path
 from job.worker import BatchPreparer, PreparedBatch, WorkerSettings, batch_units
 
-DEFAULT_CALIBRATION_IMAGES = 256
-DEFAULT_HELD_OUT_IMAGES = 1000
-# At a 99 % threshold one disagreement must be worth at most one percentage point.
-MIN_HELD_OUT_IMAGES = 100
-DEFAULT_MIN_AGREEMENT = 0.99
 SPLIT_SEED = 0
 DECODE_BATCH = 64
 FETCH_THREADS = 16
@@ -163,8 +158,8 @@ def split_images(items: Sequence[WorkItem], calibration_images: int, held_out_im
 
 def decoded_batches(items: Sequence[WorkItem], package: ModelPackage, s3_endpoint_url: Optional[str]
                     ) -> Iterator[PreparedBatch]:
-    """The job's fetch, decode and normalisation of ``items``: ``batch.pixels`` is ``float32[N, 3, H, W]`` for the
-    rows whose ``batch.errors`` entry is None."""
+    """The job's fetch, decode and normalisation of ``items``: ``batch.pixels`` is the model's input (e.g.
+    ``float32[N, 3, H, W]``) for the rows whose ``batch.errors`` entry is None."""
     settings = WorkerSettings(package=package, device="cpu", batch_size=DECODE_BATCH, top_k=1,
                               fetch_threads=FETCH_THREADS, s3_endpoint_url=s3_endpoint_url)
     preparer = BatchPreparer(settings)
@@ -175,16 +170,6 @@ def decoded_batches(items: Sequence[WorkItem], package: ModelPackage, s3_endpoin
 def _decoded_rows(batch: PreparedBatch) -> list[Optional[int]]:
     """True labels of the rows that decoded, in the order of ``batch.pixels``."""
     return [label for label, error in zip(batch.true_labels, batch.errors) if error is None]
-
-
-def local_copy(package: ModelPackage, storage: Storage, scratch: str) -> str:
-    """A local directory with the package's files: its own for a local package, else the files ``model.json`` names
-    (and nothing else of the prefix) copied under ``scratch``."""
-    if not is_s3(package.uri):
-        return local_path(package.uri)
-    directory = os.path.join(scratch, "source")
-    download_package(package, storage, directory)
-    return directory
 
 
 def _classifier_nodes(model) -> list[str]:
@@ -201,8 +186,8 @@ def _classifier_nodes(model) -> list[str]:
 
 
 def quantize_onnx(fp32_path: str, int8_path: str, calibration: np.ndarray, input_name: str) -> list[str]:
-    """Write the static INT8 (QDQ) model of ``fp32_path`` calibrated on ``calibration`` (``float32[N, 3, H, W]``);
-    return the names of the nodes kept in float32."""
+    """Write the static INT8 (QDQ) model of ``fp32_path`` calibrated on ``calibration`` (the model's input, e.g.
+    ``float32[N, 3, H, W]``); return the names of the nodes kept in float32."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -329,8 +314,7 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
 
         write_manifest(
             out_dir, name=f"{source.name}-int8", format="onnx", files={"onnx": "model.onnx"},
-            input_name=fp32_package.input_name, input_shape=list(source.input_shape), mean=list(source.mean),
-            std=list(source.std), labels=list(source.labels), output=source.output, trained=source.trained,
+            input_name=fp32_package.input_name, **source.manifest_fields(),
             provenance={
                 **source.provenance,
                 "quantization": {
@@ -348,70 +332,3 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
         return QuantizeResult(out_dir, agreement, int(len(calibration)), skipped)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class SessionReport:
-    """What ONNX Runtime runs for a package with the job's session options, on this CPU."""
-
-    int8_instructions: str
-    onnxruntime: str
-    operators: dict  # op name -> (count, share of one batch's kernel time)
-    convolutions: int
-    integer_convolutions: int
-    images_per_s: float
-    threads: int
-    batch_size: int
-
-    def describe(self, package: ModelPackage) -> str:
-        operators = ", ".join(f"{name} x{count} ({share:.0%})" for name, (count, share) in sorted(
-            self.operators.items(), key=lambda pair: -pair[1][1]))
-        return "\n".join([
-            f"CPU 8-bit dot-product instructions: {self.int8_instructions}",
-            f"onnxruntime {self.onnxruntime}, the job's session options, {self.threads} thread(s)",
-            f"operators run (count, share of one batch's kernel time): {operators}",
-            f"convolutions run as integer QLinearConv: {self.integer_convolutions} of {self.convolutions}",
-            f"images/s, batch {self.batch_size} at {package.height}x{package.width}: {self.images_per_s:.1f}",
-        ])
-
-
-def inspect_session(package: ModelPackage, directory: str, *, threads: int = 1, batch_size: int = 32,
-                    seconds: float = 5.0) -> SessionReport:
-    """Profile one batch through the job's ONNX Runtime session for ``package`` (stored in ``directory``), then time
-    batches for about ``seconds``: which operators run (integer or float convolutions) and how fast, on this CPU."""
-    import onnxruntime
-
-    if package.format != "onnx":
-        raise ModelPackageError(f"inspect reads onnx packages; {package.uri} is {package.format!r}")
-    model_path = os.path.join(directory, package.files["onnx"])
-    batch = np.random.default_rng(0).standard_normal((batch_size, *package.input_shape)).astype(np.float32)
-    scratch = tempfile.mkdtemp(prefix="inspect-")
-    try:
-        options = onnx_session_options(threads)
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(scratch, "profile")
-        profiled = onnxruntime.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
-        profiled.run(None, {package.input_name: batch})  # one batch: every kernel event below belongs to it
-        with open(profiled.end_profiling()) as file:
-            events = json.load(file)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    kernels = [event for event in events if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")]
-    counts = collections.Counter(event["args"]["op_name"] for event in kernels)
-    durations = collections.Counter()
-    for event in kernels:
-        durations[event["args"]["op_name"]] += event["dur"]
-    total = sum(durations.values()) or 1
-    timed = onnxruntime.InferenceSession(model_path, sess_options=onnx_session_options(threads),
-                                         providers=["CPUExecutionProvider"])
-    timed.run(None, {package.input_name: batch})
-    images, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        timed.run(None, {package.input_name: batch})
-        images += batch_size
-    return SessionReport(
-        int8_instructions=int8_instructions(), onnxruntime=onnxruntime.__version__,
-        operators={name: (count, durations[name] / total) for name, count in counts.items()},
-        convolutions=sum(count for name, count in counts.items() if "Conv" in name),
-        integer_convolutions=counts.get("QLinearConv", 0),
-        images_per_s=images / (time.perf_counter() - started), threads=threads, batch_size=batch_size)

@@ -37,7 +37,7 @@ from pyspark.sql import functions as F
 
 from job.config import DEFAULT_MAX_OBJECT_BYTES
 from job.decode import decode_cifar_records, decode_image
-from job.model_package import ModelPackage
+from job.package_format import ModelPackage
 from job.sources import CIFAR_RECORD_BYTES, is_cifar_batch
 from job.storage import Storage
 
@@ -208,7 +208,10 @@ def _lowest_confidence_tiles(classified, count: int, package: ModelPackage, stor
     scale = min(1.0, THUMBNAIL_MAX_SIDE / max(package.height, package.width))
     size = (max(1, round(package.height * scale)), max(1, round(package.width * scale)))
     with ThreadPoolExecutor(max_workers=THUMBNAIL_READ_THREADS, thread_name_prefix="report-thumbnail") as pool:
-        images = list(pool.map(lambda row: _thumbnail(row["source"], row["index"], storage, size), rows))
+        # Cropped or padded as the model saw it, at the thumbnail's size.
+        preprocessing = package.preprocessing
+        resize = (preprocessing.resize, preprocessing.crop_fraction, preprocessing.interpolation)
+        images = list(pool.map(lambda row: _thumbnail(row["source"], row["index"], storage, size, resize), rows))
     tiles = []
     for row, (image, problem) in zip(rows, images):
         lines = tuple(f"{_class_name(entry['label'], package.labels)}: {entry['probability']:.0%}"
@@ -239,16 +242,18 @@ def _display_name(source: str, index: int) -> str:
     return f"{name} #{index}" if is_cifar_batch(source) else name
 
 
-def _thumbnail(source: str, index: int, storage: Storage, size: tuple[int, int]) -> tuple[Optional[str], Optional[str]]:
-    """A PNG ``data:`` URI of the input as the job decodes it, or None and why (e.g. the object changed since)."""
+def _thumbnail(source: str, index: int, storage: Storage, size: tuple[int, int], resize: tuple = ()
+               ) -> tuple[Optional[str], Optional[str]]:
+    """A PNG ``data:`` URI of the input as the job decodes it, or None and why (e.g. the object changed since);
+    ``resize`` is the package's (mode, crop fraction, interpolation)."""
     height, width = size
     try:
         if is_cifar_batch(source):
             record = storage.read(source, index * CIFAR_RECORD_BYTES, CIFAR_RECORD_BYTES)
-            pixels = decode_cifar_records(record, height, width)[0][0]
+            pixels = decode_cifar_records(record, height, width, *resize)[0][0]
         else:
             # The driver's memory is bounded as a worker's is: the rows shown were at most this size when classified.
-            pixels = decode_image(storage.read(source, max_bytes=DEFAULT_MAX_OBJECT_BYTES), height, width)
+            pixels = decode_image(storage.read(source, max_bytes=DEFAULT_MAX_OBJECT_BYTES), height, width, *resize)
     except Exception as error:  # one unreadable thumbnail must not cost the whole report
         return None, f"not shown: {type(error).__name__}: {error}"
     buffer = io.BytesIO()

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+from job.package_format import safe_relative_name
+
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
 S3_MAX_POOL_CONNECTIONS = 64
@@ -53,13 +55,6 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"S3 URI {uri!r} has no bucket: expected s3://BUCKET/KEY")
     return bucket, key
-
-
-def safe_relative_name(name: str) -> bool:
-    """Whether ``name`` is a plain relative file name: ``/``-separated, with no empty, ``.`` or ``..`` segment, no
-    backslash and no NUL, so that joining it to a directory can only name a file inside that directory."""
-    return (isinstance(name, str) and bool(name) and "\\" not in name and "\0" not in name
-            and all(segment not in ("", ".", "..") for segment in name.split("/")))
 
 
 def contained_path(directory: str, name: str) -> str:

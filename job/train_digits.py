@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from job.model_package import export_gluon, zoo_resnet18
+from job.convert import export_gluon, zoo_resnet18
 from job.sample_data import DIGIT_LABELS, digits_32x32, split_held_out
 
 MEAN = (0.5, 0.5, 0.5)

@@ -2,7 +2,8 @@
 
 Per task: the task's work items arrive as Arrow rows; they are cut into batches of ``batch_size`` images; a producer
 thread fetches each batch's objects concurrently (a thread pool and an S3 client shared by the whole worker process)
-and decodes them into one ``float32[N, 3, H, W]`` array while the main thread runs the model on the previous batch.
+and decodes them into one array of the model's input (e.g. ``float32[N, 3, H, W]``) while the main thread runs the
+model on the previous batch.
 Every input yields exactly one output row; an input that cannot be read or decoded yields a row with ``status = error``.
 
 Memory: an object is read only when its size (from the response headers) is at most ``max_object_bytes``; the bytes
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from job.config import DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_OBJECT_BYTES
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
-from job.model_package import ModelPackage, ModelPackageError
+from job.package_format import ModelPackage, ModelPackageError
 from job.predictor import cached_predictor
 from job.sources import CIFAR_RECORD_BYTES, KIND_CIFAR, KIND_IMAGE, WorkItem
 from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage
@@ -157,6 +158,13 @@ class ByteBudget:
                 self._changed.notify_all()
 
 
+def model_input(package: ModelPackage) -> Normalizer:
+    """RGB ``uint8[N, H, W, 3]`` -> ``package``'s input (channel order, layout, dtype, mean and std)."""
+    preprocessing = package.preprocessing
+    return Normalizer(package.mean, package.std, channel_order=preprocessing.channel_order, layout=preprocessing.layout,
+                      input_dtype=preprocessing.input_dtype)
+
+
 def _fetch_error_message(error: Exception) -> str:
     if isinstance(error, ObjectNotFound):
         return f"not_found: {error}"
@@ -174,8 +182,10 @@ class BatchPreparer:
         self.settings = settings
         self.storage = Storage(settings.s3_endpoint_url)
         self.pool = fetch_pool(settings.fetch_threads)
-        self.normalize = Normalizer(settings.package.mean, settings.package.std)
+        self.normalize = model_input(settings.package)
         self.budget = ByteBudget(settings.max_bytes_in_flight)
+        preprocessing = settings.package.preprocessing
+        self.resize = (preprocessing.resize, preprocessing.crop_fraction, preprocessing.interpolation)
         self.seconds = {"fetch": 0.0, "decode": 0.0}
 
     def _fetch(self, position: int, unit: _Unit, fetched: queue.Queue) -> None:
@@ -210,11 +220,11 @@ class BatchPreparer:
                 return (f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
                         f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after "
                         "listing"), None
-            pixels, labels = decode_cifar_records(payload, height, width)
+            pixels, labels = decode_cifar_records(payload, height, width, *self.resize)
             images[:] = pixels
             return None, labels.tolist()
         try:
-            images[0] = decode_image(payload, height, width)
+            images[0] = decode_image(payload, height, width, *self.resize)
         except DecodeError as error:
             return str(error), None
         except Exception as error:  # a decoder fault on one input must not fail the task's other inputs

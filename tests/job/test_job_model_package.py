@@ -53,7 +53,7 @@ def test_missing_package_and_missing_files(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"input_shape": [3, 40000, 40000]}, r"'input_shape' must be \[3, height, width\] with height and width integers "
-                                         r"from 1 to 4096; got \[3, 40000, 40000\]"),
+                                         r"from 1 to 4096 \(layout NCHW\); got \[3, 40000, 40000\]"),
     ({"input_shape": [3, 4097, 32]}, "from 1 to 4096"),
     ({"labels": [str(n) for n in range(100_001)]}, "'labels' may hold at most 100000 class names; got 100001"),
     ({"labels": ["x" * 257]}, "'labels' entries may be at most 256 characters"),
@@ -80,9 +80,9 @@ def test_a_huge_label_list_is_not_copied_into_the_message():
 
 
 def test_a_model_json_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    import job.model_package
+    import job.package_store
 
-    monkeypatch.setattr(job.model_package, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(job.package_store, "MAX_MANIFEST_BYTES", 100)
     (tmp_path / "model.json").write_text(json.dumps({**VALID, "labels": ["x" * 50] * 3}))
     with pytest.raises(ModelPackageError, match="larger than 100 bytes"):
         read_package(str(tmp_path), Storage())
