@@ -1,7 +1,8 @@
 """Stage the files the stack uploads to ``artifacts/`` in the data bucket.
 
 The staged folder holds what the stack deploys to ``s3://<bucket>/artifacts/`` (infra/artifacts.py):
-- ``job.zip``: the ``job/`` package at the zip's root (spark-submit ``--py-files``), and ``spark_entry.py``, a copy of
+- ``job.zip``: the ``job/`` package at the zip's root (spark-submit ``--py-files``), less :data:`NOT_SHIPPED_MODULES`,
+  and ``spark_entry.py``, a copy of
   ``job/spark_entry.py`` (the step's entry point), both under ``artifacts/``;
 - ``bootstrap/``: the scripts of the repository's ``bootstrap/`` folder, deployed on their own under
   ``artifacts/bootstrap/<digest>/`` (:func:`bootstrap_key_prefix`): the digest is over exactly these files, so every
@@ -26,6 +27,11 @@ JOB_ZIP_NAME = "job.zip"
 ENTRY_POINT_NAME = "spark_entry.py"
 BOOTSTRAP_DIR_NAME = "bootstrap"
 _EXCLUDED_PARTS = {"__pycache__", ".pytest_cache"}
+# Modules of job/ that a step never runs, left out of job.zip (docs/development.md, "The job's rooms"): the demo and
+# its training data, and the package tools that need MXNet's exporter or the `onnx` package, which the nodes do not
+# install. The run path never imports them (tests/job/test_job_rooms.py); on a node, `python -m job.model_package`
+# names such a tool as not installed there, exit 2. `inspect` and `validate` stay: they need only ONNX Runtime.
+NOT_SHIPPED_MODULES = ("demo.py", "train_digits.py", "sample_data.py", "convert.py", "quantize.py")
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 _ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
@@ -40,7 +46,7 @@ def write_job_zip(job_dir: Path, zip_path: Path) -> list[str]:
     names = []
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(job_dir.rglob("*")):
-            if not _included(path, job_dir):
+            if not _included(path, job_dir) or path.relative_to(job_dir).as_posix() in NOT_SHIPPED_MODULES:
                 continue
             name = f"{job_dir.name}/{path.relative_to(job_dir).as_posix()}"
             entry = zipfile.ZipInfo(name, date_time=_ZIP_TIMESTAMP)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from moto.server import ThreadedMotoServer
 
 from infra.artifacts import JOB_FLOW_DEFINITION_NAME, WHEELHOUSE_ZIP_DIR_NAME
 from infra.packaging import (
+    NOT_SHIPPED_MODULES,
     BOOTSTRAP_DIR_NAME,
     ENTRY_POINT_NAME,
     JOB_ZIP_NAME,
@@ -91,6 +93,34 @@ def test_real_job_package_is_zipped_without_bytecode(tmp_path):
     names = zipfile.ZipFile(staged / JOB_ZIP_NAME).namelist()
     assert "job/__init__.py" in names and f"job/{ENTRY_POINT_NAME}" in names
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
+
+
+def test_job_zip_ships_the_run_path_and_no_demo_training_or_onnx_tools(tmp_path):
+    """Issue 19, "the job's rooms": job.zip holds what a step runs, not the demo, its training or the tools that need
+    `onnx` or MXNet's exporter. Read from the real zip alone (the repository is not on the path): the run path imports,
+    `inspect --help` answers, and `quantize` says it is not installed there (exit 2) instead of a traceback."""
+    staged = stage_artifacts(REPO_ROOT, tmp_path / "staged")
+    zip_path = staged / JOB_ZIP_NAME
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    assert not {f"job/{module}" for module in NOT_SHIPPED_MODULES} & names
+    assert {"job/cli.py", "job/pipeline.py", "job/worker.py", "job/model_package.py", "job/package_format.py",
+            "job/templates/report.html"} <= names  # fmt: skip
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    environment = {**os.environ, "PYTHONPATH": str(zip_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=outside, env=environment, capture_output=True, text=True,
+                              timeout=120)
+
+    imported = run("-c", "import job, job.cli, job.pipeline, job.worker, job.report; print(job.__file__)")
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip().startswith(str(zip_path))
+    assert run("-m", "job.model_package", "inspect", "--help").returncode == 0
+    missing = run("-m", "job.model_package", "quantize", "--package", str(outside), "--calibration", str(outside),
+                  "--out", str(outside / "int8"))
+    assert missing.returncode == 2, missing.stderr
+    assert "quantize: its tool (job.quantize) is not installed here" in missing.stderr
 
 
 # --- the bootstrap scripts under their digest path (review 2, finding 5) ---------------------------------------------
