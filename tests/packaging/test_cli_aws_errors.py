@@ -79,7 +79,9 @@ def failing(kind: str, monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def local_package(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("package")
-    (directory / "model.onnx").write_bytes(b"not read before the error")
+    # An empty ONNX file (a valid, empty protobuf): the package check before any S3 call walks it for external data
+    # and finds none; the model is never run, since the S3 argument's error comes first.
+    (directory / "model.onnx").write_bytes(b"")
     (directory / "model.json").write_text(json.dumps({
         "format": "onnx", "files": {"onnx": "model.onnx"}, "input_shape": [3, 8, 8], "mean": [0.5, 0.5, 0.5],
         "std": [0.25, 0.25, 0.25], "labels": ["a", "b"]}))
