@@ -216,12 +216,13 @@ class StepSubmitter:
                 Body=json.dumps({"batch_id": batch.batch_id, "objects": objects}).encode(),
                 ContentType="application/json",
             )
-            step = self._build_step(batch.batch_id, attempt=1)
+            step = self._build_step(batch.batch_id, attempt=1, image_count=len(objects))
             self._claims.record_intent(
                 batch_id=batch.batch_id,
                 step_name=step["Name"],
                 cluster_id=slots.cluster_id if slots is not None else "",
                 manifest_key=manifest_key,
+                image_count=len(objects),
                 now=self._clock(),
             )
         except Exception:
@@ -433,7 +434,7 @@ class StepSubmitter:
         )
 
     def _submit_retry(self, record: BatchRecord, slots: ClusterSlots | None) -> None:
-        step = self._build_step(record.batch_id, attempt=record.attempt)
+        step = self._build_step(record.batch_id, attempt=record.attempt, image_count=record.image_count)
         try:
             cluster_id = self._add_step(slots, step, batch_id=record.batch_id)
         except StepRefused as refused:
@@ -483,7 +484,8 @@ class StepSubmitter:
 
     # --- the step -----------------------------------------------------------------------------------------------------
 
-    def _build_step(self, batch_id: str, *, attempt: int) -> dict:
+    def _build_step(self, batch_id: str, *, attempt: int, image_count: int | None) -> dict:
+        """The step of a batch whose manifest lists ``image_count`` images (None: unknown, no executor cap)."""
         settings = self._settings
         return emr_step.build_step(
             name=runs.step_name(settings.step_name_prefix, batch_id, attempt),
@@ -492,6 +494,7 @@ class StepSubmitter:
             model_uri=settings.model_uri,
             output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id, attempt)}",
             options=settings.job_options,
+            image_count=image_count,
         )
 
     # --- the cluster --------------------------------------------------------------------------------------------------
