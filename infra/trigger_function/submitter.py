@@ -81,6 +81,12 @@ LAUNCH_SEARCH_MARGIN = timedelta(minutes=10)
 # An uploaded manifest may list at most this many characters per URI (S3 keys are at most 1,024 bytes).
 MAX_MANIFEST_URI_CHARS = 1_100
 MANIFEST_ENTRY_KEYS = frozenset({"uri", "etag", "version_id"})
+# A persistent stack's definition keeps its cluster alive with no idle timeout. The cluster this function launches
+# from it when the stack's own one ended lives outside CloudFormation: without a timeout it would run, and bill, until
+# `cdk destroy`, also after a deploy gave the stack a new cluster of its own. It ends after this long without steps
+# instead (the next batch launches another): about a cluster's boot, the ski-rental rule behind the stack's transient
+# default (infra/settings.py, DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES). EMR allows 60 s to 7 days.
+REPLACEMENT_IDLE_TIMEOUT_SECONDS = 10 * 60
 
 
 class BatchNotSubmitted(Exception):
@@ -702,10 +708,14 @@ class StepSubmitter:
             raise ValueError(f"{where} must be a JSON RunJobFlow request without 'Steps' (the trigger adds the step)")
         kept_alive = request.get("Instances", {}).get("KeepJobFlowAliveWhenNoSteps", False)
         if kept_alive and not request.get("AutoTerminationPolicy", {}).get("IdleTimeout"):
-            raise ValueError(
-                f"{where} keeps the cluster alive without steps and has no AutoTerminationPolicy.IdleTimeout; a "
-                "launched cluster must end by itself, after its steps or after an idle timeout"
-            )
+            if settings.cluster_mode is ClusterMode.PERSISTENT:
+                # The persistent cluster's own definition (review 2, #10): its replacement ends by itself.
+                request = {**request, "AutoTerminationPolicy": {"IdleTimeout": REPLACEMENT_IDLE_TIMEOUT_SECONDS}}
+            else:
+                raise ValueError(
+                    f"{where} keeps the cluster alive without steps and has no AutoTerminationPolicy.IdleTimeout; a "
+                    "launched cluster must end by itself, after its steps or after an idle timeout"
+                )
         prefix = settings.cluster_name_prefix
         if prefix is not None and not str(request.get("Name", "")).startswith(prefix):
             raise ValueError(
