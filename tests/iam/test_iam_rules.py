@@ -233,7 +233,8 @@ def _cleanup_scenario() -> None:
     with mock_aws():
         emr, ec2, s3 = (boto3.client(name, region_name=iam_rules.REGION) for name in ("emr", "ec2", "s3"))
         emr.run_job_flow(
-            Name=f"{tag['Value']}-cpu", ReleaseLabel="emr-7.13.0", JobFlowRole="instance-profile", ServiceRole="service-role",
+            Name=f"{tag['Value']}-cpu", ReleaseLabel="emr-7.13.0", JobFlowRole="instance-profile",
+            ServiceRole="service-role",
             Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
             Tags=[tag],
         )  # fmt: skip
