@@ -82,6 +82,9 @@ class BatchRecord:
     manifest_key: str
     lease_until: datetime
     lease_owner: str = ""  # the token of the invocation that holds a resubmission's lease
+    # The images the batch's manifest lists: a retry's step caps its executors as the first did. None for a batch
+    # recorded without it (by crash recovery from a step found on a cluster): its retry has no cap.
+    image_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -230,13 +233,15 @@ class ClaimStore:
             manifest_key=item["manifest_key"]["S"],
             lease_until=_from_epoch(item["lease_until"]["N"]),
             lease_owner=item.get("lease_owner", {}).get("S", ""),
+            image_count=int(item["image_count"]["N"]) if "image_count" in item else None,
         )
 
     def record_intent(
-        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, now: datetime
+        self, *, batch_id: str, step_name: str, cluster_id: str, manifest_key: str, image_count: int, now: datetime
     ) -> None:
         """Before the first step is sent: the batch is being submitted to ``cluster_id`` ("" when a cluster is being
-        launched for it), under a lease. Crash recovery reads it to know where the step may be."""
+        launched for it), under a lease. Crash recovery reads it to know where the step may be; a retry reads
+        ``image_count`` (the images its manifest lists)."""
         item = {
             "pk": {"S": BATCH_KEY_PREFIX + batch_id},
             "state": {"S": BatchState.SUBMITTING.value},
@@ -244,6 +249,7 @@ class ClaimStore:
             "step_name": {"S": step_name},
             "cluster_id": {"S": cluster_id},
             "manifest_key": {"S": manifest_key},
+            "image_count": {"N": str(image_count)},
             "lease_until": {"N": str(_epoch(now + self.lease))},
             TTL_ATTRIBUTE: {"N": str(_epoch(now + self._retention))},
         }

@@ -49,6 +49,10 @@ class JobOptions:
     default_parallelism: Optional[int] = None
     # Task slots per executor (spark.executor.cores / spark.task.cpus): 4 on cpu, 1 on gpu.
     executor_task_slots: int = 1
+    # The job's --max-batch-bytes (decoded bytes of one batch, job/config.py): the executors' memory budget for a
+    # batch, so that a package whose input is larger than the stack's model_input_size setting still gets batches of
+    # that size (fewer images). None: the job's own default.
+    max_batch_bytes: Optional[int] = None
 
 
 def build_step(
@@ -73,6 +77,7 @@ def build_step(
     - ``--conf``: the cluster's task slots as ``spark.default.parallelism`` (``options.default_parallelism``) and,
       when the batch's ``image_count`` is known, a cap on the executors dynamic allocation may ask for (see
       :func:`max_executors`).
+    - ``--max-batch-bytes`` only when ``options.max_batch_bytes`` is set (else the job's default).
     - ``timeout``: EMR steps have no time limit of their own. coreutils' ``timeout`` (on every EMR node) ends
       spark-submit after ``options.timeout_minutes`` (exit code 124, so the step is FAILED), which stops the Spark
       application, and a transient cluster can then end.
@@ -103,6 +108,7 @@ def build_step(
         str(options.top_k),
         "--max-failure-ratio",
         str(options.max_failure_ratio),
+        *(["--max-batch-bytes", str(options.max_batch_bytes)] if options.max_batch_bytes is not None else []),
     ]
     step_chars = len(name) + sum(len(arg) for arg in args)
     if step_chars > MAX_STEP_STRING_CHARS:

@@ -81,6 +81,12 @@ LAUNCH_SEARCH_MARGIN = timedelta(minutes=10)
 # An uploaded manifest may list at most this many characters per URI (S3 keys are at most 1,024 bytes).
 MAX_MANIFEST_URI_CHARS = 1_100
 MANIFEST_ENTRY_KEYS = frozenset({"uri", "etag", "version_id"})
+# A persistent stack's definition keeps its cluster alive with no idle timeout. The cluster this function launches
+# from it when the stack's own one ended lives outside CloudFormation: without a timeout it would run, and bill, until
+# `cdk destroy`, also after a deploy gave the stack a new cluster of its own. It ends after this long without steps
+# instead (the next batch launches another): about a cluster's boot, the ski-rental rule behind the stack's transient
+# default (infra/settings.py, DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES). EMR allows 60 s to 7 days.
+REPLACEMENT_IDLE_TIMEOUT_SECONDS = 10 * 60
 
 
 class BatchNotSubmitted(Exception):
@@ -216,12 +222,13 @@ class StepSubmitter:
                 Body=json.dumps({"batch_id": batch.batch_id, "objects": objects}).encode(),
                 ContentType="application/json",
             )
-            step = self._build_step(batch.batch_id, attempt=1)
+            step = self._build_step(batch.batch_id, attempt=1, image_count=len(objects))
             self._claims.record_intent(
                 batch_id=batch.batch_id,
                 step_name=step["Name"],
                 cluster_id=slots.cluster_id if slots is not None else "",
                 manifest_key=manifest_key,
+                image_count=len(objects),
                 now=self._clock(),
             )
         except Exception:
@@ -433,7 +440,7 @@ class StepSubmitter:
         )
 
     def _submit_retry(self, record: BatchRecord, slots: ClusterSlots | None) -> None:
-        step = self._build_step(record.batch_id, attempt=record.attempt)
+        step = self._build_step(record.batch_id, attempt=record.attempt, image_count=record.image_count)
         try:
             cluster_id = self._add_step(slots, step, batch_id=record.batch_id)
         except StepRefused as refused:
@@ -483,7 +490,8 @@ class StepSubmitter:
 
     # --- the step -----------------------------------------------------------------------------------------------------
 
-    def _build_step(self, batch_id: str, *, attempt: int) -> dict:
+    def _build_step(self, batch_id: str, *, attempt: int, image_count: int | None) -> dict:
+        """The step of a batch whose manifest lists ``image_count`` images (None: unknown, no executor cap)."""
         settings = self._settings
         return emr_step.build_step(
             name=runs.step_name(settings.step_name_prefix, batch_id, attempt),
@@ -492,6 +500,7 @@ class StepSubmitter:
             model_uri=settings.model_uri,
             output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id, attempt)}",
             options=settings.job_options,
+            image_count=image_count,
         )
 
     # --- the cluster --------------------------------------------------------------------------------------------------
@@ -699,10 +708,14 @@ class StepSubmitter:
             raise ValueError(f"{where} must be a JSON RunJobFlow request without 'Steps' (the trigger adds the step)")
         kept_alive = request.get("Instances", {}).get("KeepJobFlowAliveWhenNoSteps", False)
         if kept_alive and not request.get("AutoTerminationPolicy", {}).get("IdleTimeout"):
-            raise ValueError(
-                f"{where} keeps the cluster alive without steps and has no AutoTerminationPolicy.IdleTimeout; a "
-                "launched cluster must end by itself, after its steps or after an idle timeout"
-            )
+            if settings.cluster_mode is ClusterMode.PERSISTENT:
+                # The persistent cluster's own definition (review 2, #10): its replacement ends by itself.
+                request = {**request, "AutoTerminationPolicy": {"IdleTimeout": REPLACEMENT_IDLE_TIMEOUT_SECONDS}}
+            else:
+                raise ValueError(
+                    f"{where} keeps the cluster alive without steps and has no AutoTerminationPolicy.IdleTimeout; a "
+                    "launched cluster must end by itself, after its steps or after an idle timeout"
+                )
         prefix = settings.cluster_name_prefix
         if prefix is not None and not str(request.get("Name", "")).startswith(prefix):
             raise ValueError(

@@ -7,6 +7,7 @@ function's first log line instead of in a half-submitted batch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -247,7 +248,8 @@ def _integer_variable(problems: list[str], name: str, *, upper: int, required) -
 
 
 def _job_options(text: str, problems: list[str]) -> JobOptions:
-    """Parse JOB_OPTIONS, a JSON object with exactly the keys of :class:`emr_step.JobOptions`."""
+    """Parse JOB_OPTIONS, a JSON object with exactly the keys of :class:`emr_step.JobOptions` (its fields: the stack
+    writes it with ``dataclasses.asdict``, so both sides follow the one definition)."""
     defaults = JobOptions()
     if not text:
         return defaults
@@ -256,7 +258,7 @@ def _job_options(text: str, problems: list[str]) -> JobOptions:
     except json.JSONDecodeError as error:
         problems.append(f"JOB_OPTIONS is not valid JSON ({error.msg} at character {error.pos})")
         return defaults
-    expected_keys = {"device", "batch_size", "top_k", "max_failure_ratio", "timeout_minutes"}
+    expected_keys = {option.name for option in dataclasses.fields(JobOptions)}
     if not isinstance(raw, dict) or set(raw) != expected_keys:
         received = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         problems.append(f"JOB_OPTIONS has keys {received}: expected exactly {sorted(expected_keys)}")
@@ -268,19 +270,31 @@ def _job_options(text: str, problems: list[str]) -> JobOptions:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
         problems.append(f"JOB_OPTIONS.max_failure_ratio={ratio!r}: expected a number from 0 to 1")
         ratio = defaults.max_failure_ratio
+
+    def optional_positive_int(name: str) -> int | None:
+        """null (Spark's or the job's own default) or a positive integer."""
+        if raw[name] is None:
+            return None
+        return _positive_int(problems, f"JOB_OPTIONS.{name}", raw[name], allowed_suffix=" or null")
+
     return JobOptions(
         device=device,
         batch_size=_positive_int(problems, "JOB_OPTIONS.batch_size", raw["batch_size"]),
         top_k=_positive_int(problems, "JOB_OPTIONS.top_k", raw["top_k"]),
         max_failure_ratio=float(ratio),
         timeout_minutes=_positive_int(problems, "JOB_OPTIONS.timeout_minutes", raw["timeout_minutes"]),
+        default_parallelism=optional_positive_int("default_parallelism"),
+        executor_task_slots=_positive_int(problems, "JOB_OPTIONS.executor_task_slots", raw["executor_task_slots"]),
+        max_batch_bytes=optional_positive_int("max_batch_bytes"),
     )
 
 
-def _positive_int(problems: list[str], name: str, value: object, upper: int | None = None) -> int:
+def _positive_int(
+    problems: list[str], name: str, value: object, upper: int | None = None, allowed_suffix: str = ""
+) -> int:
     # bool is an int subclass: reject it so JSON `true` is not read as 1.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
         allowed = f"an integer from 1 to {upper}" if upper is not None else "a positive integer"
-        problems.append(f"{name}={value!r}: expected {allowed}")
+        problems.append(f"{name}={value!r}: expected {allowed}{allowed_suffix}")
         return 1
     return value

@@ -34,6 +34,9 @@ TASK_STARTED = re.compile(
 TASK_FINISHED = re.compile(r"Finished task \d+\.\d+ in stage \d+\.\d+ \(TID (\d+)\)")
 GRACE_SECONDS = 10
 T = TypeVar("T")
+# EMR classifications the Spark processes read, and those only YARN's daemons read (no YARN here).
+SPARK_CLASSIFICATIONS = frozenset({"spark-defaults", "spark-env"})
+YARN_CLASSIFICATIONS = frozenset({"yarn-site", "capacity-scheduler"})
 
 
 class ClusterError(RuntimeError):
@@ -186,11 +189,19 @@ def write_spark_conf_dir(conf_dir: Path, configurations: Sequence[Mapping[str, A
     """Render EMR classifications as EMR does on the primary node: ``spark-defaults`` into ``spark-defaults.conf``,
     ``spark-env``/``export`` into ``spark-env.sh`` (which spark-submit sources); return the properties written.
 
+    The YARN classifications (``YARN_CLASSIFICATIONS``) are left out: a standalone cluster has no YARN. Any other
+    classification fails, so a new Spark setting cannot be dropped unnoticed.
+
     ``replaced`` (and ``env_replaced``) change values the classifications hold; ``added`` sets properties they do not
     hold. Either mismatch fails, so a change to the cluster definition cannot silently turn an override into a no-op
     or let a local value hide a new EMR setting.
     """
     by_name = {configuration["Classification"]: configuration for configuration in configurations}
+    unknown = sorted(set(by_name) - SPARK_CLASSIFICATIONS - YARN_CLASSIFICATIONS)
+    if unknown:
+        raise ClusterError(f"the cluster definition has classifications {unknown} this test does not know how to "
+                           f"apply; known: Spark's {sorted(SPARK_CLASSIFICATIONS)}, YARN's (left out) "
+                           f"{sorted(YARN_CLASSIFICATIONS)}")
     defaults = dict(by_name["spark-defaults"]["Properties"])
     exports: dict[str, str] = {}
     for child in by_name.get("spark-env", {}).get("Configurations", []):

@@ -18,7 +18,9 @@ What the cluster's configuration changes from EMR's ``spark-defaults`` (the rest
   sets outside the classification) with ``spark.dynamicAllocation.shuffleTracking.enabled`` (standalone has no
   external shuffle service; EMR's YARN has one), ``spark.eventLog.*`` (EMR logs events to HDFS; here a local folder the
   test reads), ``spark.ui.port`` 0 (a free port).
-- ``spark.default.parallelism`` is not overridden: ``spark_configurations`` is called with this cluster's slot count.
+- ``spark.default.parallelism`` is not overridden: as on EMR, the step carries it (``--conf``, from the stack's
+  JOB_OPTIONS ``default_parallelism``: here this cluster's slot count). The YARN classifications (``yarn-site``,
+  ``capacity-scheduler``) have nothing to configure without YARN and are left out.
 
 What this cannot prove: YARN (container sizing, the ExecutorLauncher's container, node labels, decommissioning) and
 GPU scheduling; EMRFS or S3A writing to s3:// (pyspark from PyPI has no hadoop-aws, so the output is a local folder
@@ -55,6 +57,8 @@ BUCKET = "amzn-s3-demo-bucket"
 REGION = "us-east-1"
 WORKERS = 2
 CORES_PER_WORKER = 2
+# One executor per worker, using both of its cores (replaces the cluster's spark.executor.cores).
+EXECUTOR_CORES = CORES_PER_WORKER
 # 20 real images under 20 distinct prefixes: 400 inputs, so each of the 4 tasks classifies 100 in several batches of 32.
 IMAGE_COPIES = 20
 BATCH_SIZE = 32
@@ -153,13 +157,16 @@ def step_run(tmp_path_factory, foolbox_wheel) -> StepRun:
             artifacts=JobArtifacts(py_files_uri=(artifacts_dir / JOB_ZIP_NAME).as_uri(),
                                    entry_point_uri=(artifacts_dir / ENTRY_POINT_NAME).as_uri()),
             manifest_uri=manifest_uri, model_uri=model_uri, output_uri=str(output),
-            options=JobOptions(device="cpu", batch_size=BATCH_SIZE, top_k=3, max_failure_ratio=0.0),
+            # The stack's JOB_OPTIONS for this cluster: its slots, 2 per executor. No image count: the step's
+            # executor cap (one executor per 1,000 images here) would leave one worker without an executor.
+            options=JobOptions(device="cpu", batch_size=BATCH_SIZE, top_k=3, max_failure_ratio=0.0,
+                               default_parallelism=cluster.slots, executor_task_slots=EXECUTOR_CORES),
         )
         conf_dir = root / "spark-conf"
         write_spark_conf_dir(
-            conf_dir, spark_configurations("cpu", task_slots=cluster.slots, region=REGION),
+            conf_dir, spark_configurations("cpu", region=REGION),
             replaced={"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
-                      "spark.executor.cores": "2", "spark.executor.memory": "768m",
+                      "spark.executor.cores": str(EXECUTOR_CORES), "spark.executor.memory": "768m",
                       "spark.executor.memoryOverhead": "256m"},
             added={"spark.master": cluster.master_url,
                    "spark.dynamicAllocation.enabled": "true",

@@ -228,11 +228,13 @@ def _cleanup_scenario() -> None:
     spec = importlib.util.spec_from_file_location("cleanup_function_handler_iam_rule", CLEANUP_FUNCTION_FILE)
     cleanup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cleanup)
+    # Named as the stack names its clusters ("<stack>-<compute>"): the cleanup describes only such clusters.
     tag = {"Key": "inference-stack", "Value": "iam-rule"}
     with mock_aws():
         emr, ec2, s3 = (boto3.client(name, region_name=iam_rules.REGION) for name in ("emr", "ec2", "s3"))
         emr.run_job_flow(
-            Name="cluster", ReleaseLabel="emr-7.13.0", JobFlowRole="instance-profile", ServiceRole="service-role",
+            Name=f"{tag['Value']}-cpu", ReleaseLabel="emr-7.13.0", JobFlowRole="instance-profile",
+            ServiceRole="service-role",
             Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
             Tags=[tag],
         )  # fmt: skip
@@ -532,8 +534,11 @@ def split_s3(uri: str) -> tuple[str, str]:
 # and what each reads or writes: "read-recursive" = ListBucket on the prefix and GetObject below it. The prefix is the
 # bootstrap action's s3:// argument followed by the node's machine (install-mxnet.sh: "${1%/}/$MACHINE/").
 BOOTSTRAP_AWS_CALLS = {
+    # The listing that picks the node's wheels (ListBucket on the prefix).
+    ("install-mxnet.sh", 'aws s3 ls --cli-connect-timeout 20 --cli-read-timeout 120 "$source/") ||'): "read-recursive",
+    # The copy of the wheels picked (ListBucket on the prefix, GetObject below it).
     ("install-mxnet.sh", 'aws s3 cp --recursive --only-show-errors --cli-connect-timeout 20 --cli-read-timeout 120 '
-                         '"$source/" "$WHEELHOUSE_DIR"'): "read-recursive",
+                         '--exclude "*" "${include_options[@]}" "$source/" "$WHEELHOUSE_DIR"'): "read-recursive",
 }  # fmt: skip
 MACHINES = {"x86_64": "x86_64", "arm64": "aarch64"}
 

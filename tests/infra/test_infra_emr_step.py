@@ -21,7 +21,9 @@ from infra.trigger_function.emr_step import (
     job_arguments,
     max_executors,
 )
+from infra.cluster_definition import MAX_BATCH_BYTES, batch_size_limit
 from infra.settings import DEFAULT_STEP_TIMEOUT_MINUTES as SETTINGS_DEFAULT_STEP_TIMEOUT_MINUTES
+from job.config import DECODED_BYTES_PER_PIXEL, DEFAULT_MAX_BATCH_BYTES, images_per_batch, parse_args
 
 ARTIFACTS = JobArtifacts(py_files_uri="s3://bucket/artifacts/job.zip", entry_point_uri="s3://bucket/artifacts/entry.py")
 
@@ -135,3 +137,29 @@ def test_the_stack_gives_each_step_the_clusters_slots_and_its_executors_slots(sy
 def environment_of(variant) -> dict:
     function = variant.resources[logical_id(variant, variant.stack.trigger.function)]
     return function["Properties"]["Environment"]["Variables"]
+
+
+def test_the_batch_byte_budget_reaches_the_jobs_own_option_so_a_larger_model_gets_fewer_images():
+    """cluster.md item 7: the stack lowers --batch-size for model_input_size, but a package whose input is larger than
+    that setting would still decode batches of that many images. With max_batch_bytes the job's own --max-batch-bytes
+    caps each batch for the package's real input size. Parsed by the job's real parser."""
+    budget = 20 * 2**20
+    config = parse_args(job_arguments(step(batch_size=27, max_batch_bytes=budget)))
+    assert config.max_batch_bytes == budget
+    assert images_per_batch(config, 224, 224) == 27  # the stack's figure at the size the setting names
+    assert images_per_batch(config, 448, 448) == budget // (448 * 448 * DECODED_BYTES_PER_PIXEL) < 27
+    assert "--max-batch-bytes" not in job_arguments(step())  # unset: the job's default
+    assert parse_args(job_arguments(step())).max_batch_bytes == DEFAULT_MAX_BATCH_BYTES
+
+
+def test_a_float_batch_budget_scaled_to_the_jobs_decoded_bytes_gives_the_stacks_batch_size_at_every_input_size():
+    """The stack budgets float32 input only (12 bytes per pixel, cluster_definition.MAX_BATCH_BYTES); the job counts
+    the decoded uint8 pixels too (DECODED_BYTES_PER_PIXEL = 15). The stack's max_batch_bytes is therefore its budget
+    x 15 / 12 (20 MiB on cpu, 80 MiB on gpu): the job then takes exactly the stack's batch size at the model_input_size
+    it was deployed with, and fewer images only for a larger input."""
+    for compute, budget in MAX_BATCH_BYTES.items():
+        job_budget = budget * DECODED_BYTES_PER_PIXEL // (3 * 4)
+        assert job_budget == {"cpu": 20 * 2**20, "gpu": 80 * 2**20}[compute]
+        config = parse_args(job_arguments(step(batch_size=10**6, max_batch_bytes=job_budget)))
+        for size in range(8, 1025):
+            assert images_per_batch(config, size, size) == batch_size_limit(compute, size), (compute, size)

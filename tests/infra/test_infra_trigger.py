@@ -31,6 +31,8 @@ from infra.function_asset import (
     runtime_distributions,
 )
 
+from infra.settings import DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES
+from infra.storage import STAGED_PREFIX
 from infra.trigger import (
     CLAIM_LEASE_MARGIN,
     CLAIM_RETENTION_DAYS,
@@ -276,3 +278,17 @@ def test_an_asset_over_lambdas_unzipped_limit_stops_the_synth(tmp_path, monkeypa
 
     with pytest.raises(FunctionAssetError, match=r"the trigger function's code is \d+ MiB unzipped; Lambda accepts at most 1 MiB"):
         build_function_zip(FUNCTION_DIR, tmp_path / "function.zip", REPO_ROOT / "requirements.lock")
+
+
+def test_the_trigger_reads_the_staged_prefix_the_stack_grants_and_never_notifies_on(variant):
+    """Reliability review #4: the stack does not set STAGED_PREFIX, so the function's default must be the prefix the
+    stack's storage names (the nodes may read it, the uploader policy writes it, no notification watches it)."""
+    trigger_settings = trigger_function_module("trigger_settings")
+    assert environment(variant).get("STAGED_PREFIX", trigger_settings.DEFAULT_STAGED_PREFIX) == STAGED_PREFIX
+
+
+def test_a_replacement_of_a_persistent_cluster_idles_out_after_the_stacks_transient_default():
+    """Review 2, #10: the cluster the function launches when the persistent one ended lives outside CloudFormation;
+    it ends after the same idle time as a transient cluster (a cluster's boot), not at `cdk destroy`."""
+    submitter = trigger_function_module("submitter")
+    assert submitter.REPLACEMENT_IDLE_TIMEOUT_SECONDS == DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES * 60

@@ -25,6 +25,8 @@ from trigger_helpers import (
 ALL_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING", "TERMINATED",
                       "TERMINATED_WITH_ERRORS"]  # fmt: skip
 ACCEPTING_STATES = ALL_CLUSTER_STATES[:4]
+# The STEP_NAME_PREFIX of base_environment (trigger_helpers).
+STEP_PREFIX = "mxnet-inference-"
 
 
 class FrozenClock:
@@ -79,9 +81,12 @@ class Delivery:
         assert not self.pending, f"still failing after {rounds} deliveries: {sorted(self.pending)}"
 
 
-def assert_promises(aws, uploaded_keys: list[str], *, ended_steps: frozenset[str] = frozenset()) -> None:
+def assert_promises(
+    aws, uploaded_keys: list[str], *, ended_steps: frozenset[str] = frozenset(), step_name_prefix: str = STEP_PREFIX
+) -> None:
     """The promises over every cluster moto knows. ``ended_steps``: step names the test reported as cancelled or
-    interrupted (moto cannot end a step), so they do not run."""
+    interrupted (moto cannot end a step), so they do not run. ``step_name_prefix``: the environment's
+    STEP_NAME_PREFIX."""
     steps = [(cluster_id, step) for cluster_id in all_cluster_ids(aws) for step in submitted_steps(aws.emr, cluster_id)]
     names = [step["Name"] for _, step in steps]
     assert len(names) == len(set(names)), f"a step was submitted twice: {sorted(names)}"
@@ -104,5 +109,5 @@ def assert_promises(aws, uploaded_keys: list[str], *, ended_steps: frozenset[str
     # An orphan costs money: a running cluster no recorded batch uses (a second launch for one batch, say).
     for cluster_id in all_cluster_ids(aws, ACCEPTING_STATES):
         cluster_steps = [step["Name"] for found_cluster, step in steps if found_cluster == cluster_id]
-        recorded = [name for name in cluster_steps if any(name.startswith(f"mxnet-inference-{b}") for b in records)]
+        recorded = [name for name in cluster_steps if any(name.startswith(f"{step_name_prefix}{b}") for b in records)]
         assert recorded, f"cluster {cluster_id} runs no step of a recorded batch (steps: {cluster_steps})"

@@ -12,6 +12,7 @@ import json
 import emr_step
 from trigger_helpers import (
     BUCKET,
+    JOB_OPTIONS,
     FakeLambdaContext,
     batch_records,
     entry_uris,
@@ -35,6 +36,7 @@ def expected_job_arguments(batch_id: str) -> list[str]:
         "--batch-size", "128",
         "--top-k", "3",
         "--max-failure-ratio", "0.05",
+        "--max-batch-bytes", str(JOB_OPTIONS["max_batch_bytes"]),
     ]  # fmt: skip
 
 
@@ -216,3 +218,26 @@ def test_a_batch_record_names_the_cluster_step_and_manifest(aws, persistent_clus
             "manifest_key": manifest_key,
         }
     }
+
+
+def spark_conf(step: dict) -> list[str]:
+    """The values of the step's spark-submit --conf arguments."""
+    args = step["HadoopJarStep"]["Args"]
+    return [args[index + 1] for index, arg in enumerate(args) if arg == "--conf"]
+
+
+def test_each_step_caps_its_executors_for_the_images_of_its_batch(aws, persistent_cluster, persistent_handler):
+    """Review 2, #8: the step asks for no more executors than its images need (one per 500 images per slot of a
+    4-slot executor here), so a small batch never makes managed scaling add nodes. Counted over the manifest's
+    entries: an uploaded manifest of 2,001 staged images needs two executors, two uploaded images one.
+    (What YARN and managed scaling then do needs an account.)"""
+    per_executor = emr_step.MIN_IMAGES_PER_EXECUTOR_SLOT * JOB_OPTIONS["executor_task_slots"]
+    staged = [f"s3://{BUCKET}/staged/run-1/img-{index:04d}.jpg" for index in range(per_executor + 1)]
+    listed = upload(aws.s3, "incoming/run-1/list.json", json.dumps(staged).encode(), sequence=1)
+    persistent_handler.lambda_handler(sqs_event([listed]), FakeLambdaContext())
+    persistent_handler.lambda_handler(sqs_event(image_notifications(aws, 2, first_sequence=2)), FakeLambdaContext())
+
+    large, small = submitted_steps(aws.emr, persistent_cluster)
+    parallelism = f"spark.default.parallelism={JOB_OPTIONS['default_parallelism']}"
+    assert spark_conf(large) == [parallelism, "spark.dynamicAllocation.maxExecutors=2"]
+    assert spark_conf(small) == [parallelism, "spark.dynamicAllocation.maxExecutors=1"]

@@ -9,11 +9,14 @@ no IAM; and ListClusters in moto lists oldest first, EMR newest first (the searc
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
+from submitter import REPLACEMENT_IDLE_TIMEOUT_SECONDS
 from promises import Delivery, FrozenClock, all_cluster_ids, assert_promises, invoke
 
 from trigger_helpers import (
@@ -274,6 +277,73 @@ def test_a_persistent_stack_whose_cluster_ended_launches_one_from_its_definition
     (replacement,) = [found for found in all_cluster_ids(aws) if found != cluster_id]
     assert len(submitted_steps(aws.emr, replacement)) == 2  # the second batch joined the replacement
     assert_promises(aws, keys("a", "b"))
+
+
+@pytest.fixture(scope="module")
+def persistent_stack(tmp_path_factory):
+    """The stack in persistent mode, synthesized as `cdk synth` does: the function's environment and the shipped
+    cluster definition (deploy-time values, such as role names, as placeholder strings)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+    from infra_helpers import logical_id, shipped_job_flow, synthesize
+
+    from infra.artifacts import JOB_FLOW_DEFINITION_NAME
+
+    variant = synthesize(tmp_path_factory.mktemp("artifacts"), cluster_mode="persistent")
+    function = variant.resources[logical_id(variant, variant.stack.trigger.function)]
+    return function["Properties"]["Environment"]["Variables"], shipped_job_flow(variant, JOB_FLOW_DEFINITION_NAME)
+
+
+def deployed_environment(synthesized: dict, values: dict[str, str]) -> dict[str, str]:
+    """The synthesized environment with each CloudFormation reference replaced as a deployment would: ``values`` gives
+    the deployed value of the variables that are a plain Ref (the same resource wherever else it is referenced)."""
+    refs = {synthesized[name]["Ref"]: value for name, value in values.items()}
+
+    def resolve(value):
+        if isinstance(value, str):
+            return value
+        if set(value) == {"Ref"}:
+            return refs[value["Ref"]]
+        if set(value) == {"Fn::Join"}:
+            separator, parts = value["Fn::Join"]
+            return separator.join(resolve(part) for part in parts)
+        raise AssertionError(f"no deployed value for {value}")
+
+    return {name: resolve(value) for name, value in synthesized.items()}
+
+
+def test_the_stacks_own_persistent_environment_and_definition_replace_an_ended_cluster(
+    aws, load_handler, persistent_stack
+):
+    """Review 2, #10 with exactly what the stack sets: CLUSTER_ID beside JOB_FLOW_DEFINITION_KEY and the definition
+    tag, and the definition the stack ships (a persistent one: kept alive, no idle timeout). The replacement is
+    launched from it with the function's idle timeout (a cluster outside CloudFormation must end by itself), carries
+    the definition tag, and the next batch finds it by that tag. What moto cannot show: EMR validating the real
+    definition (moto accepts placeholder role and bucket names) and the replacement booting."""
+    synthesized, definition = persistent_stack
+    own = create_cluster(aws.emr, keep_alive=True, tags=definition["Tags"], name=definition["Name"])
+    aws.emr.terminate_job_flows(JobFlowIds=[own])
+    values = {"DATA_BUCKET": BUCKET, "CLUSTER_ID": own, "CLAIMS_TABLE": "trigger-claims",
+              "NOTIFICATION_TOPIC_ARN": TOPIC_ARN, "UPLOAD_QUEUE_URL": QUEUE_URL}  # fmt: skip
+    environment = deployed_environment(synthesized, values)
+    aws.s3.put_object(Bucket=BUCKET, Key=environment["JOB_FLOW_DEFINITION_KEY"], Body=json.dumps(definition).encode())
+    handler = load_handler(environment)
+    launches = []
+    handler.emr_submit_client.meta.events.register(
+        "provide-client-params.emr.RunJobFlow", lambda params, **_: launches.append(params)
+    )
+
+    first = invoke(handler, images(aws, "a"))
+    second = invoke(load_handler(environment), images(aws, "b", first_sequence=2))  # a later invocation
+
+    assert first == second == {"batchItemFailures": []}
+    (replacement,) = [found for found in all_cluster_ids(aws) if found != own]
+    assert len(submitted_steps(aws.emr, replacement)) == 2
+    (launch,) = launches
+    assert launch["AutoTerminationPolicy"] == {"IdleTimeout": REPLACEMENT_IDLE_TIMEOUT_SECONDS}
+    definition_tag = {"Key": environment["CLUSTER_DEFINITION_TAG_KEY"],
+                      "Value": environment["CLUSTER_DEFINITION_TAG_VALUE"]}  # fmt: skip
+    assert definition_tag in aws.emr.describe_cluster(ClusterId=replacement)["Cluster"]["Tags"]
+    assert_promises(aws, keys("a", "b"), step_name_prefix=environment["STEP_NAME_PREFIX"])
 
 
 def test_a_persistent_stack_without_a_definition_still_waits_for_its_cluster(

@@ -85,6 +85,10 @@ def step_ended(handler, step_name: str, state: str, cluster_id: str, *, message_
     return handler.lambda_handler(event, FakeLambdaContext())
 
 
+def max_executors(step: dict) -> list[str]:
+    return [arg for arg in step["HadoopJarStep"]["Args"] if arg.startswith("spark.dynamicAllocation.maxExecutors=")]
+
+
 def steps_named(aws, cluster_id: str) -> list[str]:
     return [step["Name"] for step in submitted_steps(aws.emr, cluster_id)]
 
@@ -106,6 +110,8 @@ def test_a_cancelled_or_interrupted_step_is_submitted_again_with_its_own_output(
         f"s3://{BUCKET}/results/{batch_id}-2/",  # never the first attempt's partial output
     )
     assert batch_records(aws.dynamodb)[batch_id]["attempt"] == 2
+    # The retry caps its executors for the batch's images like the first attempt (review 2, #8).
+    assert [max_executors(first), max_executors(second)] == [["spark.dynamicAllocation.maxExecutors=1"]] * 2
 
 
 def test_a_duplicated_event_starts_one_retry(aws, persistent_cluster, persistent_handler):

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 from trigger_helpers import base_environment
 
 from emr_step import JobArtifacts, JobOptions
 from trigger_settings import EMR_MAX_ACTIVE_STEPS, ClusterMode, SettingsError, TriggerSettings
 from trigger_helpers import BUCKET, CLAIM_LEASE_SECONDS, CLAIMS_TABLE, MAX_STEP_ATTEMPTS, QUEUE_URL, TOPIC_ARN
+
+
+
+def job_options_json(**changes) -> str:
+    """JOB_OPTIONS as the stack writes it (every field of JobOptions), with ``changes``."""
+    return json.dumps({**dataclasses.asdict(JobOptions()), **changes})
+
 
 PERSISTENT = base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")
 TRANSIENT = base_environment(
@@ -33,7 +43,10 @@ def test_persistent_environment_is_read_into_typed_settings():
         artifacts=JobArtifacts(
             py_files_uri=f"s3://{BUCKET}/artifacts/job.zip", entry_point_uri=f"s3://{BUCKET}/artifacts/spark_entry.py"
         ),
-        job_options=JobOptions(device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05, timeout_minutes=60),
+        job_options=JobOptions(
+            device="cpu", batch_size=128, top_k=3, max_failure_ratio=0.05, timeout_minutes=60,
+            default_parallelism=24, executor_task_slots=4, max_batch_bytes=20 * 2**20,
+        ),  # fmt: skip
         step_name_prefix="mxnet-inference-",
         cluster_mode=ClusterMode.PERSISTENT,
         cluster_id="j-2AXXXXXXGAPLF",
@@ -112,24 +125,36 @@ def test_every_missing_variable_is_named_in_one_error():
         ({"JOB_OPTIONS": "{device: cpu}"}, r"JOB_OPTIONS is not valid JSON"),
         ({"JOB_OPTIONS": '{"device": "cpu"}'}, r"JOB_OPTIONS has keys \['device'\]: expected exactly"),
         (
-            {"JOB_OPTIONS": '{"device": "tpu", "batch_size": 1, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 60}'},
+            {"JOB_OPTIONS": job_options_json(device="tpu")},
             r"JOB_OPTIONS.device='tpu': expected one of",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 0, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 60}'},
+            {"JOB_OPTIONS": job_options_json(batch_size=0)},
             r"JOB_OPTIONS.batch_size=0: expected a positive integer",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": true, "max_failure_ratio": 0, "timeout_minutes": 60}'},
+            {"JOB_OPTIONS": job_options_json(top_k=True)},
             r"JOB_OPTIONS.top_k=True: expected a positive integer",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 1.5, "timeout_minutes": 60}'},
+            {"JOB_OPTIONS": job_options_json(max_failure_ratio=1.5)},
             r"JOB_OPTIONS.max_failure_ratio=1.5: expected a number from 0 to 1",
         ),
         (
-            {"JOB_OPTIONS": '{"device": "cpu", "batch_size": 8, "top_k": 1, "max_failure_ratio": 0, "timeout_minutes": 0}'},
+            {"JOB_OPTIONS": job_options_json(timeout_minutes=0)},
             r"JOB_OPTIONS.timeout_minutes=0: expected a positive integer",
+        ),
+        (
+            {"JOB_OPTIONS": job_options_json(default_parallelism=0)},
+            r"JOB_OPTIONS.default_parallelism=0: expected a positive integer or null",
+        ),
+        (
+            {"JOB_OPTIONS": job_options_json(executor_task_slots=None)},
+            r"JOB_OPTIONS.executor_task_slots=None: expected a positive integer",
+        ),
+        (
+            {"JOB_OPTIONS": job_options_json(max_batch_bytes="16MiB")},
+            r"JOB_OPTIONS.max_batch_bytes='16MiB': expected a positive integer or null",
         ),
         ({"STEP_NAME_PREFIX": "x" * 235}, r"STEP_NAME_PREFIX has 235 characters: at most 234 leave room for the batch id and"),
         ({"CLUSTER_MODE": "serverless"}, r"CLUSTER_MODE='serverless': expected one of \['persistent', 'transient'\]"),
@@ -178,3 +203,12 @@ def test_invalid_persistent_setting_is_named_with_what_is_allowed(overrides, mes
 def test_invalid_transient_setting_is_named_with_what_is_allowed(overrides, message):
     with pytest.raises(SettingsError, match=message):
         TriggerSettings.from_environment({**TRANSIENT, **overrides})
+
+
+def test_job_options_take_every_field_of_the_step_builders_options_and_null_for_the_jobs_defaults():
+    """The stack writes JOB_OPTIONS with dataclasses.asdict(JobOptions(...)): every field, None as null."""
+    defaults = TriggerSettings.from_environment({**PERSISTENT, "JOB_OPTIONS": job_options_json()}).job_options
+    assert defaults == JobOptions() and defaults.default_parallelism is None and defaults.max_batch_bytes is None
+    missing = {name: value for name, value in dataclasses.asdict(JobOptions()).items() if name != "max_batch_bytes"}
+    with pytest.raises(SettingsError, match=r"JOB_OPTIONS has keys \[.*\]: expected exactly \[.*'max_batch_bytes'"):
+        TriggerSettings.from_environment({**PERSISTENT, "JOB_OPTIONS": json.dumps(missing)})

@@ -32,6 +32,11 @@ STACK_CLUSTER_NAME = f"{CLUSTER_TAG['Value']}-cpu"
 # The function's timeout plus a margin, as infra/trigger.py derives it.
 CLAIM_LEASE_SECONDS = 180
 QUEUE_URL = f"https://sqs.{REGION}.amazonaws.com/123456789012/trigger-uploads"
+# JOB_OPTIONS as the stack writes it (every field of emr_step.JobOptions), for a cpu cluster of 24 task slots.
+JOB_OPTIONS = {
+    "device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05, "timeout_minutes": 60,
+    "default_parallelism": 24, "executor_task_slots": 4, "max_batch_bytes": 20 * 2**20,
+}  # fmt: skip
 
 
 def transient_environment(definition_key: str, **changes: str) -> dict[str, str]:
@@ -253,7 +258,7 @@ def base_environment(**overrides: str) -> dict[str, str]:
         "MODEL_URI": f"s3://{BUCKET}/models/resnet18/",
         "JOB_PY_FILES_URI": f"s3://{BUCKET}/artifacts/job.zip",
         "JOB_ENTRY_POINT_URI": f"s3://{BUCKET}/artifacts/spark_entry.py",
-        "JOB_OPTIONS": '{"device": "cpu", "batch_size": 128, "top_k": 3, "max_failure_ratio": 0.05, "timeout_minutes": 60}',
+        "JOB_OPTIONS": json.dumps(JOB_OPTIONS),
         "STEP_NAME_PREFIX": "mxnet-inference-",
         "CLUSTER_MODE": "persistent",
         "MAX_ACTIVE_STEPS": str(EMR_MAX_ACTIVE_STEPS),
