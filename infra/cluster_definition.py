@@ -70,6 +70,21 @@ def executor_overhead_mib(compute: str) -> int:
     return JVM_OFF_HEAP_MIB + PYTHON_WORKERS_PER_EXECUTOR[compute] * PYTHON_WORKER_MIB[compute]
 
 
+# The job counts a batch's bytes as its uint8 pixels plus their float32 copy, 3 x (1 + 4) = 15 bytes per pixel
+# (job/worker.py, DECODED_BYTES_PER_PIXEL; the two wings share no code, a test holds them equal). MAX_BATCH_BYTES counts
+# the float32 input only, 12 bytes per pixel.
+JOB_DECODED_BYTES_PER_PIXEL = 15
+FLOAT_INPUT_BYTES_PER_PIXEL = 12
+
+
+def job_max_batch_bytes(compute: str) -> int:
+    """The job's ``--max-batch-bytes``: MAX_BATCH_BYTES in the job's count of bytes (20 MiB on cpu, 80 MiB on gpu).
+
+    The job then takes exactly :func:`batch_size_limit` images at the ``model_input_size`` the stack was deployed
+    with, and fewer for a model whose input is larger, so that its workers stay within the executor's memory."""
+    return MAX_BATCH_BYTES[compute] * JOB_DECODED_BYTES_PER_PIXEL // FLOAT_INPUT_BYTES_PER_PIXEL
+
+
 def batch_size_limit(compute: str, model_input_size: int) -> int:
     """The most images per batch whose float32 batch of ``model_input_size`` x ``model_input_size`` RGB images fits
     MAX_BATCH_BYTES (at least 1)."""

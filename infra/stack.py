@@ -22,6 +22,7 @@ from infra.cluster_definition import (
     InstanceFleet,
     ManagedScaling,
     batch_size_limit,
+    job_max_batch_bytes,
     task_slots,
 )
 from infra.network import Network
@@ -134,6 +135,8 @@ class InferenceStack(Stack):
             timeout_minutes=settings.step_timeout_minutes,
             default_parallelism=task_slots(settings.compute, fleets, managed_scaling),
             executor_task_slots=PYTHON_WORKERS_PER_EXECUTOR[settings.compute],
+            # ... and the job cuts a larger model's batches to the same bytes (a model bigger than model_input_size).
+            max_batch_bytes=job_max_batch_bytes(settings.compute),
         )
         self.model_uri = data_bucket.s3_url_for_object(f"{MODELS_PREFIX}{settings.model_name}/")
         environment = {

@@ -21,7 +21,7 @@ from infra.trigger_function.emr_step import (
     job_arguments,
     max_executors,
 )
-from infra.cluster_definition import MAX_BATCH_BYTES, batch_size_limit
+from infra.cluster_definition import JOB_DECODED_BYTES_PER_PIXEL, MAX_BATCH_BYTES, batch_size_limit, job_max_batch_bytes
 from infra.settings import DEFAULT_STEP_TIMEOUT_MINUTES as SETTINGS_DEFAULT_STEP_TIMEOUT_MINUTES
 from job.config import DECODED_BYTES_PER_PIXEL, DEFAULT_MAX_BATCH_BYTES, images_per_batch, parse_args
 
@@ -163,3 +163,11 @@ def test_a_float_batch_budget_scaled_to_the_jobs_decoded_bytes_gives_the_stacks_
         config = parse_args(job_arguments(step(batch_size=10**6, max_batch_bytes=job_budget)))
         for size in range(8, 1025):
             assert images_per_batch(config, size, size) == batch_size_limit(compute, size), (compute, size)
+
+
+def test_the_stacks_job_batch_budget_counts_bytes_as_the_job_does():
+    """infra/ and job/ share no code: the stack's copy of the job's bytes per decoded pixel, and the budget it passes
+    (``job_max_batch_bytes``), are the job's own count and the figures above."""
+    assert JOB_DECODED_BYTES_PER_PIXEL == DECODED_BYTES_PER_PIXEL
+    assert {compute: job_max_batch_bytes(compute) for compute in MAX_BATCH_BYTES} == {"cpu": 20 * 2**20,
+                                                                                        "gpu": 80 * 2**20}

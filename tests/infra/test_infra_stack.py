@@ -131,7 +131,8 @@ def test_the_definition_is_shipped_as_json_for_the_lambda_in_both_modes(synth, m
     assert shipped["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
     if mode == "transient":
         assert shipped["AutoTerminationPolicy"]["IdleTimeout"] > 0
-    else:  # the replacement is persistent too: it runs until destroyed, like the cluster it replaces
+    else:  # the persistent cluster's own definition; the trigger adds an idle timeout to a replacement it launches
+        # (submitter.REPLACEMENT_IDLE_TIMEOUT_SECONDS), which runs outside CloudFormation
         assert "AutoTerminationPolicy" not in shipped
         assert environment(variant)["CLUSTER_ID"] == {"Ref": variant.only("AWS::EMR::Cluster")[0]}
     assert shipped["Configurations"] == deploy_time_values_as_placeholders(
@@ -363,7 +364,7 @@ def test_lambda_environment_values_follow_the_settings(synth):
     env = environment(variant)
     assert json.loads(env["JOB_OPTIONS"]) == {
         "device": "cpu", "batch_size": 64, "top_k": 3, "max_failure_ratio": 0.5, "timeout_minutes": 30,
-        "default_parallelism": 24, "executor_task_slots": 4,
+        "default_parallelism": 24, "executor_task_slots": 4, "max_batch_bytes": 20 * 2**20,
     }  # fmt: skip
     assert (env["MAX_ACTIVE_STEPS"], env["CLUSTER_MODE"], env["STEP_NAME_PREFIX"]) == (
         "17",
