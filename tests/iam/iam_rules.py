@@ -601,6 +601,8 @@ NEEDS: dict[tuple[str, str], tuple[Callable[[dict, CallContext, str], list[Need]
     ("sqs", "ReceiveMessage"): (_sqs("sqs:ReceiveMessage", ("kms:Decrypt",)), f"{SQS_SAR}; {SQS_KMS}"),
     ("sqs", "DeleteMessage"): (_sqs("sqs:DeleteMessage", ()), SQS_SAR),
     ("sqs", "ChangeMessageVisibility"): (_sqs("sqs:ChangeMessageVisibility", ()), SQS_SAR),
+    # A batch request is authorized as its single action (SQS developer guide, "Amazon SQS batch actions").
+    ("sqs", "ChangeMessageVisibilityBatch"): (_sqs("sqs:ChangeMessageVisibility", ()), SQS_SAR),
     ("sqs", "GetQueueAttributes"): (_sqs("sqs:GetQueueAttributes", ()), SQS_SAR),
     ("emr", "ListClusters"): (_emr_anything("elasticmapreduce:ListClusters"), EMR_SAR + " (no resource type)"),
     ("emr", "DescribeCluster"): (_emr_cluster("elasticmapreduce:DescribeCluster"), EMR_SAR),

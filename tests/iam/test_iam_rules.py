@@ -182,7 +182,10 @@ def _trigger_scenarios(env: pytest.MonkeyPatch) -> None:
             env.delenv(name, raising=False)
         for name, value in environment.items():
             env.setenv(name, value)
-        return import_trigger_handler()
+        handler = import_trigger_handler()
+        # The function's own back-off between step submissions is not waited here (as in tests/trigger's fixture).
+        env.setattr(handler.submitter, "pause", lambda seconds: None)
+        return handler
 
     def submit(aws, handler, key: str, sequence: int, body: bytes = b"png bytes") -> dict:
         notification = upload(aws.s3, key, body, sequence=sequence)
@@ -254,7 +257,12 @@ def _cleanup_scenario() -> None:
                 "AccessLoggedBucket": "iam-rule-data",
             },
         }  # fmt: skip
-        status, reason = cleanup.handle(event, emr, ec2, s3, lambda: 600_000, sleep=lambda _: None)
+        # The quiet period passes at once: the clock moves by each sleep instead of waiting (as tests/infra's
+        # cleanup tests do); the calls the cleanup makes are unchanged.
+        elapsed = [0.0]
+        status, reason = cleanup.handle(event, emr, ec2, s3, lambda: 600_000,
+                                        sleep=lambda seconds: elapsed.__setitem__(0, elapsed[0] + seconds),
+                                        clock=lambda: elapsed[0])
         assert status == "SUCCESS", reason
 
 

@@ -102,7 +102,7 @@ def test_every_problem_is_reported_at_once():
             r"task_instance_types: 'c6i.2xlarge' is an x86_64 type but architecture is 'arm64'",
         ),
         ({"compute": "gpu", "architecture": "arm64"}, r"architecture: 'arm64' is not allowed when compute is 'gpu'"),
-        ({"core_instance_types": ["u-6tb1.metal"]}, r"core_instance_types: 'u-6tb1.metal': aws-cdk-lib cannot tell"),
+        ({"core_instance_types": ["u-6tb1.metal"]}, r"core_instance_types: 'u-6tb1.metal': not an instance type name"),
         # Spot, managed scaling and idle termination.
         ({"spot_timeout_minutes": 4}, r"spot_timeout_minutes: 4 is not allowed; allowed: an integer from 5 to 1440"),
         (
