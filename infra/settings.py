@@ -14,10 +14,11 @@ object.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, get_type_hints
+from typing import Any, Iterable, Mapping, Optional, get_type_hints
 
 from infra.instance_types import (
     ARCHITECTURES,
@@ -247,10 +248,7 @@ class Settings:
             if key in types:
                 raw[key] = _from_command_line(value, types[key]) if isinstance(value, str) else value
             elif key != CONTEXT_KEY and SETTING_NAME_PATTERN.match(key):
-                problems.append(
-                    f"{key}: unknown setting (given on its own, as with -c {key}=...); known settings: "
-                    f"{', '.join(sorted(types))}"
-                )
+                problems.append(_unknown_setting(key, "given on its own, as with -c {key}=...".format(key=key), types))
         return _validate(raw, problems)
 
 
@@ -303,11 +301,20 @@ def _from_command_line(text: str, setting_type: Any) -> Any:
     return text
 
 
+def _unknown_setting(key: str, given: str, known: Iterable[str]) -> str:
+    """An unknown key's problem: the closest known names first (a typo, or a setting renamed since, such as
+    core_instance_type -> core_instance_types), then every known name."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(name) for name in close)}? " if close else ""
+    return f"{key}: unknown setting ({given}); {hint}known settings: {', '.join(known)}"
+
+
 def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     problems = list(problems)
     known = {field.name for field in fields(Settings)}
     for key in sorted(set(raw) - set(known)):
-        problems.append(f"{key}: unknown setting (value {raw[key]!r}); known settings: {', '.join(sorted(known))}")
+        problems.append(_unknown_setting(key, f"value {raw[key]!r}", known))
     values = {key: value for key, value in raw.items() if key in known}
     checked: dict[str, Any] = {}
 
@@ -425,7 +432,7 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     problems.extend(_cross_checks(merged))
     if problems:
         raise SettingsError(
-            f"invalid settings in cdk.json context {CONTEXT_KEY!r} ({len(problems)} problem(s)):\n  - "
+            f"invalid settings (cdk.json context {CONTEXT_KEY!r}, and -c options) ({len(problems)} problem(s)):\n  - "
             + "\n  - ".join(problems)
         )
     return merged

@@ -44,7 +44,7 @@ def test_context_that_is_not_json_is_rejected():
 
 
 def test_unknown_key_is_rejected_with_the_known_keys():
-    with pytest.raises(SettingsError, match=r"compte: unknown setting \(value 'gpu'\); known settings: .*compute"):
+    with pytest.raises(SettingsError, match=r"compte: unknown setting \(value 'gpu'\); did you mean 'compute'\? known settings: .*compute"):
         Settings.from_context({"compte": "gpu"})
 
 
@@ -359,3 +359,20 @@ def test_no_more_nat_gateways_are_allowed_than_the_vpc_has_availability_zones():
     from infra.settings import MAX_NAT_GATEWAYS
 
     assert MAX_NAT_GATEWAYS == MAX_AZS
+
+
+@pytest.mark.parametrize(
+    ("context", "hint"),
+    [
+        ({"inference": {"core_instance_type": "c5.2xlarge"}}, "did you mean 'core_instance_types'"),
+        ({"computee": "gpu"}, "did you mean 'compute'"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_known_ones(context, hint):
+    """A renamed setting (core_instance_type became core_instance_types) or a typo is answered with the closest known
+    names before the full list, whether it came from cdk.json or from -c; the header names both sources."""
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_cdk_context(context)
+    message = str(raised.value)
+    assert hint in message and message.index(hint) < message.index("known settings:")
+    assert message.startswith("invalid settings (cdk.json context 'inference', and -c options)")
