@@ -222,11 +222,11 @@ class BatchPreparer:
                 return (f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
                         f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after "
                         "listing"), None
-            pixels, labels = decode_cifar_records(payload, height, width, *self.resize)
-            images[:] = pixels
+            # Straight into the batch buffer, as below: no per-unit intermediate array.
+            _, labels = decode_cifar_records(payload, height, width, *self.resize, out=images)
             return None, labels.tolist()
         try:
-            images[0] = decode_image(payload, height, width, *self.resize)
+            decode_image(payload, height, width, *self.resize, out=images[0])
         except DecodeError as error:
             return str(error), None
         except Exception as error:  # a decoder fault on one input must not fail the task's other inputs

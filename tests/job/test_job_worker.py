@@ -119,10 +119,10 @@ def test_an_unexpected_decoder_fault_fails_only_that_image(tmp_path, cifar_sampl
 
     real_decode = job.worker.decode_image
 
-    def faulty(data, height, width, *resize):
+    def faulty(data, height, width, *resize, out=None):
         if data == cifar_samples[1][1]:
             raise RuntimeError("decoder bug")
-        return real_decode(data, height, width, *resize)
+        return real_decode(data, height, width, *resize, out=out)
 
     monkeypatch.setattr(job.worker, "decode_image", faulty)
     items = []
@@ -188,9 +188,9 @@ def test_fetched_bytes_in_flight_stay_within_the_budget(tmp_path, cifar_samples,
 
     real_decode = job.worker.decode_image
 
-    def slow_decode(data, height, width, *resize):
+    def slow_decode(data, height, width, *resize, out=None):
         time.sleep(0.005)  # lets the fetch threads run ahead, so only the budget holds them back
-        return real_decode(data, height, width, *resize)
+        return real_decode(data, height, width, *resize, out=out)
 
     monkeypatch.setattr(job.worker, "decode_image", slow_decode)
     mib = 1024 * 1024
