@@ -210,6 +210,28 @@ def test_task_counts_are_refused_unless_each_partition_counts_once_and_they_add_
     assert counts_from_tasks([one], 8, package) is None  # a partition that did not report
 
 
+@pytest.mark.parametrize("footers, warning", [
+    ("wrong", "the tasks' counts do not match the committed files' rows"),
+    ("unreadable", "the committed files' footers could not be read: OSError: footer gone"),
+])
+def test_when_the_task_counts_cannot_be_trusted_the_summary_counts_from_the_parquet(
+        spark, tmp_path, bad_inputs, untrained_package, monkeypatch, capsys, footers, warning):
+    import job.pipeline
+
+    def committed(storage, predictions_uri):
+        if footers == "unreadable":
+            raise OSError("footer gone")
+        return 12  # one row more than the tasks wrote
+
+    monkeypatch.setattr(job.pipeline, "committed_rows", committed)
+    output = str(tmp_path / "out")
+    summary = _run(spark, "--manifest", str(bad_inputs), "--model", untrained_package, "--output", output,
+                   "--max-failure-ratio", "0.7")
+    assert f"warning: {warning}; counting from the Parquet instead" in capsys.readouterr().err
+    assert summary["summary_counted_from"] == _summary(output)["summary_counted_from"] == "parquet"
+    assert summary["counts"]["total"] == 11 and summary["failures_by_reason"]["corrupt_image"] == 2
+
+
 def test_committed_rows_come_from_the_footers_of_the_visible_parquet_files(tmp_path, monkeypatch):
     import pyarrow as pa
 
