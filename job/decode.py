@@ -184,8 +184,24 @@ def _decode_with_pillow(data: bytes, height: int, width: int, mode: str = "stret
         raise DecodeError(f"corrupt_image: {error}") from error
 
 
+def _into(image: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """``image``, or ``out`` once ``image`` is copied into it."""
+    if out is None:
+        return image
+    out[...] = image
+    return out
+
+
+def _bgr_to_rgb(bgr: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """OpenCV's BGR ``uint8[H, W, 3]`` as RGB: a view when there is no ``out``, else written straight into ``out``
+    (one SIMD channel swap, no intermediate array)."""
+    if out is None:
+        return bgr[:, :, ::-1]
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
+
+
 def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875,
-                 interpolation: str = "bilinear") -> np.ndarray:
+                 interpolation: str = "bilinear", out: Optional[np.ndarray] = None) -> np.ndarray:
     """Decode one PNG/JPEG (or anything Pillow reads) to RGB ``uint8[height, width, 3]``; raise :class:`DecodeError`.
 
     OpenCV decodes PNG and complete JPEG files (about twice Pillow's speed at 32x32, where decoding competes with the
@@ -196,7 +212,13 @@ def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", cr
     it to. ``mode``, ``crop_fraction`` and ``interpolation`` are the package's (:func:`plan_resize`); both paths
     scale with Pillow's filter of that name, except stretch with bilinear on the OpenCV path (OpenCV's INTER_LINEAR,
     as the original format did).
+
+    ``out``: a C-contiguous ``uint8[height, width, 3]`` to decode into (a batch buffer's row), returned filled with the
+    same bytes as without it. A stretched image from the OpenCV path (the job's default) goes into it straight from
+    OpenCV's decoded or resized pixels, without the intermediate RGB copy.
     """
+    if out is not None and (out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous uint8[{height}, {width}, 3]; got {out.dtype}{list(out.shape)}")
     if not data:
         raise DecodeError("empty_file: the object has zero bytes")
     png_size = _png_size(data)
@@ -220,17 +242,20 @@ def decode_image(data: bytes, height: int, width: int, mode: str = "stretch", cr
         flags = _jpeg_reduction_flag(header.width, header.height, scaled_height if turned else scaled_width,
                                      scaled_width if turned else scaled_height)
     else:
-        return _decode_with_pillow(data, height, width, mode, crop_fraction, interpolation)
+        return _into(_decode_with_pillow(data, height, width, mode, crop_fraction, interpolation), out)
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None:
-        return _decode_with_pillow(data, height, width, mode, crop_fraction, interpolation)
+        return _into(_decode_with_pillow(data, height, width, mode, crop_fraction, interpolation), out)
     if plan is None:  # a PNG: its pixels as decoded
         plan = plan_resize(decoded.shape[1], decoded.shape[0], width, height, mode, crop_fraction)
     if decoded.shape[:2] == plan.scaled[::-1]:
-        return _place(decoded[:, :, ::-1], plan)  # OpenCV's BGR to RGB; a view, copied once into the batch
+        if plan.mode == "stretch":  # already the model's size: straight into ``out``
+            return _bgr_to_rgb(decoded, out)
+        return _into(_place(decoded[:, :, ::-1], plan), out)  # OpenCV's BGR to RGB; a view, copied once
     if (mode, interpolation) == ORIGINAL_SCALING:
-        return cv2.resize(decoded, plan.scaled, interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
-    return _scale_with_pillow(Image.fromarray(np.ascontiguousarray(decoded[:, :, ::-1])), plan, interpolation)
+        return _bgr_to_rgb(cv2.resize(decoded, plan.scaled, interpolation=cv2.INTER_LINEAR), out)
+    return _into(_scale_with_pillow(Image.fromarray(np.ascontiguousarray(decoded[:, :, ::-1])), plan, interpolation),
+                 out)
 
 
 def describe_decoding(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875) -> str:
@@ -261,11 +286,13 @@ def describe_decoding(data: bytes, height: int, width: int, mode: str = "stretch
 
 
 def decode_cifar_records(data: bytes, height: int, width: int, mode: str = "stretch", crop_fraction: float = 0.875,
-                         interpolation: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+                         interpolation: str = "bilinear", out: Optional[np.ndarray] = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 binary records (1 label byte + 3,072 pixel bytes, channel-planar 32x32) to images and labels.
 
     Returns ``uint8[N, height, width, 3]`` and ``uint8[N]``; the images are scaled with Pillow as
-    :func:`plan_resize` says.
+    :func:`plan_resize` says. ``out``: a ``uint8[N, height, width, 3]`` (a batch buffer's rows) to write the images
+    into, returned in their place: unscaled records go there in one strided copy, with no intermediate array.
     """
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3073)
     labels = records[:, 0].copy()
@@ -274,6 +301,9 @@ def decode_cifar_records(data: bytes, height: int, width: int, mode: str = "stre
     if plan.scaled != (32, 32) or plan.target != (32, 32):
         images = np.stack([_scale_with_pillow(Image.fromarray(np.ascontiguousarray(image)), plan, interpolation)
                            for image in images]).reshape(len(records), height, width, 3)
+    if out is not None:
+        out[...] = images
+        return out, labels
     return np.ascontiguousarray(images), labels
 
 

@@ -2,33 +2,49 @@
 
 Data path: listing (driver) -> one Spark task per planned group of items -> ``mapInArrow`` runs
 :func:`job.worker.classify_items` -> Spark's Parquet writer under ``OUTPUT/predictions/`` -> ``OUTPUT/summary.json``
-computed from what was written, and ``OUTPUT/report.html`` (:mod:`job.report`) from the summary and the Parquet.
+from the rows the tasks counted as they streamed them out (checked against the committed files' Parquet footers), and
+``OUTPUT/report.html`` (:mod:`job.report`) from the summary and the Parquet.
 The driver never loads the model and never collects predictions.
+
+Why the tasks' counts are the committed output's, once each: the classification and the Parquet write are one stage
+of one Spark action (no shuffle between them), so each task is a result task, and Spark merges a result task's
+accumulator updates only for the first attempt of its partition that succeeds (a failed, killed or commit-denied
+attempt sends none). The counts still carry their partition and attempt, and the driver takes them only when every
+partition appears once and their total equals the committed files' rows (read from the Parquet footers alone);
+otherwise it counts from the Parquet as before, and says so in ``summary_counted_from``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import platform
+import statistics
+import struct
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Optional
 
-from pyspark import AccumulatorParam
+from pyspark import AccumulatorParam, TaskContext
 
 from job import __version__
 from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, images_per_batch
 from job.package_format import ModelPackage
 from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
-from job.storage import Storage, join
-from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, items_from_arrow
+from job.storage import Storage, is_s3, join, local_path
+from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, count_rows, items_from_arrow
 
 PREDICTIONS_DIR = "predictions"
 SUMMARY_NAME = "summary.json"
+# The last bytes of a Parquet file read at once: its footer (row groups' metadata) and its 8-byte trailer, for the
+# job's files (a few row groups of 9 columns: a few KiB). A larger footer costs a second read.
+FOOTER_READ_BYTES = 64 * 1024
+FOOTER_READ_THREADS = 16
 WORK_ITEM_SCHEMA = ("source string, kind string, start bigint, count bigint, error string, etag string, "
                     "version_id string")
 
@@ -52,6 +68,17 @@ class StatsAccumulator(AccumulatorParam):
                 total[key] = max(total.get(key, 0), value)
             else:
                 total[key] = total.get(key, 0) + value
+        return total
+
+
+class TaskListAccumulator(AccumulatorParam):
+    """A list that tasks append to: each task's row counts, kept apart so that the driver can see every attempt."""
+
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, total, more):
+        total.extend(more)
         return total
 
 
@@ -146,7 +173,8 @@ def _versions(spark) -> dict:
 
 
 def summarize(spark, predictions_uri: str, package: ModelPackage) -> dict:
-    """Counts, failures by reason, per-class counts and accuracy, from the written Parquet in one small Spark job."""
+    """Counts, failures by reason, per-class counts and accuracy, from the written Parquet in one small Spark job: the
+    fallback of :func:`counts_from_tasks`, and what tests compare it with."""
     from pyspark.sql import functions as F
 
     groups = (spark.read.parquet(predictions_uri)
@@ -156,19 +184,26 @@ def summarize(spark, predictions_uri: str, package: ModelPackage) -> dict:
                        F.col("true_label").isNotNull().alias("graded"),
                        (F.col("label") == F.col("true_label")).alias("correct"))
               .count().collect())
-    total = ok = graded = correct = 0
-    reasons: dict[str, int] = {}
-    per_class: dict[str, int] = {}
+    counts = {"total": 0, "ok": 0, "graded": 0, "correct": 0, "reasons": {}, "per_class": {}}
     for group in groups:
-        total += group["count"]
+        counts["total"] += group["count"]
         if group["status"] != "ok":
+            reasons = counts["reasons"]
             reasons[group["reason"]] = reasons.get(group["reason"], 0) + group["count"]
             continue
-        ok += group["count"]
-        per_class[group["label_name"]] = per_class.get(group["label_name"], 0) + group["count"]
+        counts["ok"] += group["count"]
+        counts["per_class"][group["label_name"]] = counts["per_class"].get(group["label_name"], 0) + group["count"]
         if group["graded"]:
-            graded += group["count"]
-            correct += group["count"] if group["correct"] else 0
+            counts["graded"] += group["count"]
+            counts["correct"] += group["count"] if group["correct"] else 0
+    return _summary_counts(counts, package)
+
+
+def _summary_counts(counts: dict, package: ModelPackage) -> dict:
+    """summary.json's count fields from ``total``, ``ok``, ``graded``, ``correct``, ``reasons`` and ``per_class``
+    (see :func:`job.worker.count_rows`). Reasons are ordered by count, then name; classes by name."""
+    total, ok, graded, correct = (counts[key] for key in ("total", "ok", "graded", "correct"))
+    reasons, per_class = counts["reasons"], counts["per_class"]
     accuracy = None
     if graded:
         accuracy = {"images_with_ground_truth": graded, "correct": correct, "accuracy": correct / graded}
@@ -178,10 +213,61 @@ def summarize(spark, predictions_uri: str, package: ModelPackage) -> dict:
         "total": total,
         "ok": ok,
         "error": total - ok,
-        "failures_by_reason": dict(sorted(reasons.items(), key=lambda pair: -pair[1])),
+        "failures_by_reason": dict(sorted(reasons.items(), key=lambda pair: (-pair[1], str(pair[0])))),
         "per_class_counts": dict(sorted(per_class.items())),
         "accuracy": accuracy,
     }
+
+
+def committed_rows(storage: Storage, predictions_uri: str) -> int:
+    """Rows in the committed Parquet files under ``predictions_uri``, from their footers alone: one read of each
+    file's last ``FOOTER_READ_BYTES`` (a ranged GET on S3), no column data. Files and directories whose names start
+    with ``_`` or ``.`` (``_SUCCESS``, ``_temporary``, checksums) are skipped, as Spark's reader skips them."""
+    import pyarrow.parquet as pq
+
+    root = (predictions_uri if is_s3(predictions_uri) else local_path(predictions_uri)).rstrip("/")
+
+    def hidden(uri: str) -> bool:  # uri: as listed (a local path for a local or file:// output)
+        relative = uri[len(root):].strip("/")
+        return any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+    def rows(info) -> int:
+        tail = storage.read(info.uri, max(0, info.size - FOOTER_READ_BYTES))
+        if len(tail) < 12 or tail[-4:] != b"PAR1":
+            raise ValueError(f"{info.uri} is not a Parquet file: it does not end with PAR1")
+        footer = struct.unpack("<I", tail[-8:-4])[0] + 8
+        if footer > len(tail):
+            tail = storage.read(info.uri, info.size - footer)
+        return pq.read_metadata(io.BytesIO(tail[-footer:])).num_rows
+
+    files = [info for info in storage.list_objects(predictions_uri)
+             if info.uri.endswith(".parquet") and not hidden(info.uri)]
+    with ThreadPoolExecutor(max_workers=FOOTER_READ_THREADS, thread_name_prefix="footer") as pool:
+        return sum(pool.map(rows, files))
+
+
+def counts_from_tasks(task_counts: list[dict], committed: int, package: ModelPackage) -> Optional[dict]:
+    """summary.json's counts from the tasks' own (``task_counts``: one dict per task attempt that Spark merged, with
+    its ``partition``), or None when they may not be the committed output's: a partition counted twice, or a total
+    other than ``committed``, the rows in the committed files."""
+    partitions = [counts["partition"] for counts in task_counts]
+    if len(set(partitions)) != len(partitions) or sum(counts["total"] for counts in task_counts) != committed:
+        return None
+    merged = {"total": 0, "ok": 0, "graded": 0, "correct": 0, "reasons": {}, "per_class": {}}
+    for counts in task_counts:
+        for key in ("total", "ok", "graded", "correct"):
+            merged[key] += counts[key]
+        for key in ("reasons", "per_class"):
+            for name, count in counts[key].items():
+                merged[key][name] = merged[key].get(name, 0) + count
+    return _summary_counts(merged, package)
+
+
+def _model_load_per_worker(by_worker: dict) -> dict:
+    """Seconds each worker process took to load the model: the most and the median (None when none loaded it)."""
+    seconds = list(by_worker.values())
+    return {"max": max(seconds) if seconds else None, "median": statistics.median(seconds) if seconds else None,
+            "workers": len(seconds)}
 
 
 def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict:
@@ -210,13 +296,19 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         kill_worker_once_marker=config.kill_worker_once_marker, kill_worker_after_images=config.kill_worker_after_images,
     )
     stats = spark.sparkContext.accumulator({}, StatsAccumulator())
+    row_counts = spark.sparkContext.accumulator([], TaskListAccumulator())
 
     def classify_partition(record_batches):
         task_started = time.perf_counter()
         task_stats: dict = {}
-        yield from classify_items(items_from_arrow(record_batches), settings, task_stats)
+        context = TaskContext.get()
+        counts: dict = {"partition": context.partitionId(), "attempt": context.attemptNumber()}
+        for record_batch in classify_items(items_from_arrow(record_batches), settings, task_stats):
+            count_rows(record_batch, counts)
+            yield record_batch
         task_stats["task_s"] = time.perf_counter() - task_started
         stats.add(task_stats)
+        row_counts.add([counts])
 
     item_rows = spark.sparkContext.parallelize(tasks, len(tasks)).flatMap(
         lambda task: [(item.source, item.kind, item.start, item.count, item.error, item.etag, item.version_id)
@@ -230,7 +322,15 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     processing_s = time.perf_counter() - processing_started
 
     summary_started = time.perf_counter()
-    counts = summarize(spark, predictions_uri, package)
+    try:
+        counts = counts_from_tasks(row_counts.value, committed_rows(storage, predictions_uri), package)
+        why_not = "the tasks' counts do not match the committed files' rows"
+    except Exception as error:  # the counts can always come from the Parquet itself, as they did before
+        counts, why_not = None, f"the committed files' footers could not be read: {type(error).__name__}: {error}"
+    counted_from = "tasks"
+    if counts is None:
+        print(f"warning: {why_not}; counting from the Parquet instead", file=sys.stderr)
+        counts, counted_from = summarize(spark, predictions_uri, package), "parquet"
     worker = dict(stats.value)
     failure_ratio = counts["error"] / counts["total"] if counts["total"] else 0.0
     failed = failure_ratio > config.max_failure_ratio
@@ -256,6 +356,8 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "failures_by_reason": counts["failures_by_reason"],
         "per_class_counts": counts["per_class_counts"],
         "accuracy": counts["accuracy"],
+        # "tasks": from the rows the tasks wrote, checked against the committed files; "parquet": read back.
+        "summary_counted_from": counted_from,
         "images_per_s": counts["total"] / processing_s if processing_s else None,
         "tasks": len(tasks),
         "task_slots": slots,
@@ -263,9 +365,12 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "batch_size": batch_size,
         "top_k": config.top_k,
         "seconds": {"listing": listing_s, "session_start": session_s, "processing": processing_s},
-        # Summed over tasks (and over retried attempts): where the workers spent their time.
+        # Summed over tasks (a result task's accumulator counts once: its first successful attempt's): where the
+        # workers spent their time.
         "worker_seconds": {name: worker.get(f"{name}_s", 0.0)
                            for name in ("task", "model_load", "fetch", "decode", "predict", "output")},
+        # What each worker process paid once: the fixed cost's part that runs on the workers.
+        "model_load_per_worker_s": _model_load_per_worker(worker.get("model_load_by_worker", {})),
         "worker_peak_rss_mb": worker.get("peak_rss_mb"),
         "worker_peak_fetch_bytes_in_flight": worker.get("peak_fetch_bytes_in_flight"),
         "memory_limits": {"max_object_bytes": config.max_object_bytes,

@@ -66,7 +66,8 @@ WALL_CLOCK_PHASES = (
     ("processing", "Classification job",
      "the Spark job, wall clock: workers fetch, decode and predict, and Spark writes the Parquet files as the rows "
      "stream out (the write is not timed apart)"),
-    ("summary", "Summary", "reading the written Parquet back for the counts in summary.json"),
+    ("summary", "Summary", "the counts in summary.json, from the rows the tasks counted, checked against the "
+     "committed Parquet files' footers (read back in full only if they disagree)"),
 )
 WORKER_PHASES = (
     ("model_load", "Model load", "loading the model, once per Python worker process"),

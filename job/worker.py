@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import resource
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from job.config import DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_OBJECT_BYTES
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
@@ -220,11 +222,11 @@ class BatchPreparer:
                 return (f"fetch_failed: records {unit.start}-{unit.start + unit.count - 1} should be "
                         f"{unit.count * CIFAR_RECORD_BYTES} bytes, got {len(payload)}: the object changed after "
                         "listing"), None
-            pixels, labels = decode_cifar_records(payload, height, width, *self.resize)
-            images[:] = pixels
+            # Straight into the batch buffer, as below: no per-unit intermediate array.
+            _, labels = decode_cifar_records(payload, height, width, *self.resize, out=images)
             return None, labels.tolist()
         try:
-            images[0] = decode_image(payload, height, width, *self.resize)
+            decode_image(payload, height, width, *self.resize, out=images[0])
         except DecodeError as error:
             return str(error), None
         except Exception as error:  # a decoder fault on one input must not fail the task's other inputs
@@ -402,6 +404,8 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
                                  settings.top_k)
         return
     stats["model_load_s"] = time.perf_counter() - started if loaded_now else 0.0
+    if loaded_now:  # per worker process, for the summary's max and median (model_load_s is summed over tasks)
+        stats["model_load_by_worker"] = {f"{socket.gethostname()}:{os.getpid()}": stats["model_load_s"]}
     stats[f"images_on_{device.kind}"] = 0
     if device.note:
         stats["device_notes"] = {device.note: 1}
@@ -423,6 +427,31 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
                  output_s=output_seconds, peak_fetch_bytes_in_flight=preparer.budget.peak,
                  # ru_maxrss is in KiB on Linux: the largest this worker process has been, model included.
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def count_rows(record_batch: pa.RecordBatch, counts: dict) -> None:
+    """Add one output batch (``OUTPUT_SCHEMA``) to ``counts``, what summary.json reports: ``total``, ``ok``,
+    ``graded`` (ok rows with a true label), ``correct`` (of those, top-1 equal to it), ``reasons`` (error rows by the
+    error's text before its first ``:``) and ``per_class`` (ok rows by ``label_name``). Vectorised: error rows, the
+    only ones touched one by one, are the rare ones."""
+    ok = pc.fill_null(pc.equal(record_batch.column("status"), STATUS_OK), False)
+    ok_rows = pc.sum(ok).as_py() or 0
+    graded = pc.and_(ok, pc.is_valid(record_batch.column("true_label")))
+    correct = pc.and_(graded, pc.fill_null(pc.equal(record_batch.column("label"), record_batch.column("true_label")),
+                                           False))
+    counts["total"] = counts.get("total", 0) + record_batch.num_rows
+    counts["ok"] = counts.get("ok", 0) + ok_rows
+    counts["graded"] = counts.get("graded", 0) + (pc.sum(graded).as_py() or 0)
+    counts["correct"] = counts.get("correct", 0) + (pc.sum(correct).as_py() or 0)
+    reasons = counts.setdefault("reasons", {})
+    if ok_rows < record_batch.num_rows:
+        for error in pc.filter(record_batch.column("error"), pc.invert(ok)).to_pylist():
+            reason = None if error is None else error.split(":", 1)[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    per_class = counts.setdefault("per_class", {})
+    if ok_rows:
+        for entry in pc.value_counts(pc.filter(record_batch.column("label_name"), ok)).to_pylist():
+            per_class[entry["values"]] = per_class.get(entry["values"], 0) + entry["counts"]
 
 
 def items_from_arrow(record_batches: Iterable[pa.RecordBatch]) -> list[WorkItem]:

@@ -7,6 +7,7 @@ not the method of measuring a new application per run, which only `make bench` e
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,3 +46,25 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     assert {"job", "seed"} <= set(scenario["fixed_cost_s_by_contender"])  # what infra/cost.py reads
     assert results["smoke"] is True and results["machine"]["cores"] >= 1
     assert "x limit" in completed.stdout  # the printed table
+    # Issue 20: decoding alone and the pipeline limit per package format, the job's ratio to it, the fixed cost's
+    # parts, the CPU's 8-bit instructions, and the last result per kind of CPU. Present and sane, not their values.
+    assert set(scenario["decode_alone_images_per_s"]) == set(scenario["pipeline_limit_images_per_s"]) == {
+        "mxnet", "onnx", "int8"}
+    for kind, model_alone in (("mxnet", "limit"), ("onnx", "limit_onnx"), ("int8", "limit_int8")):
+        decode_alone, limit = scenario["decode_alone_images_per_s"][kind], scenario["pipeline_limit_images_per_s"][kind]
+        assert math.isfinite(decode_alone) and decode_alone > 0, kind
+        assert 0 < limit < min(decode_alone, scenario["images_per_s"][model_alone]), kind
+    assert set(scenario["job_vs_pipeline_limit"]) == {"job", "onnx", "job_int8"}  # NaN allowed: rates by difference
+    for label, parts in scenario["fixed_cost_parts_s"].items():
+        for part in ("session_start", "listing", "summary", "report", "model_load_max_per_worker",
+                     "model_load_median_per_worker", "total"):
+            assert math.isfinite(parts[part]) and parts[part] > 0, (label, part)
+        assert parts["model_load_max_per_worker"] >= parts["model_load_median_per_worker"], label
+        assert parts["first_calls_and_worker_start"] >= 0 and parts["summary_counted_from"] == "tasks", label
+    assert isinstance(results["machine"]["vnni"], bool)
+    assert {"job_vs_pipeline_limit", "fixed_cost_total_s"} <= {entry["kind"] for entry in results["target_results"]}
+    assert all(entry["met"] is None for entry in results["target_results"] if not entry["applies"])
+    assert list(results["by_cpu"]) == [f"{results['machine']['cpu']} | {results['machine']['int8_instructions']} | "
+                                       "smoke"]
+    for printed in ("pipeline_limit", "fixed cost, job_int8: total", "8-bit instructions: "):
+        assert printed in completed.stdout, printed

@@ -266,12 +266,24 @@ def _cleanup_scenario() -> None:
         assert status == "SUCCESS", reason
 
 
+def _put_parquet(s3, bucket: str, key: str) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"status": ["ok"]}), buffer)
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+
+
 def _job_scenario(scratch: Path) -> None:
     """The job's storage calls with the stack's layout: the model package under models/, the manifest under
     manifests/, inputs under incoming/, the summary and report under results/ (the URIs a step gives the job)."""
     import boto3
     from moto import mock_aws
 
+    from job.pipeline import committed_rows
     from job.storage import Storage, s3_client
 
     bucket = "iam-rule-data"
@@ -303,6 +315,10 @@ def _job_scenario(scratch: Path) -> None:
             storage.exists_below(f"s3://{bucket}/results/b1/")
             storage.write(f"s3://{bucket}/results/b1/summary.json", b"{}", content_type="application/json")
             storage.write(f"s3://{bucket}/results/b1/report.html", b"<html></html>", content_type="text/html")
+            # The summary checks the tasks' counts against the committed files' footers: a listing of the output
+            # and a ranged read of each file's end (Spark's own writes go through EMRFS/S3A, not this recorder).
+            _put_parquet(s3, bucket, "results/b1/predictions/part-00000.snappy.parquet")
+            committed_rows(storage, f"s3://{bucket}/results/b1/predictions")
     finally:
         s3_client.cache_clear()
 

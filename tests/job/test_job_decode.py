@@ -183,3 +183,47 @@ def test_exif_orientation_is_applied_on_both_decoder_paths(orientation, height, 
         assert decoded.shape == (height, width, 3)
         assert np.abs(decoded - expected).mean() < 12
     assert np.abs(opencv - pillow).mean() < 12
+
+
+def _encoded(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def test_decoding_straight_into_the_batch_buffer_gives_the_same_bytes(cifar_samples):
+    """Issue 20, goal 3: ``out=`` (a batch buffer's row, as the worker now decodes) against the same call without it
+    (the path as it was: an array per image, then copied into the batch), on real CIFAR-10 images through every path:
+    OpenCV at size, OpenCV resized, Pillow's filters, crop, pad, the Pillow-only formats, and CIFAR records."""
+    photo = Image.open(io.BytesIO(cifar_samples[3][1])).convert("RGB").resize((61, 47), Image.BICUBIC)
+    cases = [
+        (cifar_samples[0][1], 32, 32, ()),  # PNG at the model's size: OpenCV's pixels straight in
+        (cifar_samples[1][1], 24, 24, ()),  # PNG shrunk by OpenCV's INTER_LINEAR
+        (_encoded(photo, "JPEG", quality=90), 32, 32, ()),
+        (_encoded(photo, "JPEG", quality=90), 32, 32, ("center_crop", 0.875, "bicubic")),
+        (_encoded(photo, "PNG"), 32, 40, ("pad", 0.875, "bilinear")),
+        (_encoded(photo, "PNG"), 47, 61, ("stretch", 0.875, "bicubic")),  # at size by Pillow's rules
+        (_encoded(photo, "GIF"), 32, 32, ()),  # the Pillow path
+    ]
+    for data, height, width, resize in cases:
+        expected = decode_image(data, height, width, *resize)
+        batch = np.full((3, height, width, 3), 7, dtype=np.uint8)
+        returned = decode_image(data, height, width, *resize, out=batch[1])
+        assert np.shares_memory(returned, batch) and np.array_equal(returned, batch[1]), (height, width, resize)
+        assert np.array_equal(batch[1], expected), (height, width, resize)
+        assert (batch[0] == 7).all() and (batch[2] == 7).all()  # the neighbouring rows untouched
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for _, data, _ in cifar_samples[:5]])
+    records = cifar_batch_bytes(pixels, np.arange(5))
+    for height, width, resize in ((32, 32, ()), (40, 40, ("center_crop", 0.875, "bilinear"))):
+        expected, labels = decode_cifar_records(records, height, width, *resize)
+        batch = np.full((7, height, width, 3), 7, dtype=np.uint8)
+        returned, returned_labels = decode_cifar_records(records, height, width, *resize, out=batch[1:6])
+        assert np.shares_memory(returned, batch) and np.array_equal(batch[1:6], expected)
+        assert np.array_equal(returned_labels, labels) and (batch[0] == 7).all() and (batch[6] == 7).all()
+
+
+def test_an_output_buffer_of_the_wrong_shape_is_refused(cifar_samples):
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8\[32, 32, 3\]; got uint8\[32, 31, 3\]"):
+        decode_image(cifar_samples[0][1], 32, 32, out=np.zeros((32, 31, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        decode_image(cifar_samples[0][1], 32, 32, out=np.zeros((32, 64, 3), dtype=np.uint8)[:, ::2])

@@ -17,7 +17,7 @@ from PIL import Image
 from job.config import ConfigError, parse_args
 from job.decode import Normalizer, decode_cifar_records, decode_image
 from job.model_package import read_package
-from job.pipeline import JobFailed, run
+from job.pipeline import JobFailed, committed_rows, counts_from_tasks, run, summarize
 from job.predictor import Device, load_predictor
 from job.sample_data import cifar_batch_bytes
 from job.sources import MIN_IMAGES_PER_TASK
@@ -98,8 +98,22 @@ def test_every_input_once_and_predictions_equal_a_single_process_run(spark, tmp_
         assert row["true_label"] == true_label
     assert summary["counts"] == {"total": 60, "ok": 60, "error": 0, "skipped_objects": 0}
     assert summary["accuracy"]["images_with_ground_truth"] == 20
+    _assert_counted_by_the_tasks_as_the_parquet_says(spark, summary, output, untrained_package)
+    loads = summary["model_load_per_worker_s"]
+    assert loads["workers"] >= 1 and loads["max"] >= loads["median"] > 0
     assert "untrained" in summary["accuracy"]["note"]
     assert _summary(output)["status"] == "succeeded"
+
+
+def _assert_counted_by_the_tasks_as_the_parquet_says(spark, summary: dict, output: str, package_dir: str) -> None:
+    """The summary's counts came from the tasks, and equal what a second pass over the committed Parquet finds."""
+    assert summary["summary_counted_from"] == "tasks"
+    read_back = summarize(spark, os.path.join(output, "predictions"), read_package(package_dir, Storage()))
+    assert {key: summary["counts"][key] for key in ("total", "ok", "error")} == {
+        key: read_back[key] for key in ("total", "ok", "error")}
+    for key in ("failures_by_reason", "per_class_counts", "accuracy"):
+        assert summary[key] == read_back[key], key
+    assert list(summary["failures_by_reason"]) == list(read_back["failures_by_reason"])  # the same order too
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -154,6 +168,7 @@ def test_bad_inputs_are_recorded_failures_and_the_rest_is_classified(spark, tmp_
     assert sum(row["status"] == "ok" for row in by_name.values()) == 4
     assert summary["failures_by_reason"] == {"corrupt_image": 2, "empty_file": 1, "not_an_image": 1,
                                              "image_too_large": 1, "bad_cifar_size": 1, "not_found": 1}
+    _assert_counted_by_the_tasks_as_the_parquet_says(spark, summary, output, untrained_package)
 
 
 def test_too_many_failures_fail_the_job_after_writing_everything(spark, tmp_path, bad_inputs, untrained_package):
@@ -168,11 +183,75 @@ def test_too_many_failures_fail_the_job_after_writing_everything(spark, tmp_path
 def test_a_killed_python_worker_still_yields_every_input_once(spark, tmp_path, mixed_inputs, untrained_package):
     output = str(tmp_path / "out")
     marker = tmp_path / "killed-once"
-    _run(spark, "--input", str(mixed_inputs), "--model", untrained_package, "--output", output, "--batch-size", "4",
-         "--test-kill-worker-once", str(marker), "--test-kill-worker-after-images", "8")
+    summary = _run(spark, "--input", str(mixed_inputs), "--model", untrained_package, "--output", output,
+                   "--batch-size", "4", "--test-kill-worker-once", str(marker), "--test-kill-worker-after-images", "8")
     assert marker.exists()  # a worker really died mid-task
     keys = [(row["source"], row["index"]) for row in _rows(output)]
     assert len(keys) == len(set(keys)) == 60
+    # The killed attempt had counted 8 or more rows: they are not counted again beside its retry's.
+    assert summary["counts"]["total"] == 60
+    _assert_counted_by_the_tasks_as_the_parquet_says(spark, summary, output, untrained_package)
+
+
+def _task_counts(partition: int, total: int, ok: int, reasons=None, per_class=None) -> dict:
+    return {"partition": partition, "attempt": 0, "total": total, "ok": ok, "graded": 0, "correct": 0,
+            "reasons": reasons or {}, "per_class": per_class or {}}
+
+
+def test_task_counts_are_refused_unless_each_partition_counts_once_and_they_add_up_to_the_committed_rows(
+        untrained_package):
+    package = read_package(untrained_package, Storage())
+    one, two = _task_counts(0, 5, 4, {"not_found": 1}, {"c1": 4}), _task_counts(1, 3, 3, per_class={"c1": 1, "c2": 2})
+    counts = counts_from_tasks([one, two], 8, package)
+    assert counts["total"] == 8 and counts["ok"] == 7 and counts["error"] == 1
+    assert counts["failures_by_reason"] == {"not_found": 1} and counts["per_class_counts"] == {"c1": 5, "c2": 2}
+    assert counts_from_tasks([one, two, {**one, "attempt": 1}], 13, package) is None  # partition 0 twice
+    assert counts_from_tasks([one, two], 9, package) is None  # a row the tasks did not count
+    assert counts_from_tasks([one], 8, package) is None  # a partition that did not report
+
+
+@pytest.mark.parametrize("footers, warning", [
+    ("wrong", "the tasks' counts do not match the committed files' rows"),
+    ("unreadable", "the committed files' footers could not be read: OSError: footer gone"),
+])
+def test_when_the_task_counts_cannot_be_trusted_the_summary_counts_from_the_parquet(
+        spark, tmp_path, bad_inputs, untrained_package, monkeypatch, capsys, footers, warning):
+    import job.pipeline
+
+    def committed(storage, predictions_uri):
+        if footers == "unreadable":
+            raise OSError("footer gone")
+        return 12  # one row more than the tasks wrote
+
+    monkeypatch.setattr(job.pipeline, "committed_rows", committed)
+    output = str(tmp_path / "out")
+    summary = _run(spark, "--manifest", str(bad_inputs), "--model", untrained_package, "--output", output,
+                   "--max-failure-ratio", "0.7")
+    assert f"warning: {warning}; counting from the Parquet instead" in capsys.readouterr().err
+    assert summary["summary_counted_from"] == _summary(output)["summary_counted_from"] == "parquet"
+    assert summary["counts"]["total"] == 11 and summary["failures_by_reason"]["corrupt_image"] == 2
+
+
+def test_committed_rows_come_from_the_footers_of_the_visible_parquet_files(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    import job.pipeline
+
+    predictions = tmp_path / "predictions"
+    (predictions / "_temporary" / "0").mkdir(parents=True)
+    table = pa.table({"status": ["ok"] * 1000, "index": list(range(1000))})
+    pq.write_table(table, predictions / "part-00000.snappy.parquet", row_group_size=64)
+    pq.write_table(table.slice(0, 10), predictions / "part-00001.snappy.parquet")
+    pq.write_table(table, predictions / "_temporary" / "0" / "part-00002.snappy.parquet")  # not committed
+    (predictions / "_SUCCESS").write_bytes(b"")
+    (predictions / ".part-00000.snappy.parquet.crc").write_bytes(b"crc")
+    assert committed_rows(Storage(), str(predictions)) == 1010
+    assert committed_rows(Storage(), f"file://{predictions}/") == 1010
+    monkeypatch.setattr(job.pipeline, "FOOTER_READ_BYTES", 16)  # every footer takes a second read
+    assert committed_rows(Storage(), str(predictions)) == 1010
+    (predictions / "part-00003.snappy.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="part-00003.snappy.parquet is not a Parquet file"):
+        committed_rows(Storage(), str(predictions))
 
 
 def test_existing_output_is_refused_unless_overwrite(spark, tmp_path, cifar_samples, untrained_package):

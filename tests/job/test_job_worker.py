@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from job.sources import KIND_CIFAR, KIND_IMAGE, WorkItem
-from job.worker import OUTPUT_SCHEMA, PreparedBatch, batch_units, prefetched, to_record_batch
+from job.worker import OUTPUT_SCHEMA, PreparedBatch, batch_units, count_rows, prefetched, to_record_batch
 
 
 def test_batches_are_full_except_the_last_and_never_padded():
@@ -28,6 +28,33 @@ def test_record_batch_has_the_output_schema_with_nulls_for_errors():
     assert rows[1] | {"error": None} == {"source": "b", "index": 0, "status": "error", "error": None, "label": None,
                                           "label_name": None, "probability": None, "top_k": None, "true_label": None}
     assert rows[2]["label"] == 0 and rows[2]["true_label"] == 2 and rows[2]["index"] == 4
+
+
+def test_a_tasks_row_counts_are_those_of_its_rows():
+    """count_rows, vectorised, against the same counts taken row by row over batches with every kind of row: ok with
+    and without a true label, right and wrong, failed (one with a ``:``-less error), and a NaN row (bad_scores)."""
+    batch = PreparedBatch(sources=list("abcdefg"), indices=list(range(7)), true_labels=[1, 0, None, None, 2, None, 1],
+                          errors=[None, None, None, "not_found: gone", None, "odd", None])
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.1, 0.7, 0.2], [0.6, 0.2, 0.2], [0.2, 0.2, 0.6],
+                              [np.nan, 0.5, 0.5]], dtype=np.float32)
+    record_batches = [to_record_batch(batch, probabilities, ("x", "y", "z"), top_k=2),
+                      to_record_batch(PreparedBatch(["h"], [0], [None], ["not_found: x"]), None, ("x",), top_k=1)]
+    counts: dict = {}
+    for record_batch in record_batches:
+        count_rows(record_batch, counts)
+    rows = [row for record_batch in record_batches for row in record_batch.to_pylist()]
+    ok = [row for row in rows if row["status"] == "ok"]
+    graded = [row for row in ok if row["true_label"] is not None]
+    expected_reasons: dict = {}
+    for row in rows:
+        if row["status"] != "ok":
+            reason = row["error"].split(":")[0]
+            expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
+    assert counts == {"total": 8, "ok": len(ok), "graded": len(graded),
+                      "correct": sum(row["label"] == row["true_label"] for row in graded),
+                      "reasons": expected_reasons,
+                      "per_class": {name: sum(row["label_name"] == name for row in ok) for name in "xyz"}}
+    assert counts["reasons"] == {"not_found": 2, "odd": 1, "bad_scores": 1} and counts["correct"] == 2
 
 
 def test_a_batch_of_only_failures_needs_no_model():
@@ -92,10 +119,10 @@ def test_an_unexpected_decoder_fault_fails_only_that_image(tmp_path, cifar_sampl
 
     real_decode = job.worker.decode_image
 
-    def faulty(data, height, width, *resize):
+    def faulty(data, height, width, *resize, out=None):
         if data == cifar_samples[1][1]:
             raise RuntimeError("decoder bug")
-        return real_decode(data, height, width, *resize)
+        return real_decode(data, height, width, *resize, out=out)
 
     monkeypatch.setattr(job.worker, "decode_image", faulty)
     items = []
@@ -161,9 +188,9 @@ def test_fetched_bytes_in_flight_stay_within_the_budget(tmp_path, cifar_samples,
 
     real_decode = job.worker.decode_image
 
-    def slow_decode(data, height, width, *resize):
+    def slow_decode(data, height, width, *resize, out=None):
         time.sleep(0.005)  # lets the fetch threads run ahead, so only the budget holds them back
-        return real_decode(data, height, width, *resize)
+        return real_decode(data, height, width, *resize, out=out)
 
     monkeypatch.setattr(job.worker, "decode_image", slow_decode)
     mib = 1024 * 1024
