@@ -359,6 +359,7 @@ class StepSubmitter:
             key=key,
             bucket=settings.data_bucket,
             allowed_prefixes=(settings.incoming_prefix, settings.staged_prefix),
+            input_locations=settings.input_locations,
         )
 
     def report_unusable_manifest(self, key: str, reason: str) -> None:
@@ -723,13 +724,16 @@ class StepSubmitter:
         return request
 
 
-def user_manifest_objects(body: bytes, *, key: str, bucket: str, allowed_prefixes: tuple[str, ...]) -> list:
+def user_manifest_objects(
+    body: bytes, *, key: str, bucket: str, allowed_prefixes: tuple[str, ...], input_locations: tuple[str, ...] = ()
+) -> list:
     """The entries of an uploaded manifest: a JSON list, or an object whose "objects" is that list.
 
     Each entry is an ``s3://`` URI string or an object ``{"uri": ..., "etag": ..., "version_id": ...}`` (etag and
     version_id optional strings), and each URI must name an object of the data ``bucket`` under one of
     ``allowed_prefixes`` (the incoming and staged prefixes), with no empty, ``.`` or ``..`` path segment: a manifest
-    may not make the nodes read what the uploader could not upload (reliability review #10).
+    may not make the nodes read what the uploader could not upload (reliability review #10), or under one of the
+    ``input_locations`` ("s3://bucket/prefix/", the stack's read-only input locations, which the nodes may read).
     """
     try:
         document = json.loads(body)
@@ -738,9 +742,11 @@ def user_manifest_objects(body: bytes, *, key: str, bucket: str, allowed_prefixe
     objects = document.get("objects") if isinstance(document, dict) else document
     if not isinstance(objects, list) or not objects:
         raise UnusableUserManifest(f'manifest {key!r} must be a non-empty JSON list of URIs or {{"objects": [...]}}')
-    allowed = ", ".join(f"s3://{bucket}/{prefix}" for prefix in allowed_prefixes)
+    allowed = ", ".join([f"s3://{bucket}/{prefix}" for prefix in allowed_prefixes] + list(input_locations))
     for index, entry in enumerate(objects):
-        problem = _manifest_entry_problem(entry, bucket=bucket, allowed_prefixes=allowed_prefixes)
+        problem = _manifest_entry_problem(
+            entry, bucket=bucket, allowed_prefixes=allowed_prefixes, input_locations=input_locations
+        )
         if problem is not None:
             raise UnusableUserManifest(
                 f"manifest {key!r} entry {index} {problem}; every entry must be an s3:// URI (or an object with "
@@ -749,7 +755,9 @@ def user_manifest_objects(body: bytes, *, key: str, bucket: str, allowed_prefixe
     return objects
 
 
-def _manifest_entry_problem(entry, *, bucket: str, allowed_prefixes: tuple[str, ...]) -> str | None:
+def _manifest_entry_problem(
+    entry, *, bucket: str, allowed_prefixes: tuple[str, ...], input_locations: tuple[str, ...] = ()
+) -> str | None:
     if isinstance(entry, dict):
         unknown = sorted(set(entry) - MANIFEST_ENTRY_KEYS)
         if unknown:
@@ -762,12 +770,17 @@ def _manifest_entry_problem(entry, *, bucket: str, allowed_prefixes: tuple[str, 
     shown = repr(entry[:200])
     if len(entry) > MAX_MANIFEST_URI_CHARS:
         return f"({shown}...) is longer than {MAX_MANIFEST_URI_CHARS} characters"
+    # An input location's object: its key from the bucket on (the location's prefix has no '.' or '..' segment).
+    location = next((location for location in input_locations if entry.startswith(location)), None)
     bucket_prefix = f"s3://{bucket}/"
-    if not entry.startswith(bucket_prefix):
-        return f"({shown}) is not in the data bucket"
-    object_key = entry[len(bucket_prefix) :]
-    if not object_key.startswith(tuple(allowed_prefixes)):
-        return f"({shown}) is outside the allowed prefixes"
+    if location is not None:
+        object_key = entry[len("s3://") :].partition("/")[2]
+    elif not entry.startswith(bucket_prefix):
+        return f"({shown}) is not in the data bucket or an input location"
+    else:
+        object_key = entry[len(bucket_prefix) :]
+        if not object_key.startswith(tuple(allowed_prefixes)):
+            return f"({shown}) is outside the allowed prefixes"
     if any(segment in ("", ".", "..") for segment in object_key.split("/")):
         return f"({shown}) has an empty, '.' or '..' path segment"
     return None
