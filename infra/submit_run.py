@@ -130,6 +130,11 @@ def _exists(s3, bucket: str, key: str) -> bool:
     return True
 
 
+def s3_client():
+    """An S3 client of a new session: credentials are resolved now, from the caller's environment and profile."""
+    return boto3.session.Session().client("s3")
+
+
 def data_bucket_from(arguments: argparse.Namespace) -> str:
     """The stack's data bucket: --data-bucket, or DataBucketName in a `cdk deploy --outputs-file` JSON file."""
     if arguments.data_bucket:
@@ -204,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_s3_uri(arguments.input)
         data_bucket = data_bucket_from(arguments)
         written = submit(
-            boto3.client("s3"),
+            s3_client(),
             input_uri=arguments.input,
             data_bucket=data_bucket,
             run_name=run_name,

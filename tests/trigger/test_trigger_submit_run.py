@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import emr_step
 import pytest
 from trigger_helpers import (
     BUCKET,
@@ -21,6 +22,7 @@ from trigger_helpers import (
     create_function_resources,
     manifest_entries,
     queue_uploads_to_sqs,
+    read_json,
     receive_lambda_event,
     submitted_steps,
 )
@@ -71,6 +73,14 @@ def test_a_run_over_a_prefix_in_a_second_bucket_becomes_one_step_listing_exactly
 
     (step,) = submitted_steps(aws.emr, cluster_id)
     assert manifest_entries(aws.s3, step) == [{"uri": uri, "etag": etag} for uri, etag in sorted(etags.items())]
+    arguments = emr_step.job_arguments(step)
+    batch_manifest = read_json(aws.s3, arguments[arguments.index("--manifest") + 1].removeprefix(f"s3://{BUCKET}/"))
+    assert batch_manifest["source"] == {
+        "kind": "run",
+        "manifest": f"s3://{BUCKET}/incoming/runs/photos-1/part-00001.json",
+        "input": PHOTOS,
+        "run_name": "photos-1",
+    }
 
 
 def test_the_same_command_twice_with_the_same_run_name_gives_one_run(stack, capsys):
@@ -138,10 +148,8 @@ def test_bad_input_is_one_line_and_exit_2(stack, capsys, arguments, message):
 
 def test_access_denied_is_one_line_and_exit_2(stack, capsys, monkeypatch):
     """moto grants everything, so the refusal is made by a botocore hook that answers as S3 does (403 AccessDenied)."""
-    real_client = boto3.client
-
-    def denying_client(*args, **kwargs):
-        client = real_client(*args, **kwargs)
+    def denying_client():
+        client = boto3.client("s3")
 
         def deny(**_):
             from botocore.awsrequest import AWSResponse
@@ -152,7 +160,7 @@ def test_access_denied_is_one_line_and_exit_2(stack, capsys, monkeypatch):
         client.meta.events.register("before-send.s3.ListObjectsV2", deny)
         return client
 
-    monkeypatch.setattr(submit_run.boto3, "client", denying_client)
+    monkeypatch.setattr(submit_run, "s3_client", denying_client)
     assert submit_run.main(["--data-bucket", BUCKET, PHOTOS]) == 2
     error = capsys.readouterr().err
     assert "AccessDenied" in error and error.count("\n") == 1
