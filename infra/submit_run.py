@@ -135,22 +135,22 @@ def s3_client():
     return boto3.session.Session().client("s3")
 
 
-def data_bucket_from(arguments: argparse.Namespace) -> str:
-    """The stack's data bucket: --data-bucket, or DataBucketName in a `cdk deploy --outputs-file` JSON file."""
-    if arguments.data_bucket:
-        return arguments.data_bucket
+def stack_output(arguments: argparse.Namespace, attribute: str, output: str, option: str) -> str:
+    """A stack value: its option, or its output in a `cdk deploy --outputs-file` JSON file (--stack-outputs)."""
+    if getattr(arguments, attribute):
+        return getattr(arguments, attribute)
     if not arguments.stack_outputs:
-        raise RunError("name the stack's data bucket: --data-bucket NAME or --stack-outputs cdk-outputs.json")
+        raise RunError(f"name the stack's {output}: {option} NAME or --stack-outputs cdk-outputs.json")
     try:
         outputs = json.loads(open(arguments.stack_outputs, encoding="utf-8").read())
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"--stack-outputs {arguments.stack_outputs}: {error}") from None
     stacks = outputs.values() if isinstance(outputs, dict) else []
-    names = [stack["DataBucketName"] for stack in stacks if isinstance(stack, dict) and "DataBucketName" in stack]
+    names = [stack[output] for stack in stacks if isinstance(stack, dict) and output in stack]
     if len(names) != 1:
         raise RunError(
-            f"--stack-outputs {arguments.stack_outputs}: expected one stack with a DataBucketName output, found "
-            f"{len(names)}; use --data-bucket"
+            f"--stack-outputs {arguments.stack_outputs}: expected one stack with a {output} output, found "
+            f"{len(names)}; use {option}"
         )
     return names[0]
 
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--run-name {run_name!r}: expected 1-100 letters, digits, '.', '_', '-' (first a letter or digit)"
             )
         parse_s3_uri(arguments.input)
-        data_bucket = data_bucket_from(arguments)
+        data_bucket = stack_output(arguments, "data_bucket", "DataBucketName", "--data-bucket")
         written = submit(
             s3_client(),
             input_uri=arguments.input,

@@ -1,7 +1,7 @@
 """input_locations (issue 18, part 1): validated in the house style, granted read-only to exactly those prefixes,
-cdk-nag clean, and passed to the trigger. Real CDK synthesis and cdk-nag; what it cannot show: that S3 in a real account
-lets the nodes read another account's bucket (that bucket's policy must allow the instance role) or objects encrypted with
-a customer key (its key policy must allow kms:Decrypt)."""
+cdk-nag clean, and passed to the trigger. Real CDK synthesis and cdk-nag; what it cannot show: that S3 in a real
+account lets the nodes read another account's bucket (that bucket's policy must allow the instance role) or objects
+encrypted with a customer key (its key policy must allow kms:Decrypt)."""
 
 from __future__ import annotations
 
