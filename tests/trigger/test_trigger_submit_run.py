@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import boto3
@@ -41,6 +42,10 @@ PHOTOS = f"s3://{SECOND_BUCKET}/photos/"
 def stack(moto_server_url, load_handler):
     """The stack's bucket, claims table, topic and persistent cluster on the server, with S3 notifications to a queue,
     and a second bucket of the user's holding images (and an object that is no image) under photos/."""
+    return make_stack(load_handler)
+
+
+def make_stack(load_handler):
     aws = aws_clients()
     create_function_resources(aws)
     cluster_id = create_cluster(aws.emr, keep_alive=True)
@@ -127,6 +132,42 @@ def test_a_manifest_in_the_second_bucket_is_submitted_as_it_is(stack):
     assert deliver(aws, queue_url, handler) == {"batchItemFailures": []}
     (step,) = submitted_steps(aws.emr, cluster_id)
     assert manifest_entries(aws.s3, step) == entries
+
+
+def test_a_redelivered_notification_of_the_runs_manifest_is_one_run(stack):
+    """SQS delivers at least once: the manifest's notification handled twice (a redelivery) submits one step."""
+    aws, cluster_id, queue_url, handler, _ = stack
+    assert submit_run.main(["--data-bucket", BUCKET, "--run-name", "photos-1", PHOTOS]) == 0
+    event = receive_lambda_event(aws.sqs, queue_url)
+
+    for _ in range(2):
+        assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+
+    assert len(submitted_steps(aws.emr, cluster_id)) == 1
+
+
+def test_two_commands_at_once_with_one_run_name_write_one_manifest(serialized_moto_server_url, load_handler):
+    """Two submissions racing on one run name: If-None-Match lets one write each part, so there is one upload and one
+    run. The server handles one request at a time, as S3 makes each conditional write atomic."""
+    aws, cluster_id, queue_url, handler, _ = make_stack(load_handler)
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(submit_run.main(["--data-bucket", BUCKET, "--run-name", "race", PHOTOS]))
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == [0, 0]
+    event = receive_lambda_event(aws.sqs, queue_url)
+    created = [json.loads(record["body"]).get("Records") for record in event["Records"]]
+    assert len([records for records in created if records]) == 1  # one object created (besides S3's test event)
+    assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+    assert len(submitted_steps(aws.emr, cluster_id)) == 1
 
 
 @pytest.mark.parametrize(
