@@ -7,7 +7,8 @@ manifest, step or cluster launch, retries, notification, report. Each entry name
 reads exactly the listed bytes (or reports ``changed_since_upload``).
 
 Exactly once per run name: the manifest keys are made from the run name alone, and each is written only if it does not
-exist yet (``If-None-Match: *``), so the same command run twice (or twice at once) gives one run. The default run name
+exist yet (``If-None-Match: *``), so the same command run twice (or twice at once) gives one run. It needs only
+``s3:PutObject`` on the stack's ``incoming/`` (the uploader policy), besides reading the input with the caller's rights. The default run name
 is made from the input URI, so repeating a command is safe; give ``--run-name`` to run the same input again.
 
 Imports no CDK: it runs with boto3 alone. Exit codes: 0 submitted (or already submitted), 2 bad input or an AWS error
@@ -98,10 +99,11 @@ def chunks(entries: list, size: int) -> Iterator[list]:
 
 
 def submit(s3, *, input_uri: str, data_bucket: str, run_name: str, max_entries: int) -> list[str]:
-    """Write the run's manifests; return the keys written (empty when this run name was already submitted)."""
-    first = manifest_key(run_name, 1)
-    if _exists(s3, data_bucket, first):
-        return []
+    """Write the run's manifests; return the keys written (empty when this run name was already submitted).
+
+    Each part is written only if its key does not exist (``If-None-Match: *``, which needs no more than
+    ``s3:PutObject``: the uploader policy's grant), so a part another submission of this run name wrote is kept as it
+    is, and a submission that stopped part-way is completed with the parts it lacks."""
     entries = list_entries(s3, input_uri)
     parts = list(chunks(entries, max_entries))
     written = []
@@ -118,16 +120,6 @@ def submit(s3, *, input_uri: str, data_bucket: str, run_name: str, max_entries: 
             raise
         written.append(key)
     return written
-
-
-def _exists(s3, bucket: str, key: str) -> bool:
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
 
 
 def s3_client():

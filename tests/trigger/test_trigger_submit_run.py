@@ -134,6 +134,26 @@ def test_a_manifest_in_the_second_bucket_is_submitted_as_it_is(stack):
     assert manifest_entries(aws.s3, step) == entries
 
 
+def test_on_the_stacks_bucket_the_command_only_puts_objects_as_the_uploader_policy_allows(stack, monkeypatch):
+    """The uploader policy grants s3:PutObject on incoming/ and nothing to read there: the command makes no other call
+    on the data bucket, also when the run exists already (If-None-Match answers that)."""
+    calls = []
+
+    def recording_client():
+        client = boto3.client("s3")
+        client.meta.events.register(
+            "before-parameter-build.s3.*",
+            lambda params, model, **_: calls.append((model.name, params.get("Bucket"))),
+        )
+        return client
+
+    monkeypatch.setattr(submit_run, "s3_client", recording_client)
+    for _ in range(2):
+        assert submit_run.main(["--data-bucket", BUCKET, "--run-name", "photos-1", PHOTOS]) == 0
+
+    assert {name for name, bucket in calls if bucket == BUCKET} == {"PutObject"}
+
+
 def test_a_redelivered_notification_of_the_runs_manifest_is_one_run(stack):
     """SQS delivers at least once: the manifest's notification handled twice (a redelivery) submits one step."""
     aws, cluster_id, queue_url, handler, _ = stack
