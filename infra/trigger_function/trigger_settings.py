@@ -260,10 +260,11 @@ def _input_locations(text: str, problems: list[str]) -> tuple[str, ...]:
     except json.JSONDecodeError as error:
         problems.append(f"INPUT_LOCATIONS is not valid JSON ({error.msg} at character {error.pos})")
         return ()
-    bad = [
-        item for item in raw if not isinstance(item, str) or not item.startswith("s3://") or not item.endswith("/")
-    ] if isinstance(raw, list) else [raw]
-    if bad or not raw:
+    # Each must name a bucket and end with '/': "s3://" alone, or a prefix cut mid-name, would admit other objects.
+    def usable(item: object) -> bool:
+        return isinstance(item, str) and item.startswith("s3://") and item.endswith("/") and item[5:].find("/") > 0
+
+    if not isinstance(raw, list) or not raw or not all(usable(item) for item in raw):
         problems.append(f"INPUT_LOCATIONS={text[:200]!r}: expected a non-empty JSON list of 's3://bucket/prefix/'")
         return ()
     return tuple(raw)

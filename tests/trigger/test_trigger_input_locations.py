@@ -36,7 +36,9 @@ def test_the_environment_names_the_input_locations():
     assert TriggerSettings.from_environment(base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF")).input_locations == ()
 
 
-@pytest.mark.parametrize("text", ["not json", '"s3://b/p/"', "[]", '["s3://b/p"]', '["https://b/p/"]', "[3]"])
+@pytest.mark.parametrize(
+    "text", ["not json", '"s3://b/p/"', "[]", '["s3://b/p"]', '["https://b/p/"]', "[3]", '["s3://"]', '["s3:///p/"]']
+)
 def test_a_wrong_input_locations_variable_is_named(text):
     with pytest.raises(SettingsError, match="INPUT_LOCATIONS"):
         TriggerSettings.from_environment(base_environment(CLUSTER_ID="j-2AXXXXXXGAPLF", INPUT_LOCATIONS=text))
