@@ -791,10 +791,12 @@ def _manifest_entry_problem(
     shown = repr(entry[:200])
     if len(entry) > MAX_MANIFEST_URI_CHARS:
         return f"({shown}...) is longer than {MAX_MANIFEST_URI_CHARS} characters"
-    # An input location's object: its key from the bucket on (the location's prefix has no '.' or '..' segment).
-    location = next((location for location in input_locations if entry.startswith(location)), None)
+    # An input location's object: its key from the bucket on (the location's prefix has no '.' or '..' segment). The
+    # data bucket is judged by its own prefixes alone, even if an input location names it (its models, artifacts and
+    # results are never inputs).
     bucket_prefix = f"s3://{bucket}/"
-    if location is not None:
+    location = next((location for location in input_locations if entry.startswith(location)), None)
+    if location is not None and not entry.startswith(bucket_prefix):
         object_key = entry[len("s3://") :].partition("/")[2]
     elif not entry.startswith(bucket_prefix):
         return f"({shown}) is not in the data bucket or an input location"

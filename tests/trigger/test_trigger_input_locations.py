@@ -70,6 +70,11 @@ def test_entries_outside_the_input_locations_are_refused(uri, message):
     assert LOCATIONS[0] in str(raised.value)  # the message lists where entries may be
 
 
+def test_an_input_location_in_the_data_bucket_admits_nothing_outside_incoming_and_staged():
+    with pytest.raises(UnusableUserManifest, match="is outside the allowed prefixes"):
+        read([f"s3://{BUCKET}/models/default/model.onnx"], locations=(f"s3://{BUCKET}/",))
+
+
 def test_without_input_locations_another_bucket_is_refused_as_before():
     with pytest.raises(UnusableUserManifest, match="is not in the data bucket"):
         read([f"s3://{SECOND_BUCKET}/photos/cat.jpg"], locations=())
