@@ -449,7 +449,7 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
 
 
 def input_location_problems(locations: Any) -> list[str]:
-    """Every problem of an ``input_locations`` value (null, or a list of "s3://bucket/prefix/" strings), one per entry."""
+    """Every problem of an ``input_locations`` value (null, or a list of "s3://bucket/prefix/"), one per entry."""
     allowed = (
         f"null or a list of 1 to {MAX_INPUT_LOCATIONS} distinct locations 's3://<bucket>/<prefix>/' (a bucket name of "
         "3-63 lowercase letters, digits, '.' and '-'; a prefix of whole segments ending with '/', or none for the "

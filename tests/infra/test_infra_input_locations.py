@@ -104,11 +104,3 @@ def test_the_trigger_is_told_the_input_locations(with_locations, synth):
 def test_without_input_locations_the_nodes_read_no_other_bucket(synth):
     assert _input_statements(synth(compute="cpu", cluster_mode="transient")) == []
 
-
-def test_changing_input_locations_leaves_a_persistent_cluster_untouched(synth):
-    """Setting input_locations on a deployed persistent stack changes the nodes' role policy and the trigger's
-    environment only: the AWS::EMR::Cluster resource is identical, so CloudFormation does not update it."""
-    before = synth(cluster_mode="persistent")
-    after = synth(cluster_mode="persistent", input_locations=LOCATIONS)
-
-    assert before.only("AWS::EMR::Cluster") == after.only("AWS::EMR::Cluster")
