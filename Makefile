@@ -22,7 +22,7 @@ export PATH := $(abspath $(NODE_BIN)):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help prereqs venv node-check data wheelhouse demo test bench gpu-check arch-check cost synth diff deploy \
-	destroy destroy-guard bootstrap lock clean
+	destroy destroy-guard bootstrap lock clean run
 
 help:
 	@echo "make demo       run the inference job on local Spark (trains a small model on real images first)"
@@ -34,6 +34,7 @@ help:
 	@echo "make bootstrap  cdk bootstrap: once per account and region, before the first deploy (needs AWS credentials)"
 	@echo "make synth | diff | deploy | destroy   the AWS stack; CDK_ARGS='-c key=value ...' passes settings or flags"
 	@echo "                destroy asks before deleting the buckets, unless CONFIRM=yes or retain_data_on_destroy is on"
+	@echo "make run INPUT=s3://bucket/prefix/ DATA_BUCKET=...   submit a run over images where they are (RUN_ARGS=...)"
 	@echo "make venv       .venv from requirements.lock (every target does it when needed), with the locked Node.js"
 	@echo "make data       download the pinned foolbox wheel whose CIFAR-10 images the tests use (into build/data/)"
 	@echo "make wheelhouse wheels of the job's locked dependencies (build/wheelhouse/), for the offline install test"
@@ -162,6 +163,11 @@ destroy-guard:
 	echo "(make destroy CONFIRM=yes skips this question; -c retain_data_on_destroy=true keeps the buckets)"; \
 	read -r -p "Delete them? Type yes: " answer || answer=; \
 	[ "$$answer" = yes ] || { echo "stopped: nothing was deleted"; exit 1; }
+
+# Submits a run over an S3 prefix (or a manifest there) through the deployed stack's trigger, with your credentials.
+run: venv
+	@[ -n "$(INPUT)" ] || { echo "error: make run INPUT=s3://bucket/prefix/ DATA_BUCKET=<the stack's DataBucketName>"; exit 2; }
+	$(PY) -m infra.submit_run $(if $(DATA_BUCKET),--data-bucket '$(DATA_BUCKET)') $(RUN_ARGS) '$(INPUT)'
 
 # Re-resolve requirements.in into requirements.lock in a throw-away environment.
 lock: prereqs

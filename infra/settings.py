@@ -121,6 +121,14 @@ MAX_MODEL_INPUT_SIZE = 1024
 # query uses, of the runs it names. Athena's own minimum is 10 MB.
 DEFAULT_ATHENA_SCAN_LIMIT_GB = 10
 MAX_ATHENA_SCAN_LIMIT_GB = 10_000
+# Read-only input locations (issue 18, "images where they are"): "s3://<bucket>/<prefix>/". The bucket name follows
+# S3's rules for new buckets (3-63 characters: lowercase letters, digits, '.', '-'); the prefix is whole path segments
+# ending with '/' (or empty: the whole bucket). IAM reads '*', '?' and '${' in a resource ARN as wildcards and policy
+# variables, so a location holding one would grant more than it names: they are refused.
+INPUT_LOCATION_PATTERN = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)$")
+INPUT_LOCATION_FORBIDDEN = ("*", "?", "$")
+MAX_INPUT_LOCATIONS = 20
+MAX_INPUT_LOCATION_CHARS = 512
 
 
 class SettingsError(ValueError):
@@ -188,6 +196,9 @@ class Settings:
     trigger_batching_window_seconds: int = 60
     # The bytes one Athena query of the stack's workgroup may scan before Athena cancels it.
     athena_scan_limit_gb: int = DEFAULT_ATHENA_SCAN_LIMIT_GB
+    # Buckets and prefixes ("s3://bucket/prefix/") the nodes may read inputs from where they are, and manifests may
+    # list; None: only the stack's own incoming/ and staged/.
+    input_locations: Optional[tuple[str, ...]] = None
 
     @property
     def resolved_primary_instance_types(self) -> tuple[str, ...]:
@@ -427,6 +438,12 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     integer("trigger_batch_size", 1, SQS_MAX_BATCH_SIZE)
     integer("trigger_batching_window_seconds", 0, SQS_MAX_BATCHING_WINDOW_SECONDS)
     integer("athena_scan_limit_gb", 1, MAX_ATHENA_SCAN_LIMIT_GB)
+    if "input_locations" in values:
+        locations = values["input_locations"]
+        location_problems = input_location_problems(locations)
+        problems.extend(location_problems)
+        if not location_problems:
+            checked["input_locations"] = None if locations is None else tuple(locations)
 
     merged = Settings(**{**{f.name: f.default for f in fields(Settings)}, **checked})
     problems.extend(_cross_checks(merged))
@@ -436,6 +453,49 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             + "\n  - ".join(problems)
         )
     return merged
+
+
+def input_location_problems(locations: Any) -> list[str]:
+    """Every problem of an ``input_locations`` value (null, or a list of "s3://bucket/prefix/"), one per entry."""
+    allowed = (
+        f"null or a list of 1 to {MAX_INPUT_LOCATIONS} distinct locations 's3://<bucket>/<prefix>/' (a bucket name of "
+        "3-63 lowercase letters, digits, '.' and '-'; a prefix of whole segments ending with '/', or none for the "
+        f"whole bucket; no wildcards {' '.join(INPUT_LOCATION_FORBIDDEN)}; at most {MAX_INPUT_LOCATION_CHARS} "
+        "characters)"
+    )
+    if locations is None:
+        return []
+    if not isinstance(locations, (list, tuple)) or not 1 <= len(locations) <= MAX_INPUT_LOCATIONS:
+        return [f"input_locations: {locations!r} is not allowed; allowed: {allowed}"]
+    problems = []
+    for location in locations:
+        why = _input_location_problem(location)
+        if why:
+            problems.append(f"input_locations: {location!r} {why}; allowed: {allowed}")
+    if not problems and len(set(locations)) != len(locations):
+        problems.append(f"input_locations: {list(locations)!r} names a location twice; allowed: {allowed}")
+    return problems
+
+
+def _input_location_problem(location: Any) -> str:
+    """Why one input location is refused, or "" when it is a valid "s3://bucket/prefix/"."""
+    if not isinstance(location, str):
+        return f"is a {type(location).__name__}, not a string"
+    if len(location) > MAX_INPUT_LOCATION_CHARS:
+        return f"is longer than {MAX_INPUT_LOCATION_CHARS} characters"
+    if any(ord(character) < 32 or ord(character) == 127 for character in location):
+        return "holds a control character"
+    match = INPUT_LOCATION_PATTERN.match(location)
+    if not match:
+        return "is not an s3://<bucket>/ URI with a valid bucket name"
+    prefix = match.group(2)
+    if any(mark in location for mark in INPUT_LOCATION_FORBIDDEN):
+        return "holds an IAM wildcard or policy variable character"
+    if prefix and not prefix.endswith("/"):
+        return "does not end with '/' (a prefix is whole path segments)"
+    if any(segment in ("", ".", "..") for segment in prefix.split("/")[:-1]):
+        return "has an empty, '.' or '..' path segment"
+    return ""
 
 
 def _cross_checks(settings: Settings) -> list[str]:

@@ -25,6 +25,7 @@ from infra.cluster_definition import (
     job_max_batch_bytes,
     task_slots,
 )
+from infra.input_locations import grant_read_input_locations
 from infra.network import Network
 from infra.packaging import bootstrap_digest
 from infra.settings import Settings
@@ -104,6 +105,8 @@ class InferenceStack(Stack):
             wheelhouse_uri=self.wheelhouse_uri,
         )
 
+        grant_read_input_locations(self.cluster.instance_role, settings.input_locations or ())
+
         self.artifacts = Artifacts(
             self,
             "Artifacts",
@@ -162,6 +165,9 @@ class InferenceStack(Stack):
         environment["CLUSTER_DEFINITION_TAG_VALUE"] = self.cluster.definition_tag_value
         if not by_tag:
             environment["CLUSTER_ID"] = self.cluster.cluster_id
+        if settings.input_locations:
+            # Manifests may list objects there too (the trigger refuses every other bucket and prefix).
+            environment["INPUT_LOCATIONS"] = json.dumps(list(settings.input_locations))
 
         self.trigger = Trigger(
             self,

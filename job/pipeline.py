@@ -340,6 +340,8 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
                     f"--max-failure-ratio {config.max_failure_ratio}") if failed else None,
         "inputs": list(config.inputs) or None,
         "manifest": config.manifest,
+        # What the run came from (the manifest's "source": upload prefix, uploaded manifest, or submitted input).
+        "source": listing.source,
         "output": predictions_uri,
         "model": {"uri": package.uri, "name": package.name, "format": package.format, "trained": package.trained,
                   "input_shape": list(package.input_shape), "provenance": package.provenance,

@@ -30,6 +30,8 @@ KIND_INVALID = "invalid"
 MIN_IMAGES_PER_TASK = 64
 # Concurrent HEADs for the sizes of CIFAR-10 batches a manifest lists (one after another, 100,000 took tens of minutes).
 MANIFEST_HEAD_THREADS = 16
+# A manifest's "source" (what the run came from) is copied into summary.json only up to this size (JSON characters).
+MAX_SOURCE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ManifestEntry:
 class Listing:
     items: list[WorkItem]
     skipped: int  # objects under an --input prefix that are neither images nor CIFAR batches (e.g. _SUCCESS, README)
+    # What the run came from, as its manifest's "source" object says (the trigger writes one); None without one.
+    source: Optional[dict] = None
 
     @property
     def image_count(self) -> int:
@@ -115,8 +119,15 @@ def _manifest_entry(entry: object) -> Optional[ManifestEntry]:
 
 
 def read_manifest(uri: str, storage: Storage) -> list[ManifestEntry]:
-    """A manifest is a JSON list of entries, or an object whose ``objects`` key holds that list; an entry is an
-    object URI, or ``{"uri": ..., "etag": ..., "version_id": ...}`` pinning the version to read."""
+    """A manifest's entries (see :func:`read_manifest_and_source`)."""
+    return read_manifest_and_source(uri, storage)[0]
+
+
+def read_manifest_and_source(uri: str, storage: Storage) -> tuple[list[ManifestEntry], Optional[dict]]:
+    """A manifest is a JSON list of entries, or an object whose ``objects`` key holds that list (and may hold a
+    ``source`` object: what the run came from, kept as it is when it is a JSON object of at most
+    MAX_SOURCE_CHARS characters); an entry is an object URI, or ``{"uri": ..., "etag": ..., "version_id": ...}``
+    pinning the version to read."""
     try:
         document = json.loads(storage.read(uri))
     except ObjectNotFound as error:
@@ -134,7 +145,10 @@ def read_manifest(uri: str, storage: Storage) -> list[ManifestEntry]:
             f"--manifest {uri}: entries {bad[:10]}{' ...' if len(bad) > 10 else ''} are neither an object URI nor "
             f'{{"uri": str, "etag": str, "version_id": str}} (etag and version_id optional); '
             f"e.g. {entries[bad[0]]!r:.200}")
-    return parsed
+    source = document.get("source") if isinstance(document, dict) else None
+    if not isinstance(source, dict) or len(json.dumps(source)) > MAX_SOURCE_CHARS:
+        source = None
+    return parsed, source
 
 
 def _manifest_items(entries: list[ManifestEntry], storage: Storage, records_per_item: int) -> list[WorkItem]:
@@ -179,10 +193,11 @@ def list_inputs(
     items: list[WorkItem] = []
     skipped = 0
     if manifest is not None:
-        items = _manifest_items(read_manifest(manifest, storage), storage, records_per_item)
+        entries, source = read_manifest_and_source(manifest, storage)
+        items = _manifest_items(entries, storage, records_per_item)
         if not items:
             raise NoInputError(f"--manifest {manifest} lists no objects")
-        return Listing(items, skipped)
+        return Listing(items, skipped, source)
     for input_uri in inputs:
         try:
             objects = storage.list_objects(input_uri)

@@ -58,7 +58,7 @@ import runs
 from claims import BatchRecord, BatchState, ClaimStore, UploadClaim
 from step_events import RETRIED_STATES, StepEnded
 from trigger_settings import ClusterMode, TriggerSettings
-from uploads import Batch, Upload, UploadGroup, UploadKind, latest_per_key, manifest_entry
+from uploads import Batch, Upload, UploadGroup, UploadKind, batch_source, latest_per_key, manifest_entry
 
 # EMR accepts steps only in these cluster states; a cluster in any other state is ending or gone.
 ACCEPTING_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
@@ -186,7 +186,9 @@ class StepSubmitter:
         :class:`UnusableUserManifest` or a botocore error when nothing was submitted (and then holds no claim)."""
         now = self._clock()
         batch_id = runs.new_batch_id(now)
-        user_objects = self._user_manifest_objects(group) if group.kind is UploadKind.MANIFEST else None
+        user_objects, declared_source = (
+            self._user_manifest_objects(group) if group.kind is UploadKind.MANIFEST else (None, None)
+        )
         slots = self._accepting_target()
 
         result = self._claims.claim(
@@ -208,10 +210,12 @@ class StepSubmitter:
             uploads=uploads,
             message_ids=frozenset().union(*(group.message_ids_by_upload[upload] for upload in uploads)),
         )
-        cluster_id = self._submit_new_batch(batch, user_objects, slots)
+        cluster_id = self._submit_new_batch(batch, user_objects, slots, declared_source)
         return GroupOutcome(batch=batch, cluster_id=cluster_id, messages_to_retry=frozenset(messages_to_retry))
 
-    def _submit_new_batch(self, batch: Batch, user_objects: list | None, slots: ClusterSlots | None) -> str:
+    def _submit_new_batch(
+        self, batch: Batch, user_objects: list | None, slots: ClusterSlots | None, declared_source: object = None
+    ) -> str:
         settings = self._settings
         manifest_key = runs.manifest_key(settings.manifests_prefix, batch.batch_id)
         objects = user_objects or [manifest_entry(upload) for upload in latest_per_key(batch.uploads)]
@@ -219,7 +223,13 @@ class StepSubmitter:
             self._s3.put_object(
                 Bucket=settings.data_bucket,
                 Key=manifest_key,
-                Body=json.dumps({"batch_id": batch.batch_id, "objects": objects}).encode(),
+                Body=json.dumps(
+                    {
+                        "batch_id": batch.batch_id,
+                        "objects": objects,
+                        "source": batch_source(batch.kind, batch.uploads, declared_source),
+                    }
+                ).encode(),
                 ContentType="application/json",
             )
             step = self._build_step(batch.batch_id, attempt=1, image_count=len(objects))
@@ -352,7 +362,8 @@ class StepSubmitter:
             extra={"batch_id": owner, "uploads": len(uploads), "keys": _some_keys(uploads), "reason": why},
         )
 
-    def _user_manifest_objects(self, group: UploadGroup) -> list:
+    def _user_manifest_objects(self, group: UploadGroup) -> tuple[list, object]:
+        """The uploaded manifest's entries, and its own "source" (what `infra.submit_run` declares), if any."""
         key = group.uploads[0].key
         try:
             body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key)["Body"].read()
@@ -361,11 +372,12 @@ class StepSubmitter:
                 raise UnusableUserManifest(f"manifest {key!r} was deleted before it could be read") from None
             raise
         settings = self._settings
-        return user_manifest_objects(
+        return read_user_manifest(
             body,
             key=key,
             bucket=settings.data_bucket,
             allowed_prefixes=(settings.incoming_prefix, settings.staged_prefix),
+            input_locations=settings.input_locations,
         )
 
     def report_unusable_manifest(self, key: str, reason: str) -> None:
@@ -736,13 +748,26 @@ class StepSubmitter:
         return request
 
 
-def user_manifest_objects(body: bytes, *, key: str, bucket: str, allowed_prefixes: tuple[str, ...]) -> list:
-    """The entries of an uploaded manifest: a JSON list, or an object whose "objects" is that list.
+def user_manifest_objects(
+    body: bytes, *, key: str, bucket: str, allowed_prefixes: tuple[str, ...], input_locations: tuple[str, ...] = ()
+) -> list:
+    """The entries of an uploaded manifest (see :func:`read_user_manifest`)."""
+    return read_user_manifest(
+        body, key=key, bucket=bucket, allowed_prefixes=allowed_prefixes, input_locations=input_locations
+    )[0]
+
+
+def read_user_manifest(
+    body: bytes, *, key: str, bucket: str, allowed_prefixes: tuple[str, ...], input_locations: tuple[str, ...] = ()
+) -> tuple[list, object]:
+    """The entries of an uploaded manifest (a JSON list, or an object whose "objects" is that list) and its declared
+    "source" (None when it has none).
 
     Each entry is an ``s3://`` URI string or an object ``{"uri": ..., "etag": ..., "version_id": ...}`` (etag and
     version_id optional strings), and each URI must name an object of the data ``bucket`` under one of
     ``allowed_prefixes`` (the incoming and staged prefixes), with no empty, ``.`` or ``..`` path segment: a manifest
-    may not make the nodes read what the uploader could not upload (reliability review #10).
+    may not make the nodes read what the uploader could not upload (reliability review #10), or under one of the
+    ``input_locations`` ("s3://bucket/prefix/", the stack's read-only input locations, which the nodes may read).
     """
     try:
         document = json.loads(body)
@@ -751,18 +776,22 @@ def user_manifest_objects(body: bytes, *, key: str, bucket: str, allowed_prefixe
     objects = document.get("objects") if isinstance(document, dict) else document
     if not isinstance(objects, list) or not objects:
         raise UnusableUserManifest(f'manifest {key!r} must be a non-empty JSON list of URIs or {{"objects": [...]}}')
-    allowed = ", ".join(f"s3://{bucket}/{prefix}" for prefix in allowed_prefixes)
+    allowed = ", ".join([f"s3://{bucket}/{prefix}" for prefix in allowed_prefixes] + list(input_locations))
     for index, entry in enumerate(objects):
-        problem = _manifest_entry_problem(entry, bucket=bucket, allowed_prefixes=allowed_prefixes)
+        problem = _manifest_entry_problem(
+            entry, bucket=bucket, allowed_prefixes=allowed_prefixes, input_locations=input_locations
+        )
         if problem is not None:
             raise UnusableUserManifest(
                 f"manifest {key!r} entry {index} {problem}; every entry must be an s3:// URI (or an object with "
                 f'"uri" and optional "etag", "version_id") under {allowed}'
             )
-    return objects
+    return objects, document.get("source") if isinstance(document, dict) else None
 
 
-def _manifest_entry_problem(entry, *, bucket: str, allowed_prefixes: tuple[str, ...]) -> str | None:
+def _manifest_entry_problem(
+    entry, *, bucket: str, allowed_prefixes: tuple[str, ...], input_locations: tuple[str, ...] = ()
+) -> str | None:
     if isinstance(entry, dict):
         unknown = sorted(set(entry) - MANIFEST_ENTRY_KEYS)
         if unknown:
@@ -775,12 +804,19 @@ def _manifest_entry_problem(entry, *, bucket: str, allowed_prefixes: tuple[str, 
     shown = repr(entry[:200])
     if len(entry) > MAX_MANIFEST_URI_CHARS:
         return f"({shown}...) is longer than {MAX_MANIFEST_URI_CHARS} characters"
+    # An input location's object: its key from the bucket on (the location's prefix has no '.' or '..' segment). The
+    # data bucket is judged by its own prefixes alone, even if an input location names it (its models, artifacts and
+    # results are never inputs).
     bucket_prefix = f"s3://{bucket}/"
-    if not entry.startswith(bucket_prefix):
-        return f"({shown}) is not in the data bucket"
-    object_key = entry[len(bucket_prefix) :]
-    if not object_key.startswith(tuple(allowed_prefixes)):
-        return f"({shown}) is outside the allowed prefixes"
+    location = next((location for location in input_locations if entry.startswith(location)), None)
+    if location is not None and not entry.startswith(bucket_prefix):
+        object_key = entry[len("s3://") :].partition("/")[2]
+    elif not entry.startswith(bucket_prefix):
+        return f"({shown}) is not in the data bucket or an input location"
+    else:
+        object_key = entry[len(bucket_prefix) :]
+        if not object_key.startswith(tuple(allowed_prefixes)):
+            return f"({shown}) is outside the allowed prefixes"
     if any(segment in ("", ".", "..") for segment in object_key.split("/")):
         return f"({shown}) has an empty, '.' or '..' path segment"
     return None

@@ -74,6 +74,8 @@ class TriggerSettings:
     max_step_attempts: int
     claim_lease_seconds: int  # the function's timeout plus a margin (infra/trigger.py)
     upload_queue_url: str  # the queue the function reads: records to retry soon get a shorter visibility timeout
+    # Read-only input locations ("s3://bucket/prefix/") that manifests may list besides incoming/ and staged/.
+    input_locations: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -205,6 +207,8 @@ class TriggerSettings:
         if upload_queue_url and not upload_queue_url.startswith(("https://", "http://")):
             problems.append(f"UPLOAD_QUEUE_URL={upload_queue_url!r}: expected the SQS queue's URL")
 
+        input_locations = _input_locations(environ.get("INPUT_LOCATIONS", "").strip(), problems)
+
         if problems:
             raise SettingsError("Invalid trigger function environment:\n- " + "\n- ".join(problems))
         return cls(
@@ -232,6 +236,7 @@ class TriggerSettings:
             max_step_attempts=max_step_attempts,
             claim_lease_seconds=claim_lease_seconds,
             upload_queue_url=upload_queue_url,
+            input_locations=input_locations,
         )
 
 
@@ -245,6 +250,25 @@ def _integer_variable(problems: list[str], name: str, *, upper: int, required) -
     except ValueError:
         problems.append(f"{name}={text!r}: expected an integer from 1 to {upper}")
         return 1
+
+
+def _input_locations(text: str, problems: list[str]) -> tuple[str, ...]:
+    """Parse INPUT_LOCATIONS: unset, or a JSON list of "s3://bucket/prefix/" strings (the stack validated each)."""
+    if not text:
+        return ()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        problems.append(f"INPUT_LOCATIONS is not valid JSON ({error.msg} at character {error.pos})")
+        return ()
+    # Each must name a bucket and end with '/': "s3://" alone, or a prefix cut mid-name, would admit other objects.
+    def usable(item: object) -> bool:
+        return isinstance(item, str) and item.startswith("s3://") and item.endswith("/") and item[5:].find("/") > 0
+
+    if not isinstance(raw, list) or not raw or not all(usable(item) for item in raw):
+        problems.append(f"INPUT_LOCATIONS={text[:200]!r}: expected a non-empty JSON list of 's3://bucket/prefix/'")
+        return ()
+    return tuple(raw)
 
 
 def _job_options(text: str, problems: list[str]) -> JobOptions:

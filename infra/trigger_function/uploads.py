@@ -173,6 +173,35 @@ def manifest_entry(upload: Upload) -> dict[str, str]:
     return entry
 
 
+# What a run came from (issue 18, part 3), as the batch manifest's "source" records it and the job copies into
+# summary.json. A manifest written by `python -m infra.submit_run` or `python -m infra.runs rerun` declares its own
+# "source" (kind "run" or "rerun"): these string fields of it are kept, each at most this long; nothing else is.
+DECLARED_SOURCE_KINDS = ("run", "rerun")
+DECLARED_SOURCE_FIELDS = ("input", "run_name", "rerun_of")
+MAX_SOURCE_TEXT_CHARS = 1024
+
+
+def batch_source(kind: UploadKind, uploads: tuple[Upload, ...], declared: object = None) -> dict:
+    """What a batch came from: ``{"kind": "upload", "prefix": "s3://bucket/<longest common folder>/", "uploads": N}``
+    for uploaded images or CIFAR-10 files; ``{"kind": "manifest", "manifest": "s3://..."}`` for an uploaded manifest,
+    whose ``declared`` source (its "source" object, when it is a dict of kind run or rerun) adds its input, run name
+    and the run it reruns."""
+    first = uploads[0]
+    if kind is UploadKind.MANIFEST:
+        source = {"kind": "manifest", "manifest": f"s3://{first.bucket}/{first.key}"}
+        if isinstance(declared, dict) and declared.get("kind") in DECLARED_SOURCE_KINDS:
+            source["kind"] = declared["kind"]
+            for name in DECLARED_SOURCE_FIELDS:
+                value = declared.get(name)
+                if isinstance(value, str) and len(value) <= MAX_SOURCE_TEXT_CHARS:
+                    source[name] = value
+        return source
+    keys = [upload.key for upload in uploads]
+    common = posixpath.commonprefix(keys)
+    folder = common[: common.rfind("/") + 1]
+    return {"kind": "upload", "prefix": f"s3://{first.bucket}/{folder}", "uploads": len(uploads)}
+
+
 def latest_per_key(uploads: Iterable[Upload]) -> list[Upload]:
     """One upload per key, keys sorted: of two uploads of one key, the later one (by S3's sequencer), which is the
     object's current content. The earlier upload's bytes are gone from an unversioned bucket."""

@@ -109,6 +109,7 @@ EXPECTED: dict[str, tuple[dict, dict, str]] = {
         PERSISTENT, {**PERSISTENT, "max_active_steps": 50, "trigger_batch_size": 100}, NO_CHANGE,
     ),
     "release_label": (PERSISTENT, {**PERSISTENT, "release_label": "emr-7.12.0"}, REPLACEMENT),
+    "input_locations": (PERSISTENT, {**PERSISTENT, "input_locations": ["s3://amzn-s3-demo-bucket2/photos/"]}, NO_CHANGE),
 }  # fmt: skip
 
 _rendered: dict[str, tuple[InferenceStack, dict]] = {}

@@ -147,8 +147,12 @@ def bad_inputs(tmp_path_factory, cifar_samples):
         (directory / name).write_bytes(data)
     uris = good + [str(directory / name) for name in bad] + [str(directory / "missing.png")]
     manifest = directory / "manifest.json"
-    manifest.write_text(json.dumps({"batch_id": "test", "objects": uris}))
+    manifest.write_text(json.dumps({"batch_id": "test", "objects": uris, "source": BAD_INPUTS_SOURCE}))
     return manifest
+
+
+# What the trigger records in a batch manifest; the job copies it into summary.json as it is (issue 18, part 3).
+BAD_INPUTS_SOURCE = {"kind": "upload", "prefix": "s3://amzn-s3-demo-bucket/incoming/bad/", "uploads": 11}
 
 
 EXPECTED_REASONS = {"corrupt.png": "corrupt_image", "truncated.png": "corrupt_image", "empty.jpg": "empty_file",
@@ -169,6 +173,7 @@ def test_bad_inputs_are_recorded_failures_and_the_rest_is_classified(spark, tmp_
     assert summary["failures_by_reason"] == {"corrupt_image": 2, "empty_file": 1, "not_an_image": 1,
                                              "image_too_large": 1, "bad_cifar_size": 1, "not_found": 1}
     _assert_counted_by_the_tasks_as_the_parquet_says(spark, summary, output, untrained_package)
+    assert summary["source"] == BAD_INPUTS_SOURCE
 
 
 def test_too_many_failures_fail_the_job_after_writing_everything(spark, tmp_path, bad_inputs, untrained_package):

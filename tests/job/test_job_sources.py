@@ -152,3 +152,30 @@ def test_manifest_cifar_sizes_are_read_concurrently(tmp_path):
     items = list_inputs(inputs=[], manifest=manifest, storage=storage, records_per_item=256).items
     assert [item.source for item in items] == uris and all(item.kind == KIND_CIFAR for item in items)
     assert storage.most > 1
+
+
+SOURCE = {"kind": "run", "manifest": "s3://b/incoming/runs/r/part-00001.json", "input": "s3://their-bucket/photos/"}
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"batch_id": "b", "objects": ["IMAGE"], "source": SOURCE}, SOURCE),
+        ({"objects": ["IMAGE"]}, None),
+        (["IMAGE"], None),
+        ({"objects": ["IMAGE"], "source": "s3://not/an/object"}, None),
+        ({"objects": ["IMAGE"], "source": {"input": "x" * 5000}}, None),  # larger than MAX_SOURCE_CHARS: dropped
+    ],
+)
+def test_a_manifests_source_object_is_kept_for_the_summary(tmp_path, document, expected):
+    """Issue 18 part 3: the trigger's manifest says what the run came from; the listing carries it to summary.json."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"png")
+    text = json.dumps(document).replace('"IMAGE"', json.dumps(str(image)))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text)
+
+    listing = list_inputs(inputs=[], manifest=str(manifest), storage=Storage(), records_per_item=2)
+
+    assert listing.source == expected
+    assert len(listing.items) == 1

@@ -117,6 +117,7 @@ def load_handler(monkeypatch):
             "CLUSTER_DEFINITION_TAG_VALUE",
             "CLUSTER_NAME_PREFIX",
             "STAGED_PREFIX",
+            "INPUT_LOCATIONS",
         ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():
