@@ -129,3 +129,18 @@ def test_the_stack_outputs_file_names_the_bucket_and_table(aws, two_runs, tmp_pa
 
     assert run_commands.main(["--stack-outputs", str(outputs), "list", "--json"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "text", ["20261201093005abcdef", "20261201093005abcdef-2", "20261201093005abcdef-9", "", "short",
+             "20261201093005abcdef-1", "20261201093005abcdef-02", "20261201093005abc_ef", "20261201093005abcdef-x"],
+)  # fmt: skip
+def test_the_commands_read_run_ids_as_the_function_writes_them(text):
+    """infra/runs.py runs on a user's machine and cannot import the function's modules (they import each other as
+    top-level modules, from the function's own code root), so it keeps its own copy of the run-id rule: held equal."""
+    import runs as function_runs
+
+    assert run_commands.parse_run_id(text) == function_runs.parse_run_id(text)
+    parsed = function_runs.parse_run_id(text)
+    if parsed is not None:
+        assert run_commands.run_id(*parsed) == function_runs.run_id(*parsed) == text
