@@ -35,7 +35,8 @@ ORIGINS = {
 }
 # The trigger function's settings that name resources, read at the time of each of its calls (the tests give the
 # function other names than the stack does; the IAM test maps them onto the stack's).
-TRIGGER_SETTINGS = ("CLUSTER_MODE", "DATA_BUCKET", "CLAIMS_TABLE", "NOTIFICATION_TOPIC_ARN", "JOB_FLOW_DEFINITION_KEY")
+TRIGGER_SETTINGS = ("CLUSTER_MODE", "DATA_BUCKET", "CLAIMS_TABLE", "NOTIFICATION_TOPIC_ARN", "JOB_FLOW_DEFINITION_KEY",
+                    "UPLOAD_QUEUE_URL")
 # The job's tools that write or inspect packages (STYLE.md, "the job package's rooms") run on a developer's machine with
 # the developer's credentials, never on the nodes: their calls are kept apart ("job-tool") and not judged against the
 # nodes' role. (file relative to the repository, function name or None for the whole module)

@@ -327,12 +327,12 @@ def _job_scenario(scratch: Path) -> None:
 
 
 def trigger_params(call: aws_call_recording.RecordedCall, variant: Variant) -> dict:
-    """The call's parameters with the test's bucket, table, topic, definition key and clusters replaced by the stack's;
-    a RunJobFlow request is the stack's shipped definition plus what the code added (Steps)."""
+    """The call's parameters with the test's bucket, table, topic, queue, definition key and clusters replaced by the
+    stack's; a RunJobFlow request is the stack's shipped definition plus what the code added (Steps)."""
     stack_env, settings = variant.trigger_environment, call.settings
     params = dict(call.params)
     for parameter, setting in (("Bucket", "DATA_BUCKET"), ("TableName", "CLAIMS_TABLE"),
-                               ("TopicArn", "NOTIFICATION_TOPIC_ARN")):  # fmt: skip
+                               ("TopicArn", "NOTIFICATION_TOPIC_ARN"), ("QueueUrl", "UPLOAD_QUEUE_URL")):  # fmt: skip
         if parameter in params and params[parameter] == settings.get(setting):
             params[parameter] = stack_env[setting]
     if "Key" in params and params["Key"] == settings.get("JOB_FLOW_DEFINITION_KEY"):
