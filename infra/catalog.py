@@ -1,5 +1,6 @@
-"""Every run queryable with SQL where it lands: a Glue table over ``results/<run id>/predictions/``, an Athena workgroup
-with two saved queries, and a managed policy for the people who read results.
+"""Every run queryable with SQL where it lands: a Glue table over ``results/<run id>/predictions/``, a table ``runs``
+over the one-line record each run writes to ``runs/<run id>.json`` (what it came from, its status and counts), an Athena
+workgroup with saved queries, and a managed policy for the people who read results.
 
 The run id is a partition resolved by Athena's partition projection, so a run is queryable the moment its step wrote
 it: no crawler, no ``MSCK REPAIR``, no call per run. The projection type is ``injected`` (the query names the runs),
@@ -22,7 +23,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.nag import acknowledge, object_wildcard_finding
-from infra.storage import QUERY_RESULTS_PREFIX, RESULTS_PREFIX
+from infra.storage import QUERY_RESULTS_PREFIX, RESULTS_PREFIX, RUNS_PREFIX
 
 PREDICTIONS_TABLE = "predictions"
 RUN_ID_COLUMN = "run_id"
@@ -50,10 +51,41 @@ PREDICTION_COLUMNS = (
     ),
     ("true_label", glue.Schema.INTEGER),
 )
+RUNS_TABLE = "runs"
+# A run's source (job/pipeline.py RUN_SOURCE_FIELDS; infra/trigger_function/uploads.py, infra/submit_run.py and
+# infra/runs.py make them): a field a source does not have is null.
+RUN_SOURCE_COLUMNS = (
+    ("kind", glue.Schema.STRING),
+    ("prefix", glue.Schema.STRING),
+    ("uploads", glue.Schema.BIG_INT),
+    ("manifest", glue.Schema.STRING),
+    ("input", glue.Schema.STRING),
+    ("run_name", glue.Schema.STRING),
+    ("rerun_of", glue.Schema.STRING),
+    ("part", glue.Schema.INTEGER),
+    ("parts", glue.Schema.INTEGER),
+)
+# The job's run record (job/pipeline.py run_record), one JSON object per line: tests/catalog compares these with the
+# records of runs of the real job.
+RUN_COLUMNS = (
+    (RUN_ID_COLUMN, glue.Schema.STRING),
+    ("status", glue.Schema.STRING),
+    ("source", glue.Schema.struct([glue.Column(name=name, type=kind) for name, kind in RUN_SOURCE_COLUMNS])),
+    ("total", glue.Schema.BIG_INT),
+    ("ok", glue.Schema.BIG_INT),
+    ("error", glue.Schema.BIG_INT),
+    ("model_name", glue.Schema.STRING),
+    ("started_at", glue.Schema.STRING),
+    ("finished_at", glue.Schema.STRING),
+    ("report", glue.Schema.STRING),
+    ("summary", glue.Schema.STRING),
+)
 ATHENA_ENGINE_VERSION = "Athena engine version 3"
 BYTES_PER_GB = 10**9
 # Run ids of the right shape in the saved queries (and the README): the user puts the ids of their runs there.
 EXAMPLE_RUN_IDS = ("20261201093000a1b2c3", "20261202141500d4e5f6-2")
+# An upload prefix as a run's source names it (the user puts theirs there).
+EXAMPLE_UPLOAD_PREFIX = "s3://BUCKET/incoming/run-1/"
 
 
 @dataclass(frozen=True)
@@ -82,11 +114,20 @@ WHERE {RUN_ID_COLUMN} IN ('{EXAMPLE_RUN_IDS[0]}', '{EXAMPLE_RUN_IDS[1]}') AND st
 ORDER BY probability, source, index
 LIMIT 20""",
     ),
+    SavedQuery(
+        name="runs from one upload prefix",
+        description="The runs that uploads under one prefix started, with their status, counts and report",
+        sql=f"""SELECT {RUN_ID_COLUMN}, status, total, error, finished_at, report
+FROM {RUNS_TABLE}
+WHERE source.kind = 'upload' AND source.prefix = '{EXAMPLE_UPLOAD_PREFIX}'
+ORDER BY finished_at, {RUN_ID_COLUMN}""",
+    ),
 )
 
 
 class ResultsCatalog(Construct):
-    """The Glue database and predictions table, the Athena workgroup with its saved queries, and the reader policy.
+    """The Glue database with the predictions and runs tables, the Athena workgroup with its saved queries, and the
+    reader policy.
 
     The catalog and the workgroup are metadata over the data bucket, and their names derive from the stack's: they are
     deleted with the stack even when ``retain_data_on_destroy`` keeps the bucket (a retained database or workgroup of
@@ -131,6 +172,19 @@ class ResultsCatalog(Construct):
                 )
             },
             # The objects are SSE-S3, which S3 decrypts for any reader; has_encrypted_data means client-side (CSE-KMS).
+            has_encrypted_data=False,
+        )
+        # No partitions: one small object per run, and a query over every run reads only these records.
+        self.runs_table = glue.S3Table(
+            self,
+            "Runs",
+            database=self.database,
+            table_name=RUNS_TABLE,
+            description="One row per run: what it came from, its status, counts, model, times, report and summary",
+            storage=glue.S3TableStorage.from_bucket(data_bucket),
+            s3_prefix=RUNS_PREFIX,
+            data_format=glue.DataFormat.JSON,
+            columns=[glue.Column(name=name, type=column_type) for name, column_type in RUN_COLUMNS],
             has_encrypted_data=False,
         )
         self.workgroup = athena.CfnWorkGroup(
@@ -181,6 +235,7 @@ class ResultsCatalog(Construct):
         catalog_arn = stack.format_arn(service="glue", resource="catalog")
         database_arn = stack.format_arn(service="glue", resource="database", resource_name=database)
         tables_arn = stack.format_arn(service="glue", resource="table", resource_name=f"{database}/*")
+        listed = (RESULTS_PREFIX, RUNS_PREFIX, QUERY_RESULTS_PREFIX)
         policy = iam.ManagedPolicy(
             self,
             "ReaderPolicy",
@@ -210,9 +265,9 @@ class ResultsCatalog(Construct):
                 ),
                 iam.PolicyStatement(
                     sid="ReadRunResults",
-                    # Predictions, summary.json and report.html of every run.
+                    # Predictions, summary.json and report.html of every run, and the runs table's records.
                     actions=["s3:GetObject"],
-                    resources=[data_bucket.arn_for_objects(RESULTS_PREFIX + "*")],
+                    resources=[data_bucket.arn_for_objects(prefix + "*") for prefix in (RESULTS_PREFIX, RUNS_PREFIX)],
                 ),
                 iam.PolicyStatement(
                     sid="WriteAndReadOwnQueryResults",
@@ -224,7 +279,7 @@ class ResultsCatalog(Construct):
                     sid="ListRunResultsAndQueryResults",
                     actions=["s3:ListBucket"],
                     resources=[data_bucket.bucket_arn],
-                    conditions={"StringLike": {"s3:prefix": [RESULTS_PREFIX + "*", QUERY_RESULTS_PREFIX + "*"]}},
+                    conditions={"StringLike": {"s3:prefix": [prefix + "*" for prefix in listed]}},
                 ),
                 iam.PolicyStatement(
                     sid="FindTheBucketsRegion", actions=["s3:GetBucketLocation"], resources=[data_bucket.bucket_arn]
@@ -238,14 +293,19 @@ class ResultsCatalog(Construct):
         )
         acknowledge(
             policy,
+            object_wildcard_finding(data_bucket, RUNS_PREFIX),
+            "Athena reads every run's record to answer a query over the runs table; read-only.",
+        )
+        acknowledge(
+            policy,
             object_wildcard_finding(data_bucket, QUERY_RESULTS_PREFIX),
             "Athena names each query's result file by its execution id; the prefix is the workgroup's own.",
         )
         acknowledge(
             policy,
             f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:glue:<AWS::Region>:<AWS::AccountId>:table/{database}/*]",
-            "The stack's own database holds only the predictions table; GetTables (the console's table list) asks "
-            "for the database's tables.",
+            "The stack's own database holds only the predictions and runs tables; GetTables (the console's table "
+            "list) asks for the database's tables.",
         )
         return policy
 

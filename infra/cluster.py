@@ -31,6 +31,7 @@ from infra.storage import (
     MANIFESTS_PREFIX,
     MODELS_PREFIX,
     RESULTS_PREFIX,
+    RUNS_PREFIX,
     STAGED_PREFIX,
 )
 
@@ -322,6 +323,15 @@ class Cluster(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(
+                # The job's one-line run record (--run-record runs/<run id>.json), the runs table's object; nothing
+                # there is read or replaced by the nodes.
+                sid="WriteRunRecords",
+                actions=["s3:PutObject"],
+                resources=[data_bucket.arn_for_objects(RUNS_PREFIX + "*")],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
                 sid="WriteLogs",
                 actions=["s3:PutObject"],
                 resources=[logs_bucket.arn_for_objects(EMR_LOGS_PREFIX + "*")],
@@ -351,6 +361,7 @@ class Cluster(Construct):
             (data_bucket, MANIFESTS_PREFIX, "One manifest per batch, named by the batch id; read-only."),
             (data_bucket, ARTIFACTS_PREFIX, "The job zip, entry point and bootstrap scripts; read-only."),
             (data_bucket, RESULTS_PREFIX, "Each step writes its own results/<batch id>/ prefix."),
+            (data_bucket, RUNS_PREFIX, "Each step writes its own runs/<run id>.json record; write-only."),
             (logs_bucket, EMR_LOGS_PREFIX, "EMR writes logs per cluster and per step under emr/."),
         ):
             acknowledge(role, object_wildcard_finding(bucket, prefix), reason)

@@ -37,6 +37,7 @@ from infra.storage import (
     MODELS_PREFIX,
     RESULTS_PREFIX,
     MODEL_PUBLISHER_TAG_KEY,
+    RUNS_PREFIX,
     STAGED_PREFIX,
     Storage,
     UploadAccess,
@@ -148,6 +149,7 @@ class InferenceStack(Stack):
             "MANIFESTS_PREFIX": MANIFESTS_PREFIX,
             "STAGED_PREFIX": STAGED_PREFIX,
             "RESULTS_PREFIX": RESULTS_PREFIX,
+            "RUNS_PREFIX": RUNS_PREFIX,
             "MODEL_URI": self.model_uri,
             "JOB_PY_FILES_URI": self.job_artifacts.py_files_uri,
             "JOB_ENTRY_POINT_URI": self.job_artifacts.entry_point_uri,
@@ -330,6 +332,7 @@ class InferenceStack(Stack):
             manifest_uri=data_bucket.s3_url_for_object(f"{MANIFESTS_PREFIX}{example_batch_id}.json"),
             model_uri=self.model_uri,
             output_uri=data_bucket.s3_url_for_object(f"{RESULTS_PREFIX}{example_batch_id}/"),
+            run_record_uri=data_bucket.s3_url_for_object(f"{RUNS_PREFIX}{example_batch_id}.json"),
             options=self.job_options,
         )
         CfnOutput(

@@ -19,9 +19,11 @@ ARTIFACTS_PREFIX = "artifacts/"
 STAGED_PREFIX = "staged/"
 # Athena's query results (the stack's workgroup writes here, infra/catalog.py).
 QUERY_RESULTS_PREFIX = "query-results/"
+# One JSON record per run, written by the job (--run-record): the runs table's location (infra/catalog.py).
+RUNS_PREFIX = "runs/"
 DATA_PREFIXES = (
     MODELS_PREFIX, INCOMING_PREFIX, STAGED_PREFIX, MANIFESTS_PREFIX, RESULTS_PREFIX, ARTIFACTS_PREFIX,
-    QUERY_RESULTS_PREFIX,
+    QUERY_RESULTS_PREFIX, RUNS_PREFIX,
 )
 # Prefixes in the logs bucket: EMR cluster logs and the data bucket's server access logs.
 EMR_LOGS_PREFIX = "emr/"

@@ -57,6 +57,8 @@ class JobConfig:
     max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     master: Optional[str] = None
+    # Where to write the run's one-line record for the runs table (None: no record).
+    run_record: Optional[str] = None
     # Test-only fault injection: the first Python worker to reach this many images kills itself (once per marker file).
     kill_worker_once_marker: Optional[str] = field(default=None, repr=False)
     kill_worker_after_images: int = field(default=0, repr=False)
@@ -100,6 +102,8 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES, metavar="BYTES",
                         help=f"decoded bytes of one batch ({DECODED_BYTES_PER_PIXEL} per input pixel); a large model "
                              f"input gets fewer images per batch (default {DEFAULT_MAX_BATCH_BYTES})")
+    parser.add_argument("--run-record", metavar="URI",
+                        help="also write the run's one-line JSON record here (the runs table's object)")
     parser.add_argument("--master", metavar="URL",
                         help=f"Spark master for `python -m job` (default {DEFAULT_LOCAL_MASTER}: every core, a failed "
                              "task retried up to 4 times); ignored under spark-submit")
@@ -139,7 +143,8 @@ def _problems(config: JobConfig) -> list[str]:
         problems.append(f"--report-thumbnails must be an integer from 0 (no thumbnails) to {MAX_REPORT_THUMBNAILS}; "
                         f"got {config.report_thumbnails}")
     named_uris = [("--input", uri) for uri in config.inputs] + [
-        (flag, uri) for flag, uri in (("--manifest", config.manifest), ("--model", config.model), ("--output", config.output))
+        (flag, uri) for flag, uri in (("--manifest", config.manifest), ("--model", config.model),
+                                      ("--output", config.output), ("--run-record", config.run_record))
         if uri is not None
     ]
     for flag, uri in named_uris:
@@ -177,6 +182,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
         max_bytes_in_flight=args.max_bytes_in_flight,
         max_batch_bytes=args.max_batch_bytes,
         master=args.master,
+        run_record=args.run_record,
         kill_worker_once_marker=args.kill_worker_once_marker,
         kill_worker_after_images=args.kill_worker_after_images,
     )

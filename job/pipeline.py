@@ -41,6 +41,9 @@ from job.worker import SPARK_OUTPUT_SCHEMA, WorkerSettings, classify_items, coun
 
 PREDICTIONS_DIR = "predictions"
 SUMMARY_NAME = "summary.json"
+# The fields of a run's source the runs table has columns for (infra/catalog.py RUN_SOURCE_FIELDS); other fields a
+# manifest's source may carry stay in summary.json only.
+RUN_SOURCE_FIELDS = ("kind", "prefix", "uploads", "manifest", "input", "run_name", "rerun_of", "part", "parts")
 # The last bytes of a Parquet file read at once: its footer (row groups' metadata) and its 8-byte trailer, for the
 # job's files (a few row groups of 9 columns: a few KiB). A larger footer costs a second read.
 FOOTER_READ_BYTES = 64 * 1024
@@ -270,9 +273,29 @@ def _model_load_per_worker(by_worker: dict) -> dict:
             "workers": len(seconds)}
 
 
+def run_record(summary: dict, output: str, *, summary_uri: str, started_at: str) -> dict:
+    """The run's row in the runs table (infra/catalog.py RUN_COLUMNS): flat, for Athena's JSON SerDe, one per line.
+    ``run_id`` is the output folder's name (``results/<run id>/``); counts are images; times ISO 8601 UTC strings."""
+    source = summary["source"]
+    return {
+        "run_id": output.rstrip("/").rsplit("/", 1)[-1],
+        "status": summary["status"],
+        "source": {name: source.get(name) for name in RUN_SOURCE_FIELDS} if isinstance(source, dict) else None,
+        "total": summary["counts"]["total"],
+        "ok": summary["counts"]["ok"],
+        "error": summary["counts"]["error"],
+        "model_name": summary["model"]["name"],
+        "started_at": started_at,
+        "finished_at": summary["finished_at"],
+        "report": summary["report"]["uri"],
+        "summary": summary_uri,
+    }
+
+
 def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict:
     """Run the job; return the summary written to ``OUTPUT/summary.json``. Raises ConfigError before Spark starts on
     bad arguments, and JobFailed after writing the summary when more than ``--max-failure-ratio`` of inputs failed."""
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     storage, package, listing, listing_s = prepare(config)
     session_started = time.perf_counter()
     spark = spark_session(master)
@@ -390,8 +413,13 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     summary["report"] = write_report(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
                                      report_uri=join(config.output, REPORT_NAME), thumbnails=config.report_thumbnails)
     summary["seconds"]["report"] = time.perf_counter() - report_started
-    storage.write(join(config.output, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode(),
-                  content_type="application/json")
+    summary_uri = join(config.output, SUMMARY_NAME)
+    storage.write(summary_uri, (json.dumps(summary, indent=2) + "\n").encode(), content_type="application/json")
+    # After the summary: a run in the runs table always has the summary its record points at (a crash in between
+    # leaves a summary without a record, which `python -m infra.runs list` still shows).
+    if config.run_record:
+        record = run_record(summary, config.output, summary_uri=summary_uri, started_at=started_at)
+        storage.write(config.run_record, (json.dumps(record) + "\n").encode(), content_type="application/json")
     if failed:
         raise JobFailed(summary["message"])
     return summary

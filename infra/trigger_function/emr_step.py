@@ -63,6 +63,7 @@ def build_step(
     model_uri: str,
     output_uri: str,
     options: JobOptions,
+    run_record_uri: Optional[str] = None,
     image_count: Optional[int] = None,
     action_on_failure: str = "CONTINUE",
 ) -> dict:
@@ -78,6 +79,7 @@ def build_step(
       when the batch's ``image_count`` is known, a cap on the executors dynamic allocation may ask for (see
       :func:`max_executors`).
     - ``--max-batch-bytes`` only when ``options.max_batch_bytes`` is set (else the job's default).
+    - ``--run-record`` only when ``run_record_uri`` is given: the run's row in the runs table (infra/catalog.py).
     - ``timeout``: EMR steps have no time limit of their own. coreutils' ``timeout`` (on every EMR node) ends
       spark-submit after ``options.timeout_minutes`` (exit code 124, so the step is FAILED), which stops the Spark
       application, and a transient cluster can then end.
@@ -109,6 +111,7 @@ def build_step(
         "--max-failure-ratio",
         str(options.max_failure_ratio),
         *(["--max-batch-bytes", str(options.max_batch_bytes)] if options.max_batch_bytes is not None else []),
+        *(["--run-record", run_record_uri] if run_record_uri is not None else []),
     ]
     step_chars = len(name) + sum(len(arg) for arg in args)
     if step_chars > MAX_STEP_STRING_CHARS:

@@ -57,3 +57,8 @@ def manifest_key(manifests_prefix: str, batch_id: str) -> str:
 
 def output_key(results_prefix: str, batch_id: str, attempt: int) -> str:
     return f"{results_prefix}{run_id(batch_id, attempt)}/"
+
+
+def run_record_key(runs_prefix: str, batch_id: str, attempt: int) -> str:
+    """The run's one-line record for the runs table: one object per run, alone under the table's prefix."""
+    return f"{runs_prefix}{run_id(batch_id, attempt)}.json"

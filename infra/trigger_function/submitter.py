@@ -505,12 +505,14 @@ class StepSubmitter:
     def _build_step(self, batch_id: str, *, attempt: int, image_count: int | None) -> dict:
         """The step of a batch whose manifest lists ``image_count`` images (None: unknown, no executor cap)."""
         settings = self._settings
+        record_key = runs.run_record_key(settings.runs_prefix, batch_id, attempt)
         return emr_step.build_step(
             name=runs.step_name(settings.step_name_prefix, batch_id, attempt),
             artifacts=settings.artifacts,
             manifest_uri=f"s3://{settings.data_bucket}/{runs.manifest_key(settings.manifests_prefix, batch_id)}",
             model_uri=settings.model_uri,
             output_uri=f"s3://{settings.data_bucket}/{runs.output_key(settings.results_prefix, batch_id, attempt)}",
+            run_record_uri=f"s3://{settings.data_bucket}/{record_key}",
             options=settings.job_options,
             image_count=image_count,
         )

@@ -29,6 +29,8 @@ MAX_CLAIM_RETENTION_DAYS = 365
 # Where manifest-listed inputs live when they are not uploads: a prefix that does not notify (reliability review #4).
 # The stack may name another one with STAGED_PREFIX; unset, this one is meant (the stack's own default).
 DEFAULT_STAGED_PREFIX = "staged/"
+# Where each step's job writes its run's one-line record (the runs table, infra/catalog.py): RUNS_PREFIX names another.
+DEFAULT_RUNS_PREFIX = "runs/"
 # A claim's lease must outlive the invocation that holds it: at most Lambda's maximum run time (900 s) plus a minute.
 MAX_CLAIM_LEASE_SECONDS = 900 + 60
 
@@ -76,6 +78,7 @@ class TriggerSettings:
     upload_queue_url: str  # the queue the function reads: records to retry soon get a shorter visibility timeout
     # Read-only input locations ("s3://bucket/prefix/") that manifests may list besides incoming/ and staged/.
     input_locations: tuple[str, ...] = ()
+    runs_prefix: str = DEFAULT_RUNS_PREFIX  # the job's --run-record is s3://DATA_BUCKET/<runs_prefix><run id>.json
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -109,6 +112,9 @@ class TriggerSettings:
             staged_prefix = prefix("STAGED_PREFIX")
         manifests_prefix = prefix("MANIFESTS_PREFIX")
         results_prefix = prefix("RESULTS_PREFIX")
+        runs_prefix = DEFAULT_RUNS_PREFIX
+        if environ.get("RUNS_PREFIX", "").strip():
+            runs_prefix = prefix("RUNS_PREFIX")
         # Objects this function or the job writes must never count as uploads, or a run would trigger the next one; and
         # staged inputs must never be uploads, or a manifest's images would run twice.
         named_prefixes = [
@@ -116,6 +122,7 @@ class TriggerSettings:
             ("STAGED_PREFIX", staged_prefix),
             ("MANIFESTS_PREFIX", manifests_prefix),
             ("RESULTS_PREFIX", results_prefix),
+            ("RUNS_PREFIX", runs_prefix),
         ]
         for index, (name, value) in enumerate(named_prefixes):
             for other_name, other_value in named_prefixes[index + 1 :]:
@@ -217,6 +224,7 @@ class TriggerSettings:
             staged_prefix=staged_prefix,
             manifests_prefix=manifests_prefix,
             results_prefix=results_prefix,
+            runs_prefix=runs_prefix,
             model_uri=model_uri,
             artifacts=artifacts,
             job_options=job_options,

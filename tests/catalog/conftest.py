@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -21,11 +22,15 @@ for path in (REPO, REPO / "tests" / "infra", REPO / "infra" / "trigger_function"
         sys.path.insert(0, str(path))
 
 RESULTS_PREFIX = "results/"
+RUNS_PREFIX = "runs/"
+# The retried run's source, as the trigger writes it into the manifest of uploads under one prefix.
+UPLOAD_PREFIX = "s3://amzn-s3-demo-bucket/incoming/run-1/"
 
 
 @dataclass(frozen=True)
 class JobResults:
-    """``root`` stands for the data bucket: each run wrote ``root/results/<run id>/`` (predictions/, summary.json)."""
+    """``root`` stands for the data bucket: each run wrote ``root/results/<run id>/`` (predictions/, summary.json) and
+    its record ``root/runs/<run id>.json``."""
 
     root: Path
     first_run_id: str  # a batch's first attempt: the batch id itself
@@ -38,12 +43,16 @@ class JobResults:
     def run_dir(self, run_id: str) -> Path:
         return self.root / RESULTS_PREFIX / run_id
 
+    def run_record(self, run_id: str) -> Path:
+        return self.root / RUNS_PREFIX / f"{run_id}.json"
+
 
 @pytest.fixture(scope="session")
 def job_results(tmp_path_factory) -> JobResults:
     """Two runs of the real job (real MXNet, real CIFAR-10 images from the foolbox wheel, an untrained ResNet-18):
     the first on 20 PNGs and a file that is not an image, the retried one on the same images as one CIFAR-10 batch
-    with their labels (so ``index`` and ``true_label`` hold values)."""
+    with their labels (so ``index`` and ``true_label`` hold values), listed in a manifest whose source is an upload
+    prefix (``UPLOAD_PREFIX``). Each writes its run record, as a step does."""
     import runs
     from job.config import parse_args
     from job.model_package import export_gluon, zoo_resnet18
@@ -74,9 +83,13 @@ def job_results(tmp_path_factory) -> JobResults:
         first_run_id=runs.run_id(runs.new_batch_id(now), 1),
         retried_run_id=runs.run_id(runs.new_batch_id(now), 2),
     )
-    for run_id, inputs in zip(results.run_ids, (first_inputs, retried_inputs)):
-        run(parse_args(["--input", str(inputs), "--model", str(model), "--output", str(results.run_dir(run_id)),
-                        "--max-failure-ratio", "0.1"]), master="local[2,4]")
+    manifest = work / "manifest.json"
+    manifest.write_text(json.dumps({"objects": [str(retried_inputs / "test_batch.bin")],
+                                    "source": {"kind": "upload", "prefix": UPLOAD_PREFIX, "uploads": 1}}))
+    for run_id, source in zip(results.run_ids, (["--input", str(first_inputs)], ["--manifest", str(manifest)])):
+        run(parse_args([*source, "--model", str(model), "--output", str(results.run_dir(run_id)),
+                        "--max-failure-ratio", "0.1", "--run-record", str(results.run_record(run_id))]),
+            master="local[2,4]")
     return results
 
 

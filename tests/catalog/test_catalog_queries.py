@@ -2,7 +2,9 @@
 
 DuckDB reads the Parquet the job wrote under ``results/<run id>/predictions/``, as Athena would through the table:
 every visible object under each run's location, the run id taken from the folder, the table's columns in its order.
-Both are SQL over Parquet, and the two queries use only what Trino (Athena's engine) and DuckDB share.
+Both are SQL over Parquet, and the queries use only what Trino (Athena's engine) and DuckDB share. The runs table is
+every record under ``runs/`` read as newline-delimited JSON with the Glue table's columns and types (``source`` a
+struct, read with ``source.kind``, as in Trino).
 
 What DuckDB cannot prove: Glue's type mapping and Athena's partition projection (an injected partition refuses a query
 without static run ids; DuckDB does not); both are checked in the template (tests/infra/test_infra_catalog.py). Nor that
@@ -20,7 +22,18 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from infra.catalog import EXAMPLE_RUN_IDS, PREDICTION_COLUMNS, PREDICTIONS_TABLE, RUN_ID_COLUMN, SAVED_QUERIES
+from infra.catalog import (
+    EXAMPLE_RUN_IDS,
+    EXAMPLE_UPLOAD_PREFIX,
+    PREDICTION_COLUMNS,
+    PREDICTIONS_TABLE,
+    RUN_COLUMNS,
+    RUN_ID_COLUMN,
+    RUN_SOURCE_COLUMNS,
+    RUNS_TABLE,
+    SAVED_QUERIES,
+)
+from job.pipeline import RUN_SOURCE_FIELDS
 
 pytestmark = pytest.mark.spark
 README = Path(__file__).resolve().parents[2] / "docs" / "job.md"
@@ -49,6 +62,13 @@ def visible_parquet(run_dir: Path) -> list[str]:
     )
 
 
+def duckdb_type(glue_type) -> str:
+    """A Glue column type (``string``, ``bigint``, ``int``, ``struct<name:type,...>``) as DuckDB spells it."""
+    text = glue_type.input_string.replace("struct<", "STRUCT(").replace(">", ")").replace(":", " ")
+    return re.sub(r"\b(string|bigint|int)\b", lambda match: {"string": "VARCHAR", "bigint": "BIGINT",
+                                                                  "int": "INTEGER"}[match.group(1)], text)
+
+
 @pytest.fixture(scope="module")
 def connection(job_results):
     """An in-memory DuckDB with a view shaped as the Glue table: its columns, then the run id from the folder."""
@@ -59,6 +79,12 @@ def connection(job_results):
         f"CREATE VIEW {PREDICTIONS_TABLE} AS SELECT {columns}, "
         f"regexp_extract(filename, '/results/([^/]+)/predictions/[^/]+$', 1) AS {RUN_ID_COLUMN} "
         f"FROM read_parquet({files!r}, filename = true)"
+    )
+    records = sorted(str(path) for path in (job_results.root / "runs").iterdir())
+    run_columns = {name: duckdb_type(column_type) for name, column_type in RUN_COLUMNS}
+    con.execute(
+        f"CREATE VIEW {RUNS_TABLE} AS SELECT * FROM "
+        f"read_json({records!r}, format = 'newline_delimited', columns = {run_columns!r})"
     )
     yield con
     con.close()
@@ -77,8 +103,40 @@ def parquet_rows(job_results, run_id: str) -> list[dict]:
     return rows
 
 
-def test_readme_shows_exactly_the_saved_queries():
-    assert readme_queries() == [query.sql for query in SAVED_QUERIES]
+def test_readme_shows_the_saved_queries_first():
+    """The section's first queries are the saved ones, in order (then the key lookup, which is not saved)."""
+    assert readme_queries()[: len(SAVED_QUERIES)] == [query.sql for query in SAVED_QUERIES]
+
+
+def test_the_run_records_have_the_runs_tables_columns(job_results):
+    """The job's records and the Glue table agree: the same fields, each source field a column of the struct."""
+    assert [name for name, _ in RUN_SOURCE_COLUMNS] == list(RUN_SOURCE_FIELDS)
+    for run_id in job_results.run_ids:
+        lines = job_results.run_record(run_id).read_text().splitlines()
+        assert len(lines) == 1  # the JSON SerDe reads one object per line
+        record = json.loads(lines[0])
+        assert list(record) == [name for name, _ in RUN_COLUMNS]
+        assert record[RUN_ID_COLUMN] == run_id
+
+
+def test_runs_from_one_upload_prefix_are_the_runs_whose_source_is_that_prefix(connection, job_results):
+    (from_prefix,) = [saved for saved in SAVED_QUERIES if saved.name == "runs from one upload prefix"]
+    sql = readme_queries()[SAVED_QUERIES.index(from_prefix)].replace(
+        f"'{EXAMPLE_UPLOAD_PREFIX}'", "'s3://amzn-s3-demo-bucket/incoming/run-1/'"
+    )
+    rows = query(connection, sql)
+    # Only the retried run came from that upload prefix (the first ran on --input: no source).
+    summary = json.loads((job_results.run_dir(job_results.retried_run_id) / "summary.json").read_text())
+    assert rows == [
+        {RUN_ID_COLUMN: job_results.retried_run_id, "status": summary["status"], "total": summary["counts"]["total"],
+         "error": summary["counts"]["error"], "finished_at": summary["finished_at"],
+         "report": summary["report"]["uri"]}
+    ]
+    assert query(connection, sql.replace("incoming/run-1/", "incoming/run-2/")) == []
+    everything = query(connection, f"SELECT {RUN_ID_COLUMN}, source.kind AS kind FROM {RUNS_TABLE} ORDER BY 1")
+    assert sorted((row[RUN_ID_COLUMN], row["kind"]) for row in everything) == sorted(
+        [(job_results.first_run_id, None), (job_results.retried_run_id, "upload")]
+    )
 
 
 def test_the_view_has_the_tables_columns_and_every_row_of_both_runs(connection, job_results):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import runs
-from infra.catalog import PREDICTIONS_FOLDER, RUN_ID_COLUMN
+from infra.catalog import PREDICTIONS_FOLDER, PREDICTIONS_TABLE, RUN_ID_COLUMN
 
 pytestmark = pytest.mark.spark
 
@@ -46,7 +46,9 @@ def visible_files(directory) -> list:
 
 
 def table(synthesized) -> dict:
-    _, body = synthesized.only("AWS::Glue::Table")
+    """The predictions table's TableInput (the runs table is checked against the records in test_catalog_queries)."""
+    (body,) = [body for body in synthesized.resources_of_type("AWS::Glue::Table").values()
+               if body["Properties"]["TableInput"]["Name"] == PREDICTIONS_TABLE]
     return body["Properties"]["TableInput"]
 
 

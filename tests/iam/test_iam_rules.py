@@ -279,7 +279,8 @@ def _put_parquet(s3, bucket: str, key: str) -> None:
 
 def _job_scenario(scratch: Path) -> None:
     """The job's storage calls with the stack's layout: the model package under models/, the manifest under
-    manifests/, inputs under incoming/, the summary and report under results/ (the URIs a step gives the job)."""
+    manifests/, inputs under incoming/, the summary and report under results/, the run's record under runs/ (the URIs a
+    step gives the job)."""
     import boto3
     from moto import mock_aws
 
@@ -315,6 +316,8 @@ def _job_scenario(scratch: Path) -> None:
             storage.exists_below(f"s3://{bucket}/results/b1/")
             storage.write(f"s3://{bucket}/results/b1/summary.json", b"{}", content_type="application/json")
             storage.write(f"s3://{bucket}/results/b1/report.html", b"<html></html>", content_type="text/html")
+            # The run's record for the runs table (--run-record, a step's s3://BUCKET/runs/<run id>.json).
+            storage.write(f"s3://{bucket}/runs/b1.json", b"{}\n", content_type="application/json")
             # The summary checks the tasks' counts against the committed files' footers: a listing of the output
             # and a ranged read of each file's end (Spark's own writes go through EMRFS/S3A, not this recorder).
             _put_parquet(s3, bucket, "results/b1/predictions/part-00000.snappy.parquet")

@@ -14,7 +14,7 @@ import re
 import pytest
 from infra_helpers import STACK_ID, as_list, logical_id
 
-from infra.catalog import PREDICTIONS_TABLE, RUN_ID_COLUMN, SAVED_QUERIES, database_name
+from infra.catalog import PREDICTIONS_TABLE, RUN_COLUMNS, RUN_ID_COLUMN, RUNS_TABLE, SAVED_QUERIES, database_name
 from infra.storage import QUERY_RESULTS_EXPIRATION_DAYS
 
 # What an injected partition requires of a query: a static equality (or IN list of literals) on the column.
@@ -25,9 +25,10 @@ def data_bucket_url(variant, key: str) -> dict:
     return {"Fn::Join": ["", ["s3://", {"Ref": logical_id(variant, variant.stack.storage.data_bucket)}, key]]}
 
 
-def table_input(variant) -> dict:
-    _, table = variant.only("AWS::Glue::Table")
-    return table["Properties"]["TableInput"]
+def table_input(variant, table=None) -> dict:
+    """The TableInput of the predictions table (or of ``table``, a glue.S3Table of the catalog)."""
+    table = table or variant.stack.catalog.table
+    return variant.resources[logical_id(variant, table)]["Properties"]["TableInput"]
 
 
 def test_run_id_partition_is_projected_from_the_query_without_a_crawler(variant):
@@ -56,8 +57,23 @@ def test_table_reads_parquet_under_results(variant):
 def test_database_is_named_for_athena_after_the_stack(variant):
     _, database = variant.only("AWS::Glue::Database")
     assert database["Properties"]["DatabaseInput"]["Name"] == f"{STACK_ID.lower()}_results"
-    _, table = variant.only("AWS::Glue::Table")
-    assert table["Properties"]["DatabaseName"] == {"Ref": logical_id(variant, variant.stack.catalog.database)}
+    tables = variant.resources_of_type("AWS::Glue::Table").values()
+    assert sorted(table["Properties"]["TableInput"]["Name"] for table in tables) == [PREDICTIONS_TABLE, RUNS_TABLE]
+    for table in tables:
+        assert table["Properties"]["DatabaseName"] == {"Ref": logical_id(variant, variant.stack.catalog.database)}
+
+
+def test_runs_table_reads_one_json_record_per_run_under_runs(variant):
+    """Athena reads every object under a table's location: runs/ holds only the jobs' records (one per run, no
+    partitions), not results/, which holds reports and Parquet too."""
+    table = table_input(variant, variant.stack.catalog.runs_table)
+    storage = table["StorageDescriptor"]
+    assert (table["Name"], table["TableType"]) == (RUNS_TABLE, "EXTERNAL_TABLE")
+    assert storage["Location"] == data_bucket_url(variant, "/runs/")
+    assert storage["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
+    assert storage["InputFormat"] == "org.apache.hadoop.mapred.TextInputFormat"
+    assert [column["Name"] for column in storage["Columns"]] == [name for name, _ in RUN_COLUMNS]
+    assert "PartitionKeys" not in table or not table["PartitionKeys"]
 
 
 @pytest.mark.parametrize(
@@ -114,16 +130,27 @@ def saved_queries(variant) -> dict[str, dict]:
     }
 
 
-def test_two_saved_queries_in_the_workgroup_and_database(variant):
+def test_the_saved_queries_in_the_workgroup_and_database(variant):
     queries = saved_queries(variant)
-    assert sorted(queries) == ["lowest-confidence images across runs", "per-class counts for one run"]
+    assert sorted(queries) == [
+        "lowest-confidence images across runs", "per-class counts for one run", "runs from one upload prefix"
+    ]  # fmt: skip
     for query in queries.values():
         assert query["WorkGroup"] == {"Ref": logical_id(variant, variant.stack.catalog.workgroup)}
         assert query["Database"] == {"Ref": logical_id(variant, variant.stack.catalog.database)}
 
 
-@pytest.mark.parametrize("query", SAVED_QUERIES, ids=[query.name for query in SAVED_QUERIES])
-def test_every_saved_query_names_its_runs_as_an_injected_partition_requires(query):
+PREDICTIONS_QUERIES = [query for query in SAVED_QUERIES if f"FROM {PREDICTIONS_TABLE}\n" in query.sql]
+
+
+def test_every_saved_query_reads_the_predictions_or_the_unpartitioned_runs_table():
+    assert len(PREDICTIONS_QUERIES) == 2
+    for query in SAVED_QUERIES:
+        assert query in PREDICTIONS_QUERIES or f"FROM {RUNS_TABLE}\n" in query.sql, query.sql
+
+
+@pytest.mark.parametrize("query", PREDICTIONS_QUERIES, ids=[query.name for query in PREDICTIONS_QUERIES])
+def test_every_predictions_query_names_its_runs_as_an_injected_partition_requires(query):
     """Athena refuses a query on an injected partition without static equality conditions on it (CONSTRAINT_VIOLATION);
     DuckDB has no such rule, so it is checked here."""
     assert RUN_ID_CONSTRAINT.search(query.sql), query.sql
@@ -169,11 +196,13 @@ def test_reader_policy_reads_results_and_writes_only_query_results(variant):
     statements = reader_statements(variant)
     bucket = logical_id(variant, variant.stack.storage.data_bucket)
     assert statements["ReadRunResults"]["Action"] == "s3:GetObject"
-    assert joined(statements["ReadRunResults"]["Resource"]) == f"<{bucket}.Arn>/results/*"
+    assert [joined(arn) for arn in statements["ReadRunResults"]["Resource"]] == [
+        f"<{bucket}.Arn>/results/*", f"<{bucket}.Arn>/runs/*"
+    ]  # fmt: skip
     writes = [s for s in statements.values() if {"s3:PutObject"} & set(as_list(s["Action"]))]
     assert [joined(s["Resource"]) for s in writes] == [f"<{bucket}.Arn>/query-results/*"]
     listing = statements["ListRunResultsAndQueryResults"]
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["results/*", "query-results/*"]}}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["results/*", "runs/*", "query-results/*"]}}
     every_action = {action for s in statements.values() for action in as_list(s["Action"])}
     assert not {action for action in every_action if action.startswith(("kms:", "iam:", "emr", "elasticmapreduce:"))}
 
@@ -191,5 +220,5 @@ def test_catalog_and_workgroup_go_with_the_stack_even_when_data_is_retained(synt
     """Their names derive from the stack's: kept, they would make the next deploy of the same stack fail."""
     variant = synth(retain_data_on_destroy=True)
     for resource_type in ("AWS::Glue::Database", "AWS::Glue::Table", "AWS::Athena::WorkGroup"):
-        _, body = variant.only(resource_type)
-        assert body.get("DeletionPolicy", "Delete") == "Delete"
+        bodies = variant.resources_of_type(resource_type).values()
+        assert bodies and all(body.get("DeletionPolicy", "Delete") == "Delete" for body in bodies)

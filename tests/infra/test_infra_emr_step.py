@@ -171,3 +171,20 @@ def test_the_stacks_job_batch_budget_counts_bytes_as_the_job_does():
     assert JOB_DECODED_BYTES_PER_PIXEL == DECODED_BYTES_PER_PIXEL
     assert {compute: job_max_batch_bytes(compute) for compute in MAX_BATCH_BYTES} == {"cpu": 20 * 2**20,
                                                                                         "gpu": 80 * 2**20}
+
+
+def test_the_run_record_option_is_passed_only_when_given_and_the_job_accepts_it():
+    assert "--run-record" not in job_arguments(step())
+    args = job_arguments(
+        build_step(
+            name="stack-batch-1",
+            artifacts=ARTIFACTS,
+            manifest_uri="s3://bucket/manifests/1.json",
+            model_uri="s3://bucket/models/default/",
+            output_uri="s3://bucket/results/1/",
+            run_record_uri="s3://bucket/runs/1.json",
+            options=JobOptions(),
+        )
+    )
+    assert args[args.index("--run-record") + 1] == "s3://bucket/runs/1.json"
+    assert parse_args(args).run_record == "s3://bucket/runs/1.json"  # the job's own parser takes the step's arguments

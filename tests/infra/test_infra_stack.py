@@ -30,7 +30,7 @@ COMMON_ENVIRONMENT = {
     "DATA_BUCKET", "INCOMING_PREFIX", "MANIFESTS_PREFIX", "RESULTS_PREFIX", "MODEL_URI", "JOB_PY_FILES_URI",
     "JOB_ENTRY_POINT_URI", "JOB_OPTIONS", "STEP_NAME_PREFIX", "CLUSTER_MODE", "CLUSTER_TAG_KEY", "CLUSTER_TAG_VALUE",
     "MAX_ACTIVE_STEPS", "POWERTOOLS_SERVICE_NAME", "CLAIMS_TABLE", "CLAIM_RETENTION_DAYS", "NOTIFICATION_TOPIC_ARN",
-    "MAX_STEP_ATTEMPTS", "STAGED_PREFIX", "CLAIM_LEASE_SECONDS", "UPLOAD_QUEUE_URL",
+    "MAX_STEP_ATTEMPTS", "STAGED_PREFIX", "CLAIM_LEASE_SECONDS", "UPLOAD_QUEUE_URL", "RUNS_PREFIX",
 }  # fmt: skip
 # The definition to launch from is set in both modes: a persistent cluster that ended is replaced from it.
 LAUNCH_ENVIRONMENT = {"JOB_FLOW_DEFINITION_KEY", "CLUSTER_DEFINITION_TAG_KEY", "CLUSTER_DEFINITION_TAG_VALUE"}
@@ -582,6 +582,7 @@ def test_example_step_output_is_the_trigger_step_builders(variant):
         manifest_uri=stack.storage.data_bucket.s3_url_for_object("manifests/<batch-id>.json"),
         model_uri=stack.model_uri,
         output_uri=stack.storage.data_bucket.s3_url_for_object("results/<batch-id>/"),
+        run_record_uri=stack.storage.data_bucket.s3_url_for_object("runs/<batch-id>.json"),
         options=stack.job_options,
     )
     assert outputs["ExampleStep"]["Value"] == stack.resolve(stack.to_json_string(step))

@@ -32,7 +32,7 @@ from infra.function_asset import (
 )
 
 from infra.settings import DEFAULT_TRANSIENT_IDLE_TIMEOUT_MINUTES
-from infra.storage import STAGED_PREFIX
+from infra.storage import RUNS_PREFIX, STAGED_PREFIX
 from infra.trigger import (
     CLAIM_LEASE_MARGIN,
     CLAIM_RETENTION_DAYS,
@@ -285,6 +285,12 @@ def test_the_trigger_reads_the_staged_prefix_the_stack_grants_and_never_notifies
     stack's storage names (the nodes may read it, the uploader policy writes it, no notification watches it)."""
     trigger_settings = trigger_function_module("trigger_settings")
     assert environment(variant).get("STAGED_PREFIX", trigger_settings.DEFAULT_STAGED_PREFIX) == STAGED_PREFIX
+
+
+def test_the_trigger_names_the_runs_prefix_the_nodes_may_write_and_the_runs_table_reads(variant):
+    assert environment(variant)["RUNS_PREFIX"] == RUNS_PREFIX
+    table = variant.resources[logical_id(variant, variant.stack.catalog.runs_table)]["Properties"]["TableInput"]
+    assert table["StorageDescriptor"]["Location"]["Fn::Join"][1][-1] == f"/{RUNS_PREFIX}"
 
 
 def test_a_replacement_of_a_persistent_cluster_idles_out_after_the_stacks_transient_default():

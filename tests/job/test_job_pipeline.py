@@ -177,12 +177,24 @@ def test_bad_inputs_are_recorded_failures_and_the_rest_is_classified(spark, tmp_
 
 
 def test_too_many_failures_fail_the_job_after_writing_everything(spark, tmp_path, bad_inputs, untrained_package):
-    output = str(tmp_path / "out")
+    output = str(tmp_path / "results" / "20261201093000a1b2c3")
+    record_path = tmp_path / "runs" / "20261201093000a1b2c3.json"
     with pytest.raises(JobFailed, match="7 of 11 inputs failed"):
         _run(spark, "--manifest", str(bad_inputs), "--model", untrained_package, "--output", output,
-             "--max-failure-ratio", "0.5")
+             "--max-failure-ratio", "0.5", "--run-record", str(record_path))
     assert len(_rows(output)) == 11
-    assert _summary(output)["status"] == "failed"
+    summary = _summary(output)
+    assert summary["status"] == "failed"
+    # The runs table's record: one line, written before the job fails, pointing at what the run wrote.
+    lines = record_path.read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["run_id"] == "20261201093000a1b2c3" and record["status"] == "failed"
+    assert (record["total"], record["ok"], record["error"]) == (11, 4, 7)
+    assert {name: value for name, value in record["source"].items() if value is not None} == BAD_INPUTS_SOURCE
+    assert record["summary"] == os.path.join(output, "summary.json") and os.path.exists(record["summary"])
+    assert record["report"] == summary["report"]["uri"] and record["model_name"] == summary["model"]["name"]
+    assert record["started_at"] <= record["finished_at"] == summary["finished_at"]
 
 
 def test_a_killed_python_worker_still_yields_every_input_once(spark, tmp_path, mixed_inputs, untrained_package):

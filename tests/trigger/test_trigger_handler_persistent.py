@@ -37,6 +37,7 @@ def expected_job_arguments(batch_id: str) -> list[str]:
         "--top-k", "3",
         "--max-failure-ratio", "0.05",
         "--max-batch-bytes", str(JOB_OPTIONS["max_batch_bytes"]),
+        "--run-record", f"s3://{BUCKET}/runs/{batch_id}.json",  # the runs table's object (infra/catalog.py)
     ]  # fmt: skip
 
 

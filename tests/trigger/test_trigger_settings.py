@@ -66,6 +66,13 @@ def test_persistent_environment_is_read_into_typed_settings():
     )
 
 
+def test_the_runs_prefix_defaults_to_runs_and_may_be_named_but_not_inside_another():
+    assert TriggerSettings.from_environment(PERSISTENT).runs_prefix == "runs/"
+    assert TriggerSettings.from_environment({**PERSISTENT, "RUNS_PREFIX": "records/"}).runs_prefix == "records/"
+    with pytest.raises(SettingsError, match=r"RESULTS_PREFIX='results/' and RUNS_PREFIX='results/runs/' overlap"):
+        TriggerSettings.from_environment({**PERSISTENT, "RUNS_PREFIX": "results/runs/"})
+
+
 def test_the_staged_prefix_defaults_to_staged_and_may_be_named():
     assert TriggerSettings.from_environment(PERSISTENT).staged_prefix == "staged/"
     assert TriggerSettings.from_environment({**PERSISTENT, "STAGED_PREFIX": "lists/"}).staged_prefix == "lists/"
