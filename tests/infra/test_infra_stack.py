@@ -296,12 +296,16 @@ def test_existing_vpc_creates_no_network(synth):
     assert cluster["Properties"]["Instances"]["Ec2SubnetIds"] == subnet_ids
 
 
-def test_instance_role_reads_inputs_and_writes_only_results_and_logs(variant):
+def test_instance_role_reads_inputs_and_writes_only_results_run_records_and_logs(variant):
     statements = role_statements(variant, variant.stack.cluster.instance_role)
     writes = [s for s in statements if any(a in ("s3:PutObject", "s3:DeleteObject") for a in as_list(s["Action"]))]
     written = sorted(json.dumps(resource) for s in writes for resource in as_list(s["Resource"]))
-    assert len(written) == 2
-    assert "/results/*" in written[0] + written[1] and "/emr/*" in written[0] + written[1]
+    assert len(written) == 3
+    assert all(any(suffix in resource for resource in written) for suffix in ("/results/*", "/runs/*", "/emr/*"))
+    # Run records are written, never deleted (each step writes its own runs/<run id>.json).
+    run_record_actions = {a for s in writes if any("/runs/*" in json.dumps(r) for r in as_list(s["Resource"]))
+                          for a in as_list(s["Action"])}  # fmt: skip
+    assert run_record_actions == {"s3:PutObject"}
     assert not any(action in ("s3:*", "*") for s in statements for action in as_list(s["Action"]))
 
 
