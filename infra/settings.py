@@ -199,6 +199,9 @@ class Settings:
     # Buckets and prefixes ("s3://bucket/prefix/") the nodes may read inputs from where they are, and manifests may
     # list; None: only the stack's own incoming/ and staged/.
     input_locations: Optional[tuple[str, ...]] = None
+    # IAM principals (role or user ARNs, "*" wildcards allowed as IAM's ArnLike allows them) that may publish model
+    # packages under models/ without the model-publisher tag: e.g. an IAM Identity Center role, which cannot be tagged.
+    model_publisher_arns: Optional[tuple[str, ...]] = None
 
     @property
     def resolved_primary_instance_types(self) -> tuple[str, ...]:
@@ -445,6 +448,21 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         if not location_problems:
             checked["input_locations"] = None if locations is None else tuple(locations)
 
+    if "model_publisher_arns" in values:
+        arns = values["model_publisher_arns"]
+        allowed = ("null or a list of 1 to 20 IAM principal ARNs 'arn:<partition>:iam::<12-digit account>:role/...' or "
+                   "':user/...' (IAM's ArnLike '*' and '?' wildcards allowed)")
+        if arns is None:
+            checked["model_publisher_arns"] = None
+        elif not isinstance(arns, (list, tuple)) or not 1 <= len(arns) <= 20:
+            problems.append(f"model_publisher_arns: {arns!r} is not allowed; allowed: {allowed}")
+        else:
+            bad = [arn for arn in arns if not (isinstance(arn, str) and MODEL_PUBLISHER_ARN_PATTERN.match(arn))]
+            problems.extend(f"model_publisher_arns: {arn!r} is not an IAM principal ARN; allowed: {allowed}"
+                            for arn in bad)
+            if not bad:
+                checked["model_publisher_arns"] = tuple(arns)
+
     merged = Settings(**{**{f.name: f.default for f in fields(Settings)}, **checked})
     problems.extend(_cross_checks(merged))
     if problems:
@@ -453,6 +471,9 @@ def _validate(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             + "\n  - ".join(problems)
         )
     return merged
+
+
+MODEL_PUBLISHER_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|\*):(role|user)/[\w+=,.@/*?-]+$")
 
 
 def input_location_problems(locations: Any) -> list[str]:

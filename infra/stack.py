@@ -236,6 +236,7 @@ class InferenceStack(Stack):
             data_bucket=data_bucket,
             stack_name=self.stack_name,
             artifact_writer_arns=self._artifact_writer_arns(),
+            model_publisher_arns=settings.model_publisher_arns or (),
         )
         self._outputs()
 

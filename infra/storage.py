@@ -137,6 +137,7 @@ class UploadAccess(Construct):
         data_bucket: s3.Bucket,
         stack_name: str,
         artifact_writer_arns: list[str],
+        model_publisher_arns: tuple[str, ...] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         self.uploader_policy = iam.ManagedPolicy(
@@ -184,7 +185,11 @@ class UploadAccess(Construct):
         for prefix in TRUSTED_PREFIXES:
             conditions: dict = {"ArnNotEquals": {"aws:PrincipalArn": artifact_writer_arns}}
             if prefix == MODELS_PREFIX:
+                # Tagged publishers, and the principals the model_publisher_arns setting names (an IAM Identity Center
+                # role cannot carry the tag), may write models/. ArnNotLike: the setting may use IAM's wildcards.
                 conditions["StringNotEquals"] = {f"aws:PrincipalTag/{MODEL_PUBLISHER_TAG_KEY}": stack_name}
+                if model_publisher_arns:
+                    conditions["ArnNotLike"] = {"aws:PrincipalArn": list(model_publisher_arns)}
             data_bucket.add_to_resource_policy(
                 iam.PolicyStatement(
                     sid=f"OnlyTheStackWrites{prefix.strip('/').capitalize()}",

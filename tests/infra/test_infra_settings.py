@@ -376,3 +376,19 @@ def test_an_unknown_key_names_the_closest_known_ones(context, hint):
     message = str(raised.value)
     assert hint in message and message.index(hint) < message.index("known settings:")
     assert message.startswith("invalid settings (cdk.json context 'inference', and -c options)")
+
+
+@pytest.mark.parametrize(
+    "arns",
+    [["arn:aws:iam::123456789012:group/admins"], ["not-an-arn"], [], "arn:aws:iam::123456789012:role/x",
+     ["arn:aws:s3:::bucket"]],
+)  # fmt: skip
+def test_model_publisher_arns_must_be_iam_principals(arns):
+    with pytest.raises(SettingsError, match=r"model_publisher_arns: .* allowed: null or a list of 1 to 20 IAM"):
+        Settings.from_cdk_context({"inference": {"model_publisher_arns": arns}})
+
+
+def test_model_publisher_arns_may_name_roles_and_users_with_wildcards():
+    arns = ["arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_*",
+            "arn:aws-us-gov:iam::123456789012:user/publisher"]
+    assert Settings.from_cdk_context({"model_publisher_arns": json.dumps(arns)}).model_publisher_arns == tuple(arns)

@@ -115,3 +115,17 @@ def test_the_policies_and_the_staged_prefix_are_outputs(synth):
     outputs = synth().template.to_json()["Outputs"]
     assert {"UploaderPolicyArn", "ModelPublisherPolicyArn", "StagedPrefix"} <= set(outputs)
     assert MODEL_PUBLISHER_TAG_KEY in outputs["ModelPublisherPolicyArn"]["Description"]
+
+
+def test_named_model_publishers_may_write_models_without_the_tag(synth):
+    """The deny on models/ spares the principals the model_publisher_arns setting names, beside tagged publishers: an
+    IAM Identity Center role cannot carry the tag, and the README's first step after a deploy publishes a model.
+    (What IAM then decides for a real principal - ArnNotLike with a wildcard - only a real account can show.)"""
+    sso_role = "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_*"
+    variant = synth(model_publisher_arns=[sso_role])
+    conditions = data_bucket_deny_statements(variant)["models/"]["Condition"]
+    assert conditions["ArnNotLike"] == {"aws:PrincipalArn": [sso_role]}
+    assert conditions["StringNotEquals"] == {f"aws:PrincipalTag/{MODEL_PUBLISHER_TAG_KEY}": variant.stack.stack_name}
+    assert "ArnNotLike" not in data_bucket_deny_statements(synth())["models/"]["Condition"]
+    assert "ArnNotLike" not in data_bucket_deny_statements(synth(model_publisher_arns=[sso_role]))["artifacts/"][
+        "Condition"]
