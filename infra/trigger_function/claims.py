@@ -313,9 +313,11 @@ class ClaimStore:
         ).get("Item")
         return item is not None
 
-    def start_retry(self, record: BatchRecord, *, now: datetime, token: str) -> bool:
-        """Move a submitted batch to its next attempt, under a lease held by ``token`` (one per invocation); False
-        when another invocation did it first."""
+    def start_retry(self, record: BatchRecord, *, now: datetime, token: str, cluster_id: str) -> bool:
+        """Move a submitted batch to its next attempt, under a lease held by ``token`` (one per invocation), naming
+        the cluster the retry is sent to ("" when one is launched), as :meth:`record_intent` does for a first attempt:
+        crash recovery searches that cluster, whatever its definition or age; False when another invocation did it
+        first."""
         return self._update_batch(
             record,
             set_values={
@@ -323,16 +325,18 @@ class ClaimStore:
                 "state": BatchState.RESUBMITTING,
                 "lease_until": now + self.lease,
                 "lease_owner": token,
+                "cluster_id": cluster_id,
             },
             condition="attempt = :attempt AND #state = :state",
             condition_values={":attempt": record.attempt, ":state": BatchState.SUBMITTED},
         )
 
-    def resume_retry(self, record: BatchRecord, *, now: datetime, token: str) -> bool:
-        """Take over a resubmission whose invocation died (its lease ended); False when someone else holds it."""
+    def resume_retry(self, record: BatchRecord, *, now: datetime, token: str, cluster_id: str) -> bool:
+        """Take over a resubmission whose invocation died (its lease ended), naming the cluster this attempt is sent
+        to; False when someone else holds it."""
         return self._update_batch(
             record,
-            set_values={"lease_until": now + self.lease, "lease_owner": token},
+            set_values={"lease_until": now + self.lease, "lease_owner": token, "cluster_id": cluster_id},
             condition="attempt = :attempt AND #state = :state AND lease_until < :now",
             condition_values={":attempt": record.attempt, ":state": BatchState.RESUBMITTING, ":now": now},
         )

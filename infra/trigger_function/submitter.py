@@ -430,7 +430,8 @@ class StepSubmitter:
                 self._report_given_up(record, event)
                 return
             slots = self._accepting_target()
-            if not self._claims.start_retry(record, now=self._clock(), token=self._token):
+            if not self._claims.start_retry(record, now=self._clock(), token=self._token,
+                                            cluster_id=slots.cluster_id if slots else ""):
                 self._log.info("Retry already started by another invocation", extra=context)
                 return
             self._submit_retry(self._claims.batch(event.batch_id), slots)
@@ -444,7 +445,8 @@ class StepSubmitter:
             if found is not None:
                 self._claims.finish_retry(record, step_name=name, cluster_id=found.cluster_id)
                 return
-            if self._claims.resume_retry(record, now=self._clock(), token=self._token):
+            if self._claims.resume_retry(record, now=self._clock(), token=self._token,
+                                         cluster_id=slots.cluster_id if slots else ""):
                 self._submit_retry(self._claims.batch(event.batch_id), slots)
             return
         self._log.info(

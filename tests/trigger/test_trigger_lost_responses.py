@@ -322,3 +322,22 @@ def test_the_report_of_a_given_up_batch_names_it(world_factory, aws):
     batch_id = only_batch(world)
     # At least once: a lost response re-sends the report (the record is marked only after it was published).
     assert messages and all(batch_id in json.loads(message["Body"])["Subject"] for message in messages)
+
+
+def test_a_retry_names_the_cluster_it_is_sent_to_before_it_is_sent(world_factory):
+    """Final review F1: start_retry and resume_retry kept the previous attempt's cluster in the batch record, so a
+    retry sent to another (older) accepting cluster, whose invocation then died, was searched for in the wrong place
+    and sent again. Now both name the retry's target, as record_intent does for a first attempt."""
+    world = world_factory("persistent")
+    upload_images(world, "a")
+    world.delivery.settle()
+    batch_id = only_batch(world)
+    store = world.handler.claim_store
+    record = store.batch(batch_id)
+
+    assert store.start_retry(record, now=world.clock(), token="invocation-1", cluster_id="j-RETRYTARGET")
+    assert batch_records(world.aws.dynamodb)[batch_id]["cluster_id"] == "j-RETRYTARGET"
+    resumed = store.batch(batch_id)
+    later = world.clock() + store.lease + timedelta(seconds=1)
+    assert store.resume_retry(resumed, now=later, token="invocation-2", cluster_id="")
+    assert batch_records(world.aws.dynamodb)[batch_id]["cluster_id"] == ""
