@@ -161,6 +161,12 @@ class Artifacts(Construct):
             )
         self._acknowledge_deployment_functions(data_bucket)
 
+    @property
+    def deployments(self) -> list[s3_deployment.BucketDeployment]:
+        """Every deployment that writes ``artifacts/``: the job's, the bootstrap scripts' and, if shipped, the
+        wheelhouse's."""
+        return [d for d in (self.job_deployment, self.bootstrap_deployment, self.wheelhouse_deployment) if d]
+
     def _acknowledge_deployment_functions(self, data_bucket: s3.IBucket) -> None:
         """Findings on the functions CDK adds to the stack for these deployments (deploy time only)."""
         for child in Stack.of(self).node.children:

@@ -238,6 +238,10 @@ class InferenceStack(Stack):
             artifact_writer_arns=self._artifact_writer_arns(),
             model_publisher_arns=settings.model_publisher_arns or (),
         )
+        # The bucket policy admits the deployments' roles to artifacts/: a deployment whose role is new (a first
+        # offline wheelhouse, a CDK upgrade) must not write before the policy naming it is in place (final review I2).
+        for deployment in self.artifacts.deployments:
+            deployment.node.add_dependency(data_bucket.policy)
         self._outputs()
 
     def _artifact_writer_arns(self) -> list[str]:

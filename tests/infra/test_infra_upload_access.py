@@ -129,3 +129,17 @@ def test_named_model_publishers_may_write_models_without_the_tag(synth):
     assert "ArnNotLike" not in data_bucket_deny_statements(synth())["models/"]["Condition"]
     assert "ArnNotLike" not in data_bucket_deny_statements(synth(model_publisher_arns=[sso_role]))["artifacts/"][
         "Condition"]
+
+
+def test_every_deployment_waits_for_the_bucket_policy_that_admits_its_role(offline_wheelhouse_variant):
+    """Final review I2: the bucket policy denies writes to artifacts/ to every role it does not name; a deployment
+    whose role is new (a first offline wheelhouse, a CDK upgrade that renames the function) ran in parallel with the
+    policy update and could meet the old deny. CloudFormation now creates or updates the policy first. (When IAM and
+    S3 see the new policy after that is AWS's propagation, which only a real account shows.)"""
+    variant = offline_wheelhouse_variant
+    policy_id = logical_id(variant, variant.stack.storage.data_bucket.policy)
+    assert len(variant.stack.artifacts.deployments) == 3
+    deployments = variant.resources_of_type("Custom::CDKBucketDeployment")
+    assert len(deployments) == 3
+    for deployment_id, deployment in deployments.items():
+        assert policy_id in deployment.get("DependsOn", []), deployment_id
