@@ -5,6 +5,7 @@ The function's folder is its code root at runtime, so it goes on sys.path here a
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import urllib.request
@@ -21,6 +22,7 @@ sys.path.insert(0, str(TRIGGER_FUNCTION_DIR))
 
 from trigger_helpers import (  # noqa: E402  (needs the path above)
     REGION,
+    TOPIC_ARN,
     aws_clients,
     base_environment,
     create_cluster,
@@ -135,3 +137,20 @@ def load_handler(monkeypatch):
 @pytest.fixture
 def persistent_handler(load_handler, persistent_cluster):
     return load_handler(base_environment(CLUSTER_ID=persistent_cluster))
+
+
+@pytest.fixture
+def reports(aws):
+    """A queue subscribed to the notification topic; returns a function reading what was published since its last
+    call."""
+    queue_url = aws.sqs.create_queue(QueueName="reports")["QueueUrl"]
+    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.sns.subscribe(TopicArn=TOPIC_ARN, Protocol="sqs", Endpoint=queue_arn)
+
+    def read() -> list[dict]:
+        messages = aws.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        for message in messages:
+            aws.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return [json.loads(message["Body"]) for message in messages]
+
+    return read

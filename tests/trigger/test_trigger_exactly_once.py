@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from trigger_helpers import (
+    SimulatedCrash,
+    crash,
     BUCKET,
     CLAIM_LEASE_SECONDS,
     FakeLambdaContext,
@@ -35,14 +37,6 @@ from trigger_helpers import (
     submitted_steps,
     upload,
 )
-
-
-class SimulatedCrash(BaseException):
-    """The invocation dies here (timeout, out of memory): nothing after it runs and no response is returned."""
-
-
-def crash(*_args, **_kwargs):
-    raise SimulatedCrash
 
 
 class FrozenClock:

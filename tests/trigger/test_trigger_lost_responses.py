@@ -24,6 +24,8 @@ from lost_responses import lose_response
 from promises import Delivery, FrozenClock, all_cluster_ids, assert_promises, invoke
 
 from trigger_helpers import (
+    SimulatedCrash,
+    crash,
     BUCKET,
     CLAIM_LEASE_SECONDS,
     MAX_STEP_ATTEMPTS,
@@ -40,14 +42,6 @@ from trigger_helpers import (
 
 DEFINITION_KEY = "artifacts/job-flow.json"
 LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
-
-
-class SimulatedCrash(BaseException):
-    """The invocation dies here (timeout, out of memory): nothing after it runs and no response is returned."""
-
-
-def crash(*_args, **_kwargs):
-    raise SimulatedCrash
 
 
 @pytest.fixture(autouse=True)

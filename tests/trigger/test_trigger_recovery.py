@@ -20,6 +20,8 @@ from submitter import REPLACEMENT_IDLE_TIMEOUT_SECONDS
 from promises import Delivery, FrozenClock, all_cluster_ids, assert_promises, invoke
 
 from trigger_helpers import (
+    SimulatedCrash,
+    crash,
     BUCKET,
     CLAIM_LEASE_SECONDS,
     CLUSTER_TAG,
@@ -44,26 +46,6 @@ DEFINITION_KEY = "artifacts/job-flow.json"
 LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
 
 
-class SimulatedCrash(BaseException):
-    """The invocation dies here: nothing after it runs and no response is returned."""
-
-
-def crash(*_args, **_kwargs):
-    raise SimulatedCrash
-
-
-@pytest.fixture
-def reports(aws):
-    """A queue subscribed to the notification topic; returns a function reading what was published since."""
-    queue_url = aws.sqs.create_queue(QueueName="reports")["QueueUrl"]
-    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    aws.sns.subscribe(TopicArn=TOPIC_ARN, Protocol="sqs", Endpoint=queue_arn)
-
-    def read() -> list[dict]:
-        messages = aws.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
-        return [json.loads(message["Body"]) for message in messages]
-
-    return read
 
 
 def frozen(handler, monkeypatch) -> FrozenClock:

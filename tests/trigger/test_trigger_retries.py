@@ -19,11 +19,12 @@ import pytest
 from botocore.stub import Stubber
 
 from trigger_helpers import (
+    SimulatedCrash,
+    crash,
     BUCKET,
     CLAIM_LEASE_SECONDS,
     STACK_CLUSTER_TAGS,
     MAX_STEP_ATTEMPTS,
-    TOPIC_ARN,
     FakeLambdaContext,
     base_environment,
     batch_records,
@@ -44,28 +45,6 @@ NO_FAILURES = {"batchItemFailures": []}
 LEASE = timedelta(seconds=CLAIM_LEASE_SECONDS)
 
 
-class SimulatedCrash(BaseException):
-    """The invocation dies here: nothing after it runs and no response is returned."""
-
-
-def crash(*_args, **_kwargs):
-    raise SimulatedCrash
-
-
-@pytest.fixture
-def reports(aws):
-    """A queue subscribed to the notification topic; returns a function reading what was published since."""
-    queue_url = aws.sqs.create_queue(QueueName="reports")["QueueUrl"]
-    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    aws.sns.subscribe(TopicArn=TOPIC_ARN, Protocol="sqs", Endpoint=queue_arn)
-
-    def read() -> list[dict]:
-        messages = aws.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
-        for message in messages:
-            aws.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        return [json.loads(message["Body"]) for message in messages]
-
-    return read
 
 
 def submit_one_batch(aws, handler) -> str:

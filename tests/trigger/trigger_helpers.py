@@ -364,3 +364,12 @@ def count_requests(handler) -> dict[str, int]:
     ):
         client.meta.events.register("before-call.*.*", count)
     return counts
+
+
+class SimulatedCrash(BaseException):
+    """The invocation dies here (timeout, out of memory): nothing after it runs and no response is returned."""
+
+
+def crash(*_args, **_kwargs):
+    """A stand-in for a call of the function's that the invocation never returns from."""
+    raise SimulatedCrash
