@@ -1,11 +1,13 @@
 """The run report: ``OUTPUT/report.html``, one self-contained page to look at instead of reading Parquet.
 
-Fed by the summary step (:func:`job.pipeline.run`) with the run's summary and the written Parquet:
+Fed by the summary step (:func:`job.pipeline.run`) with the run's summary and what the report shows beyond it:
 
-- Spark aggregations that each return a bounded number of rows: top-1 confidence in ``CONFIDENCE_BUCKETS`` buckets,
-  a confusion matrix over at most ``MAX_MATRIX_CLASSES`` true classes, the ``thumbnails`` lowest-confidence rows
-  (sort + limit, which Spark plans as a per-partition take-ordered) and at most ``FAILED_EXAMPLES_PER_REASON``
-  failed rows per reason. No step collects all rows; per-class counts come from the summary's own aggregation.
+- top-1 confidence in ``CONFIDENCE_BUCKETS`` buckets, a confusion matrix over at most ``MAX_MATRIX_CLASSES`` true
+  classes, the ``thumbnails`` lowest-confidence rows and at most ``FAILED_EXAMPLES_PER_REASON`` failed rows per
+  reason. They come from the tasks (:mod:`job.report_inputs`, gathered as the rows streamed out) when the summary's
+  counts do; otherwise from Spark aggregations over the written Parquet that each return a bounded number of rows
+  (sort + limit is planned as a per-partition take-ordered). No step collects all rows; per-class counts come from
+  the summary.
 - Thumbnails are read again with the job's :class:`~job.storage.Storage` (one CIFAR-10 record by a ranged read) and
   decoded by the job's own decoder at a small size, then inlined as PNG ``data:`` URIs.
 - Charts are matplotlib figures saved as SVG and inlined; the page is a Jinja2 template. Nothing is fetched at view
@@ -38,16 +40,14 @@ from pyspark.sql import functions as F
 from job.config import DEFAULT_MAX_OBJECT_BYTES
 from job.decode import decode_cifar_records, decode_image
 from job.package_format import ModelPackage
+from job.report_inputs import CONFIDENCE_BUCKETS, FAILED_EXAMPLES_PER_REASON, MAX_FAILED_EXAMPLES
 from job.sources import CIFAR_RECORD_BYTES, is_cifar_batch
 from job.storage import Storage
 
 REPORT_NAME = "report.html"
-CONFIDENCE_BUCKETS = 20
 # Beyond these, bars and matrix cells stop being readable; the page says how many classes were left out.
 MAX_CHART_CLASSES = 30
 MAX_MATRIX_CLASSES = 20
-FAILED_EXAMPLES_PER_REASON = 3
-MAX_FAILED_EXAMPLES = 12
 THUMBNAIL_TOP_LABELS = 3
 # A thumbnail is the model's input size, shrunk to this longest side: 32x32 stays as it is (the page scales it up
 # without smoothing), 224x224 becomes 96x96 (about 15 KB of page each instead of 150 KB).
@@ -105,11 +105,11 @@ class ConfusionMatrix:
 
 
 def write_report(spark, summary: dict, *, predictions_uri: str, package: ModelPackage, storage: Storage,
-                 report_uri: str, thumbnails: int) -> dict:
+                 report_uri: str, thumbnails: int, inputs: Optional[dict] = None) -> dict:
     """Build and write the report; return what the summary records about it (``uri`` is None when it failed)."""
     try:
         shown = build_report(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
-                             report_uri=report_uri, thumbnails=thumbnails)
+                             report_uri=report_uri, thumbnails=thumbnails, inputs=inputs)
     except Exception as error:  # the predictions are written: a report problem must not fail the run
         message = f"{type(error).__name__}: {error}"
         print(f"warning: the run report {report_uri} was not written: {message}", file=sys.stderr)
@@ -119,13 +119,24 @@ def write_report(spark, summary: dict, *, predictions_uri: str, package: ModelPa
 
 
 def build_report(spark, summary: dict, *, predictions_uri: str, package: ModelPackage, storage: Storage,
-                 report_uri: str, thumbnails: int) -> int:
-    """Write ``report_uri``; return the number of thumbnails shown. Raises on any failure."""
-    frame = spark.read.parquet(predictions_uri)
-    classified = frame.where(F.col("status") == "ok")
+                 report_uri: str, thumbnails: int, inputs: Optional[dict] = None) -> int:
+    """Write ``report_uri``; return the number of thumbnails shown. Raises on any failure. ``inputs``: the tasks'
+    report inputs (:func:`job.report_inputs.merge`), or None to compute them from the Parquet."""
+    context = report_context(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
+                             thumbnails=thumbnails, inputs=inputs)
+    page = _environment().get_template(REPORT_NAME).render(context)
+    storage.write(report_uri, page.encode(), content_type="text/html; charset=utf-8")
+    return len(context["lowest"])
+
+
+def report_context(spark, summary: dict, *, predictions_uri: str, package: ModelPackage, storage: Storage,
+                   thumbnails: int, inputs: Optional[dict] = None) -> dict:
+    """What the page template renders. Without ``inputs``, the bounded aggregations run on the Parquet."""
+    if inputs is None:
+        inputs = _inputs_from_parquet(spark, summary, predictions_uri, thumbnails)
     any_classified = summary["counts"]["ok"] > 0
-    lowest = _lowest_confidence_tiles(classified, thumbnails, package, storage) if any_classified else []
-    context = {
+    lowest = _lowest_confidence_tiles(inputs["lowest"][:thumbnails], package, storage) if any_classified else []
+    return {
         "summary": summary,
         "trained": summary["model"]["trained"],
         "wall_clock": _time_rows(summary["seconds"], WALL_CLOCK_PHASES),
@@ -134,17 +145,14 @@ def build_report(spark, summary: dict, *, predictions_uri: str, package: ModelPa
         "class_chart": _class_chart(summary["per_class_counts"]) if any_classified else None,
         "omitted_classes": max(0, len(summary["per_class_counts"]) - MAX_CHART_CLASSES),
         "max_chart_classes": MAX_CHART_CLASSES,
-        "confidence_chart": _confidence_chart(_confidence_buckets(classified)) if any_classified else None,
+        "confidence_chart": _confidence_chart(inputs["confidence"]) if any_classified else None,
         "thumbnails_setting": thumbnails,
         "lowest": lowest,
-        "failed": _failed_tiles(frame) if summary["counts"]["error"] else [],
+        "failed": _failed_tiles(inputs["failed"]),
         "failed_per_reason": FAILED_EXAMPLES_PER_REASON,
-        "matrix": _confusion_matrix(classified, package.labels) if summary["accuracy"] else None,
+        "matrix": _confusion_matrix(inputs, package.labels) if summary["accuracy"] else None,
         "max_matrix_classes": MAX_MATRIX_CLASSES,
     }
-    page = _environment().get_template(REPORT_NAME).render(context)
-    storage.write(report_uri, page.encode(), content_type="text/html; charset=utf-8")
-    return len(lowest)
 
 
 def _environment() -> Environment:
@@ -160,7 +168,40 @@ def _time_rows(seconds: dict, phases) -> list[dict]:
     return [{"name": name, "seconds": seconds.get(key), "meaning": meaning} for key, name, meaning in phases]
 
 
-# --- Spark aggregations: each returns a bounded number of rows -------------------------------------------------------
+# --- the report's inputs from the Parquet, when the tasks' are not taken: each query returns a bounded number of rows
+
+def _inputs_from_parquet(spark, summary: dict, predictions_uri: str, thumbnails: int) -> dict:
+    """The shape of :func:`job.report_inputs.merge`, from the written Parquet (``pairs`` holds only the true classes
+    the matrix shows, with ``true_counts`` beside it for all of them)."""
+    frame = spark.read.parquet(predictions_uri)
+    classified = frame.where(F.col("status") == "ok")
+    any_classified = summary["counts"]["ok"] > 0
+    inputs = {"confidence": _confidence_buckets(classified) if any_classified else [0] * CONFIDENCE_BUCKETS,
+              "lowest": [], "failed": [], "pairs": {}, "true_counts": {}}
+    if any_classified and thumbnails:
+        inputs["lowest"] = [row.asDict(recursive=True) for row in (
+            classified.orderBy("probability", "source", "index")
+            .select("source", "index", "probability", "top_k", "true_label").limit(thumbnails).collect())]
+    if summary["counts"]["error"]:
+        by_reason = Window.partitionBy("reason").orderBy("source", "index")
+        inputs["failed"] = [row.asDict() for row in (
+            frame.where(F.col("status") != "ok")
+            .select("source", "index", "error", F.substring_index("error", ":", 1).alias("reason"))
+            .withColumn("rank", F.row_number().over(by_reason))
+            .where(F.col("rank") <= FAILED_EXAMPLES_PER_REASON).drop("rank")
+            .orderBy("reason", "source", "index").limit(MAX_FAILED_EXAMPLES).collect())]
+    if summary["accuracy"]:
+        graded = classified.where(F.col("true_label").isNotNull())
+        # True labels are CIFAR-10 label bytes, so there are at most 256 groups here.
+        true_counts = {row["true_label"]: row["count"] for row in graded.groupBy("true_label").count().collect()}
+        shown = _matrix_classes(true_counts)
+        predicted = F.when(F.col("label").isin(shown), F.col("label")).otherwise(F.lit(-1))  # -1: a class with no row
+        inputs["true_counts"] = true_counts
+        inputs["pairs"] = {(row["true_label"], row["predicted"]): row["count"] for row in (
+            graded.where(F.col("true_label").isin(shown))
+            .groupBy("true_label", predicted.alias("predicted")).count().collect())}
+    return inputs
+
 
 def _confidence_buckets(classified) -> list[int]:
     """Images per top-1 probability bucket ``[i/B, (i+1)/B)``, the last bucket including 1.0."""
@@ -175,24 +216,34 @@ def _class_name(label: int, labels: tuple[str, ...]) -> str:
     return labels[label] if 0 <= label < len(labels) else str(label)
 
 
-def _confusion_matrix(classified, labels: tuple[str, ...]) -> Optional[ConfusionMatrix]:
-    """True class × predicted class over the images with ground truth, for the most frequent true classes."""
-    graded = classified.where(F.col("true_label").isNotNull())
-    # True labels are CIFAR-10 label bytes, so there are at most 256 groups here.
-    true_counts = graded.groupBy("true_label").count().collect()
+def _matrix_classes(true_counts: dict[int, int]) -> list[int]:
+    """The true classes the matrix shows: the ``MAX_MATRIX_CLASSES`` most frequent, in label order."""
+    by_frequency = sorted(true_counts.items(), key=lambda pair: (-pair[1], pair[0]))
+    return sorted(label for label, _ in by_frequency[:MAX_MATRIX_CLASSES])
+
+
+def _confusion_matrix(inputs: dict, labels: tuple[str, ...]) -> Optional[ConfusionMatrix]:
+    """True class × predicted class over the images with ground truth, for the most frequent true classes, from
+    ``inputs["pairs"]`` ((true, predicted) -> images; ``true_counts`` per true class when pairs do not cover them)."""
+    pairs = inputs["pairs"]
+    true_counts = dict(inputs.get("true_counts") or {})
+    if not true_counts:
+        for (true_label, _), count in pairs.items():
+            true_counts[true_label] = true_counts.get(true_label, 0) + count
     if not true_counts:
         return None
-    by_frequency = sorted(true_counts, key=lambda row: (-row["count"], row["true_label"]))
-    shown = sorted(row["true_label"] for row in by_frequency[:MAX_MATRIX_CLASSES])
-    predicted = F.when(F.col("label").isin(shown), F.col("label")).otherwise(F.lit(-1))  # -1: a class with no row
-    groups = (graded.where(F.col("true_label").isin(shown))
-              .groupBy("true_label", predicted.alias("predicted")).count().collect())
-    has_other = any(row["predicted"] == -1 for row in groups)
+    shown = _matrix_classes(true_counts)
+    groups: dict = {}
+    for (true_label, label), count in pairs.items():
+        if true_label in shown:
+            key = (true_label, label if label in shown else -1)
+            groups[key] = groups.get(key, 0) + count
+    has_other = any(predicted == -1 for _, predicted in groups)
     columns = shown + ([-1] if has_other else [])
     position = {label: index for index, label in enumerate(columns)}
     cells = [[0] * len(columns) for _ in shown]
-    for row in groups:
-        cells[position[row["true_label"]]][position[row["predicted"]]] = row["count"]
+    for (true_label, predicted), count in groups.items():
+        cells[position[true_label]][position[predicted]] = count
     return ConfusionMatrix(
         rows=tuple(_class_name(label, labels) for label in shown),
         columns=tuple(OTHER_CLASSES if label == -1 else _class_name(label, labels) for label in columns),
@@ -201,11 +252,10 @@ def _confusion_matrix(classified, labels: tuple[str, ...]) -> Optional[Confusion
     )
 
 
-def _lowest_confidence_tiles(classified, count: int, package: ModelPackage, storage: Storage) -> list[Tile]:
-    if count == 0:
+def _lowest_confidence_tiles(rows: list[dict], package: ModelPackage, storage: Storage) -> list[Tile]:
+    """Tiles of the lowest-confidence rows (``source``, ``index``, ``probability``, ``top_k``, ``true_label``)."""
+    if not rows:
         return []
-    rows = (classified.orderBy("probability", "source", "index")
-            .select("source", "index", "probability", "top_k", "true_label").limit(count).collect())
     scale = min(1.0, THUMBNAIL_MAX_SIDE / max(package.height, package.width))
     size = (max(1, round(package.height * scale)), max(1, round(package.width * scale)))
     with ThreadPoolExecutor(max_workers=THUMBNAIL_READ_THREADS, thread_name_prefix="report-thumbnail") as pool:
@@ -225,18 +275,11 @@ def _lowest_confidence_tiles(classified, count: int, package: ModelPackage, stor
     return tiles
 
 
-def _failed_tiles(frame) -> list[Tile]:
-    by_reason = Window.partitionBy("reason").orderBy("source", "index")
-    rows = (frame.where(F.col("status") != "ok")
-            .select("source", "index", "error", F.substring_index("error", ":", 1).alias("reason"))
-            .withColumn("rank", F.row_number().over(by_reason))
-            .where(F.col("rank") <= FAILED_EXAMPLES_PER_REASON)
-            .orderBy("reason", "source", "index").limit(MAX_FAILED_EXAMPLES).collect())
+def _failed_tiles(rows: list[dict]) -> list[Tile]:
+    """Tiles of failed rows (``source``, ``index``, ``error``, ``reason``), in the order given."""
     return [Tile(name=_display_name(row["source"], row["index"]), source=row["source"], image=None,
                  note=row["error"].partition(": ")[2] or row["error"], reason=row["reason"]) for row in rows]
 
-
-# --- thumbnails ------------------------------------------------------------------------------------------------------
 
 def _display_name(source: str, index: int) -> str:
     name = os.path.basename(source)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -24,8 +25,10 @@ from job.config import ConfigError, parse_args
 from job.demo import write_inputs
 from job.model_package import read_package
 from job.pipeline import JobFailed, run
-from job.report import CONFIDENCE_BUCKETS, REPORT_NAME, WALL_CLOCK_PHASES, build_report
+from job.report import CONFIDENCE_BUCKETS, REPORT_NAME, WALL_CLOCK_PHASES, build_report, report_context
+from job.report_inputs import gather, merge
 from job.storage import Storage
+from job.worker import PreparedBatch, to_record_batch
 
 pytestmark = pytest.mark.spark
 DEMO_THUMBNAILS = 12
@@ -231,3 +234,73 @@ def test_labels_with_dollar_signs_are_drawn_as_written(label):
     svg = str(_class_chart({label: 3, "plain": 1}))
     escaped = label.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     assert escaped in svg
+
+
+def _inputs_gathered_as_tasks(predictions: Path, thumbnails: int, rows_per_batch: int) -> dict:
+    """The report's inputs as the tasks gather them (job.report_inputs), one task per Parquet file, from the files'
+    rows in batches of ``rows_per_batch`` (so that what a task keeps across its batches is exercised too)."""
+    per_task = []
+    for path in sorted(predictions.glob("*.parquet")):
+        inputs: dict = {}
+        for record_batch in pq.read_table(path).to_batches(max_chunksize=rows_per_batch):
+            gather(record_batch, inputs, thumbnails)
+        per_task.append(inputs)
+    return merge(per_task, thumbnails)
+
+
+@pytest.mark.parametrize("run_name, thumbnails", [("demo_run", DEMO_THUMBNAILS), ("demo_run", 3),
+                                                  ("untrained_run", 8), ("all_failed_run", 8)])
+def test_the_report_from_the_tasks_inputs_equals_the_report_from_the_parquet(run_name, thumbnails, request, spark,
+                                                                             digits_model, untrained_package):
+    """The job builds the report from what its tasks gathered when it takes their counts; the fallback reads the
+    Parquet back with Spark. Both give the same page content: buckets, matrix, lowest-confidence tiles (thumbnails
+    included), failed examples per reason."""
+    output, summary = request.getfixturevalue(run_name)
+    package = read_package(digits_model.package_dir if run_name == "demo_run" else untrained_package, Storage())
+    arguments = {"predictions_uri": str(output / "predictions"), "package": package, "storage": Storage(),
+                 "thumbnails": thumbnails}
+    from_parquet = report_context(spark, summary, **arguments)
+    from_tasks = report_context(spark, summary, **arguments,
+                                inputs=_inputs_gathered_as_tasks(output / "predictions", thumbnails, 7))
+    assert from_tasks == from_parquet
+    if run_name == "demo_run":  # the run has all of them, so the comparison is not between empty parts
+        assert len(from_tasks["lowest"]) == thumbnails and from_tasks["matrix"] and from_tasks["failed"]
+
+
+def test_ties_and_bucket_edges_are_ordered_and_counted_as_spark_does(spark, tmp_path):
+    """Probabilities on bucket edges (k/20 in float32, 1.0), ties on probability broken by source then index across
+    tasks, more failures per reason than are shown, and true labels beyond the model's classes: the tasks' inputs
+    equal Spark's aggregations over the same rows."""
+    labels = ("a", "b", "c")
+    rng = np.random.default_rng(7)
+    edges = np.array([k / 20 for k in range(21)] + [0.05, 0.05, 0.3, 0.3, 0.3], dtype=np.float32)
+    files = []
+    for task in range(3):
+        count = len(edges)
+        top = np.where(rng.random(count) < 0.5, edges, rng.random(count).astype(np.float32))
+        probabilities = np.stack([top, (1 - top) * 0.6, (1 - top) * 0.4], axis=1).astype(np.float32)
+        errors = [None if row % 5 else f"reason{row % 3}: detail {task}-{row}" for row in range(count)]
+        batch = PreparedBatch(sources=[f"s3://b/{'zyx'[row % 3]}{task}.jpg" for row in range(count)],
+                              indices=[row // 3 for row in range(count)],
+                              true_labels=[None if row % 4 == 0 else int(rng.integers(0, 6)) for row in range(count)],
+                              errors=errors)
+        ok_rows = [row for row, error in enumerate(errors) if error is None]
+        record_batch = to_record_batch(batch, probabilities[ok_rows], labels, top_k=2)
+        path = tmp_path / "predictions" / f"part-{task}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        # Rebuilt from Python rows: pyarrow's Parquet writer refuses a null list that keeps its offsets' length.
+        pq.write_table(pa.Table.from_pylist(record_batch.to_pylist(), schema=record_batch.schema), path)
+        files.append(path)
+    graded = sum(row["true_label"] is not None and row["status"] == "ok"
+                 for path in files for row in pq.read_table(path).to_pylist())
+    summary = {"counts": {"ok": 1, "error": 1}, "accuracy": {"images_with_ground_truth": graded}}
+    from job.report import _inputs_from_parquet
+
+    from_parquet = _inputs_from_parquet(spark, summary, str(tmp_path / "predictions"), 10)
+    from_tasks = _inputs_gathered_as_tasks(tmp_path / "predictions", 10, 4)
+    assert from_tasks["confidence"] == from_parquet["confidence"] and sum(from_tasks["confidence"]) > 0
+    assert from_tasks["lowest"] == from_parquet["lowest"] and len(from_tasks["lowest"]) == 10
+    assert from_tasks["failed"] == from_parquet["failed"] and len(from_tasks["failed"]) == 9
+    from job.report import _confusion_matrix
+
+    assert _confusion_matrix(from_tasks, labels) == _confusion_matrix(from_parquet, labels)
