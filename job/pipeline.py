@@ -49,6 +49,12 @@ RUN_SOURCE_FIELDS = ("kind", "prefix", "uploads", "manifest", "input", "run_name
 # job's files (a few row groups of 9 columns: a few KiB). A larger footer costs a second read.
 FOOTER_READ_BYTES = 64 * 1024
 FOOTER_READ_THREADS = 16
+# A local run's driver JVM compiles with C1 only: a step's JVM lives for seconds to minutes, and its own work (planning,
+# Arrow to Parquet for a few hundred rows a second) never needs C2's peak code, while C2 compiling Spark's hot start-up
+# paths costs the first query about a second of CPU (measured side by side by `make bench`: tests/benchmark/run.py
+# jvm_start). Not set for EMR steps: there the executors' own JVMs start on other nodes, and the step's
+# spark.driver.extraJavaOptions would replace what EMR's spark-defaults put there.
+LOCAL_DRIVER_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 WORK_ITEM_SCHEMA = ("source string, kind string, start bigint, count bigint, error string, etag string, "
                     "version_id string")
 
@@ -152,7 +158,9 @@ def task_slots(spark_context) -> tuple[int, Optional[str]]:
     return slots, None
 
 
-def spark_session(master: Optional[str]):
+def spark_session(master: Optional[str], driver_jvm_options: str = LOCAL_DRIVER_JVM_OPTIONS):
+    """The job's Spark session: on EMR (``master`` None) as spark-submit configured it; else a session of its own on
+    ``master``, whose driver JVM (in local mode also the executor) starts with ``driver_jvm_options``."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("mxnet-inference")
@@ -164,7 +172,8 @@ def spark_session(master: Optional[str]):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers use this interpreter's packages
         builder = (builder.master(master)
                    .config("spark.ui.enabled", "false")
-                   .config("spark.sql.session.timeZone", "UTC"))
+                   .config("spark.sql.session.timeZone", "UTC")
+                   .config("spark.driver.extraJavaOptions", driver_jvm_options))
     return builder.getOrCreate()
 
 

@@ -6,6 +6,7 @@ imported, which is why every contender gets a fresh process.
 
 
 import json
+import math
 import os
 import sys
 import threading
@@ -97,6 +98,94 @@ def decode(args: dict) -> dict:
         return time.perf_counter() - started
 
     return {"images": len(payloads), "seconds": min(measure() for _ in range(args.get("repeats", REPEATS)))}
+
+
+def decode_parts(args: dict) -> dict:
+    """Issue 20's ways to make decoding cheaper, side by side on one core, bytes already in memory; microseconds per
+    image, each the best of ``repeats``:
+
+    - ``job_decode``: the job's decoder (job.decode.decode_image) straight into the batch buffer, as the workers do;
+    - ``per_image_arrays``: the same decoder into an array per image, then copied into the batch (before 2026-12-04);
+    - ``opencv_only``: OpenCV's own ``imdecode`` call alone, what is left if everything the job does in Python around
+      it per image (header and EXIF check, reduction choice, BGR to RGB into the buffer) were batched away: the most
+      that decoding a whole batch in one call could save;
+    - ``simplejpeg``: libjpeg-turbo through simplejpeg (RGB straight from the decoder; DCT scaling would apply only to
+      sources at least twice the model's size, and these are at its size), falling back to the job's decoder for the
+      JPEGs it refuses (``simplejpeg_refused``), with how many images come out exactly as the job's pixels
+      (``simplejpeg_identical``);
+    - ``normalise``: the batch to the package's float input (channel order, layout, mean and std), per image;
+    - ``uint8_input``: the batch to a uint8 input in the same layout, what a model with its mean and std folded in
+      would take instead (job.decode.Normalizer with input_dtype uint8).
+    """
+    import cv2
+    import numpy as np
+
+    from job.decode import Normalizer, decode_image
+    from job.model_package import read_package
+    from job.storage import Storage
+    from job.worker import model_input
+
+    package = read_package(args["package"], Storage())
+    payloads = []
+    for path in _image_paths(args["manifest"]):
+        with open(path, "rb") as file:
+            payloads.append(file.read())
+    height, width = package.height, package.width
+    batch_size = args.get("batch_size", 256)
+    images = np.empty((batch_size, height, width, 3), dtype=np.uint8)
+    normalize = model_input(package)
+    as_uint8 = Normalizer(package.mean, package.std, channel_order=package.preprocessing.channel_order,
+                          layout=package.preprocessing.layout, input_dtype="uint8")
+
+    def per_image(step) -> float:
+        def measure() -> float:
+            started = time.perf_counter()
+            for position, data in enumerate(payloads):
+                step(position % batch_size, data)
+            return time.perf_counter() - started
+        return min(measure() for _ in range(args.get("repeats", REPEATS))) / len(payloads) * 1e6
+
+    def per_batch(convert) -> float:
+        def measure() -> float:
+            started = time.perf_counter()
+            for _ in range(0, len(payloads), batch_size):
+                convert(images)
+            return time.perf_counter() - started
+        batches = math.ceil(len(payloads) / batch_size)
+        return min(measure() for _ in range(args.get("repeats", REPEATS))) / (batches * batch_size) * 1e6
+
+    def into_batch(position, data):
+        decode_image(data, height, width, out=images[position])
+
+    def into_own_array(position, data):
+        images[position] = decode_image(data, height, width)
+
+    parts = {"job_decode": per_image(into_batch), "per_image_arrays": per_image(into_own_array),
+             "opencv_only": per_image(lambda _, data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)),
+             "normalise": per_batch(normalize), "uint8_input": per_batch(as_uint8)}
+    try:
+        import simplejpeg
+    except ImportError:  # requirements.lock pins it for make bench; a bench without it says so
+        parts["simplejpeg"] = None
+    else:
+        def turbo(data: bytes) -> np.ndarray:
+            try:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB")
+            except ValueError:  # a JPEG TurboJPEG's header reader refuses (e.g. an unusual subsampling)
+                return decode_image(data, height, width)  # what a job using it would fall back to
+
+        refused = 0
+        for data in payloads:
+            try:
+                simplejpeg.decode_jpeg(data, colorspace="RGB")
+            except ValueError:
+                refused += 1
+        parts["simplejpeg"] = per_image(lambda _, data: turbo(data))
+        parts["simplejpeg_refused"] = refused
+        parts["simplejpeg_identical"] = sum(np.array_equal(turbo(data), decode_image(data, height, width))
+                                            for data in payloads)
+    parts["images"] = len(payloads)
+    return parts
 
 
 def _local_spark(master: str):
@@ -230,7 +319,31 @@ def predict_batch_udf(args: dict) -> dict:
     return _timed_runs(session_s, run_once, args["runs"])
 
 
-CONTENDERS = {"limit": limit, "decode": decode, "job": job, "seed": seed, "predict_batch_udf": predict_batch_udf}
+def jvm_start(args: dict) -> dict:
+    """What a step's JVM pays before any image, in a fresh process: the Spark session (a new driver JVM), the first
+    SQL job writing Parquet (no Python: class loading, code generation, the writer), then the first Python job
+    (``mapInArrow`` writing Parquet: Python workers start and Arrow gets going). ``jvm_options``: the driver JVM's
+    options (in local mode it is also the executor)."""
+    from job.pipeline import spark_session
+
+    started = time.perf_counter()
+    spark = spark_session(args["master"], args["jvm_options"])
+    timings = {"session_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    spark.range(1000).write.mode("overwrite").parquet(os.path.join(args["output"], "sql"))
+    timings["first_sql_write_s"] = time.perf_counter() - started
+
+    def same(batches):
+        yield from batches
+
+    started = time.perf_counter()
+    spark.range(1000).mapInArrow(same, "id long").write.mode("overwrite").parquet(os.path.join(args["output"], "py"))
+    timings["first_python_write_s"] = time.perf_counter() - started
+    return timings
+
+
+CONTENDERS = {"jvm_start": jvm_start, "limit": limit, "decode": decode, "decode_parts": decode_parts, "job": job,
+              "seed": seed, "predict_batch_udf": predict_batch_udf}
 
 if __name__ == "__main__":
     name, arguments = sys.argv[1], json.loads(sys.argv[2])

@@ -27,6 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from job.pipeline import LOCAL_DRIVER_JVM_OPTIONS
 from job.predictor import int8_instructions
 from job.quantize import MIN_HELD_OUT_IMAGES
 from tests.benchmark.data import write_images
@@ -131,6 +132,38 @@ def fixed_cost_parts(session_s: float, summary: dict, fixed_in_processing_s: flo
             "total": session + seconds["listing"] + fixed_in_processing_s + seconds["summary"] + seconds["report"]}
 
 
+def jvm_start_costs(cores: int, rounds: int) -> dict:
+    """A step's JVM start-up (tests.benchmark.contenders.jvm_start) side by side with three sets of driver JVM options,
+    each the best of ``rounds`` fresh processes taking turns: ``default`` (the JVM's own), ``c1`` (the job's local
+    runs: job.pipeline.LOCAL_DRIVER_JVM_OPTIONS) and ``c1_class_archive`` (plus a class-data-sharing archive of the
+    classes such a run loads, dumped at the exit of one run before: what the job does not do, measured to show what
+    it would save)."""
+    archive = os.path.join(WORK, "jvm", "spark-classes.jsa")
+    os.makedirs(os.path.dirname(archive), exist_ok=True)
+    if os.path.exists(archive):
+        os.remove(archive)
+    arguments = {"master": f"local[{cores}]", "output": os.path.join(WORK, "jvm", "out")}
+    # The JVM logs class-sharing warnings (classes it cannot archive) to stdout, where a contender's result goes.
+    to_stderr = "-Xlog:disable -Xlog:all=warning:stderr"
+    contender("jvm_start", {**arguments, "jvm_options": f"{LOCAL_DRIVER_JVM_OPTIONS} {to_stderr} "
+                                                        f"-XX:ArchiveClassesAtExit={archive}"}, threads=1)
+    deadline = time.monotonic() + 60  # the JVM writes the archive as it exits, after the contender's Python has ended
+    while time.monotonic() < deadline and not os.path.exists(archive):
+        time.sleep(0.5)
+    time.sleep(2)
+    variants = {"default": "", "c1": LOCAL_DRIVER_JVM_OPTIONS,
+                "c1_class_archive": f"{LOCAL_DRIVER_JVM_OPTIONS} {to_stderr} -XX:SharedArchiveFile={archive}"}
+    best: dict = {}
+    for _ in range(rounds):
+        for name, options in variants.items():
+            timings = contender("jvm_start", {**arguments, "jvm_options": options}, threads=1)
+            timings["total_s"] = sum(timings.values())
+            kept = best.setdefault(name, {"options": options})
+            for part, seconds in timings.items():
+                kept[part] = min(seconds, kept.get(part, float("inf")))
+    return {"archive_written": os.path.exists(archive), "variants": best}
+
+
 def write_manifest(directory: str, count: int) -> str:
     """A manifest of the first ``count`` images (every size uses a prefix of the same sorted list)."""
     names = sorted(name for name in os.listdir(directory) if not name.startswith("."))[:count]
@@ -207,6 +240,7 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
     cold = {label: {"small": [], "large": [], "session": []} for label in (*JOB_FAMILY, *SLOW_CONTENDERS)}
     worker = {}
     small_runs: dict = {}  # job family label -> [(processing s, session s, summary)] of its small cold runs
+    large_runs: dict = {}  # job family label -> [(processing s, summary)] of its large cold runs
 
     def cold_run(label: str, contender_name: str, package: str, count_small: int, count_large: int) -> None:
         for size_label, count in (("small", count_small), ("large", count_large)):
@@ -214,13 +248,29 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
                                                            [["cold", manifests[count]]]), threads=1)
             cold[label][size_label].append(timings["cold"])
             cold[label]["session"].append(timings["session_s"])
-            if size_label == "large" and "summaries" in timings:
-                worker[label] = timings["summaries"]["cold"]
+            if size_label == "large" and "summaries" in timings:  # the worker split of the fastest large run
+                large_runs.setdefault(label, []).append((timings["cold"], timings["summaries"]["cold"]))
+                worker[label] = min(large_runs[label], key=lambda run: run[0])[1]
             if size_label == "small" and "summaries" in timings:
                 small_runs.setdefault(label, []).append(
                     (timings["cold"], timings["session_s"], timings["summaries"]["cold"]))
 
+    def decode_alone(kind: str) -> float:
+        """Images/s of decoding alone as the job decodes for ``kind``'s package, on the pipeline's cores: one
+        single-threaded process per core, started together, each on its share of the images (the sum of rates)."""
+        started = [start_contender("decode", {"package": packages[kind], "manifest": manifests[large],
+                                              "repeats": repeats, "batch_size": spec["batch_size"], "part": part,
+                                              "parts": cores}, threads=1)
+                   for part in range(cores)]
+        return sum(result["images"] / result["seconds"]
+                   for result in (finish_contender("decode", process) for process in started))
+
+    # Measured every round beside the model alone, the best kept (as the model alone's): the pipeline limit is the
+    # best a job could do.
+    decode_alone_rates = {kind: 0.0 for kind in JOB_FAMILY.values()}
     for number in range(rounds):
+        for kind in decode_alone_rates:
+            decode_alone_rates[kind] = max(decode_alone_rates[kind], decode_alone(kind))
         for engine in ENGINES:
             for layout in limit_by_layout[engine]:
                 rate = model_alone(engine, layout, model_images, cores)
@@ -241,17 +291,8 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
                         threads=1)
     decode_per_core = decoded["images"] / decoded["seconds"]
 
-    def decode_alone(kind: str) -> float:
-        """Images/s of decoding alone as the job decodes for ``kind``'s package, on the pipeline's cores: one
-        single-threaded process per core, started together, each on its share of the images (the sum of rates)."""
-        started = [start_contender("decode", {"package": packages[kind], "manifest": manifests[large],
-                                              "repeats": repeats, "batch_size": spec["batch_size"], "part": part,
-                                              "parts": cores}, threads=1)
-                   for part in range(cores)]
-        return sum(result["images"] / result["seconds"]
-                   for result in (finish_contender("decode", process) for process in started))
-
-    decode_alone_rates = {kind: decode_alone(kind) for kind in JOB_FAMILY.values()}
+    decode_parts = contender("decode_parts", {"package": packages["int8"], "manifest": manifests[large],
+                                              "repeats": repeats, "batch_size": spec["batch_size"]}, threads=1)
 
     results = {}
     for label in (*JOB_FAMILY, *SLOW_CONTENDERS):
@@ -312,6 +353,10 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
         "job_vs_pipeline_limit": {label: results[label]["images_per_s"] / pipeline_limits[kind]
                                   for label, kind in JOB_FAMILY.items()},
         "fixed_cost_parts_s": {label: results[label]["fixed_cost_parts_s"] for label in JOB_FAMILY},
+        # Issue 20's goal 3: each way to decode cheaper, microseconds per image on one core, and INT8's per-image time
+        # on one core (the model alone on every core) that they are a share of.
+        "decode_parts_us": decode_parts,
+        "int8_model_us_per_image_per_core": cores * 1e6 / limits["limit_int8"],
         "contenders": results,
         "fixed_cost_s": results["job"]["fixed_cost_s"],
         # infra/cost.py prices a step from these (the job's row, and the seed's).
@@ -390,6 +435,29 @@ def _fixed_parts(parts: dict) -> str:
             f"{parts['summary_counted_from']}) + report {shown(parts['report'])}")
 
 
+def _decode_parts(scenario: dict) -> list[str]:
+    """Goal 3's side-by-side decoding figures, each as microseconds per image on one core and as a share of the INT8
+    model's own per-image time on one core."""
+    parts, model = scenario["decode_parts_us"], scenario["int8_model_us_per_image_per_core"]
+
+    def shown(name: str, title: str) -> str:
+        value = parts.get(name)
+        return (f"    {title:<58} not measured (simplejpeg is not installed)" if value is None else
+                f"    {title:<58}{value:>8.0f} us  {value / model:>6.1%} of INT8's per-image time")
+
+    lines = [f"  decoding, one core, per image (INT8 model alone: {model:.0f} us per image per core):",
+             shown("job_decode", "the job's decoder (OpenCV), straight into the batch"),
+             shown("per_image_arrays", "the same, an array per image then copied (before)"),
+             shown("opencv_only", "OpenCV's imdecode alone (a one-call batch decoder's best)"),
+             shown("simplejpeg", "libjpeg-turbo via simplejpeg, RGB")]
+    if parts.get("simplejpeg") is not None:
+        lines[-1] += (f"  (identical pixels: {parts['simplejpeg_identical']} of {parts['images']}; refused, so "
+                      f"decoded by the job's: {parts['simplejpeg_refused']})")
+    lines += [shown("normalise", "normalising to the float input (mean, std)"),
+              shown("uint8_input", "a uint8 input instead (mean and std folded into the model)")]
+    return lines
+
+
 def table(results: dict) -> str:
     info = results["machine"]
     lines = [f"machine: {info['cpu']}, {info['cores']} cores ({info['int8_instructions']}), {info['memory_gib']} GiB, "
@@ -437,11 +505,20 @@ def table(results: dict) -> str:
             lines.append(f"  {kind:<10}{rates[engine]:>13.1f}{scenario['decode_alone_images_per_s'][kind]:>14.1f}"
                          f"{scenario['pipeline_limit_images_per_s'][kind]:>16.1f}{rates[label]:>10.1f}"
                          f"{scenario['job_vs_pipeline_limit'][label]:>20.3f}")
+        lines += _decode_parts(scenario)
         for label, parts in scenario["fixed_cost_parts_s"].items():
             lines.append(f"  fixed cost, {label}: {_fixed_parts(parts)}")
         for label, worker_seconds in scenario["worker_seconds_cold_large"].items():
             lines.append(f"  worker time, {label} (cold, large run; fetch and decode overlap predict): "
                          f"{_shares(worker_seconds)}")
+    jvm = results["jvm_start_s"]["variants"]
+    lines += ["", "JVM start-up before any image (fresh processes, best of each; session + first SQL write + first "
+              "Python write = total):"]
+    for name, parts in jvm.items():
+        lines.append(f"  {name:<18} {parts['session_s']:.2f} + {parts['first_sql_write_s']:.2f} + "
+                     f"{parts['first_python_write_s']:.2f} = {parts['total_s']:.2f} s "
+                     f"({parts['total_s'] - jvm['default']['total_s']:+.2f} s vs default)"
+                     + ("   <- the job's local runs" if name == "c1" else ""))
     lines += ["", "targets (cold-by-difference rates):"]
     for entry in results["target_results"]:
         verdict = ("met" if entry["met"] else "NOT MET") if entry["applies"] else (
@@ -480,6 +557,8 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     started = time.perf_counter()
     results = {"machine": machine(), "smoke": args.smoke, "targets": TARGETS, "scenarios": {}}
+    print("[bench] JVM start-up, side by side", flush=True)
+    results["jvm_start_s"] = jvm_start_costs(cores, 1 if args.smoke else ROUNDS)
     for name in args.scenario or list(SCENARIOS):
         results["scenarios"][name] = run_scenario(name, SCENARIOS[name], args.foolbox_wheel, args.smoke, cores)
     results["target_results"] = target_results(results)

@@ -66,5 +66,15 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     assert all(entry["met"] is None for entry in results["target_results"] if not entry["applies"])
     assert list(results["by_cpu"]) == [f"{results['machine']['cpu']} | {results['machine']['int8_instructions']} | "
                                        "smoke"]
-    for printed in ("pipeline_limit", "fixed cost, job_int8: total", "8-bit instructions: "):
+    # Goal 3's decoding figures and goal 5's JVM start-up, side by side: present and sane.
+    parts = scenario["decode_parts_us"]
+    for name in ("job_decode", "per_image_arrays", "opencv_only", "simplejpeg", "normalise", "uint8_input"):
+        assert math.isfinite(parts[name]) and parts[name] > 0, name
+    assert 0 <= parts["simplejpeg_identical"] <= parts["images"] and scenario["int8_model_us_per_image_per_core"] > 0
+    assert results["jvm_start_s"]["archive_written"] is True
+    assert set(results["jvm_start_s"]["variants"]) == {"default", "c1", "c1_class_archive"}
+    for name, variant in results["jvm_start_s"]["variants"].items():
+        assert variant["total_s"] > variant["session_s"] > 0, name
+    for printed in ("pipeline_limit", "fixed cost, job_int8: total", "8-bit instructions: ", "JVM start-up",
+                    "straight into the batch"):
         assert printed in completed.stdout, printed
