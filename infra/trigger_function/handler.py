@@ -16,6 +16,8 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
 - a record that is neither an S3 event notification nor one of this stack's step events is logged (message id and
   reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
   only spend the receive count before it reached the DLQ, taking retries from nothing;
+- an uploaded manifest replaced since the upload a record announces is logged and skipped: the replacing upload has
+  its own event (the manifest is read with the announced ETag);
 - an uploaded manifest that is not a usable list of allowed entries is logged, reported on the notification topic with
   its key and the reason, and skipped for the same reason (uploading a fixed manifest is a new event);
 - test events and objects that are not inputs (other prefixes, other suffixes) are processed by doing nothing.
@@ -144,6 +146,9 @@ def submit_invocation(records: list[dict]) -> InvocationOutcome:
     for group in groups:
         try:
             outcome = step_submitter.submit(group)
+        except submitter.ManifestReplaced as error:
+            logger.warning("Skipping an uploaded manifest replaced since", extra={"reason": str(error)})
+            continue
         except submitter.UnusableUserManifest as error:
             key = group.uploads[0].key
             logger.error("Skipping an unusable uploaded manifest", extra={"key": key, "reason": str(error)})

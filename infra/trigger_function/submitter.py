@@ -110,6 +110,11 @@ class UnusableUserManifest(ValueError):
     reported on the topic and skipped."""
 
 
+class ManifestReplaced(Exception):
+    """An uploaded manifest replaced since the upload being handled: nothing is lost (the replacing upload has its own
+    event), so the upload is skipped with a log line, not reported."""
+
+
 class StepRefused(Exception):
     """EMR refused the step (or the request was never sent): nothing was accepted. ``error`` is EMR's answer."""
 
@@ -298,10 +303,13 @@ class StepSubmitter:
             waiting = {upload for upload in leased if named[upload]}
             expired_here = {upload: claim for upload, claim in claims.items() if upload not in leased}
             if waiting or expired_here:
+                # Listed afresh before a takeover: a listing cached earlier in this invocation may predate the step
+                # (final review F3), and a takeover on a stale listing sends the batch's uploads a second time.
                 found = self._find_step(
                     runs.step_name(self._settings.step_name_prefix, owner, 1),
                     batch_id=owner,
                     recorded_cluster_id=record.cluster_id if record is not None else "",
+                    fresh=bool(expired_here),
                 )
                 if found is not None:
                     self._claims.record_submission(
@@ -364,12 +372,22 @@ class StepSubmitter:
 
     def _user_manifest_objects(self, group: UploadGroup) -> tuple[list, object]:
         """The uploaded manifest's entries, and its own "source" (what `infra.submit_run` declares), if any."""
-        key = group.uploads[0].key
+        (upload,) = latest_per_key(group.uploads)  # a manifest's group holds uploads of one key: read the latest
+        key = upload.key
+        # The manifest as it was uploaded, not as it is now (final review F5): a manifest replaced since this upload
+        # is refused (412), and the replacing upload runs on its own event.
+        condition = {"IfMatch": upload.etag} if upload.etag else {}
         try:
-            body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key)["Body"].read()
+            body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key, **condition)["Body"].read()
         except ClientError as error:
-            if error.response["Error"]["Code"] == "NoSuchKey":
+            code = error.response["Error"]["Code"]
+            if code == "NoSuchKey":
                 raise UnusableUserManifest(f"manifest {key!r} was deleted before it could be read") from None
+            if code in ("PreconditionFailed", "412"):
+                raise ManifestReplaced(
+                    f"manifest {key!r} was replaced after the upload with ETag {upload.etag}; the newer upload runs "
+                    "on its own event"
+                ) from None
             raise
         settings = self._settings
         return read_user_manifest(
@@ -441,7 +459,8 @@ class StepSubmitter:
                 raise BatchInFlight(f"batch {record.batch_id} attempt {record.attempt} is being submitted right now")
             slots = self._accepting_target()
             name = self._step_name(record)
-            found = self._find_step(name, batch_id=record.batch_id, recorded_cluster_id=record.cluster_id)
+            # Listed afresh, as before a takeover (final review F3): the resumed attempt must not be sent twice.
+            found = self._find_step(name, batch_id=record.batch_id, recorded_cluster_id=record.cluster_id, fresh=True)
             if found is not None:
                 self._claims.finish_retry(record, step_name=name, cluster_id=found.cluster_id)
                 return
