@@ -12,6 +12,9 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
   visibility timeout is shortened to ``RETRY_SOON_SECONDS``, doubled at each receive, so a replacement cluster is not
   launched on top of the queue's 13 minutes; later receives keep the queue's timeout, so a cluster that stays full
   still has the queue's whole retry budget before the DLQ;
+- a record whose group or step event the invocation did not start, because less than ``STOP_MARGIN_SECONDS`` of its
+  time was left, fails and comes back soon, as for a passing reason: the invocation never runs into its timeout by
+  starting work (final review F2);
 - a record carrying only uploads that another batch owns is processed: the duplicates are dropped (see submitter.py);
 - a record that is neither an S3 event notification nor one of this stack's step events is logged (message id and
   reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would

@@ -18,7 +18,8 @@ claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
    retried at once). Otherwise, while the claim's lease runs (longer than any invocation can live), a message the claim
    names fails and comes back later, so a dead invocation cannot lose the upload; a message the claim does not name is
    a duplicate and is dropped, because the messages the claim names stay on the queue until their invocation ends well.
-   After the lease, the claim is taken over, with a write that succeeds only if it is still that claim.
+   After the lease, the claim is taken over, with a write that succeeds only if it is still that claim, and only after
+   a fresh listing of the clusters' steps (one made earlier in the invocation may predate the step).
 4. When EMR refused the step (or it was never sent), the claims are deleted and the messages fail, so the redelivery
    claims them again. Any other outcome leaves it unknown whether EMR accepted the step: the claims stay, and point 3
    sorts it out.

@@ -241,7 +241,7 @@ def test_an_uploaded_manifest_of_staged_images_runs_them_once(aws, persistent_cl
     assert manifest_objects(aws.s3, step) == staged
 
 
-def test_an_uploaded_manifest_replaced_before_it_was_read_is_not_run_as_the_earlier_upload(
+def test_a_manifest_replaced_before_it_was_read_is_skipped(
     aws, persistent_cluster, persistent_handler, reports
 ):
     """Final review F5: the event announces the first upload; by the time the function reads the key, a second upload
@@ -266,7 +266,7 @@ def test_an_uploaded_manifest_replaced_before_it_was_read_is_not_run_as_the_earl
 # --- final review F3: a takeover lists the cluster's steps afresh -----------------------------------------------------
 
 
-def test_a_takeover_lists_steps_afresh_and_finds_a_step_listed_after_the_invocations_first_search(
+def test_a_takeover_lists_the_steps_afresh(
     aws, persistent_cluster, persistent_handler, monkeypatch
 ):
     """Two CIFAR-10 files, each claimed by an invocation that died; after the lease one invocation handles both. Its
