@@ -3,8 +3,8 @@
 ``python -m infra.submit_run --data-bucket BUCKET s3://their-bucket/photos/`` (or ``make run INPUT=...``) lists the
 prefix with the caller's own credentials (or reads their manifest) and writes the run's manifest(s) under the stack's
 ``incoming/runs/<run name>/<listing digest>/part-NNNNN.json``. The trigger then carries each one as any uploaded
-manifest: claims, batch manifest, step or cluster launch, retries, notification, report. Each entry names the object and its ETag, so the job
-reads exactly the listed bytes (or reports ``changed_since_upload``).
+manifest: claims, batch manifest, step or cluster launch, retries, notification, report. Each entry names the object
+and its ETag, so the job reads exactly the listed bytes (or reports ``changed_since_upload``).
 
 Exactly once per run name and listing: the manifest keys are made from the run name and a digest of the listing (the
 entries and ``--max-entries``, which decide how the parts are cut), and each is written only if it does not exist yet

@@ -258,7 +258,7 @@ def test_add_step_timing_out_keeps_the_claims_because_emr_may_have_accepted_it(
     assert backoff_sleeps == []  # botocore never re-sent AddJobFlowSteps: the function's own attempts searched first
 
 
-# --- the invocation's time (final review F2, F4) -----------------------------------------------------------------------
+# --- the invocation's time (final review F2, F4) ----------------------------------------------------------------------
 
 
 class RunningClock:
@@ -315,7 +315,8 @@ def test_a_group_not_started_for_lack_of_time_fails_to_come_back_soon(
     monkeypatch.setattr(persistent_handler.submitter, "pause", clock.pause)
     shortened = []
     persistent_handler.sqs_client.meta.events.register(
-        "before-parameter-build.sqs.ChangeMessageVisibilityBatch", lambda params, **_: shortened.extend(params["Entries"])
+        "before-parameter-build.sqs.ChangeMessageVisibilityBatch",
+        lambda params, **_: shortened.extend(params["Entries"]),
     )
     event = sqs_event(
         [upload(aws.s3, f"incoming/{name}.bin", b"cifar " + name.encode(), sequence=number)
