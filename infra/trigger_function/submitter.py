@@ -45,7 +45,6 @@ retried.
 from __future__ import annotations
 
 import json
-import math
 import random
 import secrets
 import time
@@ -170,7 +169,7 @@ class StepSubmitter:
     serves only AddJobFlowSteps and RunJobFlow, which this class retries itself after searching for the step.
     ``seconds_left`` says how long this invocation may still wait and send new attempts (seconds; the handler's is the
     Lambda's remaining time less a margin for the work in flight): back-off and the wait before a search never go past
-    it, and no attempt is sent once it has run out (final review F2). Unbounded by default.
+    it, and no attempt is sent once it has run out (final review F2).
     """
 
     def __init__(
@@ -184,7 +183,7 @@ class StepSubmitter:
         claims: ClaimStore,
         clock: Callable[[], datetime],
         log,
-        seconds_left: Callable[[], float] = lambda: math.inf,
+        seconds_left: Callable[[], float],
     ) -> None:
         self._settings = settings
         self._s3 = s3
