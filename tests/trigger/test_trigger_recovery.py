@@ -312,6 +312,49 @@ def test_a_takeover_lists_the_steps_afresh(
     assert batch_records(aws.dynamodb)[dead_batch_b]["state"] == "submitted"
 
 
+def test_a_resumed_retry_lists_the_steps_afresh(aws, persistent_cluster, persistent_handler, monkeypatch):
+    """The resume path of final review F3. Batch B's step was cancelled and the invocation retrying it as attempt 2
+    died; a.bin's invocation died too. After the lease one invocation carries a.bin's message and B's step event
+    again: a.bin's takeover lists the cluster first, and B's attempt-2 step (sent just before its invocation died)
+    becomes visible only after that listing. Resuming the retry must list again and find it, not send attempt 2 a
+    second time. What moto cannot show: how long EMR's listing lags; the lag is placed by the test."""
+    clock = frozen(persistent_handler, monkeypatch)
+    batch_b = images(aws, "b")
+    invoke(persistent_handler, batch_b)
+    (first,) = submitted_steps(aws.emr, persistent_cluster)
+    event = {"event": step_status_event(first["Name"], "CANCELLED", cluster_id=persistent_cluster)}
+    file_a = {"m-a": upload(aws.s3, "incoming/a.bin", b"cifar bytes of a", sequence=2)}
+    for messages in (event, file_a):  # the retry's invocation and a.bin's both die before they ask EMR
+        with monkeypatch.context() as patch:
+            patch.setattr(persistent_handler.submitter.StepSubmitter, "_add_step", crash)
+            with pytest.raises(SimulatedCrash):
+                invoke(persistent_handler, messages)
+    retry_name = f"{first['Name']}-2"
+    late = []
+
+    def retry_becomes_visible(**_):
+        """Runs when a.bin's takeover sends its step: after the invocation listed the cluster for a.bin."""
+        if not late:
+            late.append(retry_name)
+            step = {"Name": retry_name, "ActionOnFailure": "CONTINUE",
+                    "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}  # fmt: skip
+            aws.emr.add_job_flow_steps(JobFlowId=persistent_cluster, Steps=[step])
+
+    persistent_handler.emr_submit_client.meta.events.register("before-call.emr.AddJobFlowSteps", retry_becomes_visible)
+    clock.now += LEASE + timedelta(seconds=1)
+
+    response = invoke(persistent_handler, {**file_a, **event})
+
+    assert response == {"batchItemFailures": []}
+    assert late == [retry_name]
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names.count(retry_name) == 1 and len(names) == 3  # B's two attempts and a.bin's step
+    batch_id = claimed_by(aws.dynamodb)["incoming/b.png"]
+    assert (batch_records(aws.dynamodb)[batch_id]["state"], batch_records(aws.dynamodb)[batch_id]["attempt"]) == (
+        "submitted", 2
+    )
+
+
 # --- aws-validity-review-2 #10: a persistent cluster that died is replaced -------------------------------------------
 
 
