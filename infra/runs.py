@@ -29,6 +29,7 @@ from infra.submit_run import (
     RunError,
     aws_error_line,
     manifest_key,
+    put_if_absent,
     s3_client,
     stack_output,
 )
@@ -178,13 +179,7 @@ def rerun(s3, *, bucket: str, run: str, run_name: str | None) -> str | None:
         source["input"] = came_from
     key = manifest_key(name, 1)
     body = json.dumps({"objects": manifest["objects"], "source": source}).encode()
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return None
-        raise
-    return key
+    return key if put_if_absent(s3, bucket=bucket, key=key, body=body) else None
 
 
 def _format(run: Run) -> str:

@@ -2,12 +2,15 @@
 
 ``python -m infra.submit_run --data-bucket BUCKET s3://their-bucket/photos/`` (or ``make run INPUT=...``) lists the
 prefix with the caller's own credentials (or reads their manifest) and writes the run's manifest(s) under the stack's
-``incoming/runs/<run name>/part-NNNNN.json``. The trigger then carries each one as any uploaded manifest: claims, batch
-manifest, step or cluster launch, retries, notification, report. Each entry names the object and its ETag, so the job
-reads exactly the listed bytes (or reports ``changed_since_upload``).
+``incoming/runs/<run name>/<listing digest>/part-NNNNN.json``. The trigger then carries each one as any uploaded
+manifest: claims, batch manifest, step or cluster launch, retries, notification, report. Each entry names the object
+and its ETag, so the job reads exactly the listed bytes (or reports ``changed_since_upload``).
 
-Exactly once per run name: the manifest keys are made from the run name alone, and each is written only if it does not
-exist yet (``If-None-Match: *``), so the same command run twice (or twice at once) gives one run. It needs only
+Exactly once per run name and listing: the manifest keys are made from the run name and a digest of the listing (the
+entries and ``--max-entries``, which decide how the parts are cut), and each is written only if it does not exist yet
+(``If-None-Match: *``), so the same command run twice (or twice at once) gives one run, and a submission that stopped
+part-way is completed with parts cut from the same listing. A listing that changed since gets parts of its own: every
+object listed now runs, none is left out between parts cut from two listings (final review R1). It needs only
 ``s3:PutObject`` on the stack's ``incoming/`` (the uploader policy), besides reading the input with the caller's rights. The default run name
 is made from the input URI, so repeating a command is safe; give ``--run-name`` to run the same input again.
 
@@ -23,6 +26,7 @@ import json
 import posixpath
 import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 import boto3
@@ -36,6 +40,12 @@ DEFAULT_MAX_ENTRIES = 50_000
 MAX_ENTRIES_LIMIT = 1_000_000
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 EXIT_USAGE = 2
+# Hex digits of the listing's digest in the part keys: 64 bits, so two listings of one run name never share keys.
+LISTING_DIGEST_CHARS = 16
+# S3 answers 409 ConditionalRequestConflict to a conditional PUT while another conditional write of the key is in
+# progress: neither written nor refused yet. Asked again this many times in all, PUT_RETRY_SECONDS * 2**n apart.
+PUT_ATTEMPTS = 5
+PUT_RETRY_SECONDS = 0.5
 
 
 class RunError(Exception):
@@ -61,9 +71,47 @@ def default_run_name(input_uri: str) -> str:
     return f"{readable or 'run'}-{digest}".lstrip("-.")
 
 
-def manifest_key(run_name: str, part: int) -> str:
-    """The key of a run's ``part``-th manifest (1-based): made from the run name alone, so a repeat writes nothing."""
-    return f"{INCOMING_RUNS_PREFIX}{run_name}/part-{part:05d}.json"
+def manifest_key(run_name: str, part: int, listing: str = "") -> str:
+    """The key of a run's ``part``-th manifest (1-based): made from the run name and the ``listing``'s digest (see
+    :func:`listing_digest`; "" for a single manifest that is not cut from a listing), so a repeat writes nothing."""
+    folder = f"{INCOMING_RUNS_PREFIX}{run_name}/" + (f"{listing}/" if listing else "")
+    return f"{folder}part-{part:05d}.json"
+
+
+def listing_digest(entries: list, max_entries: int) -> str:
+    """A digest of what decides a run's parts: its entries, in order, and how many go in one part."""
+    text = json.dumps({"entries": entries, "max_entries": max_entries}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:LISTING_DIGEST_CHARS]
+
+
+def put_if_absent(s3, *, bucket: str, key: str, body: bytes) -> bool:
+    """Write ``body`` to ``key`` unless the key exists (``If-None-Match: *``); True when this call wrote it.
+
+    A 409 ``ConditionalRequestConflict`` means another conditional write of the key is in progress, not that the key
+    was written (final review R2): asked again, up to ``PUT_ATTEMPTS`` attempts, until S3 writes it or answers 412
+    (written by the other). Raises :class:`RunError` when the conflict lasts."""
+    for attempt in range(1, PUT_ATTEMPTS + 1):
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code == "PreconditionFailed":
+                return False  # another submission of this run wrote it first: that one is the run
+            if code != "ConditionalRequestConflict":
+                raise
+            if attempt < PUT_ATTEMPTS:
+                pause(PUT_RETRY_SECONDS * 2 ** (attempt - 1))
+            continue
+        return True
+    raise RunError(
+        f"s3://{bucket}/{key}: another write of this key was still in progress after {PUT_ATTEMPTS} attempts "
+        "(409 ConditionalRequestConflict); run the command again"
+    )
+
+
+def pause(seconds: float) -> None:
+    """Wait between two attempts at a conditional write (a module function, so tests can skip the wait)."""
+    time.sleep(seconds)
 
 
 def list_entries(s3, input_uri: str) -> list:
@@ -101,24 +149,20 @@ def chunks(entries: list, size: int) -> Iterator[list]:
 def submit(s3, *, input_uri: str, data_bucket: str, run_name: str, max_entries: int) -> list[str]:
     """Write the run's manifests; return the keys written (empty when this run name was already submitted).
 
-    Each part is written only if its key does not exist (``If-None-Match: *``, which needs no more than
-    ``s3:PutObject``: the uploader policy's grant), so a part another submission of this run name wrote is kept as it
-    is, and a submission that stopped part-way is completed with the parts it lacks."""
+    Each part is written only if its key does not exist (:func:`put_if_absent`, which needs no more than
+    ``s3:PutObject``: the uploader policy's grant), so a part another submission of this run name and listing wrote is
+    kept as it is, and a submission that stopped part-way is completed with the parts it lacks, cut from the same
+    listing (the keys carry its digest: parts of another listing never share a key with these)."""
     entries = list_entries(s3, input_uri)
+    listing = listing_digest(entries, max_entries)
     parts = list(chunks(entries, max_entries))
     written = []
     for part, objects in enumerate(parts, start=1):
-        key = manifest_key(run_name, part)
+        key = manifest_key(run_name, part, listing)
         source = {"kind": "run", "input": input_uri, "run_name": run_name, "part": part, "parts": len(parts)}
         body = json.dumps({"objects": objects, "source": source}).encode()
-        try:
-            s3.put_object(Bucket=data_bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
-        except ClientError as error:
-            # Another submission of this run name wrote it first: that one is the run.
-            if error.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-                continue
-            raise
-        written.append(key)
+        if put_if_absent(s3, bucket=data_bucket, key=key, body=body):
+            written.append(key)
     return written
 
 
@@ -176,8 +220,8 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stack-outputs", help="a `cdk deploy --outputs-file` JSON file to read DataBucketName from")
     parser.add_argument(
         "--run-name",
-        help="names the run's manifests incoming/runs/<run name>/part-NNNNN.json; default: made from INPUT, so a "
-        "repeated command submits nothing new",
+        help="names the run's manifests incoming/runs/<run name>/<listing digest>/part-NNNNN.json; default: made "
+        "from INPUT, so a repeated command over an unchanged listing submits nothing new",
     )
     parser.add_argument(
         "--max-entries",

@@ -12,10 +12,15 @@ Failure policy, per SQS record (reported through Powertools' partial batch respo
   visibility timeout is shortened to ``RETRY_SOON_SECONDS``, doubled at each receive, so a replacement cluster is not
   launched on top of the queue's 13 minutes; later receives keep the queue's timeout, so a cluster that stays full
   still has the queue's whole retry budget before the DLQ;
+- a record whose group or step event the invocation did not start, because less than ``STOP_MARGIN_SECONDS`` of its
+  time was left, fails and comes back soon, as for a passing reason: the invocation never runs into its timeout by
+  starting work (final review F2);
 - a record carrying only uploads that another batch owns is processed: the duplicates are dropped (see submitter.py);
 - a record that is neither an S3 event notification nor one of this stack's step events is logged (message id and
   reason, not the body) and reported as processed: delivering it again cannot change its content, and failing it would
   only spend the receive count before it reached the DLQ, taking retries from nothing;
+- an uploaded manifest replaced since the upload a record announces is logged and skipped: the replacing upload has
+  its own event (the manifest is read with the announced ETag);
 - an uploaded manifest that is not a usable list of allowed entries is logged, reported on the notification topic with
   its key and the reason, and skipped for the same reason (uploading a fixed manifest is a new event);
 - test events and objects that are not inputs (other prefixes, other suffixes) are processed by doing nothing.
@@ -45,10 +50,24 @@ from uploads import MalformedMessage, group_uploads, parse_message_body
 # jitter; errors left after the last attempt fail the batch's records, and SQS redelivers them. (botocore's `max_attempts`
 # counts retries only; `total_max_attempts` counts the first call too.)
 AWS_TOTAL_ATTEMPTS = submitter.SUBMIT_ATTEMPTS
-AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": AWS_TOTAL_ATTEMPTS})
+# botocore waits 60 s for a connection and 60 s for an answer by default: half the function's 2-minute timeout
+# (infra/trigger.py) for one unanswered call. Every call here is answered in well under a second, so these limits end a
+# stuck call while the invocation still has time to report its records (final review F2).
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 15
+AWS_CONFIG = Config(
+    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    read_timeout=READ_TIMEOUT_SECONDS,
+    retries={"mode": "standard", "total_max_attempts": AWS_TOTAL_ATTEMPTS},
+)
 # AddJobFlowSteps and RunJobFlow take no idempotency token: botocore must never send them twice (after a lost response
 # EMR may have carried out the first). One attempt per call; submitter.py retries them after searching for the step.
-EMR_SUBMIT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 1})
+EMR_SUBMIT_CONFIG = AWS_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
+# The invocation starts no new batch, retry or step submission with less than this much of its time left: what was
+# started (a call that times out, and the few quick calls that record its outcome) still ends before Lambda ends the
+# invocation, and the records not handled are reported as failures (they come back after RETRY_SOON_SECONDS) instead
+# of every record of the invocation failing with a timeout and coming back after the queue's 13 minutes.
+STOP_MARGIN_SECONDS = CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS + 10
 # A record failed for a passing reason comes back after this long on its first receive and twice as long on its second;
 # from the third receive on, after the queue's own visibility timeout (6 x the function timeout + the batching window).
 RETRY_SOON_SECONDS = 60
@@ -94,7 +113,10 @@ class InvocationBatchProcessor(BatchProcessor):
 
     def _prepare(self) -> None:
         super()._prepare()
-        outcome = submit_invocation(self.records)
+        context = self.lambda_context
+        outcome = submit_invocation(
+            self.records, seconds_left=lambda: context.get_remaining_time_in_millis() / 1000 - STOP_MARGIN_SECONDS
+        )
         self.failures_by_message_id = outcome.failures_by_message_id
         bring_back_soon(self.records, outcome.retry_soon)
 
@@ -104,9 +126,12 @@ class InvocationOutcome(NamedTuple):
     retry_soon: frozenset[str]  # the failed records whose reason passes soon (BatchNotSubmitted)
 
 
-def submit_invocation(records: list[dict]) -> InvocationOutcome:
+def submit_invocation(records: list[dict], *, seconds_left) -> InvocationOutcome:
     """Parse every record, group the uploads, submit each group's batch and retry each cancelled step; return the
-    reasons of the records that must come back."""
+    reasons of the records that must come back.
+
+    ``seconds_left()`` is how long the invocation may still start work (seconds; see STOP_MARGIN_SECONDS): a group or
+    step event not started when it has run out fails, to come back soon."""
     uploads_by_message = []
     step_events = []
     malformed = 0
@@ -136,14 +161,23 @@ def submit_invocation(records: list[dict]) -> InvocationOutcome:
         claims=claim_store,
         clock=submitter.utc_now,
         log=logger,
+        seconds_left=seconds_left,
     )
     groups = group_uploads(uploads_by_message)
     failures_by_message_id: dict[str, str] = {}
     retry_soon: set[str] = set()
     batches = 0
+    not_started = f"not started: less than {STOP_MARGIN_SECONDS} s of the invocation were left"
     for group in groups:
+        if seconds_left() <= 0:
+            failures_by_message_id.update(dict.fromkeys(group.message_ids, not_started))
+            retry_soon.update(group.message_ids)
+            continue
         try:
             outcome = step_submitter.submit(group)
+        except submitter.ManifestReplaced as error:
+            logger.warning("Skipping an uploaded manifest replaced since", extra={"reason": str(error)})
+            continue
         except submitter.UnusableUserManifest as error:
             key = group.uploads[0].key
             logger.error("Skipping an unusable uploaded manifest", extra={"key": key, "reason": str(error)})
@@ -167,6 +201,10 @@ def submit_invocation(records: list[dict]) -> InvocationOutcome:
         reason = "carries uploads whose claim a live invocation holds; retried after the claim's lease"
         failures_by_message_id.update(dict.fromkeys(outcome.messages_to_retry, reason))
     for message_id, step_event in step_events:
+        if seconds_left() <= 0:
+            failures_by_message_id[message_id] = not_started
+            retry_soon.add(message_id)
+            continue
         try:
             step_submitter.retry(step_event)
         except Exception as error:
@@ -185,6 +223,7 @@ def submit_invocation(records: list[dict]) -> InvocationOutcome:
             "step_events": len(step_events),
             "batches": batches,
             "failed_records": len(failures_by_message_id),
+            "not_started_records": sum(reason == not_started for reason in failures_by_message_id.values()),
         },
     )
     return InvocationOutcome(failures_by_message_id, frozenset(retry_soon))

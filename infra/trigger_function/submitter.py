@@ -18,7 +18,8 @@ claims table (``claims.py``), under its identity (bucket, key, ETag, sequencer):
    retried at once). Otherwise, while the claim's lease runs (longer than any invocation can live), a message the claim
    names fails and comes back later, so a dead invocation cannot lose the upload; a message the claim does not name is
    a duplicate and is dropped, because the messages the claim names stay on the queue until their invocation ends well.
-   After the lease, the claim is taken over, with a write that succeeds only if it is still that claim.
+   After the lease, the claim is taken over, with a write that succeeds only if it is still that claim, and only after
+   a fresh listing of the clusters' steps (one made earlier in the invocation may predate the step).
 4. When EMR refused the step (or it was never sent), the claims are deleted and the messages fail, so the redelivery
    claims them again. Any other outcome leaves it unknown whether EMR accepted the step: the claims stay, and point 3
    sorts it out.
@@ -76,8 +77,12 @@ THROTTLING = ("ThrottlingException", "Throttling", "TooManyRequestsException", "
 SUBMIT_ATTEMPTS = 5
 # botocore's standard mode backs off up to 2**attempt seconds, capped at 20 s; the same here.
 MAX_BACKOFF_SECONDS = 20
-# A cluster launched for a batch was created after the batch's id was made; the margin covers clock skew.
+# A cluster launched for a batch, and the batch's step, were created after the batch's id was made; the margin covers
+# clock skew. The search for a step stops listing there (ListSteps returns the newest first and has no time filter).
 LAUNCH_SEARCH_MARGIN = timedelta(minutes=10)
+# After a submission whose answer was lost, EMR may list the step only seconds later (final review F4): the search
+# waits this long first, within the invocation's time left.
+UNCLEAR_SEARCH_DELAY_SECONDS = 10
 # An uploaded manifest may list at most this many characters per URI (S3 keys are at most 1,024 bytes).
 MAX_MANIFEST_URI_CHARS = 1_100
 MANIFEST_ENTRY_KEYS = frozenset({"uri", "etag", "version_id"})
@@ -110,6 +115,11 @@ class UnusableUserManifest(ValueError):
     reported on the topic and skipped."""
 
 
+class ManifestReplaced(Exception):
+    """An uploaded manifest replaced since the upload being handled: nothing is lost (the replacing upload has its own
+    event), so the upload is skipped with a log line, not reported."""
+
+
 class StepRefused(Exception):
     """EMR refused the step (or the request was never sent): nothing was accepted. ``error`` is EMR's answer."""
 
@@ -135,6 +145,14 @@ class FoundStep:
 
 
 @dataclass(frozen=True)
+class ListedSteps:
+    """A cluster's steps by name, listed newest first down to the first step created before ``since``."""
+
+    since: datetime
+    by_name: dict[str, FoundStep]
+
+
+@dataclass(frozen=True)
 class GroupOutcome:
     """What became of a group: the batch submitted for it (None when another batch owns every upload), and the
     messages that must come back later because they carry uploads whose claim is held by a live invocation."""
@@ -149,6 +167,9 @@ class StepSubmitter:
 
     ``emr`` is the function's EMR client (botocore retries its calls); ``emr_submit`` makes one attempt per call and
     serves only AddJobFlowSteps and RunJobFlow, which this class retries itself after searching for the step.
+    ``seconds_left`` says how long this invocation may still wait and send new attempts (seconds; the handler's is the
+    Lambda's remaining time less a margin for the work in flight): back-off and the wait before a search never go past
+    it, and no attempt is sent once it has run out (final review F2).
     """
 
     def __init__(
@@ -162,6 +183,7 @@ class StepSubmitter:
         claims: ClaimStore,
         clock: Callable[[], datetime],
         log,
+        seconds_left: Callable[[], float],
     ) -> None:
         self._settings = settings
         self._s3 = s3
@@ -171,10 +193,11 @@ class StepSubmitter:
         self._claims = claims
         self._clock = clock
         self._log = log
+        self._seconds_left = seconds_left
         # Written into a resubmission's lease, so that a retried conditional update recognises its own write.
         self._token = secrets.token_hex(8)
         self._slots: dict[str, ClusterSlots] = {}
-        self._steps: dict[str, dict[str, FoundStep]] = {}
+        self._steps: dict[str, ListedSteps] = {}
         # The stack's cluster found (or launched) by this invocation when steps may go to any cluster of the stack.
         self._launched_cluster_id: str | None = None
         self._stack_cluster_searched = False
@@ -298,10 +321,13 @@ class StepSubmitter:
             waiting = {upload for upload in leased if named[upload]}
             expired_here = {upload: claim for upload, claim in claims.items() if upload not in leased}
             if waiting or expired_here:
+                # Listed afresh before a takeover: a listing cached earlier in this invocation may predate the step
+                # (final review F3), and a takeover on a stale listing sends the batch's uploads a second time.
                 found = self._find_step(
                     runs.step_name(self._settings.step_name_prefix, owner, 1),
                     batch_id=owner,
                     recorded_cluster_id=record.cluster_id if record is not None else "",
+                    fresh=bool(expired_here),
                 )
                 if found is not None:
                     self._claims.record_submission(
@@ -364,12 +390,22 @@ class StepSubmitter:
 
     def _user_manifest_objects(self, group: UploadGroup) -> tuple[list, object]:
         """The uploaded manifest's entries, and its own "source" (what `infra.submit_run` declares), if any."""
-        key = group.uploads[0].key
+        (upload,) = latest_per_key(group.uploads)  # a manifest's group holds uploads of one key: read the latest
+        key = upload.key
+        # The manifest as it was uploaded, not as it is now (final review F5): a manifest replaced since this upload
+        # is refused (412), and the replacing upload runs on its own event.
+        condition = {"IfMatch": upload.etag} if upload.etag else {}
         try:
-            body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key)["Body"].read()
+            body = self._s3.get_object(Bucket=self._settings.data_bucket, Key=key, **condition)["Body"].read()
         except ClientError as error:
-            if error.response["Error"]["Code"] == "NoSuchKey":
+            code = error.response["Error"]["Code"]
+            if code == "NoSuchKey":
                 raise UnusableUserManifest(f"manifest {key!r} was deleted before it could be read") from None
+            if code in ("PreconditionFailed", "412"):
+                raise ManifestReplaced(
+                    f"manifest {key!r} was replaced after the upload with ETag {upload.etag}; the newer upload runs "
+                    "on its own event"
+                ) from None
             raise
         settings = self._settings
         return read_user_manifest(
@@ -441,7 +477,8 @@ class StepSubmitter:
                 raise BatchInFlight(f"batch {record.batch_id} attempt {record.attempt} is being submitted right now")
             slots = self._accepting_target()
             name = self._step_name(record)
-            found = self._find_step(name, batch_id=record.batch_id, recorded_cluster_id=record.cluster_id)
+            # Listed afresh, as before a takeover (final review F3): the resumed attempt must not be sent twice.
+            found = self._find_step(name, batch_id=record.batch_id, recorded_cluster_id=record.cluster_id, fresh=True)
             if found is not None:
                 self._claims.finish_retry(record, step_name=name, cluster_id=found.cluster_id)
                 return
@@ -601,17 +638,28 @@ class StepSubmitter:
                 f"MAX_ACTIVE_STEPS={self._settings.max_active_steps}"
             )
 
-    def _steps_on(self, cluster_id: str, *, fresh: bool = False) -> dict[str, FoundStep]:
-        """Every step on the cluster by name, listed once per invocation unless ``fresh`` (only on the recovery
-        paths: crash recovery, and the search after an unanswered AddJobFlowSteps or RunJobFlow)."""
-        if fresh or cluster_id not in self._steps:
-            pages = self._emr.get_paginator("list_steps").paginate(ClusterId=cluster_id)
-            self._steps[cluster_id] = {
-                step["Name"]: FoundStep(cluster_id=cluster_id, step_id=step["Id"], state=step["Status"]["State"])
-                for page in pages
-                for step in page["Steps"]
-            }
-        return self._steps[cluster_id]
+    def _steps_on(self, cluster_id: str, *, since: datetime, fresh: bool = False) -> dict[str, FoundStep]:
+        """The cluster's steps created since ``since`` (and the rest of the page that reaches it) by name, listed once
+        per invocation unless ``fresh`` (a takeover, a resumed retry, the search after an unanswered AddJobFlowSteps or
+        RunJobFlow) or an older ``since`` is asked for.
+
+        ListSteps returns the newest step first and takes no time filter (its parameters are ClusterId, StepStates,
+        StepIds and Marker): the listing stops at the first page that reaches a step created before ``since``, instead
+        of paging through a long-lived cluster's whole history (final review F2)."""
+        listed = self._steps.get(cluster_id)
+        if fresh or listed is None or since < listed.since:
+            by_name: dict[str, FoundStep] = {}
+            for page in self._emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):
+                for step in page["Steps"]:
+                    by_name[step["Name"]] = FoundStep(
+                        cluster_id=cluster_id, step_id=step["Id"], state=step["Status"]["State"]
+                    )
+                oldest = page["Steps"][-1]["Status"] if page["Steps"] else {}
+                created = oldest.get("Timeline", {}).get("CreationDateTime")
+                if created is not None and created < since:
+                    break
+            listed = self._steps[cluster_id] = ListedSteps(since=since, by_name=by_name)
+        return listed.by_name
 
     def _find_step(
         self, step_name: str, *, batch_id: str, recorded_cluster_id: str, fresh: bool = False
@@ -621,14 +669,14 @@ class StepSubmitter:
         the step may be on a cluster this invocation would no longer choose (reliability review #5)."""
         settings = self._settings
         candidates = [cluster_id for cluster_id in (recorded_cluster_id, settings.cluster_id) if cluster_id]
+        since = runs.batch_time(batch_id) - LAUNCH_SEARCH_MARGIN
         # Only a function that may launch clusters can have put the step on another one (and only it may list them).
         if settings.job_flow_definition_key and settings.cluster_name_prefix is not None:
-            since = runs.batch_time(batch_id) - LAUNCH_SEARCH_MARGIN
             all_states = ACCEPTING_STATES + ENDED_STATES
             candidates += [summary["Id"] for summary in self._stack_cluster_summaries(all_states, created_after=since)]
         for cluster_id in dict.fromkeys(candidates):
             try:
-                found = self._steps_on(cluster_id, fresh=fresh).get(step_name)
+                found = self._steps_on(cluster_id, since=since, fresh=fresh).get(step_name)
             except ClientError as error:
                 # Named like the stack's clusters but not tagged as one: the function may not list its steps.
                 if error.response["Error"]["Code"] == "AccessDeniedException":
@@ -642,8 +690,9 @@ class StepSubmitter:
         """Add ``step`` to the target cluster, or launch a cluster running it; return the cluster id.
 
         Each call is one attempt (``emr_submit``); after an answer that leaves it unknown whether EMR carried out the
-        request, the step is searched for by name before any further attempt. Raises :class:`StepRefused` when EMR
-        carried out no attempt, or the last unclear error when the step was not found.
+        request, the step is searched for by name before any further attempt. No attempt starts when its back-off
+        would reach past the invocation's time left. Raises :class:`StepRefused` when EMR carried out no attempt, or
+        the last unclear error when the step was not found.
         """
         try:
             request = self._job_flow_request() if slots is None else None
@@ -651,11 +700,22 @@ class StepSubmitter:
             raise StepRefused(error) from None
         unclear: Exception | None = None
         throttled: Exception | None = None
+        searched = False  # searched for the step since the last attempt
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             if attempt > 1:
-                pause(random.uniform(0, min(MAX_BACKOFF_SECONDS, 2 ** (attempt - 1))))
-                if unclear is not None and (found := self._found_after_unclear(slots, step, batch_id)) is not None:
-                    return found
+                if unclear is not None:
+                    if (found := self._found_after_unclear(slots, step, batch_id)) is not None:
+                        return found
+                    searched = True
+                backoff = random.uniform(0, min(MAX_BACKOFF_SECONDS, 2 ** (attempt - 1)))
+                if backoff >= self._seconds_left():
+                    self._log.warning(
+                        "No time left in this invocation for another step submission",
+                        extra={"step_name": step["Name"], "attempts": attempt - 1},
+                    )
+                    break
+                pause(backoff)
+            searched = False
             try:
                 return self._send_step(slots, step, request)
             except ParamValidationError as error:
@@ -677,14 +737,15 @@ class StepSubmitter:
                 extra={"step_name": step["Name"], "attempt": attempt, "reason": f"{type(unclear).__name__}: {unclear}"},
             )
         if unclear is None:
-            raise StepRefused(throttled) from None  # throttled on every attempt: nothing was carried out
-        found = self._found_after_unclear(slots, step, batch_id)
-        if found is not None:
+            raise StepRefused(throttled) from None  # throttled on every attempt (or no time left): nothing carried out
+        if not searched and (found := self._found_after_unclear(slots, step, batch_id)) is not None:
             return found
         raise unclear
 
     def _found_after_unclear(self, slots: ClusterSlots | None, step: dict, batch_id: str) -> str | None:
-        """The cluster id when an attempt whose answer was lost did add the step (or launch its cluster)."""
+        """The cluster id when an attempt whose answer was lost did add the step (or launch its cluster); searched for
+        after ``UNCLEAR_SEARCH_DELAY_SECONDS`` (or the time left, if shorter), so that EMR lists a step it added."""
+        pause(max(0.0, min(UNCLEAR_SEARCH_DELAY_SECONDS, self._seconds_left())))
         found = self._find_step(
             step["Name"], batch_id=batch_id, recorded_cluster_id=slots.cluster_id if slots else "", fresh=True
         )
@@ -831,7 +892,8 @@ def utc_now() -> datetime:
 
 
 def pause(seconds: float) -> None:
-    """Back off between two attempts at a step submission (a module function, so tests can skip the wait)."""
+    """Back off between two attempts at a step submission, or wait before searching for a step whose submission was
+    not answered (a module function, so tests can skip the wait)."""
     time.sleep(seconds)
 
 

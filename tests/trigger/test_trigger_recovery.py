@@ -32,6 +32,7 @@ from trigger_helpers import (
     TOPIC_ARN,
     base_environment,
     batch_records,
+    claimed_by,
     create_cluster,
     failed_message_ids,
     manifest_objects,
@@ -239,6 +240,119 @@ def test_an_uploaded_manifest_of_staged_images_runs_them_once(aws, persistent_cl
     assert response == {"batchItemFailures": []}
     (step,) = submitted_steps(aws.emr, persistent_cluster)
     assert manifest_objects(aws.s3, step) == staged
+
+
+def test_a_manifest_replaced_before_it_was_read_is_skipped(
+    aws, persistent_cluster, persistent_handler, reports
+):
+    """Final review F5: the event announces the first upload; by the time the function reads the key, a second upload
+    replaced it. The first event must not run the second manifest's entries (read with IfMatch on the announced
+    ETag); it is skipped with nothing reported, and the second upload's own event runs the second manifest once."""
+    key = "incoming/run-2/list.json"
+    first = [f"s3://{BUCKET}/staged/run-2/first.png"]
+    second = [f"s3://{BUCKET}/staged/run-2/second.png"]
+    first_notification = upload(aws.s3, key, json.dumps(first).encode(), sequence=1)
+    second_notification = upload(aws.s3, key, json.dumps(second).encode(), sequence=2)
+
+    response = invoke(persistent_handler, {"m-first": first_notification})
+
+    assert response == {"batchItemFailures": []}  # nothing is lost: the replacing upload has its own event
+    assert submitted_steps(aws.emr, persistent_cluster) == []
+    assert reports() == []
+    assert invoke(persistent_handler, {"m-second": second_notification}) == {"batchItemFailures": []}
+    (step,) = submitted_steps(aws.emr, persistent_cluster)
+    assert manifest_objects(aws.s3, step) == second
+
+
+# --- final review F3: a takeover lists the cluster's steps afresh -----------------------------------------------------
+
+
+def test_a_takeover_lists_the_steps_afresh(
+    aws, persistent_cluster, persistent_handler, monkeypatch
+):
+    """Two CIFAR-10 files, each claimed by an invocation that died; after the lease one invocation handles both. Its
+    search for the first file's step lists the cluster; the second file's step (sent by its dead invocation just
+    before it died) becomes visible only after that listing, as EMR's listing may lag. The takeover of the second file
+    must list again and find it, not send the file a second time (the per-invocation listing would miss it).
+
+    What moto cannot show: how long EMR's ListSteps lags behind AddJobFlowSteps; the lag is placed by the test."""
+    clock = frozen(persistent_handler, monkeypatch)
+    messages = {
+        f"m-{name}": upload(aws.s3, f"incoming/{name}.bin", b"cifar bytes of " + name.encode(), sequence=sequence)
+        for sequence, name in enumerate(("a", "b"), start=1)
+    }
+    for message_id, body in messages.items():  # one invocation per file, each dying before it asked EMR
+        with monkeypatch.context() as patch:
+            patch.setattr(persistent_handler.submitter.StepSubmitter, "_add_step", crash)
+            with pytest.raises(SimulatedCrash):
+                invoke(persistent_handler, {message_id: body})
+    dead_batch_b = claimed_by(aws.dynamodb)["incoming/b.bin"]
+    dead_step_b = batch_records(aws.dynamodb)[dead_batch_b]["step_name"]
+    late = []
+
+    def step_b_becomes_visible(**_):
+        """Runs when the takeover of a.bin sends its step: after the invocation listed the cluster for a.bin."""
+        if not late:
+            late.append(dead_step_b)
+            step = {"Name": dead_step_b, "ActionOnFailure": "CONTINUE",
+                    "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}  # fmt: skip
+            aws.emr.add_job_flow_steps(JobFlowId=persistent_cluster, Steps=[step])
+
+    persistent_handler.emr_submit_client.meta.events.register(
+        "before-call.emr.AddJobFlowSteps", step_b_becomes_visible
+    )
+    clock.now += LEASE + timedelta(seconds=1)
+
+    response = invoke(persistent_handler, messages)
+
+    assert response == {"batchItemFailures": []}
+    assert late == [dead_step_b]
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert len(names) == 2 and names.count(dead_step_b) == 1  # a.bin's new step and b.bin's own one, nothing more
+    assert batch_records(aws.dynamodb)[dead_batch_b]["state"] == "submitted"
+
+
+def test_a_resumed_retry_lists_the_steps_afresh(aws, persistent_cluster, persistent_handler, monkeypatch):
+    """The resume path of final review F3. Batch B's step was cancelled and the invocation retrying it as attempt 2
+    died; a.bin's invocation died too. After the lease one invocation carries a.bin's message and B's step event
+    again: a.bin's takeover lists the cluster first, and B's attempt-2 step (sent just before its invocation died)
+    becomes visible only after that listing. Resuming the retry must list again and find it, not send attempt 2 a
+    second time. What moto cannot show: how long EMR's listing lags; the lag is placed by the test."""
+    clock = frozen(persistent_handler, monkeypatch)
+    batch_b = images(aws, "b")
+    invoke(persistent_handler, batch_b)
+    (first,) = submitted_steps(aws.emr, persistent_cluster)
+    event = {"event": step_status_event(first["Name"], "CANCELLED", cluster_id=persistent_cluster)}
+    file_a = {"m-a": upload(aws.s3, "incoming/a.bin", b"cifar bytes of a", sequence=2)}
+    for messages in (event, file_a):  # the retry's invocation and a.bin's both die before they ask EMR
+        with monkeypatch.context() as patch:
+            patch.setattr(persistent_handler.submitter.StepSubmitter, "_add_step", crash)
+            with pytest.raises(SimulatedCrash):
+                invoke(persistent_handler, messages)
+    retry_name = f"{first['Name']}-2"
+    late = []
+
+    def retry_becomes_visible(**_):
+        """Runs when a.bin's takeover sends its step: after the invocation listed the cluster for a.bin."""
+        if not late:
+            late.append(retry_name)
+            step = {"Name": retry_name, "ActionOnFailure": "CONTINUE",
+                    "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}  # fmt: skip
+            aws.emr.add_job_flow_steps(JobFlowId=persistent_cluster, Steps=[step])
+
+    persistent_handler.emr_submit_client.meta.events.register("before-call.emr.AddJobFlowSteps", retry_becomes_visible)
+    clock.now += LEASE + timedelta(seconds=1)
+
+    response = invoke(persistent_handler, {**file_a, **event})
+
+    assert response == {"batchItemFailures": []}
+    assert late == [retry_name]
+    names = [step["Name"] for step in submitted_steps(aws.emr, persistent_cluster)]
+    assert names.count(retry_name) == 1 and len(names) == 3  # B's two attempts and a.bin's step
+    batch_id = claimed_by(aws.dynamodb)["incoming/b.png"]
+    assert (batch_records(aws.dynamodb)[batch_id]["state"], batch_records(aws.dynamodb)[batch_id]["attempt"]) == (
+        "submitted", 2
+    )
 
 
 # --- aws-validity-review-2 #10: a persistent cluster that died is replaced -------------------------------------------

@@ -7,6 +7,7 @@ policy writing incoming/), and S3's real If-None-Match under a race (moto checks
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import boto3
 import emr_step
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import EndpointConnectionError
 from trigger_helpers import (
     BUCKET,
     FakeLambdaContext,
@@ -73,7 +76,8 @@ def test_a_run_over_a_prefix_in_a_second_bucket_becomes_one_step_listing_exactly
     aws, cluster_id, queue_url, handler, etags = stack
 
     assert submit_run.main(["--data-bucket", BUCKET, "--run-name", "photos-1", PHOTOS]) == 0
-    assert f"submitted s3://{BUCKET}/incoming/runs/photos-1/part-00001.json" in capsys.readouterr().out
+    (part,) = re.findall(r"^submitted (\S+)$", capsys.readouterr().out, flags=re.MULTILINE)
+    assert re.fullmatch(rf"s3://{BUCKET}/incoming/runs/photos-1/[0-9a-f]{{16}}/part-00001\.json", part)
     assert deliver(aws, queue_url, handler) == {"batchItemFailures": []}
 
     (step,) = submitted_steps(aws.emr, cluster_id)
@@ -82,7 +86,7 @@ def test_a_run_over_a_prefix_in_a_second_bucket_becomes_one_step_listing_exactly
     batch_manifest = read_json(aws.s3, arguments[arguments.index("--manifest") + 1].removeprefix(f"s3://{BUCKET}/"))
     assert batch_manifest["source"] == {
         "kind": "run",
-        "manifest": f"s3://{BUCKET}/incoming/runs/photos-1/part-00001.json",
+        "manifest": part,
         "input": PHOTOS,
         "run_name": "photos-1",
     }
@@ -239,3 +243,70 @@ def test_no_credentials_is_one_line_and_exit_2(moto_server_url, monkeypatch, cap
     assert submit_run.main(["--data-bucket", BUCKET, PHOTOS]) == 2
     error = capsys.readouterr().err
     assert "no AWS credentials" in error and error.count("\n") == 1
+
+
+def test_a_submission_that_stopped_part_way_is_completed_without_losing_an_object_added_since(stack):
+    """Final review R1: a submission wrote part 1 of 2 and stopped (its connection failed before part 2); an object
+    was added to the prefix before the command ran again. The parts of the second submission must not be cut from the
+    new listing under the first one's keys (part 1 kept, part 2 re-cut: the new object fell between them and never
+    ran): every object listed now is in a step. The stop is a botocore event hook on the command's client."""
+    aws, cluster_id, queue_url, handler, etags = stack
+    stopping = boto3.client("s3")
+
+    def connection_lost_before_part_2(params, **_):
+        if params["url_path"].endswith("/part-00002.json"):
+            raise EndpointConnectionError(endpoint_url=params["url"])
+
+    stopping.meta.events.register("before-call.s3.PutObject", connection_lost_before_part_2)
+    with pytest.raises(EndpointConnectionError):
+        submit_run.submit(stopping, input_uri=PHOTOS, data_bucket=BUCKET, run_name="photos-1", max_entries=2)
+    added = f"s3://{SECOND_BUCKET}/photos/0.jpg"  # lists first, so a re-cut shifts every part's entries
+    aws.s3.put_object(Bucket=SECOND_BUCKET, Key="photos/0.jpg", Body=b"added after the first submission")
+
+    written = submit_run.submit(aws.s3, input_uri=PHOTOS, data_bucket=BUCKET, run_name="photos-1", max_entries=2)
+
+    assert len(written) == 2  # a part cut from another listing is never taken for one of these
+    while deliver(aws, queue_url, handler) is not None:
+        pass
+    listed = [entry["uri"] for step in submitted_steps(aws.emr, cluster_id) for entry in manifest_entries(aws.s3, step)]
+    assert set(listed) == {added, *etags}
+
+
+def test_a_conditional_write_in_progress_elsewhere_is_asked_again_not_taken_as_written(stack):
+    """Final review R2: S3 answers 409 ConditionalRequestConflict to an If-None-Match PUT while another conditional
+    write of the key is in progress; the command must ask again (the other write may fail), not report the part as
+    written by someone else and leave it unwritten. The 409 is answered by a botocore event hook (moto never sends
+    it); what this cannot show is how long S3's conflicts last."""
+    aws, cluster_id, queue_url, handler, etags = stack
+    conflicted = boto3.client("s3")
+    answers = []
+
+    def conflict_once(**_):
+        if not answers:
+            answers.append(409)
+            error = {"Error": {"Code": "ConditionalRequestConflict", "Message": "A conflicting operation"}}
+            return AWSResponse(f"http://127.0.0.1/{BUCKET}", 409, {}, None), error
+        return None
+
+    conflicted.meta.events.register("before-call.s3.PutObject", conflict_once)
+
+    written = submit_run.submit(conflicted, input_uri=PHOTOS, data_bucket=BUCKET, run_name="photos-1", max_entries=10)
+
+    assert answers == [409] and len(written) == 1  # asked again after one pause of PUT_RETRY_SECONDS
+    assert deliver(aws, queue_url, handler) == {"batchItemFailures": []}
+    (step,) = submitted_steps(aws.emr, cluster_id)
+    assert sorted(entry["uri"] for entry in manifest_entries(aws.s3, step)) == sorted(etags)
+
+
+def test_a_conflict_that_lasts_is_one_line_and_exit_2(stack, monkeypatch, capsys):
+    conflicted = boto3.client("s3")
+    error = {"Error": {"Code": "ConditionalRequestConflict", "Message": "A conflicting operation"}}
+    conflicted.meta.events.register(
+        "before-call.s3.PutObject", lambda **_: (AWSResponse(f"http://127.0.0.1/{BUCKET}", 409, {}, None), error)
+    )
+    monkeypatch.setattr(submit_run, "s3_client", lambda: conflicted)
+    monkeypatch.setattr(submit_run, "pause", lambda seconds: None)
+
+    assert submit_run.main(["--data-bucket", BUCKET, "--run-name", "photos-1", PHOTOS]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"after {submit_run.PUT_ATTEMPTS} attempts (409 ConditionalRequestConflict); run the command again" in line
