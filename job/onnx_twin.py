@@ -52,6 +52,16 @@ def describe(agreement: Agreement) -> str:
             f"{agreement.max_probability_difference:.2e} (allowed {MAX_TWIN_PROBABILITY_DIFFERENCE:.0e})")
 
 
+def refusal(agreement: Agreement) -> Optional[str]:
+    """Why a twin that compared as ``agreement`` must not be added, or None: a top-1 label differed on any held-out
+    image, or a probability by more than ``MAX_TWIN_PROBABILITY_DIFFERENCE``."""
+    if agreement.agreeing == agreement.images and (
+            agreement.max_probability_difference <= MAX_TWIN_PROBABILITY_DIFFERENCE):
+        return None
+    return (f"the ONNX twin was not added: {describe(agreement)}; it must agree on every image. The job keeps "
+            "running this package with MXNet")
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -113,10 +123,9 @@ def add_onnx_twin(package_uri: str, *, held_out_inputs: Sequence[str] = (), held
         if agreement.images < MIN_HELD_OUT_IMAGES:
             raise ValueError(f"only {agreement.images} held-out images could be decoded; at least "
                              f"{MIN_HELD_OUT_IMAGES} must compare the two runtimes: give more images")
-        if agreement.agreeing < agreement.images or (
-                agreement.max_probability_difference > MAX_TWIN_PROBABILITY_DIFFERENCE):
-            raise TwinDisagrees(f"the ONNX twin was not added: {describe(agreement)}. The job keeps running this "
-                                "package with MXNet")
+        why_not = refusal(agreement)
+        if why_not:
+            raise TwinDisagrees(why_not)
 
         import mxnet
         import onnxruntime

@@ -10,8 +10,8 @@ import json
 import os
 import tempfile
 
-from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, TWIN_ROLE, ModelChanged, ModelPackage, ModelPackageError,
-                                check_onnx_file, check_twin_files, parse_manifest)
+from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, TWIN_ROLE, ModelChanged, ModelPackage,
+                                ModelPackageError, check_onnx_file, check_twin_files, parse_manifest)
 from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage, is_s3, join, local_path
 
 
