@@ -14,9 +14,10 @@ Each sub-command imports its tool only when it runs: ``export-zoo`` and ``to-onn
 ``quantize`` :mod:`job.quantize` (it exits 3 without writing anything when the INT8 model's top-1 agreement with the
 FP32 package is below ``--min-agreement``, and 2 on bad arguments), ``add-onnx`` :mod:`job.onnx_twin` (it exits 2
 without writing anything when ONNX Runtime and MXNet disagree on a held-out image), ``inspect``
-:mod:`job.inspect_package`, ``init`` and ``validate`` :mod:`job.package_init`. The format itself is :mod:`job.package_format` and reading a package
-:mod:`job.package_store`; their names are importable from here too, for existing callers (the job's run path imports
-them from those modules, never from here), and so are the converters, loaded on first use.
+:mod:`job.inspect_package`, ``init`` and ``validate`` :mod:`job.package_init`. The format itself is
+:mod:`job.package_format` and reading a package :mod:`job.package_store`; their names are importable from here too,
+for existing callers (the job's run path imports them from those modules, never from here), and so are the
+converters, loaded on first use.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -160,12 +161,19 @@ def test_a_tampered_check_is_refused_at_job_start(tmp_path, capsys, twin, change
     assert not (tmp_path / "out").exists()
 
 
-def test_a_twin_of_another_model_is_refused(tmp_path, twin, capsys):
-    """Another model's ONNX file (a zoo ResNet-18 of another seed, checked with its own mxnet files) put in place of
-    the twin, and the mxnet weights changed after the check: both refused at job start, naming the file."""
-    other = str(tmp_path / "other")
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory, twin) -> str:
+    """Another model with its own checked twin: the zoo ResNet-18 of another seed, add-onnx in place."""
+    other = str(tmp_path_factory.mktemp("other") / "package")
     assert package_main(["export-zoo", "--out", other, "--seed", "7"]) == 0
     assert package_main(["add-onnx", "--package", other, "--held-out-manifest", twin["manifest"]]) == 0
+    return other
+
+
+def test_a_twin_of_another_model_is_refused(tmp_path, twin, other_model, capsys):
+    """Another model's ONNX file (a zoo ResNet-18 of another seed, checked with its own mxnet files) put in place of
+    the twin, and the mxnet weights changed after the check: both refused at job start, naming the file."""
+    other = other_model
     swapped = _copy(twin["package"], tmp_path / "swapped")
     shutil.copyfile(os.path.join(other, "model.onnx"), os.path.join(swapped, "model.onnx"))
     with pytest.raises(ModelPackageError, match=r"\['model.onnx'\] differ from the files its ONNX twin was checked"):
@@ -245,3 +253,37 @@ def test_the_job_runs_the_twin_with_onnx_runtime_and_the_same_top1_as_mxnet(spar
     assert summaries["mxnet"]["images_by_runtime"] == {"mxnet": images}
     assert summaries["auto"]["runtime_requested"] == "auto" and summaries["auto"]["model"]["format"] == "mxnet"
     assert len(labels["auto"]) == images and labels["auto"] == labels["mxnet"]
+
+
+def test_on_s3_the_driver_checks_every_file_and_a_worker_copies_only_the_twin(twin, other_model):
+    """The package with its twin under an S3 prefix of a loopback moto server: the driver pins and hashes all three
+    files; a worker's copy of the twin is the ONNX file alone, at its pinned ETag, and classifies; an ONNX file of
+    another model uploaded over the twin is refused. The mock cannot show real S3's latency or IAM."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from job.predictor import cached_predictor
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        storage = Storage(f"http://{host}:{port}")
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        s3.create_bucket(Bucket="twin-test")
+        for name in os.listdir(twin["package"]):
+            s3.upload_file(os.path.join(twin["package"], name), "twin-test", f"models/zoo/{name}")
+        package = read_package("s3://twin-test/models/zoo/", storage)
+        assert sorted(package.file_etags) == ["model-0000.params", "model-symbol.json", "model.onnx"]
+        runtime_package = twin_package(package)
+        assert runtime_package.files == {"onnx": "model.onnx"}
+        assert runtime_package.file_etags == {"model.onnx": package.file_etags["model.onnx"]}
+        predict, _, loaded_now = cached_predictor(runtime_package, "cpu", storage)
+        assert loaded_now and predict(np.zeros((2, 3, 32, 32), dtype=np.float32)).shape == (2, 10)
+        with open(os.path.join(other_model, "model.onnx"), "rb") as other_onnx:
+            s3.put_object(Bucket="twin-test", Key="models/zoo/model.onnx", Body=other_onnx.read())
+        with pytest.raises(ModelPackageError, match=r"\['model.onnx'\] differ from the files its ONNX twin"):
+            read_package("s3://twin-test/models/zoo/", storage)
+    finally:
+        server.stop()
+
