@@ -115,7 +115,7 @@ def resolve_runtime(package: ModelPackage, requested: str) -> str:
         return "onnxruntime" if package.onnx_twin is not None else RUNTIME_OF_FORMAT[package.format]
     if requested == "mxnet" and package.format != "mxnet":
         raise ConfigError(f"--runtime mxnet: --model {package.uri} is an {package.format} package, which only ONNX "
-                          f"Runtime runs; allowed: --runtime {' or '.join(('auto', 'onnxruntime'))}")
+                          "Runtime runs; allowed: --runtime auto or onnxruntime")
     if requested == "onnxruntime" and package.format == "mxnet" and package.onnx_twin is None:
         raise ConfigError(
             f"--runtime onnxruntime: --model {package.uri} is an mxnet package without an ONNX twin; allowed values "
@@ -381,9 +381,9 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         print(f"warning: {why_not}; counting from the Parquet instead", file=sys.stderr)
         counts, counted_from = summarize(spark, predictions_uri, package), "parquet"
     worker = dict(stats.value)
-    # The runtimes the workers ran the model with (images each), not the one asked for: null when no worker could.
-    runtimes = sorted(worker.get("images_by_runtime", {}))
-    runtime_ran = "+".join(runtimes) or None
+    # The runtime the workers ran the model with, from what they loaded (not what was asked for): null when no worker
+    # could load it. The driver hands every task the same package, so there is one; were there two, both are named.
+    runtime_ran = "+".join(sorted(worker.get("images_by_runtime", {}))) or None
     failure_ratio = counts["error"] / counts["total"] if counts["total"] else 0.0
     failed = failure_ratio > config.max_failure_ratio
     summary = {
