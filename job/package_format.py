@@ -199,6 +199,19 @@ def twin_package(package: ModelPackage) -> ModelPackage:
                            "file_etags": {key: value for key, value in package.file_etags.items() if key == name}})
 
 
+def runtime_package(package: ModelPackage, runtime: str) -> ModelPackage:
+    """The package the workers load for ``runtime`` (``mxnet`` or ``onnxruntime``): an mxnet package's twin for ONNX
+    Runtime (:func:`twin_package`), its MXNet files alone for MXNet, else ``package`` itself."""
+    if package.onnx_twin is None:
+        return package
+    if runtime == "onnxruntime":
+        return twin_package(package)
+    name = package.files[TWIN_ROLE]
+    return ModelPackage(**{**package.__dict__, "onnx_twin": None,
+                           "files": {role: file for role, file in package.files.items() if role != TWIN_ROLE},
+                           "file_etags": {key: value for key, value in package.file_etags.items() if key != name}})
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

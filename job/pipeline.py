@@ -33,7 +33,7 @@ from pyspark import AccumulatorParam, TaskContext
 
 from job import __version__
 from job.config import DEFAULT_LOCAL_MASTER, RUNTIMES, ConfigError, JobConfig, images_per_batch
-from job.package_format import RUNTIME_OF_FORMAT, ModelPackage, twin_package
+from job.package_format import RUNTIME_OF_FORMAT, ModelPackage, runtime_package
 from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, is_s3, join, local_path
@@ -337,8 +337,8 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
             f"batches of {batch_size} images, not --batch-size {config.batch_size}: the model's {package.height}x"
             f"{package.width} input would decode to more than --max-batch-bytes {config.max_batch_bytes} per batch")
     settings = WorkerSettings(
-        # An mxnet package run with ONNX Runtime is its twin: the workers load (and copy, and pin) only its ONNX file.
-        package=twin_package(package) if runtime != RUNTIME_OF_FORMAT[package.format] else package,
+        # An mxnet package with a twin: the workers copy (pinned) and load only the files of the runtime that runs it.
+        package=runtime_package(package, runtime),
         device=config.device, batch_size=batch_size, top_k=config.top_k,
         fetch_threads=config.fetch_threads, s3_endpoint_url=config.s3_endpoint_url,
         max_object_bytes=config.max_object_bytes, max_bytes_in_flight=config.max_bytes_in_flight,

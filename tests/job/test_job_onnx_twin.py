@@ -23,7 +23,7 @@ from job.config import ConfigError, parse_args
 from job.model_package import main as package_main
 from job.onnx_twin import refusal
 from job.package_format import (MAX_TWIN_PROBABILITY_DIFFERENCE, MIN_HELD_OUT_IMAGES, ModelPackageError,
-                                parse_manifest, twin_package)
+                                parse_manifest, runtime_package, twin_package)
 from job.package_store import read_package
 from job.pipeline import resolve_runtime, run
 from job.quantize import Agreement
@@ -200,6 +200,11 @@ def test_runtime_auto_mxnet_and_onnxruntime_resolve_per_package(twin, untrained_
     onnx = read_package(onnx_package, Storage())
     assert [resolve_runtime(with_twin, runtime) for runtime in ("auto", "mxnet", "onnxruntime")] == [
         "onnxruntime", "mxnet", "onnxruntime"]
+    assert runtime_package(with_twin, "onnxruntime") == twin_package(with_twin)
+    as_mxnet = runtime_package(with_twin, "mxnet")
+    assert as_mxnet.files == {"symbol": "model-symbol.json", "params": "model-0000.params"}
+    assert as_mxnet.format == "mxnet" and as_mxnet.onnx_twin is None
+    assert runtime_package(plain, "mxnet") is plain
     assert [resolve_runtime(plain, runtime) for runtime in ("auto", "mxnet")] == ["mxnet", "mxnet"]
     assert [resolve_runtime(onnx, runtime) for runtime in ("auto", "onnxruntime")] == ["onnxruntime", "onnxruntime"]
     with pytest.raises(ConfigError, match="--runtime mxnet: --model .* is an onnx package, which only ONNX Runtime"):
