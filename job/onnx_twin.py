@@ -15,7 +15,6 @@ such a package through ONNX Runtime (``--runtime``, docs/job.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,10 +24,11 @@ from typing import Optional, Sequence
 
 from job.convert import export_onnx
 from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_TWIN_PROBABILITY_DIFFERENCE,
-                                MIN_HELD_OUT_IMAGES, TWIN_ROLE, ModelPackage, ModelPackageError, write_manifest)
+                                MIN_HELD_OUT_IMAGES, TWIN_ROLE, ModelPackage, ModelPackageError, file_sha256,
+                                write_manifest)
 from job.package_store import local_copy, read_package
 from job.predictor import Device, load_predictor
-from job.quantize import Agreement, _AgreementCounter, _decoded_rows, decoded_batches, split_images
+from job.quantize import Agreement, AgreementCounter, decoded_rows, decoded_batches, split_images
 from job.sources import KIND_CIFAR, KIND_IMAGE, list_inputs
 from job.storage import Storage, is_s3, join, local_path
 
@@ -60,14 +60,6 @@ def refusal(agreement: Agreement) -> Optional[str]:
         return None
     return (f"the ONNX twin was not added: {describe(agreement)}; it must agree on every image. The job keeps "
             "running this package with MXNet")
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def add_onnx_twin(package_uri: str, *, held_out_inputs: Sequence[str] = (), held_out_manifest: Optional[str] = None,
@@ -114,11 +106,11 @@ def add_onnx_twin(package_uri: str, *, held_out_inputs: Sequence[str] = (), held
         twin = read_package(os.path.dirname(export_onnx(mxnet_package, twin_dir)), Storage())
         mxnet_predict = load_predictor(mxnet_package, source_dir, Device("cpu"))
         twin_predict = load_predictor(twin, twin_dir, Device("cpu"))
-        counter = _AgreementCounter()
+        counter = AgreementCounter()
         for batch in decoded_batches(held_out_items, source, s3_endpoint_url):
             skipped += sum(error is not None for error in batch.errors)
             if len(batch.pixels):
-                counter.add(mxnet_predict(batch.pixels), twin_predict(batch.pixels), _decoded_rows(batch))
+                counter.add(mxnet_predict(batch.pixels), twin_predict(batch.pixels), decoded_rows(batch))
         agreement = counter.result()
         if agreement.images < MIN_HELD_OUT_IMAGES:
             raise ValueError(f"only {agreement.images} held-out images could be decoded; at least "
@@ -146,7 +138,7 @@ def add_onnx_twin(package_uri: str, *, held_out_inputs: Sequence[str] = (), held
             "held_out_images": agreement.images,
             "top1_agreement": agreement.top1,
             "max_probability_difference": agreement.max_probability_difference,
-            "sha256": {name: _sha256(os.path.join(destination, *name.split("/"))) for name in files.values()},
+            "sha256": {name: file_sha256(os.path.join(destination, *name.split("/"))) for name in files.values()},
             "held_out": {"manifest": held_out_manifest} if held_out_manifest else {"inputs": list(held_out_inputs)},
             "versions": {"mxnet": mxnet.__version__, "onnxruntime": onnxruntime.__version__},
         })

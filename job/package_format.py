@@ -247,17 +247,20 @@ def _twin_problems(record: object, files: dict) -> list[str]:
     return problems
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, as 64 lowercase hex digits, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_twin_files(package: ModelPackage, directory: str) -> None:
     """Refuse a twin whose package files (in ``directory``) are not the ones its check compared: an ONNX file of
     another model, or an mxnet model changed after the check. Reads every file of the package once."""
-    changed = []
-    for name, expected in sorted(package.onnx_twin["sha256"].items()):
-        digest = hashlib.sha256()
-        with open(os.path.join(directory, *name.split("/")), "rb") as file:
-            for block in iter(lambda: file.read(1024 * 1024), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
-            changed.append(name)
+    changed = [name for name, expected in sorted(package.onnx_twin["sha256"].items())
+               if file_sha256(os.path.join(directory, *name.split("/"))) != expected]
     if changed:
         raise ModelPackageError(
             f"model package {package.uri}: {changed} differ from the files its ONNX twin was checked against "
