@@ -33,7 +33,7 @@ from job.package_format import (CHANNEL_ORDERS, DEFAULT_CROP_FRACTION, DEFAULT_I
                                 MAX_INPUT_SIDE, MAX_LABEL_CHARS, MAX_LABELS, MAX_MANIFEST_BYTES, MAX_ONNX_NESTING,
                                 OUTPUTS, RESIZE_MODES, ModelChanged, ModelOutputError, ModelPackage,
                                 ModelPackageError, Preprocessing, check_onnx_file, onnx_external_locations,
-                                parse_manifest, write_manifest)
+                                parse_manifest, twin_package, write_manifest)
 from job.package_store import download_package, read_package  # noqa: F401
 from job.storage import ObjectNotFound, Storage, local_path
 
@@ -178,6 +178,8 @@ def _inspect(args) -> int:
     storage = Storage(args.s3_endpoint_url)
     try:
         package = read_package(args.package, storage)
+        if package.onnx_twin is not None:  # what the job's --runtime auto runs for it
+            package = twin_package(package)
         with tempfile.TemporaryDirectory(prefix="inspect-") as scratch:
             report = inspect_session(package, local_copy(package, storage, scratch), threads=args.threads,
                                      batch_size=args.batch_size, seconds=args.seconds)
@@ -279,8 +281,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_onnx_parser(commands)
     _add_quantize_parser(commands)
     inspect = commands.add_parser("inspect", help="which operators the job's ONNX Runtime session runs for an onnx "
-                                                  "package on this CPU (integer or float convolutions), and how fast")
-    inspect.add_argument("--package", required=True, metavar="URI", help="an onnx package: directory or S3 prefix")
+                                                  "package (or an mxnet package's ONNX twin) on this CPU (integer or "
+                                                  "float convolutions), and how fast")
+    inspect.add_argument("--package", required=True, metavar="URI",
+                         help="an onnx package, or an mxnet package with an ONNX twin: directory or S3 prefix")
     inspect.add_argument("--threads", type=_positive(int), default=1,
                          help="threads of the session, at least 1 (default 1: a Spark task's)")
     inspect.add_argument("--batch-size", type=_positive(int), default=32,

@@ -236,6 +236,12 @@ def test_validate_reports_the_twin(twin, cifar_samples, tmp_path, capsys):
             f"{HELD_OUT_RECORDS} held-out images: top-1 agreement with MXNet 100%") in printed
 
 
+def test_inspect_inspects_the_twin(twin, capsys):
+    """Before, inspect refused every mxnet package; a Graviton node can now check the twin the job will run."""
+    assert package_main(["inspect", "--package", twin["package"], "--seconds", "0.2", "--batch-size", "4"]) == 0
+    assert "convolutions run as integer QLinearConv: 0 of 20" in capsys.readouterr().out
+
+
 @pytest.mark.spark
 def test_the_job_runs_the_twin_with_onnx_runtime_and_the_same_top1_as_mxnet(spark, tmp_path, twin, cifar_samples):
     """The same package and images, run with --runtime auto (the default) and --runtime mxnet: the summary names the
