@@ -264,6 +264,8 @@ def test_the_job_runs_the_twin_with_onnx_runtime_and_the_same_top1_as_mxnet(spar
     assert summaries["mxnet"]["images_by_runtime"] == {"mxnet": images}
     assert summaries["auto"]["runtime_requested"] == "auto" and summaries["auto"]["model"]["format"] == "mxnet"
     assert len(labels["auto"]) == images and labels["auto"] == labels["mxnet"]
+    with open(os.path.join(str(tmp_path / "auto"), "report.html")) as page:
+        assert "(mxnet, run with onnxruntime, input" in " ".join(page.read().split())
 
 
 def test_on_s3_the_driver_checks_every_file_and_a_worker_copies_only_the_twin(twin, other_model):
