@@ -31,7 +31,7 @@ _EXCLUDED_PARTS = {"__pycache__", ".pytest_cache"}
 # its training data, and the package tools that need MXNet's exporter or the `onnx` package, which the nodes do not
 # install. The run path never imports them (tests/job/test_job_rooms.py); on a node, `python -m job.model_package`
 # names such a tool as not installed there, exit 2. `inspect` and `validate` stay: they need only ONNX Runtime.
-NOT_SHIPPED_MODULES = ("demo.py", "train_digits.py", "sample_data.py", "convert.py", "quantize.py")
+NOT_SHIPPED_MODULES = ("demo.py", "train_digits.py", "sample_data.py", "convert.py", "quantize.py", "onnx_twin.py")
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 _ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 

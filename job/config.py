@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 DEVICES = ("cpu", "gpu", "auto")
+# auto: an mxnet package with a checked ONNX twin (add-onnx) runs with ONNX Runtime, every other package with its own
+# format's runtime; mxnet and onnxruntime force one (docs/job.md, "Which runtime runs the model").
+RUNTIMES = ("auto", "mxnet", "onnxruntime")
+DEFAULT_RUNTIME = "auto"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_TOP_K = 5
 DEFAULT_DEVICE = "auto"
@@ -47,6 +51,7 @@ class JobConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     top_k: int = DEFAULT_TOP_K
     device: str = DEFAULT_DEVICE
+    runtime: str = DEFAULT_RUNTIME
     max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO
     overwrite: bool = False
     s3_endpoint_url: Optional[str] = None
@@ -82,6 +87,9 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help=f"labels kept per image, best first (default {DEFAULT_TOP_K})")
     parser.add_argument("--device", default=DEFAULT_DEVICE, metavar="|".join(DEVICES),
                         help=f"where the model runs (default {DEFAULT_DEVICE}: the task's GPU when Spark assigned one)")
+    parser.add_argument("--runtime", default=DEFAULT_RUNTIME, metavar="|".join(RUNTIMES),
+                        help=f"what runs the model (default {DEFAULT_RUNTIME}: ONNX Runtime for an mxnet package with "
+                             "a checked ONNX twin, else the package's own)")
     parser.add_argument("--max-failure-ratio", type=float, default=DEFAULT_MAX_FAILURE_RATIO, metavar="F",
                         help=f"fail the job when more than this share of inputs failed (default {DEFAULT_MAX_FAILURE_RATIO})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of refusing")
@@ -125,6 +133,8 @@ def _problems(config: JobConfig) -> list[str]:
         problems.append(f"--top-k must be a positive integer; got {config.top_k}")
     if config.device not in DEVICES:
         problems.append(f"--device must be one of {', '.join(DEVICES)}; got {config.device!r}")
+    if config.runtime not in RUNTIMES:
+        problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}; got {config.runtime!r}")
     if not 0.0 <= config.max_failure_ratio <= 1.0:
         problems.append(f"--max-failure-ratio must be between 0 and 1; got {config.max_failure_ratio}")
     if config.fetch_threads < 1:
@@ -172,6 +182,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> JobConfig:
         batch_size=args.batch_size,
         top_k=args.top_k,
         device=args.device,
+        runtime=args.runtime,
         max_failure_ratio=args.max_failure_ratio,
         overwrite=args.overwrite,
         s3_endpoint_url=args.s3_endpoint_url,

@@ -4,6 +4,7 @@ Commands::
 
     python -m job.model_package export-zoo --out DIR [--input-size 32] [--classes 10]   # untrained model-zoo ResNet-18
     python -m job.model_package to-onnx --package DIR --out DIR                         # same model, ONNX format
+    python -m job.model_package add-onnx --package URI --held-out-manifest URI [--out DIR]   # checked ONNX twin
     python -m job.model_package quantize --package URI --calibration URI --out DIR      # calibrated INT8, gated
     python -m job.model_package inspect --package URI    # the operators the job's session runs here, and how fast
     python -m job.model_package init --onnx model.onnx --labels labels.txt --preset imagenet-torchvision --out DIR
@@ -11,10 +12,12 @@ Commands::
 
 Each sub-command imports its tool only when it runs: ``export-zoo`` and ``to-onnx`` are :mod:`job.convert`,
 ``quantize`` :mod:`job.quantize` (it exits 3 without writing anything when the INT8 model's top-1 agreement with the
-FP32 package is below ``--min-agreement``, and 2 on bad arguments), ``inspect`` :mod:`job.inspect_package`, ``init``
-and ``validate`` :mod:`job.package_init`. The format itself is :mod:`job.package_format` and reading a package
-:mod:`job.package_store`; their names are importable from here too, for existing callers (the job's run path imports
-them from those modules, never from here), and so are the converters, loaded on first use.
+FP32 package is below ``--min-agreement``, and 2 on bad arguments), ``add-onnx`` :mod:`job.onnx_twin` (it exits 2
+without writing anything when ONNX Runtime and MXNet disagree on a held-out image), ``inspect``
+:mod:`job.inspect_package`, ``init`` and ``validate`` :mod:`job.package_init`. The format itself is
+:mod:`job.package_format` and reading a package :mod:`job.package_store`; their names are importable from here too,
+for existing callers (the job's run path imports them from those modules, never from here), and so are the
+converters, loaded on first use.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from job.package_format import (CHANNEL_ORDERS, DEFAULT_CROP_FRACTION, DEFAULT_I
                                 MAX_INPUT_SIDE, MAX_LABEL_CHARS, MAX_LABELS, MAX_MANIFEST_BYTES, MAX_ONNX_NESTING,
                                 OUTPUTS, RESIZE_MODES, ModelChanged, ModelOutputError, ModelPackage,
                                 ModelPackageError, Preprocessing, check_onnx_file, onnx_external_locations,
-                                parse_manifest, write_manifest)
+                                parse_manifest, twin_package, write_manifest)
 from job.package_store import download_package, read_package  # noqa: F401
 from job.storage import ObjectNotFound, Storage, local_path
 
@@ -70,15 +73,16 @@ def _add_quantize_parser(commands) -> None:
     quantize.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
 
 
-def _refuse_used_out(out: str, package: str) -> Optional[str]:
-    """Why ``--out`` cannot take the INT8 package, or ``None``: it must be a new or empty directory, so that no other
-    package's files are overwritten or mixed with it (the FP32 package's own directory is refused by quantize)."""
+def _refuse_used_out(out: str, package: str, written: str = "the INT8 package") -> Optional[str]:
+    """Why ``--out`` cannot take the package ``written``, or ``None``: it must be a new or empty directory, so that no
+    other package's files are overwritten or mixed with it (the FP32 package's own directory is refused by quantize;
+    add-onnx writes there in place)."""
     if "://" in out or not os.path.lexists(out):
         return None
     if not os.path.isdir(out):
-        return f"--out {out} is a file; give a new or empty directory for the INT8 package"
+        return f"--out {out} is a file; give a new or empty directory for {written}"
     if os.listdir(out) and os.path.realpath(out) != os.path.realpath(local_path(package)):
-        return (f"--out {out} already holds files ({', '.join(sorted(os.listdir(out))[:3])}...): the INT8 package's "
+        return (f"--out {out} already holds files ({', '.join(sorted(os.listdir(out))[:3])}...): {written}'s "
                 "model.json and model.onnx would be written among them; give a new or empty directory")
     return None
 
@@ -110,6 +114,51 @@ def _quantize(args) -> int:
     return 0
 
 
+def _add_onnx_parser(commands) -> None:
+    from job.quantize_defaults import DEFAULT_HELD_OUT_IMAGES, MIN_HELD_OUT_IMAGES
+
+    add_onnx = commands.add_parser(
+        "add-onnx", help="embed an mxnet package's ONNX conversion, checked to agree with MXNet on held-out images, "
+                         "so that the job can run it with ONNX Runtime (--runtime)",
+        epilog="example: python -m job.model_package add-onnx --package build/zoo --held-out-manifest held-out.json")
+    add_onnx.add_argument("--package", required=True, metavar="URI", help="the mxnet package: directory or S3 prefix")
+    images = add_onnx.add_mutually_exclusive_group(required=True)
+    images.add_argument("--held-out", action="append", default=[], metavar="URI",
+                        help="images like the job's inputs, not trained on: directory, S3 prefix or object; "
+                             "repeatable")
+    images.add_argument("--held-out-manifest", metavar="URI", help="a manifest of such images, as the job's")
+    add_onnx.add_argument("--held-out-images", type=int, default=DEFAULT_HELD_OUT_IMAGES, metavar="N",
+                          help=f"at most this many of them are compared (default {DEFAULT_HELD_OUT_IMAGES}, at least "
+                               f"{MIN_HELD_OUT_IMAGES})")
+    add_onnx.add_argument("--out", metavar="DIR", help="new or empty local directory for the package with its twin "
+                                                       "(default: the package's own directory; required for S3)")
+    add_onnx.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint (e.g. a local S3-compatible server)")
+
+
+def _add_onnx(args) -> int:
+    from job.onnx_twin import TwinDisagrees, add_onnx_twin, describe
+
+    refusal = _refuse_used_out(args.out, args.package, "the package with its twin") if args.out else None
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        result = add_onnx_twin(args.package, held_out_inputs=args.held_out, held_out_manifest=args.held_out_manifest,
+                               held_out_images=args.held_out_images, out_dir=args.out,
+                               s3_endpoint_url=args.s3_endpoint_url)
+    except TwinDisagrees as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, ObjectNotFound) as error:  # ModelPackageError and NoInputError are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    skipped = f"; skipped {result.skipped_inputs} inputs that are not decodable images" if result.skipped_inputs else ""
+    print(f"{describe(result.agreement)}{skipped}")
+    print(f"wrote {os.path.join(result.package_dir, MANIFEST_NAME)}: the job runs it with ONNX Runtime "
+          "(--runtime auto, the default)")
+    return 0
+
+
 def _positive(kind):
     """An argparse type: a number of ``kind`` above 0 (argparse names the option and exits 2 otherwise)."""
     def parse(text: str):
@@ -129,6 +178,8 @@ def _inspect(args) -> int:
     storage = Storage(args.s3_endpoint_url)
     try:
         package = read_package(args.package, storage)
+        if package.onnx_twin is not None:  # what the job's --runtime auto runs for it
+            package = twin_package(package)
         with tempfile.TemporaryDirectory(prefix="inspect-") as scratch:
             report = inspect_session(package, local_copy(package, storage, scratch), threads=args.threads,
                                      batch_size=args.batch_size, seconds=args.seconds)
@@ -205,7 +256,8 @@ def _validate(args) -> int:
 
 
 EPILOG = """exit codes: 0 done; 2 bad arguments, a missing or malformed package, an image validate could not classify,
-or an AWS error on an s3:// argument (no credentials, access denied, no such bucket, wrong region); 3 quantize
+add-onnx refused (ONNX Runtime and MXNet disagreed on a held-out image; nothing written), or an AWS error on an
+s3:// argument (no credentials, access denied, no such bucket, wrong region); 3 quantize
 refused: the INT8 package agreed too little with the FP32 one (nothing written). Package format and examples:
 docs/model-packages.md; your own model: docs/bring-your-own-model.md."""
 
@@ -226,10 +278,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: python -m job.model_package to-onnx --package build/demo/model --out build/demo/model-onnx")
     to_onnx.add_argument("--package", required=True, metavar="URI", help="the mxnet package: directory or S3 prefix")
     to_onnx.add_argument("--out", required=True, metavar="DIR", help="local directory for the onnx package")
+    _add_onnx_parser(commands)
     _add_quantize_parser(commands)
     inspect = commands.add_parser("inspect", help="which operators the job's ONNX Runtime session runs for an onnx "
-                                                  "package on this CPU (integer or float convolutions), and how fast")
-    inspect.add_argument("--package", required=True, metavar="URI", help="an onnx package: directory or S3 prefix")
+                                                  "package (or an mxnet package's ONNX twin) on this CPU (integer or "
+                                                  "float convolutions), and how fast")
+    inspect.add_argument("--package", required=True, metavar="URI",
+                         help="an onnx package, or an mxnet package with an ONNX twin: directory or S3 prefix")
     inspect.add_argument("--threads", type=_positive(int), default=1,
                          help="threads of the session, at least 1 (default 1: a Spark task's)")
     inspect.add_argument("--batch-size", type=_positive(int), default=32,
@@ -246,6 +301,8 @@ def _named_uris(args) -> list[tuple[str, str]]:
     pairs = [("--package", getattr(args, "package", None)),
              ("--calibration-manifest", getattr(args, "calibration_manifest", None))]
     pairs += [("--calibration", uri) for uri in getattr(args, "calibration", None) or []]
+    pairs += [("--held-out-manifest", getattr(args, "held_out_manifest", None))]
+    pairs += [("--held-out", uri) for uri in getattr(args, "held_out", None) or []]
     pairs += [("--images", uri) for uri in getattr(args, "images", None) or []]
     return [(flag, uri) for flag, uri in pairs if uri]
 
@@ -253,6 +310,8 @@ def _named_uris(args) -> list[tuple[str, str]]:
 def _run(args) -> int:
     if args.command == "quantize":
         return _quantize(args)
+    if args.command == "add-onnx":
+        return _add_onnx(args)
     if args.command == "inspect":
         return _inspect(args)
     if args.command == "init":

@@ -20,8 +20,16 @@ A package is a directory or S3 prefix holding ``model.json`` and the model files
       "labels": ["0", "1", ...],              # class names; their count is the model's number of outputs
       "output": "logits",                     # or "probabilities"
       "trained": true,                        # false: random weights, labels are meaningless
-      "provenance": {...}                     # free-form: data set, held-out accuracy, command that made it
+      "provenance": {...},                    # free-form: data set, held-out accuracy, command that made it
+      "onnx_twin": {...}                      # mxnet only, with files.onnx: the ONNX conversion's check (below)
     }
+
+An ``mxnet`` package may carry its own ONNX conversion, its *twin* (``files.onnx``, written by ``python -m
+job.model_package add-onnx``), which the job runs through ONNX Runtime instead of MXNet (``--runtime``). It must carry
+``onnx_twin``, the record of the check that made it: at least ``MIN_HELD_OUT_IMAGES`` held-out images, top-1 agreement
+1 (every image), the largest probability difference at most ``MAX_TWIN_PROBABILITY_DIFFERENCE``, and the SHA-256 of
+every file of the package, so that a twin of another model, or a model changed after the check, is refused
+(:func:`check_twin_files`).
 
 Reading and validating a package imports no framework, so the driver can check it before any Spark work. A package
 is code-equivalent (it decides what every node computes), so it is held to limits: file names are plain relative names
@@ -42,7 +50,9 @@ the package tools, can depend on it (tests/job/test_job_rooms.py). Reading a pac
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import mmap
 import os
 import posixpath
@@ -63,6 +73,15 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 16
 # A subgraph nested deeper than this (If/Loop bodies inside each other) is refused rather than walked.
 MAX_ONNX_NESTING = 64
+# An mxnet package's ONNX twin (docs/model-packages.md, "ONNX twin"): the check that admits it compared both runtimes
+# on at least this many held-out images (so that one disagreement would weigh at most a percentage point), on every
+# one of them the top-1 label agreed, and no probability differed by more than this (float32 rounding between two
+# runtimes is about 1e-6; a different model or a wrong conversion is orders of magnitude off).
+MIN_HELD_OUT_IMAGES = 100
+MAX_TWIN_PROBABILITY_DIFFERENCE = 1e-3
+TWIN_ROLE = "onnx"
+# The runtime that runs each format (the summary's "runtime").
+RUNTIME_OF_FORMAT = {"mxnet": "mxnet", "onnx": "onnxruntime"}
 # Preprocessing (docs/model-packages.md, "Preprocessing"): the first value of each is the default, today's behaviour
 # for every package written before these fields existed.
 RESIZE_MODES = ("stretch", "center_crop", "pad")
@@ -147,6 +166,8 @@ class ModelPackage:
     # File name -> the S3 ETag it had when the driver checked the package; workers download exactly those versions.
     file_etags: dict = field(default_factory=dict)
     preprocessing: Preprocessing = Preprocessing()
+    # An mxnet package's ONNX twin: the check record of model.json's "onnx_twin" (None: no twin).
+    onnx_twin: Optional[dict] = None
 
     @property
     def height(self) -> int:
@@ -166,6 +187,85 @@ class ModelPackage:
         if self.preprocessing.manifest():
             fields["preprocessing"] = self.preprocessing.manifest()
         return fields
+
+
+def twin_package(package: ModelPackage) -> ModelPackage:
+    """The ``onnx`` package an mxnet package's twin is: only its ONNX file (at the ETag the driver recorded), run by
+    ONNX Runtime with the mxnet package's preprocessing, labels and output. The workers load and pin nothing else."""
+    if package.onnx_twin is None:
+        raise ModelPackageError(f"model package {package.uri} has no ONNX twin")
+    name = package.files[TWIN_ROLE]
+    return ModelPackage(**{**package.__dict__, "format": "onnx", "files": {TWIN_ROLE: name},
+                           "file_etags": {key: value for key, value in package.file_etags.items() if key == name}})
+
+
+def runtime_package(package: ModelPackage, runtime: str) -> ModelPackage:
+    """The package the workers load for ``runtime`` (``mxnet`` or ``onnxruntime``): an mxnet package's twin for ONNX
+    Runtime (:func:`twin_package`), its MXNet files alone for MXNet, else ``package`` itself."""
+    if package.onnx_twin is None:
+        return package
+    if runtime == "onnxruntime":
+        return twin_package(package)
+    name = package.files[TWIN_ROLE]
+    return ModelPackage(**{**package.__dict__, "onnx_twin": None,
+                           "files": {role: file for role, file in package.files.items() if role != TWIN_ROLE},
+                           "file_etags": {key: value for key, value in package.file_etags.items() if key != name}})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _twin_problems(record: object, files: dict) -> list[str]:
+    """What is wrong with an ``onnx_twin`` record for a package whose ``files`` are these."""
+    if not isinstance(record, dict):
+        return [f"'onnx_twin' must be an object (the check add-onnx records); got {_abridged(record)}"]
+    problems = []
+    known = ("held_out_images", "top1_agreement", "max_probability_difference", "sha256", "held_out", "versions")
+    unknown = sorted(set(record) - set(known))
+    if unknown:
+        problems.append(f"unknown keys in 'onnx_twin' {_abridged(unknown)}; allowed: {sorted(known)}")
+    images = record.get("held_out_images")
+    if not isinstance(images, int) or isinstance(images, bool) or images < MIN_HELD_OUT_IMAGES:
+        problems.append(f"'onnx_twin.held_out_images' must be an integer of at least {MIN_HELD_OUT_IMAGES}; got "
+                        f"{_abridged(images)}")
+    agreement = record.get("top1_agreement")
+    if not _is_number(agreement) or agreement != 1:
+        problems.append(f"'onnx_twin.top1_agreement' must be 1 (the twin's top-1 label equal to MXNet's on every "
+                        f"held-out image); got {_abridged(agreement)}")
+    difference = record.get("max_probability_difference")
+    if not _is_number(difference) or not 0 <= difference <= MAX_TWIN_PROBABILITY_DIFFERENCE:
+        problems.append(f"'onnx_twin.max_probability_difference' must be a number from 0 to "
+                        f"{MAX_TWIN_PROBABILITY_DIFFERENCE}; got {_abridged(difference)}")
+    digests = record.get("sha256")
+    names = sorted(set(files.values()))
+    if (not isinstance(digests, dict) or sorted(digests) != names
+            or not all(isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef")
+                       for value in digests.values())):
+        problems.append(f"'onnx_twin.sha256' must map each package file {names} to its SHA-256 (64 lowercase hex "
+                        f"digits); got {_abridged(digests)}")
+    return problems
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, as 64 lowercase hex digits, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_twin_files(package: ModelPackage, directory: str) -> None:
+    """Refuse a twin whose package files (in ``directory``) are not the ones its check compared: an ONNX file of
+    another model, or an mxnet model changed after the check. Reads every file of the package once."""
+    changed = [name for name, expected in sorted(package.onnx_twin["sha256"].items())
+               if file_sha256(os.path.join(directory, *name.split("/"))) != expected]
+    if changed:
+        raise ModelPackageError(
+            f"model package {package.uri}: {changed} differ from the files its ONNX twin was checked against "
+            f"('onnx_twin.sha256' in model.json): the twin may be another model's. Check the twin again with "
+            f"`python -m job.model_package add-onnx --package {package.uri} --held-out-manifest URI`")
 
 
 def _number_triple(document: dict, key: str, problems: list[str], positive: bool = False) -> tuple:
@@ -228,7 +328,7 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
             f"{uri.rstrip('/')}/{MANIFEST_NAME}: expected a JSON object; got {type(document).__name__}")
     problems: list[str] = []
     known = {"format_version", "name", "format", "files", "input_name", "input_shape", "mean", "std", "labels",
-             "output", "trained", "provenance", "preprocessing"}
+             "output", "trained", "provenance", "preprocessing", "onnx_twin"}
     unknown = sorted(set(document) - known)
     if unknown:
         problems.append(f"unknown keys {unknown}; allowed: {sorted(known)}")
@@ -253,6 +353,16 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
             if missing:
                 problems.append(
                     f"'files' needs {list(FORMATS[model_format])} for format {model_format!r}; missing {missing}")
+    twin = document.get("onnx_twin")
+    if model_format == "mxnet" and TWIN_ROLE in files:
+        if twin is None:
+            problems.append(f"'files.{TWIN_ROLE}' of an mxnet package is its ONNX twin and needs 'onnx_twin', the "
+                            "record of the check that it agrees with MXNet (python -m job.model_package add-onnx)")
+        else:
+            problems += _twin_problems(twin, files)
+    elif twin is not None:
+        problems.append(f"'onnx_twin' belongs to an mxnet package whose 'files' name its ONNX twin as "
+                        f"'{TWIN_ROLE}'; this package is format {model_format!r} with files {sorted(files)}")
     preprocessing = _parse_preprocessing(document.get("preprocessing"), problems)
     channels_first = preprocessing.layout == "NCHW"
     shape = document.get("input_shape")
@@ -306,6 +416,7 @@ def parse_manifest(document: object, uri: str) -> ModelPackage:
         trained=trained,
         provenance=dict(document.get("provenance") or {}),
         preprocessing=preprocessing,
+        onnx_twin=dict(twin) if model_format == "mxnet" and TWIN_ROLE in files else None,
     )
 
 

@@ -22,8 +22,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from job.package_format import (INPUT_DTYPES, ModelPackage, ModelPackageError, Preprocessing,
-                                onnx_external_locations, safe_relative_name, write_manifest)
+from job.package_format import (INPUT_DTYPES, RUNTIME_OF_FORMAT, TWIN_ROLE, ModelPackage, ModelPackageError,
+                                Preprocessing, onnx_external_locations, safe_relative_name, twin_package,
+                                write_manifest)
 from job.package_store import local_copy, read_package
 from job.storage import Storage
 
@@ -261,6 +262,15 @@ def validate_package(package_uri: str, images: Sequence[str], *, top_k: int = 5,
                  + (f" (crop fraction {preprocessing.crop_fraction})" if preprocessing.resize == "center_crop" else "")
                  + f", interpolation {preprocessing.interpolation}; output {package.output}"
                  + (" (softmax applied)" if package.output == "logits" else ""))
+    twin = package.onnx_twin
+    if twin is not None:
+        lines.append(f"runtime onnxruntime (the job's --runtime auto): the ONNX twin {package.files[TWIN_ROLE]}, "
+                     f"checked on {twin['held_out_images']} held-out images: top-1 agreement with MXNet "
+                     f"{twin['top1_agreement']:.0%}, probabilities within {twin['max_probability_difference']:.1e}, "
+                     "files unchanged since (SHA-256); --runtime mxnet runs MXNet instead")
+        package = twin_package(package)
+    else:
+        lines.append(f"runtime {RUNTIME_OF_FORMAT[package.format]}")
     decoded, names, failed = [], [], 0
     resize = (preprocessing.resize, preprocessing.crop_fraction, preprocessing.interpolation)
     for source in images:

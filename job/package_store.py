@@ -10,17 +10,19 @@ import json
 import os
 import tempfile
 
-from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, ModelChanged, ModelPackage, ModelPackageError,
-                                check_onnx_file, parse_manifest)
+from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, TWIN_ROLE, ModelChanged, ModelPackage,
+                                ModelPackageError, check_onnx_file, check_twin_files, parse_manifest)
 from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage, is_s3, join, local_path
 
 
-def read_package(uri: str, storage: Storage, check_files: bool = True) -> ModelPackage:
+def read_package(uri: str, storage: Storage, check_files: bool = True, without_twin: bool = False) -> ModelPackage:
     """Read and validate ``model.json`` at ``uri``.
 
     With ``check_files``, also that every file it names exists, recording each one's ETag (s3://) so that workers
-    download exactly those versions, and that an ONNX model reads no data from outside the package
-    (:func:`check_onnx_file`).
+    download exactly those versions, that an ONNX model (or an mxnet package's ONNX twin) reads no data from outside
+    the package (:func:`check_onnx_file`), and that a twin's files are the ones its check compared
+    (:func:`check_twin_files`). ``without_twin`` reads an mxnet package as if it had no ONNX twin (``add-onnx``
+    checks a twin again, even one whose files changed since).
     """
     manifest_uri = join(uri, MANIFEST_NAME)
     try:
@@ -32,6 +34,10 @@ def read_package(uri: str, storage: Storage, check_files: bool = True) -> ModelP
         raise ModelPackageError(f"{manifest_uri} is larger than {MAX_MANIFEST_BYTES} bytes: {error}") from error
     except ValueError as error:
         raise ModelPackageError(f"{manifest_uri} is not valid JSON: {error}") from error
+    if without_twin and isinstance(document, dict) and document.get("format") == "mxnet":
+        document.pop("onnx_twin", None)
+        if isinstance(document.get("files"), dict):
+            document["files"] = {role: name for role, name in document["files"].items() if role != TWIN_ROLE}
     package = parse_manifest(document, uri)
     if not check_files:
         return package
@@ -44,14 +50,21 @@ def read_package(uri: str, storage: Storage, check_files: bool = True) -> ModelP
     if missing:
         raise ModelPackageError(f"model package {uri} names files that do not exist: {missing}")
     package = ModelPackage(**{**package.__dict__, "file_etags": etags})
-    if package.format == "onnx":
-        if is_s3(uri):
-            with tempfile.TemporaryDirectory(prefix="model-check-") as scratch:
-                onnx_name = package.files["onnx"]
-                storage.download_files(uri, {onnx_name: etags[onnx_name]}, scratch)
-                check_onnx_file(package, os.path.join(scratch, *onnx_name.split("/")))
-        else:
-            check_onnx_file(package, os.path.join(local_path(uri), package.files["onnx"]))
+    if package.format == "onnx" or package.onnx_twin is not None:
+        # A twin's check covers every file of the package (their SHA-256), so all of them are read, once.
+        names = package.files.values() if package.onnx_twin is not None else [package.files["onnx"]]
+        with tempfile.TemporaryDirectory(prefix="model-check-") as scratch:
+            if is_s3(uri):
+                try:
+                    storage.download_files(uri, {name: etags[name] for name in names}, scratch)
+                except ObjectChanged as error:
+                    raise ModelChanged(str(error)) from error
+                directory = scratch
+            else:
+                directory = local_path(uri)
+            check_onnx_file(package, os.path.join(directory, *package.files["onnx"].split("/")))
+            if package.onnx_twin is not None:
+                check_twin_files(package, directory)
     return package
 
 

@@ -33,8 +33,8 @@ from typing import Optional
 from pyspark import AccumulatorParam, TaskContext
 
 from job import __version__, report_inputs
-from job.config import DEFAULT_LOCAL_MASTER, ConfigError, JobConfig, images_per_batch
-from job.package_format import ModelPackage
+from job.config import DEFAULT_LOCAL_MASTER, RUNTIMES, ConfigError, JobConfig, images_per_batch
+from job.package_format import RUNTIME_OF_FORMAT, ModelPackage, runtime_package
 from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
 from job.storage import Storage, is_s3, join, local_path
@@ -112,25 +112,49 @@ def check_device_request(config: JobConfig, spark_conf) -> None:
             "--device auto/cpu")
 
 
-def check_framework(package: ModelPackage) -> None:
-    """An ``mxnet`` package needs ``mxnet`` on the nodes; a Graviton node of a stock EMR AMI has none (its bootstrap
-    installs everything but MXNet: MXNet's aarch64 wheel links Arm Performance Libraries, which no Amazon Linux 2023
-    package provides). The driver's Python stands for the workers' (the stack sets one PYSPARK_PYTHON for all nodes of
-    one architecture, and every node of a cluster is of one). find_spec only looks: the driver never imports a
+def resolve_runtime(package: ModelPackage, requested: str) -> str:
+    """What runs ``package`` for ``--runtime requested``: ``mxnet`` or ``onnxruntime``.
+
+    ``auto`` runs an mxnet package with a checked ONNX twin (``model.json``'s ``onnx_twin``, which
+    :func:`job.package_store.read_package` verified against the files) with ONNX Runtime, and every other package with
+    its own format's runtime. Raises :class:`ConfigError` when the runtime asked for cannot run the package."""
+    if requested == "auto":
+        return "onnxruntime" if package.onnx_twin is not None else RUNTIME_OF_FORMAT[package.format]
+    if requested == "mxnet" and package.format != "mxnet":
+        raise ConfigError(f"--runtime mxnet: --model {package.uri} is an {package.format} package, which only ONNX "
+                          "Runtime runs; allowed: --runtime auto or onnxruntime")
+    if requested == "onnxruntime" and package.format == "mxnet" and package.onnx_twin is None:
+        raise ConfigError(
+            f"--runtime onnxruntime: --model {package.uri} is an mxnet package without an ONNX twin; allowed values "
+            f"are {', '.join(RUNTIMES)}. Add a twin checked on held-out images with `python -m job.model_package "
+            f"add-onnx --package {package.uri} --held-out-manifest URI`, or use --runtime auto or mxnet")
+    return requested
+
+
+def check_framework(package: ModelPackage, runtime: str) -> None:
+    """An ``mxnet`` package run by MXNet needs ``mxnet`` on the nodes; a Graviton node of a stock EMR AMI has none (its
+    bootstrap installs everything but MXNet: MXNet's aarch64 wheel links Arm Performance Libraries, which no Amazon
+    Linux 2023 package provides). An mxnet package whose ``runtime`` is ``onnxruntime`` (its ONNX twin) needs no
+    mxnet. The driver's Python stands for the workers' (the stack sets one PYSPARK_PYTHON for all nodes of one
+    architecture, and every node of a cluster is of one). find_spec only looks: the driver never imports a
     framework."""
-    if package.format == "mxnet" and importlib.util.find_spec("mxnet") is None:
+    if runtime == "mxnet" and importlib.util.find_spec("mxnet") is None:
         raise ConfigError(
             f"--model {package.uri} is an mxnet package, but this {platform.machine()} node's Python "
             f"({sys.executable}) has no mxnet (a Graviton node without Arm Performance Libraries runs ONNX packages "
-            f"only): convert it with `python -m job.model_package to-onnx --package {package.uri} --out DIR` and pass "
-            "the onnx package, or run on x86_64 nodes")
+            f"only): give it a checked ONNX twin with `python -m job.model_package add-onnx --package {package.uri} "
+            f"--held-out-manifest URI` and run it with --runtime auto, or convert it with `python -m "
+            f"job.model_package to-onnx --package {package.uri} --out DIR` and pass the onnx package, or run on "
+            "x86_64 nodes")
 
 
-def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, Listing, float]:
-    """Everything that can fail on bad arguments, done before Spark starts. Returns listing seconds too."""
+def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, str, Listing, float]:
+    """Everything that can fail on bad arguments, done before Spark starts. Returns the package, the runtime that
+    will run it (``mxnet`` or ``onnxruntime``), the listing and its seconds."""
     storage = Storage(config.s3_endpoint_url)
     package = read_package(config.model, storage)
-    check_framework(package)
+    runtime = resolve_runtime(package, config.runtime)
+    check_framework(package, runtime)
     check_output(config, storage)
     started = time.perf_counter()
     try:
@@ -138,7 +162,7 @@ def prepare(config: JobConfig) -> tuple[Storage, ModelPackage, Listing, float]:
                               records_per_item=config.batch_size)
     except NoInputError as error:
         raise ConfigError(str(error)) from error
-    return storage, package, listing, time.perf_counter() - started
+    return storage, package, runtime, listing, time.perf_counter() - started
 
 
 def task_slots(spark_context) -> tuple[int, Optional[str]]:
@@ -309,7 +333,7 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
     """Run the job; return the summary written to ``OUTPUT/summary.json``. Raises ConfigError before Spark starts on
     bad arguments, and JobFailed after writing the summary when more than ``--max-failure-ratio`` of inputs failed."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    storage, package, listing, listing_s = prepare(config)
+    storage, package, runtime, listing, listing_s = prepare(config)
     session_started = time.perf_counter()
     spark = spark_session(master)
     session_s = time.perf_counter() - session_started
@@ -326,7 +350,9 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
             f"batches of {batch_size} images, not --batch-size {config.batch_size}: the model's {package.height}x"
             f"{package.width} input would decode to more than --max-batch-bytes {config.max_batch_bytes} per batch")
     settings = WorkerSettings(
-        package=package, device=config.device, batch_size=batch_size, top_k=config.top_k,
+        # An mxnet package with a twin: the workers copy (pinned) and load only the files of the runtime that runs it.
+        package=runtime_package(package, runtime),
+        device=config.device, batch_size=batch_size, top_k=config.top_k,
         fetch_threads=config.fetch_threads, s3_endpoint_url=config.s3_endpoint_url,
         max_object_bytes=config.max_object_bytes, max_bytes_in_flight=config.max_bytes_in_flight,
         kill_worker_once_marker=config.kill_worker_once_marker, kill_worker_after_images=config.kill_worker_after_images,
@@ -373,6 +399,9 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         print(f"warning: {why_not}; counting from the Parquet instead", file=sys.stderr)
         counts, counted_from = summarize(spark, predictions_uri, package), "parquet"
     worker = dict(stats.value)
+    # The runtime the workers ran the model with, from what they loaded (not what was asked for): null when no worker
+    # could load it. The driver hands every task the same package, so there is one; were there two, both are named.
+    runtime_ran = "+".join(sorted(worker.get("images_by_runtime", {}))) or None
     failure_ratio = counts["error"] / counts["total"] if counts["total"] else 0.0
     failed = failure_ratio > config.max_failure_ratio
     summary = {
@@ -387,8 +416,11 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "model": {"uri": package.uri, "name": package.name, "format": package.format, "trained": package.trained,
                   "input_shape": list(package.input_shape), "provenance": package.provenance,
                   # The versions every worker loaded: a file replaced during the run fails its rows (model_changed).
-                  "file_etags": package.file_etags},
+                  "file_etags": package.file_etags, "runtime": runtime_ran, "onnx_twin": package.onnx_twin},
         "model_errors": sorted(worker.get("model_errors", {})),
+        "runtime": runtime_ran,
+        "runtime_requested": config.runtime,
+        "images_by_runtime": worker.get("images_by_runtime", {}),
         "device_requested": config.device,
         "images_by_device": {key[len("images_on_"):]: value for key, value in worker.items()
                              if key.startswith("images_on_")},

@@ -105,7 +105,10 @@ class Agreement:
 
 
 @dataclass
-class _AgreementCounter:
+class AgreementCounter:
+    """Adds up how two models' probabilities (``float32[N, classes]`` per batch) compare: the INT8 gate's, and the
+    ONNX twin's (:mod:`job.onnx_twin`, reference MXNet in place of FP32)."""
+
     images: int = 0
     agreeing: int = 0
     max_difference: float = 0.0
@@ -167,7 +170,7 @@ def decoded_batches(items: Sequence[WorkItem], package: ModelPackage, s3_endpoin
         yield preparer.prepare(units)
 
 
-def _decoded_rows(batch: PreparedBatch) -> list[Optional[int]]:
+def decoded_rows(batch: PreparedBatch) -> list[Optional[int]]:
     """True labels of the rows that decoded, in the order of ``batch.pixels``."""
     return [label for label, error in zip(batch.true_labels, batch.errors) if error is None]
 
@@ -291,11 +294,11 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
         # The reference is the package as the user has it (MXNet runs an mxnet package), through the job's predictor.
         fp32_predict = load_predictor(source, source_dir, Device("cpu"))
         int8_predict = load_predictor(int8_package, int8_dir, Device("cpu"))
-        counter = _AgreementCounter()
+        counter = AgreementCounter()
         for batch in decoded_batches(held_out_items, source, s3_endpoint_url):
             skipped += sum(error is not None for error in batch.errors)
             if len(batch.pixels):
-                counter.add(fp32_predict(batch.pixels), int8_predict(batch.pixels), _decoded_rows(batch))
+                counter.add(fp32_predict(batch.pixels), int8_predict(batch.pixels), decoded_rows(batch))
         agreement = counter.result()
         if agreement.images < MIN_HELD_OUT_IMAGES:
             raise ValueError(f"only {agreement.images} held-out images could be decoded; at least "

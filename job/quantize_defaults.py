@@ -2,8 +2,8 @@
 (``python -m job.model_package quantize``), so that the command line does not import the quantizer to build its help.
 """
 
+from job.package_format import MIN_HELD_OUT_IMAGES  # noqa: F401  (also the least an ONNX twin's check may compare)
+
 DEFAULT_CALIBRATION_IMAGES = 256
 DEFAULT_HELD_OUT_IMAGES = 1000
-# At a 99 % threshold one disagreement must be worth at most one percentage point.
-MIN_HELD_OUT_IMAGES = 100
 DEFAULT_MIN_AGREEMENT = 0.99

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from job.config import DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_OBJECT_BYTES
 from job.decode import DecodeError, Normalizer, decode_cifar_records, decode_image
-from job.package_format import ModelPackage, ModelPackageError
+from job.package_format import RUNTIME_OF_FORMAT, ModelPackage, ModelPackageError
 from job.predictor import cached_predictor
 from job.sources import CIFAR_RECORD_BYTES, KIND_CIFAR, KIND_IMAGE, WorkItem
 from job.storage import ObjectChanged, ObjectNotFound, ObjectTooLarge, Storage
@@ -423,6 +423,8 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
         images_done += len(batch.sources)
         yield record_batch
         _kill_worker_once(settings, images_done)
+    # The runtime that ran them: the format of the package this worker loaded (an mxnet package's twin is onnx).
+    stats["images_by_runtime"] = {RUNTIME_OF_FORMAT[settings.package.format]: stats[f"images_on_{device.kind}"]}
     stats.update(fetch_s=preparer.seconds["fetch"], decode_s=preparer.seconds["decode"], predict_s=predict_seconds,
                  output_s=output_seconds, peak_fetch_bytes_in_flight=preparer.budget.peak,
                  # ru_maxrss is in KiB on Linux: the largest this worker process has been, model included.

@@ -42,6 +42,7 @@ TRIGGER_SETTINGS = ("CLUSTER_MODE", "DATA_BUCKET", "CLAIMS_TABLE", "NOTIFICATION
 # nodes' role. (file relative to the repository, function name or None for the whole module)
 JOB_TOOLS = (
     ("job/quantize.py", None),
+    ("job/onnx_twin.py", None),
     ("job/demo.py", None),
     ("job/train_digits.py", None),
     ("job/model_package.py", "main"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 JOB = Path(__file__).resolve().parents[2] / "job"
 RUN_PATH_ENTRIES = ("__main__", "cli", "spark_entry")
-TOOLS = {"model_package", "convert", "quantize", "quantize_defaults", "inspect_package", "package_init"}
+TOOLS = {"model_package", "convert", "quantize", "onnx_twin", "quantize_defaults", "inspect_package", "package_init"}
 DEMO = {"demo", "train_digits", "sample_data"}
 FRAMEWORKS = ("numpy", "cv2", "PIL", "mxnet", "onnx", "onnxruntime", "pyspark", "pyarrow", "boto3")
 
