@@ -34,6 +34,7 @@ from pyspark import AccumulatorParam, TaskContext
 
 from job import __version__, report_inputs
 from job.config import DEFAULT_LOCAL_MASTER, RUNTIMES, ConfigError, JobConfig, images_per_batch
+from job.local_jvm import DriverJvm, dump_archive
 from job.package_format import RUNTIME_OF_FORMAT, ModelPackage, runtime_package
 from job.package_store import read_package
 from job.sources import Listing, NoInputError, list_inputs, plan_tasks
@@ -49,12 +50,9 @@ RUN_SOURCE_FIELDS = ("kind", "prefix", "uploads", "manifest", "input", "run_name
 # job's files (a few row groups of 9 columns: a few KiB). A larger footer costs a second read.
 FOOTER_READ_BYTES = 64 * 1024
 FOOTER_READ_THREADS = 16
-# A local run's driver JVM compiles with C1 only: a step's JVM lives for seconds to minutes, and its own work (planning,
-# Arrow to Parquet for a few hundred rows a second) never needs C2's peak code, while C2 compiling Spark's hot start-up
-# paths costs the first query about a second of CPU (measured side by side by `make bench`: tests/benchmark/run.py
-# jvm_start). Not set for EMR steps: there the executors' own JVMs start on other nodes, and the step's
-# spark.driver.extraJavaOptions would replace what EMR's spark-defaults put there.
-LOCAL_DRIVER_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# The class archive this process's driver JVM records for (job.local_jvm), written once its first run's Spark work is
+# done; None when it started with an archive, on EMR, or once written.
+_archive_to_dump: Optional[str] = None
 WORK_ITEM_SCHEMA = ("source string, kind string, start bigint, count bigint, error string, etag string, "
                     "version_id string")
 
@@ -182,9 +180,13 @@ def task_slots(spark_context) -> tuple[int, Optional[str]]:
     return slots, None
 
 
-def spark_session(master: Optional[str], driver_jvm_options: str = LOCAL_DRIVER_JVM_OPTIONS):
+def spark_session(master: Optional[str], driver_jvm_options: Optional[str] = None):
     """The job's Spark session: on EMR (``master`` None) as spark-submit configured it; else a session of its own on
-    ``master``, whose driver JVM (in local mode also the executor) starts with ``driver_jvm_options``."""
+    ``master``. A driver JVM this call starts (one per process: PySpark keeps it across sessions; in local mode also
+    the executor) starts with ``driver_jvm_options``, or by default with :mod:`job.local_jvm`'s options: C1 only and
+    the installation's class archive, or, when there is none yet, recording so that :func:`run` writes one."""
+    global _archive_to_dump
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("mxnet-inference")
@@ -196,9 +198,21 @@ def spark_session(master: Optional[str], driver_jvm_options: str = LOCAL_DRIVER_
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers use this interpreter's packages
         builder = (builder.master(master)
                    .config("spark.ui.enabled", "false")
-                   .config("spark.sql.session.timeZone", "UTC")
-                   .config("spark.driver.extraJavaOptions", driver_jvm_options))
+                   .config("spark.sql.session.timeZone", "UTC"))
+        if SparkContext._gateway is None:  # this call starts the driver JVM: its options still matter
+            if driver_jvm_options is None:
+                jvm = DriverJvm()
+                driver_jvm_options = jvm.options()
+                _archive_to_dump = jvm.archive if jvm.wants_dump() else None
+            builder = builder.config("spark.driver.extraJavaOptions", driver_jvm_options)
     return builder.getOrCreate()
+
+
+def _start_archive_dump(spark) -> Optional[threading.Thread]:
+    """Once per process, when its driver JVM started recording (no class archive yet): start writing the archive."""
+    global _archive_to_dump
+    archive, _archive_to_dump = _archive_to_dump, None
+    return dump_archive(spark, archive) if archive else None
 
 
 def _versions(spark) -> dict:
@@ -455,22 +469,28 @@ def run(config: JobConfig, master: Optional[str] = DEFAULT_LOCAL_MASTER) -> dict
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     summary["seconds"]["summary"] = time.perf_counter() - summary_started
-    report_started = time.perf_counter()
-    # Imported here, not at the top: Python workers import this module to unpickle StatsAccumulator, and need neither
-    # matplotlib nor jinja2.
-    from job.report import REPORT_NAME, write_report
+    # A local run's first driver JVM writes its class archive now (job.local_jvm), while the report renders in Python.
+    dumping = _start_archive_dump(spark)
+    try:
+        report_started = time.perf_counter()
+        # Imported here, not at the top: Python workers import this module to unpickle StatsAccumulator, and need
+        # neither matplotlib nor jinja2.
+        from job.report import REPORT_NAME, write_report
 
-    summary["report"] = write_report(spark, summary, predictions_uri=predictions_uri, package=package, storage=storage,
-                                     report_uri=join(config.output, REPORT_NAME), thumbnails=thumbnails,
-                                     inputs=counts.get("report_inputs"))
-    summary["seconds"]["report"] = time.perf_counter() - report_started
-    summary_uri = join(config.output, SUMMARY_NAME)
-    storage.write(summary_uri, (json.dumps(summary, indent=2) + "\n").encode(), content_type="application/json")
-    # After the summary: a run in the runs table always has the summary its record points at (a crash in between
-    # leaves a summary without a record, which `python -m infra.runs list` still shows).
-    if config.run_record:
-        record = run_record(summary, config.output, summary_uri=summary_uri, started_at=started_at)
-        storage.write(config.run_record, (json.dumps(record) + "\n").encode(), content_type="application/json")
+        summary["report"] = write_report(spark, summary, predictions_uri=predictions_uri, package=package,
+                                         storage=storage, report_uri=join(config.output, REPORT_NAME),
+                                         thumbnails=thumbnails, inputs=counts.get("report_inputs"))
+        summary["seconds"]["report"] = time.perf_counter() - report_started
+        summary_uri = join(config.output, SUMMARY_NAME)
+        storage.write(summary_uri, (json.dumps(summary, indent=2) + "\n").encode(), content_type="application/json")
+        # After the summary: a run in the runs table always has the summary its record points at (a crash in between
+        # leaves a summary without a record, which `python -m infra.runs list` still shows).
+        if config.run_record:
+            record = run_record(summary, config.output, summary_uri=summary_uri, started_at=started_at)
+            storage.write(config.run_record, (json.dumps(record) + "\n").encode(), content_type="application/json")
+    finally:
+        if dumping is not None:
+            dumping.join()
     if failed:
         raise JobFailed(summary["message"])
     return summary

@@ -7,6 +7,7 @@ to the end of the run, so that they read the calls of every suite that ran befor
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ if str(IAM_TESTS_DIR) not in sys.path:
 import aws_call_recording  # noqa: E402  (after the path above)
 
 aws_call_recording.install()
+
+# Local runs keep their driver JVM's class archive (job/local_jvm.py) in the user's cache; the suite's, and its
+# subprocesses', stay in this checkout's build/ (a test that needs a cache of its own sets the variable itself).
+os.environ.setdefault("JOB_JVM_CACHE", str(Path(__file__).resolve().parent.parent / "build" / "jvm-cache"))
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -323,12 +323,13 @@ def jvm_start(args: dict) -> dict:
     """What a step's JVM pays before any image, in a fresh process: the Spark session (a new driver JVM), the first
     SQL job writing Parquet (no Python: class loading, code generation, the writer), then the first Python job
     (``mapInArrow`` writing Parquet: Python workers start and Arrow gets going). ``jvm_options``: the driver JVM's
-    options (in local mode it is also the executor)."""
-    from job.pipeline import spark_session
+    options (in local mode it is also the executor); None for the job's own (job.local_jvm)."""
+    from job import pipeline
 
     started = time.perf_counter()
-    spark = spark_session(args["master"], args["jvm_options"])
-    timings = {"session_s": time.perf_counter() - started}
+    spark = pipeline.spark_session(args["master"], args["jvm_options"])
+    timings = {"session_s": time.perf_counter() - started,
+               "options": spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")}
     started = time.perf_counter()
     spark.range(1000).write.mode("overwrite").parquet(os.path.join(args["output"], "sql"))
     timings["first_sql_write_s"] = time.perf_counter() - started
