@@ -1,15 +1,17 @@
 """What runs inside a Python worker for one Spark task: fetch, decode, predict, and Arrow output. No driver code here.
 
-Per task: the task's work items arrive as Arrow rows; they are cut into batches of ``batch_size`` images; a producer
-thread fetches each batch's objects concurrently (a thread pool and an S3 client shared by the whole worker process)
-and decodes them into one array of the model's input (e.g. ``float32[N, 3, H, W]``) while the main thread runs the
-model on the previous batch.
+Per task: the task's work items arrive as Arrow rows; they are cut into batches of ``batch_size`` images; each batch's
+objects are fetched concurrently (a thread pool and an S3 client shared by the whole worker process) and decoded into
+one array of the model's input (e.g. ``float32[N, 3, H, W]``). With the model on the CPU, the task's own thread
+decodes a batch and then runs the model on it, while the next batch's objects are fetched (:func:`fetched_ahead`:
+decoding and the model take turns on the cores they share); with it on a GPU, a producer thread fetches and decodes
+ahead while the main thread runs the model (:func:`prefetched`).
 Every input yields exactly one output row; an input that cannot be read or decoded yields a row with ``status = error``.
 
 Memory: an object is read only when its size (from the response headers) is at most ``max_object_bytes``; the bytes
 of fetched objects that a worker holds at once are at most ``max_bytes_in_flight`` (a byte budget reserved before an
 object's body is read and released once it is decoded); the decoded arrays are ``batch_size`` images each, for at
-most ``PREFETCH_BATCHES + 2`` batches (queued, being predicted, being prepared).
+most two batches on the CPU (being predicted, being prepared) and ``PREFETCH_BATCHES + 2`` on a GPU (queued too).
 """
 
 from __future__ import annotations
@@ -99,6 +101,16 @@ class _Unit:
     item: WorkItem
     start: int
     count: int
+
+
+@dataclass
+class _Fetching:
+    """A batch whose objects are being fetched: ``fetched`` receives ``(position, bytes or exception, reserved)`` for
+    each unit position in ``readable``."""
+
+    units: list[_Unit]
+    readable: list[int]
+    fetched: queue.Queue = field(default_factory=queue.Queue)
 
 
 _fetch_pool: Optional[ThreadPoolExecutor] = None
@@ -233,19 +245,35 @@ class BatchPreparer:
             return f"corrupt_image: {type(error).__name__}: {error}", None
         return None, None
 
+    def submit(self, units: list[_Unit]) -> _Fetching:
+        """Start fetching the units' objects in the worker's fetch pool; :meth:`complete` (or :meth:`discard`) takes
+        them."""
+        fetching = _Fetching(units, [position for position, unit in enumerate(units)
+                                     if unit.item.kind in (KIND_IMAGE, KIND_CIFAR) and unit.item.error is None])
+        for position in fetching.readable:
+            self.pool.submit(self._fetch, position, units[position], fetching.fetched)
+        return fetching
+
+    def discard(self, fetching: _Fetching) -> None:
+        """Wait for a submitted batch's objects and drop them undecoded, releasing their bytes (a task that ends
+        before the consumer takes the batch leaves no fetch holding the budget)."""
+        for _ in fetching.readable:
+            _, payload, reserved = fetching.fetched.get()
+            payload = None  # noqa: F841 (the bytes go before their budget is released)
+            self.budget.release(reserved)
+
     def prepare(self, units: list[_Unit]) -> PreparedBatch:
-        """Fetch the units' objects concurrently and decode each as soon as it arrives (then drop its bytes), so
-        the bytes held never pass the budget; rows keep the units' order."""
+        return self.complete(self.submit(units))
+
+    def complete(self, fetching: _Fetching) -> PreparedBatch:
+        """Decode each of a submitted batch's objects as soon as it arrives (then drop its bytes), so the bytes held
+        never pass the budget; rows keep the units' order."""
+        units, fetched, readable = fetching.units, fetching.fetched, fetching.readable
         height, width = self.settings.package.height, self.settings.package.width
         offsets = np.cumsum([0] + [unit.count for unit in units])
         images = np.empty((int(offsets[-1]), height, width, 3), dtype=np.uint8)
         errors: list[Optional[str]] = [unit.item.error for unit in units]
         true_labels: list[Optional[list]] = [None] * len(units)
-        fetched: queue.Queue = queue.Queue()
-        readable = [position for position, unit in enumerate(units)
-                    if unit.item.kind in (KIND_IMAGE, KIND_CIFAR) and unit.item.error is None]
-        for position in readable:
-            self.pool.submit(self._fetch, position, units[position], fetched)
         for _ in readable:
             waiting = time.perf_counter()
             position, payload, reserved = fetched.get()
@@ -309,6 +337,33 @@ def prefetched(batches: Iterator[list[_Unit]], preparer: BatchPreparer) -> Itera
                 ready.get_nowait()
             except queue.Empty:
                 producer.join(timeout=0.05)
+
+
+def fetched_ahead(batches: Iterator[list[_Unit]], preparer: BatchPreparer) -> Iterator[PreparedBatch]:
+    """Prepare batches in the consumer's own thread, the next batch's objects fetched while the consumer works.
+
+    For a model on the CPU. Decoding competes with the model for the same cores: a decoding thread beside the model
+    of every worker (:func:`prefetched`) had four busy threads share two cores, and both decoding and the model ran
+    slower than they do in turn (``make bench`` measures the job against decoding and the model alone). Fetching
+    stays concurrent: it waits on the network, not the CPU. One batch is fetched while the consumer predicts the one
+    before, and its objects are decoded as they arrive, so the bytes held stay within the budget, as in
+    :meth:`BatchPreparer.prepare`.
+    """
+    pending = iter(batches)
+    fetching = None
+    try:
+        units = next(pending, None)
+        fetching = preparer.submit(units) if units is not None else None
+        while fetching is not None:
+            batch = preparer.complete(fetching)
+            # The next batch's fetches start only now that this batch's have all arrived: a reservation of the next
+            # batch can then never keep one of this batch's objects waiting for the budget.
+            units = next(pending, None)
+            fetching = preparer.submit(units) if units is not None else None
+            yield batch
+    finally:
+        if fetching is not None:  # the task ended early: its fetches must not keep the budget
+            preparer.discard(fetching)
 
 
 def top_k_labels(probabilities: np.ndarray, k: int) -> np.ndarray:
@@ -412,7 +467,9 @@ def classify_items(items: list[WorkItem], settings: WorkerSettings, stats: dict)
     preparer = BatchPreparer(settings)
     predict_seconds = output_seconds = 0.0
     images_done = 0
-    for batch in prefetched(batch_units(items, settings.batch_size), preparer):
+    # On a GPU the model leaves the cores free, so decoding runs beside it; on the CPU they take turns.
+    ahead = prefetched if device.kind == "gpu" else fetched_ahead
+    for batch in ahead(batch_units(items, settings.batch_size), preparer):
         predicting = time.perf_counter()
         probabilities = predict(batch.pixels) if len(batch.pixels) else None
         converting = time.perf_counter()

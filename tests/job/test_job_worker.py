@@ -1,4 +1,7 @@
-"""The worker's pieces without Spark: batching without padding, Arrow rows, and the prefetching thread."""
+"""The worker's pieces without Spark: batching without padding, Arrow rows, the prefetching thread (GPU) and fetching
+ahead of a consumer that decodes (CPU)."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -80,7 +83,6 @@ def test_prefetch_keeps_order_and_hands_producer_errors_to_the_task():
 
 
 def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
-    import threading
 
     before = threading.active_count()
     iterator = prefetched(iter(range(100)), _Preparer())
@@ -271,3 +273,76 @@ def test_a_model_that_cannot_be_used_gives_one_error_row_per_input(tmp_path, cif
     assert all(row["status"] == "error" for row in rows)
     assert all(row["error"].startswith(reason) for row in rows[:3]) and rows[3]["error"] == "unsupported_type: x"
     assert [message.startswith(reason) for message in stats["model_errors"]] == [True]
+
+
+def _png_items(tmp_path, cifar_samples, count: int, size: int = 0) -> list:
+    items = []
+    for number in range(count):
+        path = tmp_path / f"{number}.png"
+        path.write_bytes(_padded_png(cifar_samples, size) if size else cifar_samples[0][1])
+        items.append(WorkItem(str(path), KIND_IMAGE))
+    return items
+
+
+def test_on_the_cpu_batches_are_decoded_in_turn_with_the_model_and_the_next_fetch_overlaps_it(tmp_path,
+                                                                                              cifar_samples):
+    """fetched_ahead (a model on the CPU): the same batches as prepare, in order; each batch is decoded in the
+    consumer's thread; the next batch's fetches start after this batch's have all arrived and before the consumer
+    gets it, so they run while the model predicts."""
+    from job.worker import fetched_ahead
+
+    events: list = []
+    preparer = _memory_preparer()
+    submit, complete = preparer.submit, preparer.complete
+
+    def spied_submit(units):
+        events.append(("submit", units[0].item.source))
+        return submit(units)
+
+    def spied_complete(fetching):
+        events.append(("complete", fetching.units[0].item.source, threading.current_thread().name))
+        return complete(fetching)
+
+    preparer.submit, preparer.complete = spied_submit, spied_complete
+    items = _png_items(tmp_path, cifar_samples, 80)
+    batches = list(batch_units(items, 32))
+    got = []
+    for batch in fetched_ahead(iter(batches), preparer):
+        events.append(("consumer", batch.sources[0]))
+        got.append(batch)
+    expected = [_memory_preparer().prepare(units) for units in batches]
+    assert [batch.sources for batch in got] == [batch.sources for batch in expected]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(got, expected))
+    firsts = [units[0].item.source for units in batches]
+    assert {event[2] for event in events if event[0] == "complete"} == {threading.current_thread().name}
+    assert [event[:2] for event in events] == [
+        ("submit", firsts[0]), ("complete", firsts[0]), ("submit", firsts[1]), ("consumer", firsts[0]),
+        ("complete", firsts[1]), ("submit", firsts[2]), ("consumer", firsts[1]),
+        ("complete", firsts[2]), ("consumer", firsts[2])]
+
+
+def test_a_task_that_stops_early_leaves_no_fetch_holding_the_budget(tmp_path, cifar_samples):
+    from job.worker import fetched_ahead
+
+    preparer = _memory_preparer()
+    iterator = fetched_ahead(iter(list(batch_units(_png_items(tmp_path, cifar_samples, 96), 32))), preparer)
+    next(iterator)  # batch 2's fetches are under way or done, holding their bytes
+    iterator.close()
+    assert preparer.budget.held == 0
+
+
+def test_fetching_ahead_never_waits_for_ever_on_a_budget_smaller_than_a_batch(tmp_path, cifar_samples):
+    """Objects of 2 MiB against a 3 MiB budget, 8 fetch threads, 3 batches: a fetch of the next batch could take budget
+    that an object of the current one waits for, if both ran at once; they do not, so every batch completes."""
+    from job.worker import fetched_ahead
+
+    mib = 1024 * 1024
+    preparer = _memory_preparer(max_object_bytes=2 * mib + 1, max_bytes_in_flight=3 * mib)
+    batches = list(batch_units(_png_items(tmp_path, cifar_samples, 72, 2 * mib), 32))
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.extend(fetched_ahead(iter(batches), preparer)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "fetching ahead waited for ever on the byte budget"
+    assert [len(batch.sources) for batch in outcome] == [32, 32, 8]
+    assert all(error is None for batch in outcome for error in batch.errors) and preparer.budget.held == 0
