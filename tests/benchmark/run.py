@@ -352,6 +352,9 @@ def run_scenario(name: str, spec: dict, wheel: str, smoke: bool, cores: int) -> 
         "fixed_cost_s_by_contender": {label: result["fixed_cost_s"] for label, result in results.items()},
         "worker_peak_rss_mb": worker["job"]["worker_peak_rss_mb"],
         "worker_seconds_cold_large": {label: summary["worker_seconds"] for label, summary in worker.items()},
+        # The fastest small cold run's, beside them: the steady split of where the time goes is their difference.
+        "worker_seconds_cold_small": {label: min(runs, key=lambda run: run[0])[2]["worker_seconds"]
+                                      for label, runs in small_runs.items()},
         "int8_package_agreement": {**int8_agreement, "note": "random weights: near-ties everywhere, so this "
                                                              "agreement says nothing about the method (see README)"},
         "ratios": {
@@ -405,11 +408,34 @@ def target_results(results: dict) -> list[dict]:
     return found
 
 
-def _shares(worker_seconds: dict) -> str:
-    """Each part's time as a share of the tasks' time. Fetch and decode run in a prefetch thread beside predict, so the
-    shares overlap and need not sum to 100 %."""
-    total = worker_seconds["task"] or 1.0
-    return ", ".join(f"{part} {worker_seconds[part] / total:.0%}" for part in ("fetch", "decode", "predict", "output"))
+def where_the_time_goes(scenario: dict, label: str, cores: int) -> dict:
+    """Where ``label``'s steady work goes, by difference between its fastest large and small cold runs (what every
+    run pays once cancels out, as in the steady rate): the core-seconds the extra images took (the processing wall
+    clock's difference times the cores), split as the tasks timed them: predict, decode (and normalise), fetch
+    (waiting for objects), output (Arrow rows), the rest of the tasks' time (Python around them, handing rows to
+    Spark), and outside the tasks (Spark's JVM when it held a core the tasks did not use, and idle cores; JVM work on a
+    core a task was using shows up as that task's parts running slower). ``predict_at_model_alone`` is what the model
+    alone takes for those images, so ``predict`` above it is the model slowed by what shares its cores. On the CPU the
+    parts run in turn in each task (job.worker.fetched_ahead) and add up. Values are differences of two runs: a part
+    near zero can come out slightly negative."""
+    large, small = (scenario[f"worker_seconds_cold_{size}"][label] for size in ("large", "small"))
+    walls = scenario["contenders"][label]["timings_s"]
+    images = scenario["images"]["job_family"]["large"] - scenario["images"]["job_family"]["small"]
+    engine = {"job": "limit", "onnx": "limit_onnx", "job_int8": "limit_int8"}[label]
+    difference = {part: large[part] - small[part] for part in large}
+    parts = {part: difference[part] for part in ("predict", "decode", "fetch", "output")}
+    parts["rest_of_tasks"] = difference["task"] - sum(parts.values()) - difference["model_load"]
+    core_seconds = cores * (min(walls["cold_large"]) - min(walls["cold_small"]))
+    parts["outside_tasks"] = core_seconds - difference["task"]
+    return {"images": images, "core_seconds": core_seconds, "parts": parts,
+            "predict_at_model_alone": images * cores / scenario["images_per_s"][engine]}
+
+
+def _time_split(split: dict) -> str:
+    per_image = 1e6 / split["images"]
+    parts = ", ".join(f"{part.replace('_', ' ')} {seconds * per_image:.0f}" for part, seconds in split["parts"].items())
+    return (f"{split['core_seconds'] * per_image:.0f} us of core time per image = {parts}; the model alone takes "
+            f"{split['predict_at_model_alone'] * per_image:.0f}")
 
 
 def _fixed_parts(parts: dict) -> str:
@@ -440,8 +466,8 @@ def _decode_parts(scenario: dict) -> list[str]:
              shown("opencv_only", "OpenCV's imdecode alone (a one-call batch decoder's best)"),
              shown("simplejpeg", "libjpeg-turbo via simplejpeg, RGB")]
     if parts.get("simplejpeg") is not None:
-        lines[-1] += (f"  (identical pixels: {parts['simplejpeg_identical']} of {parts['images']}; refused, so "
-                      f"decoded by the job's: {parts['simplejpeg_refused']})")
+        lines[-1] += (f"  (identical pixels: {parts['simplejpeg_identical']} of {parts['images']}; not JPEG or "
+                      f"refused, so decoded by the job's: {parts['simplejpeg_refused']})")
     lines += [shown("normalise", "normalising to the float input (mean, std)"),
               shown("uint8_input", "a uint8 input instead (mean and std folded into the model)")]
     return lines
@@ -497,9 +523,8 @@ def table(results: dict) -> str:
         lines += _decode_parts(scenario)
         for label, parts in scenario["fixed_cost_parts_s"].items():
             lines.append(f"  fixed cost, {label}: {_fixed_parts(parts)}")
-        for label, worker_seconds in scenario["worker_seconds_cold_large"].items():
-            lines.append(f"  worker time, {label} (cold, large run; fetch and decode overlap predict): "
-                         f"{_shares(worker_seconds)}")
+        for label, split in scenario.get("where_the_time_goes", {}).items():
+            lines.append(f"  where the time goes, {label} (steady: large minus small cold run): {_time_split(split)}")
     jvm = results["jvm_start_s"]["variants"]
     lines += ["", "JVM start-up before any image (fresh processes, best of each; session + first SQL write + first "
               "Python write = total):"]
@@ -507,7 +532,10 @@ def table(results: dict) -> str:
         lines.append(f"  {name:<18} {parts['session_s']:.2f} + {parts['first_sql_write_s']:.2f} + "
                      f"{parts['first_python_write_s']:.2f} = {parts['total_s']:.2f} s "
                      f"({parts['total_s'] - jvm['default']['total_s']:+.2f} s vs default)"
-                     + (f"   <- the job's local runs ({parts['options']})" if name == "job" else ""))
+                     + ("   <- the job's local runs: " + " ".join(
+                         option for option in parts["options"].split() if option.startswith(("-XX:Tiered", "-XX:Shared",
+                                                                                             "-XX:+Record")))
+                        if name == "job" else ""))
     lines += ["", "targets (cold-by-difference rates):"]
     for entry in results["target_results"]:
         verdict = ("met" if entry["met"] else "NOT MET") if entry["applies"] else (
@@ -547,7 +575,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results = {"machine": machine(), "smoke": args.smoke, "targets": TARGETS, "scenarios": {}}
     for name in args.scenario or list(SCENARIOS):
-        results["scenarios"][name] = run_scenario(name, SCENARIOS[name], args.foolbox_wheel, args.smoke, cores)
+        scenario = run_scenario(name, SCENARIOS[name], args.foolbox_wheel, args.smoke, cores)
+        scenario["where_the_time_goes"] = {label: where_the_time_goes(scenario, label, cores) for label in JOB_FAMILY}
+        results["scenarios"][name] = scenario
     print("[bench] JVM start-up, side by side", flush=True)
     results["jvm_start_s"] = jvm_start_costs(cores, 1 if args.smoke else ROUNDS)
     results["target_results"] = target_results(results)

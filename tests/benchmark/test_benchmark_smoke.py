@@ -76,6 +76,9 @@ def test_the_harness_runs_every_contender_and_writes_the_results_file(tmp_path):
     assert "-XX:SharedArchiveFile=" in results["jvm_start_s"]["variants"]["job"]["options"]
     for name, variant in results["jvm_start_s"]["variants"].items():
         assert variant["total_s"] > variant["session_s"] > 0, name
+    for label, split in scenario["where_the_time_goes"].items():  # issue 20: where the job's time goes
+        # Differences of two tiny runs: present and finite, of any sign.
+        assert split["images"] > 0 and all(math.isfinite(seconds) for seconds in split["parts"].values()), label
     for printed in ("pipeline_limit", "fixed cost, job_int8: total", "8-bit instructions: ", "JVM start-up",
-                    "straight into the batch"):
+                    "straight into the batch", "where the time goes, job_int8"):
         assert printed in completed.stdout, printed
