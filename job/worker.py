@@ -355,7 +355,9 @@ def fetched_ahead(batches: Iterator[list[_Unit]], preparer: BatchPreparer) -> It
         units = next(pending, None)
         fetching = preparer.submit(units) if units is not None else None
         while fetching is not None:
-            batch = preparer.complete(fetching)
+            # Taken before completing it: a batch whose completion failed part-way is not one to discard.
+            current, fetching = fetching, None
+            batch = preparer.complete(current)
             # The next batch's fetches start only now that this batch's have all arrived: a reservation of the next
             # batch can then never keep one of this batch's objects waiting for the budget.
             units = next(pending, None)
