@@ -5,7 +5,7 @@ MXNet, and embed the ONNX file in the package with the record of that check.
     python -m job.model_package add-onnx --package P --held-out URI [--held-out URI ...] [--out DIR]
 
 The held-out images (listed exactly as the job's ``--input``/``--manifest``) are fetched, decoded and normalised by
-the job's own code, as :mod:`job.quantize` measures an INT8 package (:func:`job.quantize.decoded_batches`), and both
+the job's own code, as :mod:`job.quantize` measures an INT8 package (:func:`job.quantize.compare_on_held_out`), and both
 models run through the job's own predictor (:func:`job.predictor.load_predictor`). The twin is written only when the
 top-1 label of every image agrees and no probability differs by more than
 :data:`job.package_format.MAX_TWIN_PROBABILITY_DIFFERENCE`; ``model.json`` then names it as ``files.onnx`` and records
@@ -28,7 +28,7 @@ from job.package_format import (MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_TWIN_PROB
                                 write_manifest)
 from job.package_store import local_copy, read_package
 from job.predictor import Device, load_predictor
-from job.quantize import Agreement, AgreementCounter, decoded_rows, decoded_batches, split_images
+from job.quantize import Agreement, compare_on_held_out, split_images
 from job.sources import KIND_CIFAR, KIND_IMAGE, list_inputs
 from job.storage import Storage, is_s3, join, local_path
 
@@ -106,12 +106,9 @@ def add_onnx_twin(package_uri: str, *, held_out_inputs: Sequence[str] = (), held
         twin = read_package(os.path.dirname(export_onnx(mxnet_package, twin_dir)), Storage())
         mxnet_predict = load_predictor(mxnet_package, source_dir, Device("cpu"))
         twin_predict = load_predictor(twin, twin_dir, Device("cpu"))
-        counter = AgreementCounter()
-        for batch in decoded_batches(held_out_items, source, s3_endpoint_url):
-            skipped += sum(error is not None for error in batch.errors)
-            if len(batch.pixels):
-                counter.add(mxnet_predict(batch.pixels), twin_predict(batch.pixels), decoded_rows(batch))
-        agreement = counter.result()
+        agreement, passed_over = compare_on_held_out(mxnet_predict, twin_predict, held_out_items, source,
+                                                     s3_endpoint_url)
+        skipped += passed_over
         if agreement.images < MIN_HELD_OUT_IMAGES:
             raise ValueError(f"only {agreement.images} held-out images could be decoded; at least "
                              f"{MIN_HELD_OUT_IMAGES} must compare the two runtimes: give more images")

@@ -39,7 +39,7 @@ import numpy as np
 from job.convert import export_onnx
 from job.package_format import ModelPackage, ModelPackageError, write_manifest
 from job.package_store import local_copy, read_package
-from job.predictor import Device, int8_instructions, load_predictor
+from job.predictor import Device, Predict, int8_instructions, load_predictor
 from job.quantize_defaults import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_HELD_OUT_IMAGES, DEFAULT_MIN_AGREEMENT,
                                    MIN_HELD_OUT_IMAGES)
 from job.sources import KIND_CIFAR, KIND_IMAGE, WorkItem, list_inputs
@@ -175,6 +175,20 @@ def decoded_rows(batch: PreparedBatch) -> list[Optional[int]]:
     return [label for label, error in zip(batch.true_labels, batch.errors) if error is None]
 
 
+def compare_on_held_out(reference: Predict, candidate: Predict, items: Sequence[WorkItem], package: ModelPackage,
+                        s3_endpoint_url: Optional[str]) -> tuple[Agreement, int]:
+    """Both predictors on ``items`` decoded as the job decodes them for ``package``: their :class:`Agreement` and how
+    many of the items could not be decoded (passed over). Used by ``quantize`` (FP32 against INT8) and ``add-onnx``
+    (MXNet against its ONNX twin)."""
+    counter = AgreementCounter()
+    skipped = 0
+    for batch in decoded_batches(items, package, s3_endpoint_url):
+        skipped += sum(error is not None for error in batch.errors)
+        if len(batch.pixels):
+            counter.add(reference(batch.pixels), candidate(batch.pixels), decoded_rows(batch))
+    return counter.result(), skipped
+
+
 def _classifier_nodes(model) -> list[str]:
     """Names of the Gemm/MatMul nodes that produce the graph's outputs (through Softmax, Flatten, Reshape)."""
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -294,12 +308,9 @@ def quantize_package(package_uri: str, out_dir: str, *, calibration_inputs: Sequ
         # The reference is the package as the user has it (MXNet runs an mxnet package), through the job's predictor.
         fp32_predict = load_predictor(source, source_dir, Device("cpu"))
         int8_predict = load_predictor(int8_package, int8_dir, Device("cpu"))
-        counter = AgreementCounter()
-        for batch in decoded_batches(held_out_items, source, s3_endpoint_url):
-            skipped += sum(error is not None for error in batch.errors)
-            if len(batch.pixels):
-                counter.add(fp32_predict(batch.pixels), int8_predict(batch.pixels), decoded_rows(batch))
-        agreement = counter.result()
+        agreement, passed_over = compare_on_held_out(fp32_predict, int8_predict, held_out_items, source,
+                                                     s3_endpoint_url)
+        skipped += passed_over
         if agreement.images < MIN_HELD_OUT_IMAGES:
             raise ValueError(f"only {agreement.images} held-out images could be decoded; at least "
                              f"{MIN_HELD_OUT_IMAGES} must measure the agreement")
